@@ -1,0 +1,14 @@
+"""nf_kernels: fused kernels for normalizing-flow coupling layers.
+
+    >>> import torch, nf_kernels
+    >>> y, logdet = nf_kernels.affine_coupling(torch.randn(8, 6), torch.randn(8, 6), scale="tanh")
+
+See ../shared/SPEC.md (the contract) and README.md.
+"""
+
+from ._dispatch import backends
+from ._outputs import poison_outputs
+from .functional import additive_coupling, affine_coupling
+
+__all__ = ["affine_coupling", "additive_coupling", "backends", "poison_outputs"]
+__version__ = "0.1.0"

@@ -1,0 +1,126 @@
+"""Checking and normalizing the arguments of the coupling ops (SPEC section 1).
+
+Everything a user can get wrong is caught here, before any kernel runs, with the error type the SPEC names.
+The result is a :class:`CouplingConfig` plus the tensors, which is all a backend ever sees.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Union
+
+import torch
+
+MASKS = ("half", "checkerboard")
+SCALES = ("exp", "tanh", "atan", "sigmoid")
+# "none" is the additive (NICE) coupling: `h` holds only the shift `t` and the log-det is zero.
+ADDITIVE = "none"
+BACKEND_NAMES = ("auto", "reference", "triton", "cuda", "cpu")
+
+MaskArg = Union[str, torch.Tensor]
+
+
+class CouplingConfig(NamedTuple):
+    """The scalar part of a coupling call, normalized. Backends receive it unchanged."""
+
+    mask_kind: str  # "half", "checkerboard" or "tensor" (a bool mask passed alongside)
+    flip: bool
+    scale: str  # one of SCALES, or ADDITIVE
+    clamp: float
+    shift_first: bool
+    reverse: bool
+
+    @property
+    def additive(self) -> bool:
+        return self.scale == ADDITIVE
+
+
+def _check_floating(name: str, tensor: torch.Tensor) -> None:
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if not tensor.dtype.is_floating_point:
+        raise TypeError(
+            f"{name} must have a floating dtype (float32, float16, bfloat16 or float64), got {tensor.dtype}"
+        )
+
+
+def expected_h_shape(x_shape: torch.Size, mask_kind: str, additive: bool) -> tuple[int, ...]:
+    """The shape the conditioner output must have for `x` of shape `x_shape` (SPEC mask table)."""
+    shape = list(x_shape)
+    channels = shape[1]
+    if mask_kind == "half":
+        transformed = channels - channels // 2
+        shape[1] = transformed if additive else 2 * transformed
+    elif not additive:
+        shape[1] = 2 * channels
+    return tuple(shape)
+
+
+def _normalize_mask(mask: MaskArg, x: torch.Tensor) -> tuple[str, Optional[torch.Tensor]]:
+    if isinstance(mask, torch.Tensor):
+        if mask.dtype != torch.bool:
+            raise TypeError(f"a mask tensor must have dtype torch.bool, got {mask.dtype}")
+        if tuple(mask.shape) != tuple(x.shape[1:]):
+            raise ValueError(
+                f"a bool mask must have the shape of one sample, x.shape[1:] = {tuple(x.shape[1:])}; "
+                f"got {tuple(mask.shape)}"
+            )
+        if mask.device != x.device:
+            raise ValueError(f"mask is on {mask.device} but x is on {x.device}; put them on one device")
+        return "tensor", mask
+    if not isinstance(mask, str) or mask not in MASKS:
+        raise ValueError(f"unknown mask {mask!r}: valid choices are {', '.join(map(repr, MASKS))} or a bool tensor")
+    if mask == "checkerboard" and x.dim() != 4:
+        raise ValueError(f"mask='checkerboard' needs x of shape [B, C, H, W], got {tuple(x.shape)}")
+    return mask, None
+
+
+def check_backend_name(backend: str) -> None:
+    if not isinstance(backend, str) or backend not in BACKEND_NAMES:
+        raise ValueError(f"unknown backend {backend!r}: valid choices are {', '.join(map(repr, BACKEND_NAMES))}")
+
+
+def check_coupling_args(
+    x: torch.Tensor,
+    h: torch.Tensor,
+    *,
+    mask: MaskArg,
+    flip: bool,
+    scale: str,
+    clamp: float,
+    shift_first: bool,
+    reverse: bool,
+    backend: str,
+    h_name: str,
+) -> tuple[str, Optional[torch.Tensor], CouplingConfig]:
+    """Validate one call; return (mask_kind, mask tensor or None, config). Raises per SPEC section 1."""
+    _check_floating("x", x)
+    _check_floating(h_name, h)
+    if x.dim() < 2:
+        raise ValueError(f"x must have a batch dimension and at least one more, got shape {tuple(x.shape)}")
+    if h.device != x.device:
+        raise ValueError(f"x is on {x.device} but {h_name} is on {h.device}; put them on one device")
+    mask_kind, mask_tensor = _normalize_mask(mask, x)
+    additive = scale == ADDITIVE
+    if not additive and scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}: valid choices are {', '.join(map(repr, SCALES))}")
+    if not additive and not clamp > 0:  # also rejects NaN
+        raise ValueError(f"clamp must be > 0, got {clamp}")
+    check_backend_name(backend)
+    expected = expected_h_shape(x.shape, mask_kind, additive)
+    if tuple(h.shape) != expected:
+        raise ValueError(
+            f"{h_name} has shape {tuple(h.shape)} but x of shape {tuple(x.shape)} with mask={mask_kind!r} "
+            f"needs {h_name} of shape {expected}"
+        )
+    config = CouplingConfig(mask_kind, bool(flip), scale, float(clamp), bool(shift_first), bool(reverse))
+    return mask_kind, mask_tensor, config
+
+
+def logdet_dtype(x_dtype: torch.dtype) -> torch.dtype:
+    """float32 for the half types, else the dtype of x (SPEC: outputs)."""
+    return torch.float32 if x_dtype in (torch.float16, torch.bfloat16) else x_dtype
+
+
+def compute_dtype(x_dtype: torch.dtype) -> torch.dtype:
+    """Arithmetic and reductions run in float32, or float64 for float64 inputs."""
+    return torch.float64 if x_dtype == torch.float64 else torch.float32

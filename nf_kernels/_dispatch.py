@@ -1,0 +1,125 @@
+"""Choosing a backend (SPEC section 2): which ones exist, which can run here, and what "auto" means.
+
+Backends are imported lazily, so a missing Triton or an unbuilt C++ extension costs nothing until asked for,
+and each unavailable backend says why (as xformers' dispatcher does), instead of failing somewhere deeper.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from ._arguments import BACKEND_NAMES, check_backend_name
+
+# name -> (module, attribute) of the object implementing nf_kernels.backends.base.Backend
+_LOCATIONS = {
+    "reference": ("nf_kernels.backends.reference", "BACKEND"),
+    "triton": ("nf_kernels.backends.triton_kernels", "BACKEND"),
+    "cpu": ("nf_kernels.backends.extension", "CPU_BACKEND"),
+    "cuda": ("nf_kernels.backends.extension", "CUDA_BACKEND"),
+}
+
+# What "auto" tries, fastest first, per device type. On CUDA the order comes from the side-by-side op
+# benchmarks (benchmarks/results); until a GPU run decides otherwise, Triton goes first.
+AUTO_ORDER = {
+    "cuda": ("triton", "cuda", "reference"),
+    "cpu": ("cpu", "reference"),
+}
+
+ENV_VAR = "NF_KERNELS_BACKEND"
+
+
+@functools.lru_cache(maxsize=None)
+def _load(name: str):
+    """(backend object, None) or (None, why it could not be imported)."""
+    module_name, attribute = _LOCATIONS[name]
+    try:
+        return getattr(importlib.import_module(module_name), attribute), None
+    except Exception as error:  # an ImportError, or an extension that fails to load: report, don't crash
+        return None, f"{module_name} could not be loaded: {type(error).__name__}: {error}"
+
+
+def why_unavailable(name: str, device: torch.device) -> Optional[str]:
+    backend, error = _load(name)
+    if backend is None:
+        return error
+    return backend.why_unavailable(device)
+
+
+def get_backend(name: str):
+    """The backend object for a concrete name (never "auto"); RuntimeError if it cannot be loaded."""
+    backend, error = _load(name)
+    if backend is None:
+        raise RuntimeError(f"backend {name!r} is unavailable: {error}")
+    return backend
+
+
+@functools.lru_cache(maxsize=None)
+def _resolve(requested: str, env_choice: Optional[str], device_type: str) -> str:
+    device = torch.device(device_type)
+    if requested == "auto" and env_choice:
+        if env_choice not in BACKEND_NAMES:
+            raise ValueError(
+                f"{ENV_VAR}={env_choice!r} is not a backend: valid choices are {', '.join(map(repr, BACKEND_NAMES))}"
+            )
+        requested = env_choice
+    if requested == "auto":
+        for name in AUTO_ORDER.get(device_type, ("reference",)):
+            if why_unavailable(name, device) is None:
+                return name
+        return "reference"
+    reason = why_unavailable(requested, device)
+    if reason is not None:
+        working = [n for n in _LOCATIONS if why_unavailable(n, device) is None]
+        raise RuntimeError(
+            f"backend {requested!r} cannot run on {device_type}: {reason}. "
+            f"Available on {device_type}: {', '.join(map(repr, working))} (or 'auto')"
+        )
+    return requested
+
+
+def resolve_backend(requested: str, device: torch.device) -> str:
+    """The concrete backend name for a call; raises the SPEC's errors for unknown or unusable backends."""
+    check_backend_name(requested)
+    return _resolve(requested, os.environ.get(ENV_VAR) or None, device.type)
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    name: str
+    device: str
+    available: bool
+    reason: Optional[str]
+
+    def __str__(self) -> str:
+        return f"{self.name:<10} {self.device:<5} " + ("available" if self.available else f"unavailable: {self.reason}")
+
+
+class BackendReport(list):
+    """A list of BackendStatus that prints as a table."""
+
+    def __str__(self) -> str:
+        return "\n".join(str(status) for status in self)
+
+    __repr__ = __str__
+
+
+def backends() -> BackendReport:
+    """Every backend on every device type this machine has, with the reason where it cannot run.
+
+    >>> print(nf_kernels.backends())  # doctest: +SKIP
+    reference  cpu   available
+    triton     cpu   unavailable: Triton compiles for GPUs; ...
+    """
+    device_types = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    report = BackendReport()
+    for device_type in device_types:
+        for name in _LOCATIONS:
+            reason = why_unavailable(name, torch.device(device_type))
+            report.append(BackendStatus(name, device_type, reason is None, reason))
+    return report

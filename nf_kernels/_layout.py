@@ -1,0 +1,73 @@
+"""The flat view of a coupling that the fused kernels (Triton, C++ and CUDA) all work from.
+
+Every mask reduces to the same picture. A sample of `x` is `N` contiguous elements, flat index `n`. The elements
+that can be transformed form one range `[lo, hi)`; for each of them, `s_raw` sits at `h[b, n - lo]` and the
+shift at `h[b, n - lo + t_offset]`, with `h_stride` elements per sample of `h`:
+
+* "half": the transformed channels are contiguous, so `[lo, hi)` is exactly the transformed set.
+* "checkerboard" and bool masks: `h` has the shape of `x` (per half), `[lo, hi) = [0, N)`, and a per-element
+  pattern picks the transformed ones: checkerboard parity computed from indices, or a uint8 mask read from memory.
+
+Additive couplings have no `s_raw`: `h` is `t` alone and `t_offset == 0`.
+Kernels write every element of `y` (and of `grad_h`, zeros at kept positions) so no output is left unwritten.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+
+from ._arguments import ADDITIVE, CouplingConfig
+
+# Codes shared with the kernels: the order is part of the kernel interface (csrc/coupling_math.h mirrors it).
+SCALE_CODES = {ADDITIVE: 0, "exp": 1, "tanh": 2, "atan": 3, "sigmoid": 4}
+PATTERN_RANGE, PATTERN_CHECKERBOARD, PATTERN_MASK = 0, 1, 2
+
+
+class FlatLayout(NamedTuple):
+    batch: int  # B
+    numel: int  # N, elements in one sample of x
+    lo: int  # first flat index that may be transformed
+    hi: int  # one past the last
+    h_stride: int  # elements in one sample of h
+    t_offset: int  # where the shift starts, relative to s_raw, inside a sample of h
+    pattern: int  # PATTERN_RANGE, PATTERN_CHECKERBOARD or PATTERN_MASK
+    parity: int  # checkerboard: transformed where (i + j) % 2 == parity
+    width: int  # checkerboard: W
+    plane: int  # checkerboard: H * W
+    scale_code: int  # SCALE_CODES[config.scale]
+    transformed: Optional[torch.Tensor]  # PATTERN_MASK: uint8 [N], 1 where transformed
+
+
+def flat_layout(x: torch.Tensor, mask: Optional[torch.Tensor], config: CouplingConfig) -> FlatLayout:
+    batch, channels = x.shape[0], x.shape[1]
+    numel = x[0].numel() if batch else int(torch.Size(x.shape[1:]).numel())
+    inner = numel // channels if channels else 0  # elements per channel: R = prod(x.shape[2:])
+    parity = width = plane = 0
+    transformed = None
+    if config.mask_kind == "half":
+        n_transformed = channels - channels // 2
+        first = 0 if config.flip else channels // 2
+        lo, hi = first * inner, (first + n_transformed) * inner
+        pattern = PATTERN_RANGE
+        s_size = n_transformed * inner
+    else:
+        lo, hi, s_size = 0, numel, numel
+        if config.mask_kind == "checkerboard":
+            pattern = PATTERN_CHECKERBOARD
+            # kept where (i + j) % 2 == 1 (flip=False), so transformed where it is 0; flip swaps.
+            parity = 1 if config.flip else 0
+            width, plane = x.shape[3], x.shape[2] * x.shape[3]
+        else:
+            assert mask is not None
+            pattern = PATTERN_MASK
+            kept = ~mask if config.flip else mask
+            transformed = (~kept).reshape(-1).to(torch.uint8).contiguous()
+    if config.additive:
+        h_stride, t_offset = s_size, 0
+    else:
+        h_stride, t_offset = 2 * s_size, s_size
+    return FlatLayout(
+        batch, numel, lo, hi, h_stride, t_offset, pattern, parity, width, plane, SCALE_CODES[config.scale], transformed
+    )

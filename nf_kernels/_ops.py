@@ -1,0 +1,110 @@
+"""The op layer: two registered custom ops, shared by every backend.
+
+`nf_kernels::coupling` computes (y, logdet) and `nf_kernels::coupling_backward` its gradient; both take the
+backend's name as an argument and hand the work to it. Fake (meta) implementations and the autograd formula are
+registered here once, so eager mode, autograd, `torch.compile(fullgraph=True)` and autocast behave the same for
+every backend. Backends only compute; they never register anything.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ._arguments import CouplingConfig, logdet_dtype
+from ._dispatch import get_backend
+
+
+def _config(mask_kind: str, flip: bool, scale: str, clamp: float, shift_first: bool, reverse: bool) -> CouplingConfig:
+    return CouplingConfig(mask_kind, flip, scale, clamp, shift_first, reverse)
+
+
+def _is_empty(x: Tensor) -> bool:
+    """No sample, or no element in a sample: nothing for a kernel to do (and a zero-size grid is invalid)."""
+    return x.shape[0] == 0 or math.prod(x.shape[1:]) == 0
+
+
+@torch.library.custom_op("nf_kernels::coupling", mutates_args=())
+def coupling(
+    x: Tensor,
+    h: Tensor,
+    mask: Optional[Tensor],
+    mask_kind: str,
+    flip: bool,
+    scale: str,
+    clamp: float,
+    shift_first: bool,
+    reverse: bool,
+    backend: str,
+) -> tuple[Tensor, Tensor]:
+    if _is_empty(x):
+        return torch.empty(x.shape, dtype=x.dtype, device=x.device), x.new_zeros(
+            x.shape[0], dtype=logdet_dtype(x.dtype)
+        )
+    config = _config(mask_kind, flip, scale, clamp, shift_first, reverse)
+    return get_backend(backend).forward(x, h, mask, config)
+
+
+@coupling.register_fake
+def _coupling_fake(x, h, mask, mask_kind, flip, scale, clamp, shift_first, reverse, backend):
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    logdet = x.new_empty(x.shape[0], dtype=logdet_dtype(x.dtype))
+    return y, logdet
+
+
+@torch.library.custom_op("nf_kernels::coupling_backward", mutates_args=())
+def coupling_backward(
+    grad_y: Tensor,
+    grad_logdet: Tensor,
+    x: Tensor,
+    h: Tensor,
+    mask: Optional[Tensor],
+    mask_kind: str,
+    flip: bool,
+    scale: str,
+    clamp: float,
+    shift_first: bool,
+    reverse: bool,
+    backend: str,
+) -> tuple[Tensor, Tensor]:
+    if _is_empty(x):
+        return torch.zeros(x.shape, dtype=x.dtype, device=x.device), torch.zeros(h.shape, dtype=h.dtype, device=h.device)
+    config = _config(mask_kind, flip, scale, clamp, shift_first, reverse)
+    return get_backend(backend).backward(grad_y, grad_logdet, x, h, mask, config)
+
+
+@coupling_backward.register_fake
+def _coupling_backward_fake(grad_y, grad_logdet, x, h, mask, mask_kind, flip, scale, clamp, shift_first, reverse, backend):
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device), torch.empty(h.shape, dtype=h.dtype, device=h.device)
+
+
+def _setup_context(ctx, inputs, output):
+    x, h, mask, *scalars = inputs
+    ctx.save_for_backward(x, h, mask)
+    ctx.scalars = scalars
+
+
+def _backward(ctx, grad_y: Optional[Tensor], grad_logdet: Optional[Tensor]):
+    x, h, mask = ctx.saved_tensors
+    if grad_y is None:
+        grad_y = torch.zeros(x.shape, dtype=x.dtype, device=x.device)
+    if grad_logdet is None:
+        grad_logdet = torch.zeros(x.shape[0], dtype=logdet_dtype(x.dtype), device=x.device)
+    grad_x, grad_h = coupling_backward(grad_y, grad_logdet, x, h, mask, *ctx.scalars)
+    return grad_x, grad_h, None, None, None, None, None, None, None, None
+
+
+coupling.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _no_double_backward(ctx, grad_grad_x, grad_grad_h):
+    raise RuntimeError(
+        "nf_kernels coupling ops support first-order gradients only; double backward (for example "
+        "autograd.grad(..., create_graph=True) followed by another backward) is not implemented"
+    )
+
+
+coupling_backward.register_autograd(_no_double_backward, setup_context=lambda ctx, inputs, output: None)

@@ -1,0 +1,37 @@
+"""Output allocation for the fused backends, with a poisoning switch for tests.
+
+Kernels must write every element of their outputs. Under :func:`poison_outputs`, new outputs start as NaN
+instead of uninitialized memory, so an element a kernel forgets to write fails the comparison with the
+reference instead of passing by luck (uninitialized memory is often zero).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Sequence
+
+import torch
+
+_poison = False
+
+
+def new_output(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    out = torch.empty(tuple(shape), dtype=dtype, device=device)
+    if _poison:
+        out.fill_(float("nan"))
+    return out
+
+
+def poisoning() -> bool:
+    return _poison
+
+
+@contextlib.contextmanager
+def poison_outputs(enabled: bool = True) -> Iterator[None]:
+    """Within this block, fused backends fill their outputs with NaN before the kernels write them."""
+    global _poison
+    previous, _poison = _poison, enabled
+    try:
+        yield
+    finally:
+        _poison = previous

@@ -1,0 +1,41 @@
+"""What every backend provides. The op layer (`nf_kernels._ops`) is the only caller."""
+
+from __future__ import annotations
+
+from typing import Optional, Protocol
+
+import torch
+
+from .._arguments import CouplingConfig
+
+
+class Backend(Protocol):
+    """A way to compute the coupling op and its gradient.
+
+    Backends receive validated arguments (see `nf_kernels._arguments`) with at least one sample and one element
+    per sample; they return fresh contiguous outputs with the SPEC's dtypes.
+    """
+
+    name: str
+
+    def why_unavailable(self, device: torch.device) -> Optional[str]:
+        """None if this backend can run on `device`, else a sentence saying why not and what would work."""
+        ...
+
+    def forward(
+        self, x: torch.Tensor, h: torch.Tensor, mask: Optional[torch.Tensor], config: CouplingConfig
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(y, logdet) of the coupling; `h` is the shift `t` alone when `config.additive`."""
+        ...
+
+    def backward(
+        self,
+        grad_y: torch.Tensor,
+        grad_logdet: torch.Tensor,
+        x: torch.Tensor,
+        h: torch.Tensor,
+        mask: Optional[torch.Tensor],
+        config: CouplingConfig,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(grad_x, grad_h): gradients of the forward's inputs, `grad_h` zero at kept positions."""
+        ...

@@ -1,0 +1,49 @@
+"""The "triton" backend: fused Triton kernels for the coupling forward, inverse and backward.
+
+Runs on CUDA devices, and on CPU tensors under the Triton interpreter (TRITON_INTERPRET=1, set before
+nf_kernels is first used), which is how the CPU test suite checks these kernels.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+
+from ..._layout import flat_layout
+from .backward import coupling_backward
+from .forward import coupling_forward
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+class TritonBackend:
+    name = "triton"
+
+    def why_unavailable(self, device: torch.device) -> Optional[str]:
+        if device.type == "cuda":
+            return None if torch.cuda.is_available() else "torch reports no usable CUDA device"
+        if device.type == "cpu":
+            if _interpreting():
+                return None
+            return (
+                "Triton compiles for GPUs; CPU tensors run only under the Triton interpreter "
+                "(set TRITON_INTERPRET=1 before importing nf_kernels; slow, meant for tests). "
+                "On the CPU use backend='cpu' or 'reference'"
+            )
+        return f"Triton kernels do not run on {device.type} devices; use backend='reference'"
+
+    def forward(self, x, h, mask, config):
+        x, h = x.contiguous(), h.contiguous()
+        return coupling_forward(x, h, flat_layout(x, mask, config), config)
+
+    def backward(self, grad_y, grad_logdet, x, h, mask, config):
+        x, h = x.contiguous(), h.contiguous()
+        layout = flat_layout(x, mask, config)
+        return coupling_backward(grad_y.contiguous(), grad_logdet.contiguous(), x, h, layout, config)
+
+
+BACKEND = TritonBackend()

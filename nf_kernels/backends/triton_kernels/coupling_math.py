@@ -1,0 +1,142 @@
+"""Element-wise math shared by the forward and backward Triton kernels: scale maps, their derivatives, the
+coupling step and its local gradient. Written once here; the kernels only load, mask, reduce and store.
+
+No libdevice: the Triton interpreter (TRITON_INTERPRET=1, used by the CPU tests) cannot run it, so tanh, atan
+and softplus are built from exp, log, sqrt and a polynomial, accurate to a few ulps in float32 and float64.
+"""
+
+import triton
+import triton.language as tl
+
+# SCALE codes, as in nf_kernels._layout.SCALE_CODES
+ADDITIVE: tl.constexpr = tl.constexpr(0)
+EXP: tl.constexpr = tl.constexpr(1)
+TANH: tl.constexpr = tl.constexpr(2)
+ATAN: tl.constexpr = tl.constexpr(3)
+SIGMOID: tl.constexpr = tl.constexpr(4)
+
+
+@triton.jit
+def tanh(u):
+    # exp of a non-positive argument never overflows; the sign is restored last.
+    e = tl.exp(-2.0 * tl.abs(u))
+    r = (1.0 - e) / (1.0 + e)
+    return tl.where(u < 0, -r, r)
+
+
+@triton.jit
+def atan(u):
+    w = tl.abs(u)
+    big = w > 1.0
+    z = tl.where(big, 1.0 / tl.where(big, w, 1.0), w)  # now in [0, 1]; atan(w) = pi/2 - atan(1/w)
+    # Two half-angle steps, atan(z) = 2 atan(z / (1 + sqrt(1 + z^2))), bring z below tan(pi/16) ~ 0.199,
+    # where 12 terms of the Taylor series are exact to float64 rounding (0.199^25 / 25 < 1e-18).
+    z = z / (1.0 + tl.sqrt(1.0 + z * z))
+    z = z / (1.0 + tl.sqrt(1.0 + z * z))
+    z2 = z * z
+    p = -1.0 / 23.0
+    p = p * z2 + 1.0 / 21.0
+    p = p * z2 - 1.0 / 19.0
+    p = p * z2 + 1.0 / 17.0
+    p = p * z2 - 1.0 / 15.0
+    p = p * z2 + 1.0 / 13.0
+    p = p * z2 - 1.0 / 11.0
+    p = p * z2 + 1.0 / 9.0
+    p = p * z2 - 1.0 / 7.0
+    p = p * z2 + 1.0 / 5.0
+    p = p * z2 - 1.0 / 3.0
+    p = p * z2 + 1.0
+    r = 4.0 * z * p
+    r = tl.where(big, 1.5707963267948966 - r, r)
+    return tl.where(u < 0, -r, r)
+
+
+@triton.jit
+def log_sigmoid(v):
+    # log(sigmoid(v)) = -softplus(-v) = min(v, 0) - log(1 + exp(-|v|)): no overflow, no log(0).
+    return tl.minimum(v, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(v)))
+
+
+@triton.jit
+def log_scale(s, SCALE: tl.constexpr, CLAMP: tl.constexpr):
+    """a(s_raw) of the SPEC's scale table."""
+    if SCALE == TANH:
+        a = CLAMP * tanh(s / CLAMP)
+    elif SCALE == ATAN:
+        a = CLAMP * 0.6366197723675814 * atan(s / CLAMP)
+    elif SCALE == SIGMOID:
+        a = log_sigmoid(s + 2.0)
+    else:
+        a = s
+    return a
+
+
+@triton.jit
+def log_scale_grad(s, SCALE: tl.constexpr, CLAMP: tl.constexpr):
+    """a'(s_raw)."""
+    if SCALE == TANH:
+        th = tanh(s / CLAMP)
+        d = 1.0 - th * th
+    elif SCALE == ATAN:
+        q = s / CLAMP
+        d = 0.6366197723675814 / (1.0 + q * q)
+    elif SCALE == SIGMOID:
+        d = tl.sigmoid(-(s + 2.0))  # d/dv log(sigmoid(v)) = 1 - sigmoid(v)
+    else:
+        d = tl.zeros_like(s) + 1.0
+    return d
+
+
+@triton.jit
+def coupling_step(x, a, t, SCALE: tl.constexpr, SHIFT_FIRST: tl.constexpr, REVERSE: tl.constexpr):
+    """The transformed element's output, given its input x, log-scale a and shift t (SPEC semantics)."""
+    if SCALE == ADDITIVE:
+        if REVERSE:
+            out = x - t
+        else:
+            out = x + t
+    elif REVERSE:
+        if SHIFT_FIRST:
+            out = x * tl.exp(-a) - t
+        else:
+            out = (x - t) * tl.exp(-a)
+    else:
+        if SHIFT_FIRST:
+            out = (x + t) * tl.exp(a)
+        else:
+            out = x * tl.exp(a) + t
+    return out
+
+
+@triton.jit
+def coupling_step_grad(g, g_logdet, x, a, t, SCALE: tl.constexpr, SHIFT_FIRST: tl.constexpr, REVERSE: tl.constexpr):
+    """Local gradient of one transformed element: (grad x, grad t, grad a) from grad out `g` and the sample's
+    grad logdet. The output is `u * exp(+-a)` (+-t) where u is x, x + t or x - t, depending on the order."""
+    if SCALE == ADDITIVE:
+        gx = g
+        if REVERSE:
+            gt = -g
+        else:
+            gt = g
+        ga = tl.zeros_like(g)
+    else:
+        if REVERSE:
+            e = tl.exp(-a)
+            if SHIFT_FIRST:
+                u = x
+                gt = -g
+            else:
+                u = x - t
+                gt = -g * e
+            ga = -(g * u * e) - g_logdet
+        else:
+            e = tl.exp(a)
+            if SHIFT_FIRST:
+                u = x + t
+                gt = g * e
+            else:
+                u = x
+                gt = g
+            ga = g * u * e + g_logdet
+        gx = g * e
+    return gx, gt, ga

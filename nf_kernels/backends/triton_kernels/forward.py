@@ -1,0 +1,84 @@
+"""Fused coupling forward/inverse in Triton: one pass reads x and h once, writes y and the log-det once.
+
+Grid: one program per (sample, block of BLOCK elements of that sample), flattened on axis 0 (axis 1 would cap
+the batch at 65535). Each program writes its block of y and the partial log-det sum of its block. When a sample
+spans more than one block, a second tiny kernel adds the partials of each sample in a fixed order: no atomics,
+so the log-det is bitwise reproducible.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..._arguments import logdet_dtype
+from ..._layout import FlatLayout
+from .coupling_math import coupling_step, log_scale
+from .indexing import block_indices, transformed_elements
+from .launch import LaunchShape, compute_tl_dtype, new_output
+
+
+@triton.jit
+def _coupling_forward_kernel(
+    x_ptr, h_ptr, mask_ptr, y_ptr, partial_ptr,
+    N, nblk, lo, hi, h_stride, t_offset, W, PLANE,
+    PATTERN: tl.constexpr, PARITY: tl.constexpr, SCALE: tl.constexpr, CLAMP: tl.constexpr,
+    SHIFT_FIRST: tl.constexpr, REVERSE: tl.constexpr, CT: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    b, n, in_bounds = block_indices(N, nblk, BLOCK)
+    x = tl.load(x_ptr + b * N + n, mask=in_bounds, other=0.0).to(CT)
+    sel = transformed_elements(n, in_bounds & (n >= lo) & (n < hi), mask_ptr, W, PLANE, PATTERN, PARITY)
+    h_index = b * h_stride + (n - lo)
+    t = tl.load(h_ptr + h_index + t_offset, mask=sel, other=0.0).to(CT)
+    if SCALE != 0:
+        s = tl.load(h_ptr + h_index, mask=sel, other=0.0).to(CT)
+        a = tl.where(sel, log_scale(s, SCALE, CLAMP), 0.0)
+    else:
+        a = tl.zeros_like(x)
+    y = tl.where(sel, coupling_step(x, a, t, SCALE, SHIFT_FIRST, REVERSE), x)
+    tl.store(y_ptr + b * N + n, y.to(y_ptr.dtype.element_ty), mask=in_bounds)
+    if SCALE != 0:
+        total = tl.sum(a, axis=0)
+        if REVERSE:
+            total = -total
+        tl.store(partial_ptr + tl.program_id(0).to(tl.int64), total)
+
+
+@triton.jit
+def _sum_partials_kernel(partial_ptr, out_ptr, nblk, BLOCK: tl.constexpr):
+    """out[b] = sum of the nblk partials of sample b, always added in the same order."""
+    b = tl.program_id(0).to(tl.int64)
+    acc = tl.zeros([BLOCK], dtype=partial_ptr.dtype.element_ty)
+    for start in range(0, nblk, BLOCK):
+        idx = start + tl.arange(0, BLOCK)
+        acc += tl.load(partial_ptr + b * nblk + idx, mask=idx < nblk, other=0.0)
+    tl.store(out_ptr + b, tl.sum(acc, axis=0).to(out_ptr.dtype.element_ty))
+
+
+def coupling_forward(x: torch.Tensor, h: torch.Tensor, layout: FlatLayout, config) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch the forward (or inverse, per config.reverse) kernel on contiguous x and h."""
+    shape = LaunchShape.for_numel(layout.numel)
+    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+    y = new_output(x.shape, x.dtype, x.device)
+    logdet = new_output((layout.batch,), logdet_dtype(x.dtype), x.device)
+    if config.additive:
+        logdet.zero_()
+        partial = logdet  # never written by the kernel
+    else:
+        partial = new_output((layout.batch, shape.nblk), ct, x.device)
+    mask = layout.transformed if layout.transformed is not None else x  # dummy pointer when no mask is read
+    _coupling_forward_kernel[(layout.batch * shape.nblk,)](
+        x, h, mask, y, partial,
+        layout.numel, shape.nblk, layout.lo, layout.hi, layout.h_stride, layout.t_offset, layout.width, layout.plane,
+        PATTERN=layout.pattern, PARITY=layout.parity, SCALE=layout.scale_code, CLAMP=config.clamp,
+        SHIFT_FIRST=config.shift_first, REVERSE=config.reverse, CT=compute_tl_dtype(x.dtype), BLOCK=shape.block,
+        num_warps=shape.num_warps,
+    )  # fmt: skip
+    if not config.additive:
+        if shape.nblk == 1:
+            logdet.copy_(partial.view(-1))
+        else:
+            block = min(1024, triton.next_power_of_2(shape.nblk))
+            _sum_partials_kernel[(layout.batch,)](partial, logdet, shape.nblk, BLOCK=block)
+    return y, logdet
