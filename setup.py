@@ -13,6 +13,10 @@ setup(
         "torch>=2.4,<2.15",
         "triton>=3.2; platform_system == 'Linux'",
         "numpy<2.4",  # Triton 3.6's interpreter breaks on numpy 2.4
+        "tqdm",  # progress bars for training and benchmarks
+        "matplotlib",  # sample grids, density and benchmark plots
+        "scikit-learn",  # the bundled 8x8 digits data set
     ],
+    entry_points={"console_scripts": ["nf-kernels = nf_kernels.cli:main"]},
     extras_require={"test": ["pytest", "pytest-benchmark"]},
 )
