@@ -1,0 +1,135 @@
+"""Shared test setup: the Triton interpreter, the backends to test, tolerances and input builders."""
+
+import os
+
+# Before anything imports triton: its kernels are built for the interpreter at import time.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import math  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from typing import Optional, Union  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import nf_kernels  # noqa: E402
+
+# Every backend that can run on this machine's CPU; "reference" is the oracle the others are checked against.
+CPU_BACKENDS = [s.name for s in nf_kernels.backends() if s.device == "cpu" and s.available]
+FUSED_CPU_BACKENDS = [name for name in CPU_BACKENDS if name != "reference"]
+
+# SPEC section 3: relative error against the float64 reference.
+TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 2e-2}
+LOGDET_TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 1e-5, torch.bfloat16: 1e-5}
+DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+SCALES = ["exp", "tanh", "atan", "sigmoid"]
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """||out - ref|| / ||ref||, NaN-aware: any NaN where the reference has none is an infinite error."""
+    out, ref = out.double(), ref.double()
+    assert out.shape == ref.shape, (out.shape, ref.shape)
+    if torch.isnan(out).ne(torch.isnan(ref)).any():
+        return math.inf
+    finite = ~torch.isnan(ref)
+    diff = (out - ref)[finite].norm().item()
+    scale = ref[finite].norm().item()
+    return diff / scale if scale > 0 else diff
+
+
+@dataclass(frozen=True)
+class MaskCase:
+    """A mask with the sample shape it is tested on."""
+
+    name: str
+    shape: tuple  # full x shape, batch first
+
+    def mask(self, device="cpu") -> Union[str, torch.Tensor]:
+        if self.name != "bool":
+            return self.name
+        g = torch.Generator().manual_seed(hash(self.shape) % 2**31)
+        return (torch.rand(self.shape[1:], generator=g) < 0.5).to(device)
+
+    def __str__(self) -> str:
+        return f"{self.name}{list(self.shape)}"
+
+
+MASK_CASES = [
+    MaskCase("half", (3, 37)),  # feature split of vectors, odd width
+    MaskCase("half", (2, 5, 7, 9)),  # channel split, odd channel count
+    MaskCase("checkerboard", (2, 5, 7, 9)),  # odd height and width
+    MaskCase("bool", (3, 37)),
+    MaskCase("bool", (2, 3, 5, 7)),
+]
+
+
+@dataclass(frozen=True)
+class Coupling:
+    """One configuration of a coupling op; `scale=None` means additive."""
+
+    mask: MaskCase
+    scale: Optional[str] = "exp"
+    flip: bool = False
+    shift_first: bool = False
+    reverse: bool = False
+    clamp: float = 1.7
+
+    @property
+    def additive(self) -> bool:
+        return self.scale is None
+
+    def h_shape(self) -> tuple:
+        shape = list(self.mask.shape)
+        channels = shape[1]
+        if self.mask.name == "half":
+            shape[1] = channels - channels // 2
+        if not self.additive:
+            shape[1] *= 2
+        return tuple(shape)
+
+    def inputs(self, dtype=torch.float32, seed=0, h_dtype=None):
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(self.mask.shape, generator=g, dtype=torch.float64)
+        h = torch.randn(self.h_shape(), generator=g, dtype=torch.float64)
+        return x.to(dtype), h.to(h_dtype or dtype)
+
+    def __call__(self, x, h, backend, mask=None):
+        mask = self.mask.mask(x.device) if mask is None else mask
+        if self.additive:
+            return nf_kernels.additive_coupling(x, h, mask=mask, flip=self.flip, reverse=self.reverse, backend=backend)
+        return nf_kernels.affine_coupling(
+            x, h, mask=mask, flip=self.flip, scale=self.scale, clamp=self.clamp,
+            shift_first=self.shift_first, reverse=self.reverse, backend=backend,
+        )  # fmt: skip
+
+    def __str__(self) -> str:
+        kind = "additive" if self.additive else self.scale + ("-shift_first" if self.shift_first else "")
+        return f"{self.mask}-{kind}{'-flip' if self.flip else ''}{'-reverse' if self.reverse else ''}"
+
+
+def all_couplings(mask_cases=MASK_CASES, reverse=(False, True)):
+    """Every mask x flip x scale (with and without shift_first, plus additive) x direction."""
+    cases = []
+    for mask in mask_cases:
+        for flip in (False, True):
+            for rev in reverse:
+                cases.append(Coupling(mask, None, flip, False, rev))
+                for scale in SCALES:
+                    for shift_first in (False, True):
+                        cases.append(Coupling(mask, scale, flip, shift_first, rev))
+    return cases
+
+
+@pytest.fixture(autouse=True)
+def _poisoned_outputs():
+    """Fused backends fill their outputs with NaN before the kernels write them: an unwritten element fails."""
+    with nf_kernels.poison_outputs():
+        yield
+
+
+@pytest.fixture
+def small_triton_blocks(monkeypatch):
+    """Make the Triton kernels split each sample over several programs (the two-stage log-det reduction)."""
+    from nf_kernels.backends.triton_kernels import launch
+
+    monkeypatch.setattr(launch, "MAX_BLOCK", 16)
