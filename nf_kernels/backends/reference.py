@@ -63,7 +63,8 @@ def _split_h(h: torch.Tensor, config: CouplingConfig):
 def coupling(x: torch.Tensor, h: torch.Tensor, mask: Optional[torch.Tensor], config: CouplingConfig):
     """(y, logdet) by the SPEC's formulas, differentiable by autograd."""
     ct = compute_dtype(x.dtype)
-    xc, hc = x.to(ct), h.to(ct)
+    # Contiguous first, so that a strided input sums its log-det in the same order as its contiguous copy.
+    xc, hc = x.to(ct).contiguous(), h.to(ct).contiguous()
     s, t = _split_h(hc, config)
     if config.mask_kind == "half":
         channels = x.shape[1]
