@@ -6,9 +6,9 @@
 See ../shared/SPEC.md (the contract) and README.md.
 """
 
-from ._dispatch import backends
+from ._dispatch import list_backends
 from ._outputs import poison_outputs
 from .functional import additive_coupling, affine_coupling
 
-__all__ = ["affine_coupling", "additive_coupling", "backends", "poison_outputs"]
+__all__ = ["affine_coupling", "additive_coupling", "list_backends", "poison_outputs"]
 __version__ = "0.1.0"

@@ -109,10 +109,12 @@ class BackendReport(list):
     __repr__ = __str__
 
 
-def backends() -> BackendReport:
+def list_backends() -> BackendReport:
     """Every backend on every device type this machine has, with the reason where it cannot run.
 
-    >>> print(nf_kernels.backends())  # doctest: +SKIP
+    (Not called `backends`: that name belongs to the `nf_kernels.backends` subpackage.)
+
+    >>> print(nf_kernels.list_backends())  # doctest: +SKIP
     reference  cpu   available
     triton     cpu   unavailable: Triton compiles for GPUs; ...
     """

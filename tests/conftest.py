@@ -15,7 +15,7 @@ import torch  # noqa: E402
 import nf_kernels  # noqa: E402
 
 # Every backend that can run on this machine's CPU; "reference" is the oracle the others are checked against.
-CPU_BACKENDS = [s.name for s in nf_kernels.backends() if s.device == "cpu" and s.available]
+CPU_BACKENDS = [s.name for s in nf_kernels.list_backends() if s.device == "cpu" and s.available]
 FUSED_CPU_BACKENDS = [name for name in CPU_BACKENDS if name != "reference"]
 
 # SPEC section 3: relative error against the float64 reference.
