@@ -1,0 +1,34 @@
+"""Normalizing-flow layers and models on the fused coupling ops (SPEC section 5).
+
+    >>> import torch
+    >>> from nf_kernels.flows import build_model, bits_per_dim, dequantize
+    >>> flow = build_model("realnvp", (1, 8, 8), num_steps=1, hidden=8, depth=1)
+    >>> x = dequantize(torch.randint(0, 256, (4, 1, 8, 8)), 256)
+    >>> bits_per_dim(flow.log_prob(x), num_dims=64).shape
+    torch.Size([4])
+
+See docs/flows.md.
+"""
+
+from .actnorm import ActNorm
+from .base import FlowLayer
+from .conditioners import MLP, ResNetConditioner
+from .conv1x1 import Invertible1x1Conv
+from .coupling import AdditiveCoupling, AffineCoupling
+from .dequantize import bits_per_dim, dequantize
+from .distributions import StandardLogistic, StandardNormal
+from .flow import Flow
+from .memory import ActivationMemory, activation_memory
+from .models import MODELS, build_model, glow, nice, realnvp
+from .permutations import Permutation, RandomPermutation, ReversePermutation
+from .scaling import Scaling
+from .split import MultiScaleSplit
+from .squeeze import Squeeze
+from .transforms import FlowTransform
+
+__all__ = [
+    "ActNorm", "ActivationMemory", "AdditiveCoupling", "AffineCoupling", "Flow", "FlowLayer", "FlowTransform",
+    "Invertible1x1Conv", "MLP", "MODELS", "MultiScaleSplit", "Permutation", "RandomPermutation",
+    "ResNetConditioner", "ReversePermutation", "Scaling", "Squeeze", "StandardLogistic", "StandardNormal",
+    "activation_memory", "bits_per_dim", "build_model", "dequantize", "glow", "nice", "realnvp",
+]  # fmt: skip

@@ -1,0 +1,78 @@
+"""What every flow layer is: an invertible map with a per-sample log-determinant (SPEC section 5).
+
+Layers map data towards the latent in `forward` and back in `inverse`; both return `(output, logdet)` with
+`logdet[b] = log|det d output / d input|` for sample `b`. Shapes are checked when a model is put together
+(:func:`propagate_shapes`), so a layer that does not fit fails at construction, not deep inside a kernel.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .._arguments import logdet_dtype
+
+Shape = tuple[int, ...]
+
+
+class FlowLayer(nn.Module):
+    """Base class of the invertible layers.
+
+    Subclasses implement ``forward(x, context=None) -> (y, logdet)`` and ``inverse(y, context=None) -> (x, logdet)``.
+    A layer that knows the sample shape it accepts stores it as ``input_shape`` (else ``None``); a layer that
+    changes shapes overrides :meth:`output_shape`.
+    """
+
+    input_shape: Optional[Shape] = None
+
+    def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:  # pragma: no cover
+        raise NotImplementedError
+
+    def inverse(self, y: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:  # pragma: no cover
+        raise NotImplementedError
+
+    def output_shape(self, input_shape: Shape) -> Shape:
+        """The shape of one output sample for one input sample of `input_shape` (identity by default)."""
+        return tuple(input_shape)
+
+    def check_input(self, x: Tensor) -> None:
+        """ValueError unless `x` is a batch of samples of this layer's `input_shape` (when known)."""
+        if self.input_shape is not None and tuple(x.shape[1:]) != self.input_shape:
+            raise ValueError(
+                f"{type(self).__name__} was built for samples of shape {self.input_shape}, "
+                f"got a batch of shape {tuple(x.shape)}"
+            )
+
+
+def zero_logdet(x: Tensor) -> Tensor:
+    """A zero log-det for the batch `x`, with the dtype the coupling ops use (float32 for half types)."""
+    return torch.zeros(x.shape[0], dtype=logdet_dtype(x.dtype), device=x.device)
+
+
+def propagate_shapes(layers: Iterable[nn.Module], input_shape: Sequence[int]) -> Shape:
+    """The sample shape after `layers`, checking that each layer accepts what the previous one gives.
+
+    >>> from nf_kernels.flows import Squeeze
+    >>> propagate_shapes([Squeeze()], (3, 8, 8))
+    (12, 4, 4)
+    """
+    shape = tuple(int(s) for s in input_shape)
+    for index, layer in enumerate(layers):
+        expected = getattr(layer, "input_shape", None)
+        if expected is not None and tuple(expected) != shape:
+            raise ValueError(
+                f"layer {index} ({type(layer).__name__}) expects samples of shape {tuple(expected)}, "
+                f"but the layers before it produce {shape}"
+            )
+        output_shape = getattr(layer, "output_shape", None)
+        shape = tuple(output_shape(shape)) if output_shape is not None else shape
+    return shape
+
+
+def channels_of(input_shape: Sequence[int], layer: str) -> int:
+    """Dim 1 of a batch (the channel or feature count) from a sample shape, with a clear error if there is none."""
+    if len(input_shape) == 0:
+        raise ValueError(f"{layer} needs samples with at least one dimension, got shape {tuple(input_shape)}")
+    return int(input_shape[0])

@@ -1,0 +1,115 @@
+"""Default conditioners: the networks that compute a coupling's scale and shift from the kept elements.
+
+Both zero-initialize their last layer, so the coupling they feed starts as the identity map (RealNVP, Glow).
+Both accept an optional per-sample context vector (`context_features` wide), e.g. an embedded class label.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+
+def _zero_init(layer: nn.Module) -> nn.Module:
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def _check_context(module: nn.Module, context: Optional[Tensor], batch: int) -> None:
+    if module.context_features is None:
+        if context is not None:
+            raise ValueError(f"{type(module).__name__} was built without context_features but got a context")
+        return
+    if context is None:
+        raise ValueError(f"{type(module).__name__} was built with context_features={module.context_features}; "
+                         "pass a context tensor of shape [B, context_features]")
+    if context.shape != (batch, module.context_features):
+        raise ValueError(f"context must have shape {(batch, module.context_features)}, got {tuple(context.shape)}")
+
+
+class MLP(nn.Module):
+    """A fully connected conditioner for vector data: [B, in_features] -> [B, out_features].
+
+    >>> net = MLP(3, 8, hidden=16)
+    >>> net(torch.randn(5, 3)).abs().max().item()    # zero-initialized output layer
+    0.0
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        hidden: int = 64,
+        num_hidden_layers: int = 2,
+        context_features: Optional[int] = None,
+    ):
+        super().__init__()
+        if min(in_features, out_features, hidden) <= 0 or num_hidden_layers < 1:
+            raise ValueError(f"MLP sizes must be positive, got in={in_features}, out={out_features}, "
+                             f"hidden={hidden}, num_hidden_layers={num_hidden_layers}")
+        self.in_features, self.out_features, self.context_features = in_features, out_features, context_features
+        layers: list[nn.Module] = []
+        width = in_features + (context_features or 0)
+        for _ in range(num_hidden_layers):
+            layers += [nn.Linear(width, hidden), nn.ReLU()]
+            width = hidden
+        layers.append(_zero_init(nn.Linear(width, out_features)))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
+        _check_context(self, context, x.shape[0])
+        if context is not None:
+            x = torch.cat([x, context.to(x.dtype)], dim=1)
+        return self.net(x)
+
+
+class _ResidualBlock(nn.Module):
+    """x + conv(relu(conv(relu(x)))); no batch norm, whose batch statistics would make inverse != forward^-1."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=1)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
+
+
+class ResNetConditioner(nn.Module):
+    """A small residual CNN for images: [B, in_channels, H, W] -> [B, out_channels, H, W].
+
+    The context, if any, is projected to a per-channel bias of the first feature map.
+
+    >>> net = ResNetConditioner(2, 6, hidden=8, num_blocks=1)
+    >>> net(torch.randn(1, 2, 4, 4)).shape
+    torch.Size([1, 6, 4, 4])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        hidden: int = 64,
+        num_blocks: int = 2,
+        context_features: Optional[int] = None,
+    ):
+        super().__init__()
+        if min(in_channels, out_channels, hidden) <= 0 or num_blocks < 0:
+            raise ValueError(f"ResNetConditioner sizes must be positive, got in={in_channels}, "
+                             f"out={out_channels}, hidden={hidden}, num_blocks={num_blocks}")
+        self.in_channels, self.out_channels, self.context_features = in_channels, out_channels, context_features
+        self.stem = nn.Conv2d(in_channels, hidden, 3, padding=1)
+        self.context_bias = nn.Linear(context_features, hidden) if context_features else None
+        self.blocks = nn.Sequential(*[_ResidualBlock(hidden) for _ in range(num_blocks)])
+        self.head = nn.Sequential(nn.ReLU(), _zero_init(nn.Conv2d(hidden, out_channels, 3, padding=1)))
+
+    def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
+        _check_context(self, context, x.shape[0])
+        features = self.stem(x)
+        if self.context_bias is not None:
+            features = features + self.context_bias(context.to(x.dtype))[:, :, None, None]
+        return self.head(self.blocks(features))

@@ -1,0 +1,84 @@
+"""Glow's invertible 1x1 convolution, LU-decomposed: a learned channel mixing with a cheap, safe log-det."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from .base import FlowLayer
+
+
+class Invertible1x1Conv(FlowLayer):
+    """y[:, i] = sum_j W[i, j] x[:, j] at every position, with W = P L (U + diag(sign * exp(log_s))).
+
+    P is a fixed permutation, L unit lower triangular, U strictly upper triangular (both learned), and the
+    diagonal is learned as signs and log-magnitudes, so ``log|det W| = sum(log_s)`` without ever taking the
+    log of a determinant: ``logdet = (H * W) * sum(log_s)`` for images (1 spatial position for vectors).
+    Initialized from a random rotation, as in Glow.
+
+    >>> layer = Invertible1x1Conv(4)
+    >>> x = torch.randn(2, 4, 3, 3)
+    >>> y, logdet = layer(x)
+    >>> x_back, _ = layer.inverse(y)
+    >>> torch.allclose(x_back, x, atol=1e-5)
+    True
+    """
+
+    def __init__(self, num_channels: int, generator: Optional[torch.Generator] = None):
+        super().__init__()
+        if num_channels <= 0:
+            raise ValueError(f"Invertible1x1Conv needs a positive channel count, got {num_channels}")
+        self.num_channels = int(num_channels)
+        rotation, _ = torch.linalg.qr(torch.randn(num_channels, num_channels, generator=generator, dtype=torch.float64))
+        permutation, lower, upper = torch.linalg.lu(rotation)
+        diagonal = torch.diagonal(upper)
+        self.register_buffer("permutation", permutation.float())
+        self.register_buffer("sign_s", torch.sign(diagonal).float())
+        self.register_buffer("lower_mask", torch.tril(torch.ones(num_channels, num_channels), -1))
+        self.lower = nn.Parameter(lower.float())
+        self.upper = nn.Parameter(torch.triu(upper, 1).float())
+        self.log_s = nn.Parameter(torch.log(diagonal.abs()).float())
+
+    def output_shape(self, input_shape):
+        if len(input_shape) == 0 or input_shape[0] != self.num_channels:
+            raise ValueError(f"Invertible1x1Conv({self.num_channels}) got samples of shape {tuple(input_shape)}")
+        return tuple(input_shape)
+
+    def _factors(self) -> tuple[Tensor, Tensor]:
+        eye = torch.eye(self.num_channels, device=self.lower.device, dtype=self.lower.dtype)
+        lower = self.lower * self.lower_mask + eye
+        upper = self.upper * self.lower_mask.T + torch.diag(self.sign_s * torch.exp(self.log_s))
+        return lower, upper
+
+    def weight(self) -> Tensor:
+        """The C x C mixing matrix W."""
+        lower, upper = self._factors()
+        return self.permutation @ lower @ upper
+
+    def inverse_weight(self) -> Tensor:
+        """W^-1 = U^-1 L^-1 P^T by two triangular solves (stabler than inverting W), in float64."""
+        lower, upper = (f.double() for f in self._factors())
+        eye = torch.eye(self.num_channels, dtype=torch.float64, device=lower.device)
+        lower_inv = torch.linalg.solve_triangular(lower, eye, upper=False, unitriangular=True)
+        inverse = torch.linalg.solve_triangular(upper, lower_inv, upper=True) @ self.permutation.double().T
+        return inverse.to(self.lower.dtype)
+
+    def _mix(self, x: Tensor, weight: Tensor, sign: float) -> tuple[Tensor, Tensor]:
+        if x.dim() < 2 or x.shape[1] != self.num_channels:
+            raise ValueError(f"Invertible1x1Conv({self.num_channels}) expects {self.num_channels} channels "
+                             f"in dim 1, got shape {tuple(x.shape)}")
+        y = torch.einsum("ij,bj...->bi...", weight.to(x.dtype), x)
+        positions = x[0].numel() // self.num_channels if x.shape[0] else 0
+        logdet = (sign * positions * self.log_s.sum()).to(torch.promote_types(x.dtype, torch.float32))
+        return y, logdet.expand(x.shape[0])
+
+    def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        return self._mix(x, self.weight(), 1.0)
+
+    def inverse(self, y: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        return self._mix(y, self.inverse_weight(), -1.0)
+
+    def extra_repr(self) -> str:
+        return str(self.num_channels)

@@ -1,0 +1,223 @@
+"""Coupling layers: a conditioner reads the kept elements, the fused op transforms the others.
+
+The coupling arithmetic itself is never written here: every call goes to :func:`nf_kernels.affine_coupling`
+or :func:`nf_kernels.additive_coupling` with the layer's `backend`. This module only decides what the
+conditioner sees (exactly the kept elements, which both directions leave unchanged, so `forward` and `inverse`
+compute the same `h`) and checks at construction that the conditioner's output fits the mask.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .. import functional
+from .._arguments import MASKS, SCALES, MaskArg, check_backend_name, expected_h_shape
+from .base import FlowLayer, Shape
+from .conditioners import MLP, ResNetConditioner
+
+
+def _kept_elements(input_shape: Shape, mask: MaskArg, flip: bool) -> Tensor:
+    """Bool tensor of one sample's shape: True where the coupling keeps (passes through) an element."""
+    if isinstance(mask, Tensor):
+        return ~mask if flip else mask.clone()
+    height, width = input_shape[1], input_shape[2]
+    i = torch.arange(height).view(height, 1)
+    j = torch.arange(width).view(1, width)
+    kept = (i + j) % 2 == (0 if flip else 1)  # SPEC: kept where (i + j) % 2 == 1 without flip
+    return kept.expand(input_shape).clone()
+
+
+def _check_mask(input_shape: Shape, mask: MaskArg) -> str:
+    """The mask kind ("half", "checkerboard" or "tensor"); ValueError if `mask` cannot fit `input_shape`."""
+    if isinstance(mask, Tensor):
+        if mask.dtype != torch.bool or tuple(mask.shape) != input_shape:
+            raise ValueError(f"a mask tensor must be torch.bool of the sample shape {input_shape}, "
+                             f"got {mask.dtype} of shape {tuple(mask.shape)}")
+        return "tensor"
+    if mask not in MASKS:
+        raise ValueError(f"unknown mask {mask!r}: valid choices are {', '.join(map(repr, MASKS))} or a bool tensor")
+    if mask == "checkerboard" and len(input_shape) != 3:
+        raise ValueError(f"mask='checkerboard' needs image samples (C, H, W), got sample shape {input_shape}")
+    if mask == "half" and input_shape[0] < 2:
+        raise ValueError(f"mask='half' splits dim 1 and needs at least 2 channels/features, got sample shape "
+                         f"{input_shape}; use mask='checkerboard' for single-channel images")
+    return mask
+
+
+def default_conditioner(
+    in_shape: Shape, out_channels: int, hidden: int, depth: int, context_features: Optional[int]
+) -> nn.Module:
+    """An MLP for vectors, a ResNet-style CNN for images (zero-initialized output either way); `depth` is the
+    MLP's hidden-layer count or the CNN's residual-block count."""
+    if len(in_shape) == 1:
+        return MLP(in_shape[0], out_channels, hidden=hidden, num_hidden_layers=depth, context_features=context_features)
+    if len(in_shape) == 3:
+        return ResNetConditioner(in_shape[0], out_channels, hidden=hidden, num_blocks=depth,
+                                 context_features=context_features)  # fmt: skip
+    raise ValueError(f"no default conditioner for samples of shape {in_shape}: pass conditioner=")
+
+
+class _CouplingLayer(FlowLayer):
+    """What the affine and additive couplings share: the mask, the conditioner and its checks."""
+
+    _additive: bool
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        conditioner: Optional[nn.Module],
+        mask: MaskArg,
+        flip: bool,
+        hidden: int,
+        depth: int,
+        context_features: Optional[int],
+        backend: str,
+    ):
+        super().__init__()
+        self.input_shape = tuple(int(s) for s in input_shape)
+        if not self.input_shape:
+            raise ValueError("a coupling needs samples with at least one dimension")
+        check_backend_name(backend)
+        self.mask_kind = _check_mask(self.input_shape, mask)
+        self.flip, self.backend, self.context_features = bool(flip), backend, context_features
+        if self.mask_kind == "half":
+            channels = self.input_shape[0]
+            kept = channels // 2
+            self._kept_channels = slice(channels - kept, channels) if self.flip else slice(0, kept)
+            conditioner_in: Shape = (kept, *self.input_shape[1:])
+        else:
+            # The conditioner sees the whole sample with transformed elements zeroed.
+            kept_mask = _kept_elements(self.input_shape, mask, self.flip)
+            self.register_buffer("_kept_mask", kept_mask, persistent=False)
+            conditioner_in = self.input_shape
+        self.register_buffer("_mask_tensor", mask.clone() if self.mask_kind == "tensor" else None, persistent=False)
+        self.h_shape = expected_h_shape(torch.Size((1, *self.input_shape)), self.mask_kind, self._additive)[1:]
+        if conditioner is None:
+            conditioner = default_conditioner(conditioner_in, self.h_shape[0], hidden, depth, context_features)
+        self.conditioner = conditioner
+        self._check_conditioner(conditioner_in)
+
+    def _check_conditioner(self, conditioner_in: Shape) -> None:
+        """One dry run on zeros: a conditioner of the wrong width fails here, naming the shapes."""
+        probe = torch.zeros((1, *conditioner_in))
+        context = torch.zeros(1, self.context_features) if self.context_features else None
+        try:
+            with torch.no_grad():
+                out = self._run_conditioner(probe, context)
+        except Exception as error:
+            raise ValueError(
+                f"{type(self).__name__}: the conditioner failed on its input shape (1, *{conditioner_in}) "
+                f"(the kept elements{' and a context' if context is not None else ''}): {error}"
+            ) from error
+        if tuple(out.shape[1:]) != self.h_shape:
+            raise ValueError(
+                f"{type(self).__name__}: the conditioner maps samples of shape {conditioner_in} to "
+                f"{tuple(out.shape[1:])}, but mask={self.mask_kind!r} on samples of shape {self.input_shape} "
+                f"needs {self.h_shape}"
+            )
+
+    def _run_conditioner(self, kept: Tensor, context: Optional[Tensor]) -> Tensor:
+        # Any nn.Module can be a conditioner; only pass a context to those used with one.
+        return self.conditioner(kept) if context is None else self.conditioner(kept, context)
+
+    def _conditioner_output(self, x: Tensor, context: Optional[Tensor]) -> Tensor:
+        self.check_input(x)
+        if self.mask_kind == "half":
+            kept = x[:, self._kept_channels]
+        else:
+            kept = x * self._kept_mask.to(x.dtype)
+        return self._run_conditioner(kept, context)
+
+    @property
+    def _mask_arg(self) -> MaskArg:
+        return self._mask_tensor if self.mask_kind == "tensor" else self.mask_kind
+
+    def _couple(self, x: Tensor, h: Tensor, reverse: bool) -> tuple[Tensor, Tensor]:  # pragma: no cover
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        return self._couple(x, self._conditioner_output(x, context), reverse=False)
+
+    def inverse(self, y: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        return self._couple(y, self._conditioner_output(y, context), reverse=True)
+
+    def extra_repr(self) -> str:
+        mask = "tensor" if self.mask_kind == "tensor" else repr(self.mask_kind)
+        return f"input_shape={self.input_shape}, mask={mask}, flip={self.flip}, backend={self.backend!r}"
+
+
+class AffineCoupling(_CouplingLayer):
+    """RealNVP/Glow affine coupling over samples of `input_shape`, through the fused op.
+
+    >>> layer = AffineCoupling((4,), hidden=16, scale="tanh")
+    >>> x = torch.randn(3, 4)
+    >>> y, logdet = layer(x)          # identity at init: the conditioner's last layer is zero
+    >>> torch.equal(y, x), logdet.tolist()
+    (True, [0.0, 0.0, 0.0])
+    """
+
+    _additive = False
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        conditioner: Optional[nn.Module] = None,
+        *,
+        mask: MaskArg = "half",
+        flip: bool = False,
+        scale: str = "exp",
+        clamp: float = 2.0,
+        shift_first: bool = False,
+        hidden: int = 64,
+        depth: int = 2,
+        context_features: Optional[int] = None,
+        backend: str = "auto",
+    ):
+        if scale not in SCALES:
+            raise ValueError(f"unknown scale {scale!r}: valid choices are {', '.join(map(repr, SCALES))}")
+        if not clamp > 0:
+            raise ValueError(f"clamp must be > 0, got {clamp}")
+        self.scale, self.clamp, self.shift_first = scale, float(clamp), bool(shift_first)
+        super().__init__(input_shape, conditioner, mask, flip, hidden, depth, context_features, backend)
+
+    def _couple(self, x, h, reverse):
+        return functional.affine_coupling(
+            x, h, mask=self._mask_arg, flip=self.flip, scale=self.scale, clamp=self.clamp,
+            shift_first=self.shift_first, reverse=reverse, backend=self.backend,
+        )  # fmt: skip
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, scale={self.scale!r}, clamp={self.clamp}, shift_first={self.shift_first}"
+
+
+class AdditiveCoupling(_CouplingLayer):
+    """NICE additive coupling (log-det 0) over samples of `input_shape`, through the fused op.
+
+    >>> layer = AdditiveCoupling((1, 4, 4), mask="checkerboard", hidden=8)
+    >>> layer.inverse(layer(torch.randn(2, 1, 4, 4))[0])[1].tolist()
+    [0.0, 0.0]
+    """
+
+    _additive = True
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        conditioner: Optional[nn.Module] = None,
+        *,
+        mask: MaskArg = "half",
+        flip: bool = False,
+        hidden: int = 64,
+        depth: int = 2,
+        context_features: Optional[int] = None,
+        backend: str = "auto",
+    ):
+        super().__init__(input_shape, conditioner, mask, flip, hidden, depth, context_features, backend)
+
+    def _couple(self, x, h, reverse):
+        return functional.additive_coupling(
+            x, h, mask=self._mask_arg, flip=self.flip, reverse=reverse, backend=self.backend
+        )

@@ -1,0 +1,45 @@
+"""From discrete pixels to densities and back: uniform dequantization and bits per dimension (SPEC section 5)."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+
+def dequantize(x_int: Tensor, levels: int = 256, generator: Optional[torch.Generator] = None) -> Tensor:
+    """Uniform dequantization: integer levels {0, ..., levels-1} -> (x_int + u) / levels in [0, 1), u ~ U[0, 1).
+
+    A continuous density fitted to these values lower-bounds the discrete model's log-likelihood, once
+    corrected by ``-D * log(levels)`` (see :func:`bits_per_dim`).
+
+    >>> x = dequantize(torch.tensor([[0, 255]]), 256)
+    >>> bool((x >= 0).all() and (x < 1).all())
+    True
+    """
+    if levels < 2:
+        raise ValueError(f"levels must be >= 2, got {levels}")
+    if x_int.dtype.is_floating_point:
+        if not torch.equal(x_int, x_int.round()):
+            raise ValueError("dequantize expects integer levels (an integer tensor, or floats holding integers)")
+    if x_int.numel() and (x_int.min() < 0 or x_int.max() >= levels):
+        raise ValueError(f"values must lie in [0, {levels - 1}], got [{x_int.min().item()}, {x_int.max().item()}]")
+    dtype = x_int.dtype if x_int.dtype.is_floating_point else torch.get_default_dtype()
+    noise = torch.rand(x_int.shape, generator=generator, dtype=dtype, device=x_int.device)
+    # float32 rounding could turn (levels - 1 + u) / levels into exactly 1.0: keep the promised [0, 1).
+    return ((x_int.to(dtype) + noise) / levels).clamp_max(1 - torch.finfo(dtype).eps)
+
+
+def bits_per_dim(log_prob: Tensor, num_dims: int, levels: int = 256) -> Tensor:
+    """-(log_prob - D log(levels)) / (D log 2): bits per dimension of data dequantized from `levels` into [0, 1).
+
+    `log_prob` is the natural-log density of the dequantized [0, 1) data (e.g. ``flow.log_prob(x)``), per sample.
+
+    >>> bits_per_dim(torch.tensor([0.0]), num_dims=3)   # a uniform density on [0, 1)^3 costs 8 bits a dim
+    tensor([8.])
+    """
+    if num_dims <= 0:
+        raise ValueError(f"num_dims must be positive, got {num_dims}")
+    return -(log_prob - num_dims * math.log(levels)) / (num_dims * math.log(2.0))

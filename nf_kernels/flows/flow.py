@@ -1,0 +1,102 @@
+"""`Flow`: the sequential container that turns invertible layers and a base distribution into a density model."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .base import propagate_shapes
+from .memory_saving import inverse_layers, run_layers
+
+
+class Flow(nn.Module):
+    """A normalizing flow: `layers` map data `x` to a latent `z` distributed as `base`.
+
+    ``log_prob(x) = base.log_prob(f(x)) + log|det df/dx|`` (natural log, shape [B]); ``sample(n)`` draws
+    ``z ~ base`` and returns ``f^-1(z)``. With ``memory_saving=True`` the forward pass keeps no intermediate
+    activations for backward (each layer's input is rebuilt from its output; see ``memory_saving.py``).
+
+    `context` (optional) is passed to every layer, after `context_encoder` if one is given (for example an
+    ``nn.Embedding`` that turns class labels into the conditioners' context vectors).
+    `sample_shape` defaults to the base distribution's shape; give it when the layers change shapes.
+
+    >>> from nf_kernels.flows import AffineCoupling, StandardNormal
+    >>> flow = Flow([AffineCoupling((2,), hidden=8), AffineCoupling((2,), hidden=8, flip=True)], StandardNormal((2,)))
+    >>> flow.log_prob(torch.zeros(3, 2)).shape, flow.sample(5).shape
+    (torch.Size([3]), torch.Size([5, 2]))
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[nn.Module],
+        base: nn.Module,
+        *,
+        memory_saving: bool = False,
+        sample_shape: Optional[Sequence[int]] = None,
+        context_encoder: Optional[nn.Module] = None,
+    ):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.base = base
+        self.context_encoder = context_encoder
+        base_shape = tuple(getattr(base, "shape", ()))
+        self.sample_shape: tuple[int, ...] = tuple(int(s) for s in sample_shape) if sample_shape else base_shape
+        latent_shape = propagate_shapes(self.layers, self.sample_shape)
+        if base_shape and latent_shape != base_shape:
+            raise ValueError(
+                f"the layers map samples of shape {self.sample_shape} to {latent_shape}, "
+                f"but the base distribution is over {base_shape}"
+            )
+        self.memory_saving = memory_saving
+
+    @property
+    def memory_saving(self) -> bool:
+        return self._memory_saving
+
+    @memory_saving.setter
+    def memory_saving(self, enabled: bool) -> None:
+        # Nested stacks (the layers of a multi-scale split) follow the model's setting.
+        self._memory_saving = bool(enabled)
+        for module in self.modules():
+            if module is not self and hasattr(module, "memory_saving"):
+                module.memory_saving = self._memory_saving
+
+    def _encode(self, context: Optional[Tensor]) -> Optional[Tensor]:
+        if context is None or self.context_encoder is None:
+            return context
+        return self.context_encoder(context)
+
+    def _check_batch(self, x: Tensor, what: str, shape: tuple[int, ...]) -> None:
+        if tuple(x.shape[1:]) != shape:
+            raise ValueError(f"{what} must be a batch of samples of shape {shape}, got {tuple(x.shape)}")
+
+    def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        """(z, logdet): the latent of each sample and log|det dz/dx|, shape [B]."""
+        self._check_batch(x, "x", self.sample_shape)
+        return run_layers(self.layers, x, self._encode(context), self.memory_saving)
+
+    def inverse(self, z: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        """(x, logdet): data for each latent and log|det dx/dz|, shape [B]."""
+        return inverse_layers(self.layers, z, self._encode(context))
+
+    def log_prob(self, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
+        """Natural-log density of each sample, shape [B]."""
+        z, logdet = self(x, context)
+        return self.base.log_prob(z) + logdet
+
+    def sample(
+        self, num_samples: int, context: Optional[Tensor] = None, generator: Optional[torch.Generator] = None
+    ) -> Tensor:
+        """`num_samples` draws from the model, shape [num_samples, *sample_shape].
+
+        A conditional model takes one context per sample, or a single one (e.g. a 0-d label) for all of them.
+        """
+        if context is not None and (context.dim() == 0 or context.shape[0] == 1):
+            context = context.reshape(1, *context.shape[1:]).expand(num_samples, *context.shape[1:])
+        z = self.base.sample(num_samples, generator=generator)
+        return self.inverse(z, context)[0]
+
+    def extra_repr(self) -> str:
+        return f"sample_shape={self.sample_shape}, memory_saving={self.memory_saving}"

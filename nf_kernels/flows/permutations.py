@@ -1,0 +1,68 @@
+"""Fixed permutations of dim 1 (features or channels): reverse, and a seeded random one."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .base import FlowLayer, zero_logdet
+
+
+class Permutation(FlowLayer):
+    """y = x[:, permutation]; volume-preserving (logdet 0). The permutation is saved in the state_dict."""
+
+    def __init__(self, permutation: Tensor):
+        super().__init__()
+        permutation = torch.as_tensor(permutation, dtype=torch.long)
+        n = permutation.numel()
+        if n == 0 or permutation.dim() != 1 or not torch.equal(permutation.sort().values, torch.arange(n)):
+            raise ValueError(f"not a permutation of 0..{n - 1}: {permutation.tolist()}")
+        self.num_features = n
+        self.register_buffer("permutation", permutation)
+        self.register_buffer("inverse_permutation", torch.argsort(permutation))
+
+    def output_shape(self, input_shape):
+        if len(input_shape) == 0 or input_shape[0] != self.num_features:
+            raise ValueError(f"{type(self).__name__}({self.num_features}) got samples of shape {tuple(input_shape)}")
+        return tuple(input_shape)
+
+    def _permute(self, x: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+        if x.dim() < 2 or x.shape[1] != self.num_features:
+            raise ValueError(f"{type(self).__name__}({self.num_features}) expects {self.num_features} entries "
+                             f"in dim 1, got shape {tuple(x.shape)}")
+        return x.index_select(1, index), zero_logdet(x)
+
+    def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        return self._permute(x, self.permutation)
+
+    def inverse(self, y: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        return self._permute(y, self.inverse_permutation)
+
+    def extra_repr(self) -> str:
+        return str(self.num_features)
+
+
+class ReversePermutation(Permutation):
+    """Reverses the order along dim 1.
+
+    >>> ReversePermutation(3)(torch.tensor([[1.0, 2.0, 3.0]]))[0]
+    tensor([[3., 2., 1.]])
+    """
+
+    def __init__(self, num_features: int):
+        super().__init__(torch.arange(num_features - 1, -1, -1))
+
+
+class RandomPermutation(Permutation):
+    """A fixed random shuffle of dim 1, drawn once at construction (pass a seeded `generator` to repeat it).
+
+    >>> layer = RandomPermutation(4, generator=torch.Generator().manual_seed(0))
+    >>> x = torch.randn(2, 4)
+    >>> torch.equal(layer.inverse(layer(x)[0])[0], x)
+    True
+    """
+
+    def __init__(self, num_features: int, generator: Optional[torch.Generator] = None):
+        super().__init__(torch.randperm(num_features, generator=generator))

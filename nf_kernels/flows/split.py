@@ -1,0 +1,70 @@
+"""Multi-scale split (RealNVP, Glow): half the channels go straight to the latent, the rest flow on.
+
+A split is a bijection like any other layer: it factors out the last `C // 2` channels, runs its inner layers on
+the first `C - C // 2`, and returns both parts flattened and concatenated, `[B, prod(input_shape)]`. Nesting one
+split inside another gives the usual multi-scale architecture, and the model's latent is one flat vector whose
+base distribution covers the factored-out parts and the final scale alike. Because the inner layers are a stack of
+their own, memory-saving backprop applies inside them too.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .base import FlowLayer, propagate_shapes
+from .memory_saving import inverse_layers, run_layers
+
+
+class MultiScaleSplit(FlowLayer):
+    """Factor out half the channels of image samples of `input_shape`; apply `layers` to the other half.
+
+    >>> from nf_kernels.flows import Squeeze
+    >>> split = MultiScaleSplit((4, 4, 4), [Squeeze()])
+    >>> z, logdet = split(torch.randn(2, 4, 4, 4))
+    >>> z.shape, split.inner_input_shape, split.inner_output_shape
+    (torch.Size([2, 64]), (2, 4, 4), (8, 2, 2))
+    """
+
+    def __init__(self, input_shape: Sequence[int], layers: Sequence[nn.Module] = (), memory_saving: bool = False):
+        super().__init__()
+        self.input_shape = tuple(int(s) for s in input_shape)
+        if len(self.input_shape) < 1 or self.input_shape[0] < 2:
+            raise ValueError(f"MultiScaleSplit needs at least 2 channels to split, got sample shape {self.input_shape}")
+        channels = self.input_shape[0]
+        self.inner_input_shape = self.kept_shape(self.input_shape)
+        self.kept_channels = self.inner_input_shape[0]
+        self.factored_shape = (channels // 2, *self.input_shape[1:])
+        self.layers = nn.ModuleList(layers)
+        self.inner_output_shape = propagate_shapes(self.layers, self.inner_input_shape)
+        self.memory_saving = memory_saving
+
+    @staticmethod
+    def kept_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
+        """The sample shape the inner layers get: the first ``C - C // 2`` channels."""
+        channels = int(input_shape[0])
+        return (channels - channels // 2, *(int(s) for s in input_shape[1:]))
+
+    def output_shape(self, input_shape):
+        return (math.prod(input_shape),)
+
+    def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        self.check_input(x)
+        kept, factored = x[:, : self.kept_channels], x[:, self.kept_channels :]
+        z_inner, logdet = run_layers(self.layers, kept, context, self.memory_saving)
+        return torch.cat([factored.flatten(1), z_inner.flatten(1)], dim=1), logdet
+
+    def inverse(self, z: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        factored_numel = math.prod(self.factored_shape)
+        if z.dim() != 2 or z.shape[1] != math.prod(self.input_shape):
+            raise ValueError(f"MultiScaleSplit.inverse expects [B, {math.prod(self.input_shape)}], got {tuple(z.shape)}")
+        factored = z[:, :factored_numel].reshape(-1, *self.factored_shape)
+        z_inner = z[:, factored_numel:].reshape(-1, *self.inner_output_shape)
+        kept, logdet = inverse_layers(self.layers, z_inner, context)
+        return torch.cat([kept, factored], dim=1), logdet
+
+    def extra_repr(self) -> str:
+        return f"input_shape={self.input_shape}, factored_out={self.factored_shape}, memory_saving={self.memory_saving}"
