@@ -5,11 +5,11 @@
     FlowDataset('digits', train=1438, test=359, sample_shape=(1, 8, 8), levels=17, num_classes=10)
 """
 
-from .dataset import DataError, FlowDataset, bits_per_dim, dequantize, split_indices
+from .dataset import DataError, FlowDataset, dequantize, split_indices
 from .registry import BUILTIN, describe_choices, load_dataset
 from .toys import TOYS, make_toy
 
 __all__ = [
-    "BUILTIN", "DataError", "FlowDataset", "TOYS", "bits_per_dim", "dequantize", "describe_choices",
+    "BUILTIN", "DataError", "FlowDataset", "TOYS", "dequantize", "describe_choices",
     "load_dataset", "make_toy", "split_indices",
 ]  # fmt: skip

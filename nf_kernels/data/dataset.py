@@ -88,19 +88,11 @@ def dequantize(levels_batch: torch.Tensor, levels: int, noise: torch.Tensor) -> 
     The noise is passed in (rather than drawn here) so the caller decides which generator makes it: that is what
     lets a resumed or a distributed run see exactly the same noise as an uninterrupted single-process run.
 
+    It is :func:`nf_kernels.flows.dequantize` with the noise as an argument.
+
     >>> dequantize(torch.tensor([0, 16]), 17, torch.tensor([0.5, 0.5]))
     tensor([0.0294, 0.9706])
     """
-    return (levels_batch.to(noise.dtype) + noise) / levels
-
-
-def bits_per_dim(log_prob: torch.Tensor, num_dims: int, levels: int) -> torch.Tensor:
-    """SPEC section 5 with ``levels`` in place of 256: the discrete model's code length per dimension, in bits.
-
-    ``log_prob`` is the density of data dequantized into ``[0, 1)``; scaling back to the integer grid adds
-    ``D * log(levels)`` nats.
-
-    >>> round(bits_per_dim(torch.tensor([0.0]), num_dims=64, levels=17).item(), 4)  # a uniform model: log2(17)
-    4.0875
-    """
-    return -(log_prob - num_dims * math.log(levels)) / (num_dims * math.log(2))
+    values = (levels_batch.to(noise.dtype) + noise) / levels
+    # rounding can turn (levels - 1 + u) / levels into exactly 1.0, outside the promised [0, 1)
+    return values.clamp_max(1 - torch.finfo(noise.dtype).eps)

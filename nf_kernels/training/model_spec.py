@@ -1,0 +1,44 @@
+"""How to rebuild a model: what a checkpoint stores so ``eval`` and ``sample`` need nothing but the file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from torch import nn
+
+MODEL_NAMES = ("nice", "realnvp", "glow")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The arguments of :func:`nf_kernels.flows.build_model`, minus the run-time ones (backend, memory saving).
+
+    >>> spec = ModelSpec("realnvp", (2,), {"hidden": 32})
+    >>> ModelSpec.from_dict(spec.to_dict()) == spec
+    True
+    """
+
+    name: str
+    sample_shape: tuple[int, ...]
+    sizes: dict[str, Any] = field(default_factory=dict)  # only the sizes the user chose; the rest are defaults
+    num_classes: Optional[int] = None
+
+    def build(self, *, backend: str = "auto", memory_saving: bool = False) -> nn.Module:
+        from ..flows import build_model  # the flows import the op layer: only when a model is needed
+
+        return build_model(self.name, self.sample_shape, backend=backend, memory_saving=memory_saving,
+                           num_classes=self.num_classes, **self.sizes)  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "sample_shape": list(self.sample_shape), "sizes": dict(self.sizes),
+                "num_classes": self.num_classes}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any]) -> "ModelSpec":
+        return cls(saved["name"], tuple(saved["sample_shape"]), dict(saved["sizes"]), saved.get("num_classes"))
+
+    def describe(self) -> str:
+        sizes = ", ".join(f"{k}={v}" for k, v in sorted(self.sizes.items()))
+        classes = f", {self.num_classes} classes" if self.num_classes else ""
+        return f"{self.name} on {self.sample_shape}" + (f" ({sizes})" if sizes else "") + classes
