@@ -1,0 +1,48 @@
+"""Helpers shared by the flow tests: random (non-identity) parameters, Jacobians, tiny models."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from nf_kernels.flows import build_model
+
+# Tiny sizes: every model builds and runs in well under a second, also under the Triton interpreter.
+TINY = dict(num_layers=2, num_scales=2, num_steps=1, final_steps=1, hidden=8, depth=1, context_features=4)
+VECTOR_SHAPE, IMAGE_SHAPE = (3,), (2, 4, 4)
+
+
+def perturb(module: nn.Module, std: float = 0.1, seed: int = 0) -> nn.Module:
+    """Add noise to every parameter, so zero-initialized conditioners do something (the identity hides bugs)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * std)
+    return module
+
+
+def tiny_model(name: str, shape, backend: str = "reference", seed: int = 0, **overrides) -> nn.Module:
+    torch.manual_seed(seed)
+    flow = build_model(name, shape, backend=backend, **{**TINY, **overrides})
+    flow.eval()  # ActNorm keeps its (perturbed) parameters instead of initializing from data
+    return perturb(flow, seed=seed)
+
+
+def log_abs_det_jacobian(fn, x: torch.Tensor) -> torch.Tensor:
+    """log|det d fn(x_b) / d x_b| for each sample b, from the full autograd Jacobian (float64, small shapes)."""
+    results = []
+    for b in range(x.shape[0]):
+        sample = x[b : b + 1]
+
+        def flat(v):
+            return fn(v.reshape(sample.shape)).reshape(-1)
+
+        jacobian = torch.autograd.functional.jacobian(flat, sample.reshape(-1))
+        results.append(torch.linalg.slogdet(jacobian)[1])
+    return torch.stack(results)
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    scale = ref.double().norm().item()
+    diff = (out.double() - ref.double()).norm().item()
+    return diff / scale if scale > 0 else diff

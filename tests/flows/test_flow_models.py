@@ -1,0 +1,115 @@
+"""NICE, RealNVP and Glow: densities, sampling, state_dict, conditioning, and agreement across backends."""
+
+import io
+import math
+
+import pytest
+import torch
+from conftest import CPU_BACKENDS, TOLERANCE
+from flows_helpers import IMAGE_SHAPE, TINY, VECTOR_SHAPE, rel_err, tiny_model
+
+from nf_kernels.flows import MODELS, build_model
+
+SHAPES = [VECTOR_SHAPE, IMAGE_SHAPE]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_2d_density_integrates_to_one(name):
+    flow = tiny_model(name, (2,), num_layers=4, num_steps=2, hidden=16).double()
+    edge, n = 8.0, 401
+    axis = torch.linspace(-edge, edge, n, dtype=torch.float64)
+    grid = torch.stack(torch.meshgrid(axis, axis, indexing="ij"), -1).reshape(-1, 2)
+    with torch.no_grad():
+        density = flow.log_prob(grid).exp().reshape(n, n)
+    mass = torch.trapezoid(torch.trapezoid(density, axis), axis).item()
+    assert abs(mass - 1) <= 1e-2
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("name", MODELS)
+def test_log_prob_is_base_density_plus_summed_log_dets(name, shape):
+    flow = tiny_model(name, shape)
+    x = torch.rand(3, *shape)
+    summed, z = torch.zeros(3), x
+    for layer in flow.layers:  # layer by layer, outside Flow
+        z, layer_logdet = layer(z)
+        summed += layer_logdet
+    torch.testing.assert_close(flow.log_prob(x), flow.base.log_prob(z) + summed)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("name", MODELS)
+def test_sample_shapes_and_finite_log_prob(name, shape):
+    flow = tiny_model(name, shape)
+    assert flow.sample_shape == shape
+    with torch.no_grad():
+        x = flow.sample(5)
+        assert x.shape == (5, *shape)
+        assert torch.isfinite(flow.log_prob(x)).all()
+        z, _ = flow(x)  # the latent of a sample maps back onto it
+        torch.testing.assert_close(flow.inverse(z)[0], x, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("name", MODELS)
+def test_state_dict_round_trip_gives_identical_log_prob(name, shape):
+    flow = tiny_model(name, shape, seed=1)
+    buffer = io.BytesIO()
+    torch.save(flow.state_dict(), buffer)
+    buffer.seek(0)
+    fresh = build_model(name, shape, backend="reference", **TINY)
+    fresh.load_state_dict(torch.load(buffer))
+    fresh.eval()
+    x = torch.rand(4, *shape)
+    assert torch.equal(fresh.log_prob(x), flow.log_prob(x))
+
+
+def test_actnorm_initialization_survives_a_state_dict_round_trip():
+    flow = build_model("glow", VECTOR_SHAPE, backend="reference", **TINY)
+    flow.log_prob(torch.randn(16, *VECTOR_SHAPE) * 5)  # training mode: data-dependent init happens here
+    fresh = build_model("glow", VECTOR_SHAPE, backend="reference", **TINY)
+    fresh.load_state_dict(flow.state_dict())
+    x = torch.randn(4, *VECTOR_SHAPE)
+    assert torch.equal(fresh.log_prob(x), flow.log_prob(x))  # fresh is in training mode: it must not re-init
+
+
+@pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if b != "reference"])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("name", MODELS)
+def test_every_backend_gives_the_reference_log_prob(name, shape, backend):
+    reference = tiny_model(name, shape, backend="reference")
+    fused = tiny_model(name, shape, backend=backend)
+    x = torch.rand(2, *shape)
+    expected = reference.log_prob(x)
+    assert rel_err(fused.log_prob(x), expected) <= TOLERANCE[torch.float32]
+    loss = -fused.log_prob(x).sum()
+    loss.backward()  # the fused backward runs too
+    assert all(torch.isfinite(p.grad).all() for p in fused.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_backend_is_chosen_per_layer(backend):
+    flow = build_model("realnvp", VECTOR_SHAPE, backend=backend, **TINY)
+    assert {layer.backend for layer in flow.layers} == {backend}
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("name", MODELS)
+def test_class_conditional_models_depend_on_the_label(name, shape):
+    flow = tiny_model(name, shape, num_classes=3)
+    x = torch.rand(2, *shape)
+    labels = torch.tensor([0, 2])
+    assert not torch.allclose(flow.log_prob(x, labels), flow.log_prob(x, labels.flip(0)))
+    samples = flow.sample(4, torch.tensor(1))
+    assert samples.shape == (4, *shape)
+    assert torch.isfinite(flow.log_prob(samples, torch.ones(4, dtype=torch.long))).all()
+    with pytest.raises(ValueError, match="context"):
+        flow.log_prob(x)
+
+
+def test_default_sizes_build_for_the_cli_shapes():
+    for name in MODELS:
+        for shape in [(2,), (1, 8, 8), (3, 32, 32)]:
+            flow = build_model(name, shape)
+            assert flow.sample_shape == shape
+            assert math.prod(flow.base.shape) == math.prod(shape)
