@@ -86,7 +86,13 @@ def _resolve(requested: str, env_choice: Optional[str], device_type: str) -> str
 def resolve_backend(requested: str, device: torch.device) -> str:
     """The concrete backend name for a call; raises the SPEC's errors for unknown or unusable backends."""
     check_backend_name(requested)
-    return _resolve(requested, os.environ.get(ENV_VAR) or None, device.type)
+    return _resolve_constant(requested, device.type)
+
+
+# Under torch.compile the choice is a constant of the traced graph: dynamo does not trace the imports behind it.
+@torch.compiler.assume_constant_result
+def _resolve_constant(requested: str, device_type: str) -> str:
+    return _resolve(requested, os.environ.get(ENV_VAR) or None, device_type)
 
 
 @dataclass(frozen=True)

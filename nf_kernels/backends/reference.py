@@ -1,7 +1,9 @@
 """The "reference" backend: the SPEC written as plain PyTorch, for clarity rather than speed.
 
 It is the oracle every other backend is tested against, so it shares no code with them: it builds the masks
-with tensor ops, applies the formulas literally, and takes its gradient from autograd.
+with tensor ops and applies the formulas literally. Its gradient is written out by hand too (autograd does not
+record inside a custom op's implementation), and the tests hold that gradient to finite differences (gradcheck)
+and to slogdet of the Jacobian.
 """
 
 from __future__ import annotations
@@ -10,11 +12,12 @@ import math
 from typing import Optional
 
 import torch
+from torch import Tensor
 
 from .._arguments import CouplingConfig, compute_dtype, logdet_dtype
 
 
-def scale_map(s: torch.Tensor, scale: str, clamp: float) -> torch.Tensor:
+def scale_map(s: Tensor, scale: str, clamp: float) -> Tensor:
     """log_scale = a(s_raw), the SPEC's table of scale parameterizations."""
     if scale == "exp":
         return s
@@ -27,8 +30,24 @@ def scale_map(s: torch.Tensor, scale: str, clamp: float) -> torch.Tensor:
     raise ValueError(f"unknown scale {scale!r}")
 
 
-def _transformed_elements(x: torch.Tensor, mask: Optional[torch.Tensor], config: CouplingConfig) -> torch.Tensor:
-    """Bool tensor of shape x.shape[1:]: True where an element is transformed, False where it is kept."""
+def scale_map_derivative(s: Tensor, scale: str, clamp: float) -> Tensor:
+    """a'(s_raw)."""
+    if scale == "exp":
+        return torch.ones_like(s)
+    if scale == "tanh":
+        return 1.0 - torch.tanh(s / clamp) ** 2
+    if scale == "atan":
+        return (2.0 / math.pi) / (1.0 + (s / clamp) ** 2)
+    if scale == "sigmoid":
+        return torch.sigmoid(-(s + 2.0))  # d/dv log(sigmoid(v)) = 1 - sigmoid(v)
+    raise ValueError(f"unknown scale {scale!r}")
+
+
+# ---- which elements are transformed -------------------------------------------------------------------------
+
+
+def _transformed_elements(x: Tensor, mask: Optional[Tensor], config: CouplingConfig) -> Tensor:
+    """For checkerboard and bool masks: a bool tensor of shape x.shape[1:], True where transformed."""
     if config.mask_kind == "checkerboard":
         height, width = x.shape[2], x.shape[3]
         i = torch.arange(height, device=x.device).view(height, 1)
@@ -40,8 +59,32 @@ def _transformed_elements(x: torch.Tensor, mask: Optional[torch.Tensor], config:
     return ~kept
 
 
-def _affine(x, s, t, config: CouplingConfig):
-    """The coupling applied to transformed elements only; returns (out, log_scale)."""
+def _half_split(v: Tensor, config: CouplingConfig) -> tuple[Tensor, Tensor]:
+    """For the "half" mask: (kept, transformed) channels of v along dim 1."""
+    channels = v.shape[1]
+    n_kept = channels // 2
+    if config.flip:  # the first C - C//2 are transformed, the last C//2 kept
+        return v[:, channels - n_kept :], v[:, : channels - n_kept]
+    return v[:, :n_kept], v[:, n_kept:]
+
+
+def _half_join(kept: Tensor, transformed: Tensor, config: CouplingConfig) -> Tensor:
+    return torch.cat([transformed, kept] if config.flip else [kept, transformed], dim=1)
+
+
+def _split_h(h: Tensor, config: CouplingConfig) -> tuple[Optional[Tensor], Tensor]:
+    """(s_raw, t) along dim 1: scale first, then shift (RealNVP convention). Additive: (None, t)."""
+    if config.additive:
+        return None, h
+    half = h.shape[1] // 2
+    return h[:, :half], h[:, half:]
+
+
+# ---- forward ------------------------------------------------------------------------------------------------
+
+
+def _step(x: Tensor, s: Optional[Tensor], t: Tensor, config: CouplingConfig) -> tuple[Tensor, Tensor]:
+    """The coupling on every element as if transformed; returns (out, a(s_raw))."""
     if config.additive:
         return (x - t if config.reverse else x + t), torch.zeros_like(x)
     a = scale_map(s, config.scale, config.clamp)
@@ -52,38 +95,73 @@ def _affine(x, s, t, config: CouplingConfig):
     return out, a
 
 
-def _split_h(h: torch.Tensor, config: CouplingConfig):
-    """(s_raw, t) along dim 1: scale first, then shift (RealNVP convention)."""
-    if config.additive:
-        return None, h
-    half = h.shape[1] // 2
-    return h[:, :half], h[:, half:]
-
-
-def coupling(x: torch.Tensor, h: torch.Tensor, mask: Optional[torch.Tensor], config: CouplingConfig):
-    """(y, logdet) by the SPEC's formulas, differentiable by autograd."""
+def coupling(x: Tensor, h: Tensor, mask: Optional[Tensor], config: CouplingConfig) -> tuple[Tensor, Tensor]:
+    """(y, logdet) by the SPEC's formulas."""
     ct = compute_dtype(x.dtype)
     # Contiguous first, so that a strided input sums its log-det in the same order as its contiguous copy.
     xc, hc = x.to(ct).contiguous(), h.to(ct).contiguous()
     s, t = _split_h(hc, config)
     if config.mask_kind == "half":
-        channels = x.shape[1]
-        n_kept = channels // 2
-        if config.flip:  # first C - C//2 transformed, last C//2 kept
-            x_t, x_kept = xc[:, : channels - n_kept], xc[:, channels - n_kept :]
-        else:
-            x_kept, x_t = xc[:, :n_kept], xc[:, n_kept:]
-        out_t, a = _affine(x_t, s, t, config)
-        y = torch.cat([out_t, x_kept] if config.flip else [x_kept, out_t], dim=1)
-        a_sum = a.flatten(1).sum(1)
+        x_kept, x_t = _half_split(xc, config)
+        out_t, a = _step(x_t, s, t, config)
+        y = _half_join(x_kept, out_t, config)
     else:
         transformed = _transformed_elements(x, mask, config)
-        out_t, a = _affine(xc, s, t, config)
+        out, a = _step(xc, s, t, config)
         # torch.where, not multiplication by the mask: values at kept positions are ignored, even NaN or Inf.
-        y = torch.where(transformed, out_t, xc)
-        a_sum = torch.where(transformed, a, torch.zeros_like(a)).flatten(1).sum(1)
+        y = torch.where(transformed, out, xc)
+        a = torch.where(transformed, a, torch.zeros_like(a))
+    a_sum = a.flatten(1).sum(1)
     logdet = -a_sum if config.reverse else a_sum
-    return y.to(x.dtype).contiguous(), logdet.to(logdet_dtype(x.dtype))
+    return y.to(x.dtype), logdet.to(logdet_dtype(x.dtype))
+
+
+# ---- backward -----------------------------------------------------------------------------------------------
+
+
+def _step_grads(g, g_logdet, x, s, t, config: CouplingConfig):
+    """Gradients (x, s_raw, t) of one transformed element, given the gradient g of its output and the
+    sample's log-det gradient. Forward is out = u * exp(a) (+ t), u = x or x + t; the inverse mirrors it."""
+    if config.additive:
+        return g, None, (-g if config.reverse else g)
+    a = scale_map(s, config.scale, config.clamp)
+    if not config.reverse:
+        e = torch.exp(a)
+        if config.shift_first:  # out = (x + t) e
+            grad_x, grad_t, grad_a = g * e, g * e, g * (x + t) * e + g_logdet
+        else:  # out = x e + t
+            grad_x, grad_t, grad_a = g * e, g, g * x * e + g_logdet
+    else:
+        e = torch.exp(-a)  # logdet = -sum a
+        if config.shift_first:  # out = x e - t
+            grad_x, grad_t, grad_a = g * e, -g, -g * x * e - g_logdet
+        else:  # out = (x - t) e
+            grad_x, grad_t, grad_a = g * e, -g * e, -g * (x - t) * e - g_logdet
+    return grad_x, grad_a * scale_map_derivative(s, config.scale, config.clamp), grad_t
+
+
+def coupling_backward(grad_y, grad_logdet, x, h, mask, config: CouplingConfig) -> tuple[Tensor, Tensor]:
+    """(grad_x, grad_h) of `coupling`, zero at the kept positions of grad_h."""
+    ct = compute_dtype(x.dtype)
+    xc, hc, g = x.to(ct).contiguous(), h.to(ct).contiguous(), grad_y.to(ct).contiguous()
+    g_logdet = grad_logdet.to(ct).view(-1, *([1] * (x.dim() - 1)))
+    s, t = _split_h(hc, config)
+    if config.mask_kind == "half":
+        g_kept, g_t = _half_split(g, config)
+        x_kept, x_t = _half_split(xc, config)
+        grad_x_t, grad_s, grad_t = _step_grads(g_t, g_logdet, x_t, s, t, config)
+        grad_x = _half_join(g_kept, grad_x_t, config)
+    else:
+        transformed = _transformed_elements(x, mask, config)
+        zero = torch.zeros_like(xc)
+        grad_x_t, grad_s, grad_t = _step_grads(g, g_logdet, xc, s, t, config)
+        grad_x = torch.where(transformed, grad_x_t, g)
+        grad_t = torch.where(transformed, grad_t, zero)
+        grad_s = None if grad_s is None else torch.where(transformed, grad_s, zero)
+    grad_h = grad_t if grad_s is None else torch.cat([grad_s, grad_t], dim=1)
+    # Fresh contiguous tensors: grad_t can be a view of grad_y, and an op's outputs must not alias its inputs.
+    fresh = dict(memory_format=torch.contiguous_format, copy=True)
+    return grad_x.to(x.dtype, **fresh), grad_h.to(h.dtype, **fresh)
 
 
 class ReferenceBackend:
@@ -96,13 +174,7 @@ class ReferenceBackend:
         return coupling(x, h, mask, config)
 
     def backward(self, grad_y, grad_logdet, x, h, mask, config):
-        # The oracle's gradient is autograd's gradient of the oracle's forward: nothing derived by hand.
-        # torch.func.vjp, not torch.autograd.grad: a custom op's implementation runs below the autograd
-        # dispatch key, where plain autograd records nothing.
-        _, vjp = torch.func.vjp(lambda x_, h_: coupling(x_, h_, mask, config), x, h)
-        y_dtype, logdet_dtype_ = x.dtype, logdet_dtype(x.dtype)
-        grad_x, grad_h = vjp((grad_y.to(y_dtype), grad_logdet.to(logdet_dtype_)))
-        return grad_x.contiguous(), grad_h.contiguous()
+        return coupling_backward(grad_y, grad_logdet, x, h, mask, config)
 
 
 BACKEND = ReferenceBackend()
