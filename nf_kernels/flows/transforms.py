@@ -31,15 +31,23 @@ class FlowTransform(Transform):
     def __init__(self, flow, context: Optional[Tensor] = None, cache_size: int = 1):
         super().__init__(cache_size=cache_size)
         self.flow, self.context = flow, context
-        latent_shape = tuple(getattr(flow.base, "shape", flow.sample_shape))
-        self.domain = constraints.independent(constraints.real, len(latent_shape))
-        self.codomain = constraints.independent(constraints.real, len(flow.sample_shape))
+        self.latent_shape = tuple(getattr(flow.base, "shape", flow.sample_shape))
+        self.sample_shape = tuple(flow.sample_shape)
+        self.domain = constraints.independent(constraints.real, len(self.latent_shape))
+        self.codomain = constraints.independent(constraints.real, len(self.sample_shape))
 
     def __eq__(self, other) -> bool:
         return isinstance(other, FlowTransform) and other.flow is self.flow and other.context is self.context
 
     def __hash__(self) -> int:
         return hash((id(self.flow), id(self.context)))
+
+    def forward_shape(self, shape) -> torch.Size:
+        """Batch dims stay; the latent event shape becomes the data's (multi-scale latents are flat vectors)."""
+        return torch.Size(tuple(shape)[: len(shape) - len(self.latent_shape)] + self.sample_shape)
+
+    def inverse_shape(self, shape) -> torch.Size:
+        return torch.Size(tuple(shape)[: len(shape) - len(self.sample_shape)] + self.latent_shape)
 
     def _call(self, z: Tensor) -> Tensor:
         return self.flow.inverse(z, self.context)[0]
@@ -52,7 +60,7 @@ class FlowTransform(Transform):
         return -self.flow(x, self.context)[1]
 
     def __repr__(self) -> str:
-        return f"FlowTransform(sample_shape={self.flow.sample_shape})"
+        return f"FlowTransform(latent_shape={self.latent_shape} -> sample_shape={self.sample_shape})"
 
     def with_cache(self, cache_size: int = 1) -> "FlowTransform":
         return self if self._cache_size == cache_size else FlowTransform(self.flow, self.context, cache_size)
