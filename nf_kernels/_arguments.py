@@ -91,8 +91,8 @@ def check_coupling_args(
     reverse: bool,
     backend: str,
     h_name: str,
-) -> tuple[str, Optional[torch.Tensor], CouplingConfig]:
-    """Validate one call; return (mask_kind, mask tensor or None, config). Raises per SPEC section 1."""
+) -> tuple[Optional[torch.Tensor], CouplingConfig]:
+    """Validate one call; return (the bool mask tensor or None, config). Raises per SPEC section 1."""
     _check_floating("x", x)
     _check_floating(h_name, h)
     if x.dim() < 2:
@@ -113,7 +113,7 @@ def check_coupling_args(
             f"needs {h_name} of shape {expected}"
         )
     config = CouplingConfig(mask_kind, bool(flip), scale, float(clamp), bool(shift_first), bool(reverse))
-    return mask_kind, mask_tensor, config
+    return mask_tensor, config
 
 
 def logdet_dtype(x_dtype: torch.dtype) -> torch.dtype:

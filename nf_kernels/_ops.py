@@ -108,3 +108,9 @@ def _no_double_backward(ctx, grad_grad_x, grad_grad_h):
 
 
 coupling_backward.register_autograd(_no_double_backward, setup_context=lambda ctx, inputs, output: None)
+
+
+def apply_coupling(x: Tensor, h: Tensor, mask: Optional[Tensor], config: CouplingConfig, backend: str):
+    """Call `nf_kernels::coupling` with a config (the op's schema takes the config's fields one by one)."""
+    c = config
+    return coupling(x, h, mask, c.mask_kind, c.flip, c.scale, c.clamp, c.shift_first, c.reverse, backend)

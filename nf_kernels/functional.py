@@ -34,11 +34,11 @@ def affine_coupling(
     >>> torch.allclose(x_back, x, atol=1e-5), torch.allclose(minus_logdet, -logdet)
     (True, True)
     """
-    mask_kind, mask_tensor, config = check_coupling_args(
+    mask_tensor, config = check_coupling_args(
         x, h, mask=mask, flip=flip, scale=scale, clamp=clamp, shift_first=shift_first, reverse=reverse,
         backend=backend, h_name="h",
     )  # fmt: skip
-    return _ops.coupling(x, h, mask_tensor, mask_kind, *config[1:], resolve_backend(backend, x.device))
+    return _ops.apply_coupling(x, h, mask_tensor, config, resolve_backend(backend, x.device))
 
 
 def additive_coupling(
@@ -57,8 +57,8 @@ def additive_coupling(
     >>> y[:, 2:].sub(x[:, 2:]).eq(1).all().item(), logdet.abs().sum().item()
     (True, 0.0)
     """
-    mask_kind, mask_tensor, config = check_coupling_args(
+    mask_tensor, config = check_coupling_args(
         x, t, mask=mask, flip=flip, scale=ADDITIVE, clamp=1.0, shift_first=False, reverse=reverse,
         backend=backend, h_name="t",
     )  # fmt: skip
-    return _ops.coupling(x, t, mask_tensor, mask_kind, *config[1:], resolve_backend(backend, x.device))
+    return _ops.apply_coupling(x, t, mask_tensor, config, resolve_backend(backend, x.device))
