@@ -1,0 +1,88 @@
+"""Compile the Triton kernels for real GPUs (sm_80, sm_90) on a machine without one.
+
+The interpreter that runs the kernels in the CPU tests accepts things the GPU compiler rejects (and the other
+way round), so this script compiles every kernel ahead of time to a cubin with Triton's own compiler: a type or
+lowering error in the GPU path then fails CI even without a GPU. Run as a script with TRITON_INTERPRET unset
+(tests/test_triton_gpu_compile.py does that); it prints one line per compiled variant and exits non-zero on failure.
+"""
+
+import itertools
+import os
+import sys
+
+assert os.environ.get("TRITON_INTERPRET", "0") in ("", "0"), "run without TRITON_INTERPRET"
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from nf_kernels._layout import PATTERN_CHECKERBOARD, PATTERN_MASK, PATTERN_RANGE, SCALE_CODES  # noqa: E402
+from nf_kernels.backends.triton_kernels.backward import _coupling_backward_kernel  # noqa: E402
+from nf_kernels.backends.triton_kernels.forward import _coupling_forward_kernel, _sum_partials_kernel  # noqa: E402
+
+TL_NAMES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64"}
+
+
+def compile_kernel(kernel, pointers: dict, constexprs: dict, arch: int):
+    """Compile `kernel` for sm_<arch>: pointer arguments get the given element types, other runtime
+    arguments are 64-bit integers (the widest a launch can pass)."""
+    signature = {}
+    for param in kernel.params:
+        if param.is_constexpr:
+            signature[param.name] = "constexpr"
+        elif param.name in pointers:
+            signature[param.name] = "*" + pointers[param.name]
+        else:
+            signature[param.name] = "i64"
+    source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
+    return triton.compile(source, target=GPUTarget("cuda", arch, 32))
+
+
+def variants():
+    """A covering set: every scale x dtype x direction, patterns and orders cycled through."""
+    patterns = itertools.cycle([PATTERN_RANGE, PATTERN_CHECKERBOARD, PATTERN_MASK])
+    for scale, code in SCALE_CODES.items():
+        for dtype in TL_NAMES:
+            for reverse in (False, True):
+                shift_first = (code + reverse) % 2 == 1
+                yield scale, dtype, reverse, shift_first, next(patterns)
+
+
+def main() -> int:
+    failures = 0
+    for scale, dtype, reverse, shift_first, pattern in variants():
+        x_ty = TL_NAMES[dtype]
+        h_ty = "fp32" if dtype == "bfloat16" else x_ty  # one mixed-dtype case per scale, as autocast makes
+        ct_name = "fp64" if dtype == "float64" else "fp32"
+        ct = tl.float64 if dtype == "float64" else tl.float32
+        constexprs = dict(
+            PATTERN=pattern, PARITY=1, SCALE=SCALE_CODES[scale], CLAMP=2.0,
+            SHIFT_FIRST=shift_first, REVERSE=reverse, CT=ct, BLOCK=1024,
+        )  # fmt: skip
+        jobs = [
+            ("forward", _coupling_forward_kernel,
+             dict(x_ptr=x_ty, h_ptr=h_ty, mask_ptr="u8", y_ptr=x_ty, partial_ptr=ct_name)),
+            ("backward", _coupling_backward_kernel,
+             dict(grad_y_ptr=x_ty, grad_logdet_ptr=ct_name, x_ptr=x_ty, h_ptr=h_ty, mask_ptr="u8",
+                  grad_x_ptr=x_ty, grad_h_ptr=h_ty)),
+        ]  # fmt: skip
+        arch = 80 if reverse else 90
+        for name, kernel, pointers in jobs:
+            label = f"sm_{arch} {name:<8} scale={scale:<7} x={dtype:<8} h={h_ty} reverse={reverse} pattern={pattern}"
+            try:
+                compiled = compile_kernel(kernel, pointers, constexprs, arch)
+                assert compiled.asm["cubin"], "no cubin"
+                print("ok  ", label)
+            except Exception as error:  # report every failing variant, not just the first
+                failures += 1
+                print("FAIL", label, f"{type(error).__name__}: {error}")
+    for arch, ty in ((80, "fp32"), (90, "fp64")):
+        compile_kernel(_sum_partials_kernel, dict(partial_ptr=ty, out_ptr="fp32"), dict(BLOCK=256), arch)
+        print("ok  ", f"sm_{arch} sum_partials {ty}")
+    print(f"{failures} failed")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
