@@ -1,0 +1,130 @@
+"""Benchmark the coupling ops and flow models side by side; write markdown, JSON and plots.
+
+    python benchmarks/run.py                       # the default plan for this machine (GPU if there is one)
+    python benchmarks/run.py --preset quick        # seconds
+    python benchmarks/run.py --what ops --log2-sizes 20 24 --dtypes fp32 --masks half
+    python benchmarks/run.py --preset gpu-suite --out "$OUT"   # what benchmarks/gpu_suite.sh runs
+
+Results go to `<out>/<machine>-<date>.md` and `.json` (rewritten after every case, so a run cut short keeps what it
+measured), `<machine>-<date>-summary.md` (targets, the largest size of each configuration, the models; also printed
+at the end) and `<machine>-<date>-<dtype>.png` (GB/s against size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))  # benchmark the checkout this script belongs to
+# Before torch loads OpenMP: idle OpenMP threads sleep instead of spinning. On a small shared CPU, spinning threads
+# were seen to stall the timed calls by whole scheduler slices (8 ms steps in 0.05 ms calls).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+
+from nf_kernels.benchmarking import (  # noqa: E402
+    DIRECTIONS, DTYPES, MASKS, MODELS, OPS, PRESETS, PROVIDERS, check_targets, environment, op_cases, preset,
+    run_cases, run_model_benchmarks, write_results,
+)  # fmt: skip
+from nf_kernels.benchmarking.report import format_summary  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="nf_kernels benchmarks: fused backends vs eager and torch.compile of the reference, "
+        "against the copy-bandwidth floor (SPEC section 4).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
+    parser.add_argument("--preset", default="default", choices=PRESETS, help="which cases and how long")
+    parser.add_argument("--what", default="all", choices=("all", "ops", "models"))
+    group = parser.add_argument_group("op cases (each option given replaces the preset's choice for it)")
+    group.add_argument("--log2-sizes", type=int, nargs="+", metavar="K", help="sizes 2^K elements of x")
+    group.add_argument("--dtypes", nargs="+", choices=tuple(DTYPES))
+    group.add_argument("--ops", nargs="+", choices=OPS)
+    group.add_argument("--directions", nargs="+", choices=DIRECTIONS)
+    group.add_argument("--masks", nargs="+", choices=MASKS)
+    group.add_argument("--providers", nargs="+", choices=PROVIDERS, help="default: all that run on the device")
+    group.add_argument("--compile-static", action="store_true",
+                       help="torch.compile each size separately (dynamic=False) instead of once per configuration")
+    group.add_argument("--ops-time-limit", type=float, metavar="S", help="start no new op case after S seconds")
+    group = parser.add_argument_group("models")
+    group.add_argument("--models", nargs="+", choices=MODELS)
+    group.add_argument("--model-batch", type=int, help="default: 64 on CUDA, 16 on the CPU")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results", help="output folder")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    if args.model_batch is not None and args.model_batch <= 0:
+        parser.error(f"--model-batch must be positive, got {args.model_batch}")
+    if args.log2_sizes and any(not 4 <= k <= 34 for k in args.log2_sizes):
+        parser.error(f"--log2-sizes must be between 4 and 34, got {args.log2_sizes}")
+    return args
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("error: --device cuda, but torch sees no CUDA device (try --device cpu)")
+    return device
+
+
+def select_cases(plan, args) -> list:
+    """The preset's cases, with each dimension given on the command line replacing the preset's values."""
+    if not any((args.log2_sizes, args.dtypes, args.ops, args.directions, args.masks)):
+        return list(plan.cases)
+
+    def values(option, attribute):
+        return option or list(dict.fromkeys(getattr(case, attribute) for case in plan.cases))
+
+    sizes = [2**k for k in args.log2_sizes] if args.log2_sizes else values(None, "numel")
+    return list(op_cases(sizes, values(args.dtypes, "dtype"), values(args.ops, "op"),
+                         values(args.directions, "direction"), values(args.masks, "mask")))  # fmt: skip
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    if device.type == "cpu":
+        # Inductor's background compile workers would compete with the timed code for the few cores.
+        import torch._inductor.config
+
+        torch._inductor.config.compile_threads = 1
+    plan = preset(args.preset, device.type)
+    env = environment(device)
+    command = "python " + " ".join(shlex.quote(a) for a in [str(Path(sys.argv[0]))] + sys.argv[1:])
+    print(f"nf_kernels benchmarks on {env['device_name']}, commit {env['commit']}, preset {plan.name}", flush=True)
+    op_results, model_results = [], []
+
+    def save(partial_ops, *, final=False):
+        checks = check_targets(device.type, partial_ops, model_results)
+        return checks, write_results(args.out, env, partial_ops, model_results, checks, command, plots=final)
+
+    if args.what in ("all", "ops"):
+        cases = select_cases(plan, args)
+        op_results = run_cases(
+            device, cases, args.providers, not args.no_progress, compile_dynamic=not args.compile_static,
+            budget=plan.budget, on_case=save, time_limit_s=args.ops_time_limit,
+        )  # fmt: skip
+        measured = len({r.case for r in op_results})
+        if measured < len(cases):
+            print(f"note: the time limit stopped the op benchmarks after {measured} of {len(cases)} cases")
+    if args.what in ("all", "models") and plan.models:
+        model_results = run_model_benchmarks(
+            device, args.models or plan.models, memory_saving=plan.memory_saving,
+            batch=args.model_batch or plan.model_batch, sample_shape=plan.model_shape,
+            progress=not args.no_progress, budget=plan.budget,
+        )  # fmt: skip
+    checks, written = save(op_results, final=True)
+    print(format_summary(env, op_results, model_results, checks))
+    print("wrote " + ", ".join(str(path) for path in written))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""Side-by-side speed measurements of the coupling ops and of flow models (SPEC section 4).
+
+The building blocks of ``benchmarks/run.py`` and ``nf-kernels bench``:
+
+    >>> from nf_kernels.benchmarking import run_op_benchmarks, format_table
+    >>> results = run_op_benchmarks("cpu", sizes=[2**20], dtypes=["fp32"], ops=["affine"])  # doctest: +SKIP
+    >>> print(format_table(results))  # doctest: +SKIP
+    | op | direction | mask | dtype | size | eager ms | compile ms | cpu ms | best | GB/s | % copy | ...
+
+Each result carries its median time, the SPEC byte count, GB/s, the fraction of the copy bandwidth measured in the
+same run, speedups over eager and ``torch.compile`` of the reference, and peak memory (CUDA).
+"""
+
+from .bandwidth import copy_bandwidth
+from .byte_model import backward_bytes, bytes_moved, forward_bytes
+from .cases import DIRECTIONS, DTYPES, MASKS, OPS, OpCase, op_cases
+from .environment import environment
+from .model_runner import MODELS, ModelResult, run_model_benchmarks
+from .op_runner import OpResult, run_cases, run_op_benchmarks
+from .presets import PRESETS, Preset, preset
+from .providers import PROVIDERS, available_providers
+from .report import format_model_table, format_report, format_summary, format_table, largest_size, write_results
+from .targets import TargetCheck, check_targets
+from .timing import TimingBudget
+
+__all__ = [
+    "DIRECTIONS", "DTYPES", "MASKS", "MODELS", "OPS", "PRESETS", "PROVIDERS", "Preset",
+    "ModelResult", "OpCase", "OpResult", "TargetCheck", "TimingBudget",
+    "available_providers", "backward_bytes", "bytes_moved", "check_targets", "copy_bandwidth", "environment",
+    "format_model_table", "format_report", "format_summary", "format_table", "forward_bytes", "largest_size", "op_cases",
+    "preset", "run_cases", "run_model_benchmarks", "run_op_benchmarks", "write_results",
+]  # fmt: skip

@@ -1,0 +1,164 @@
+"""Running the op benchmarks: every case, every provider, in one process, next to a copy-bandwidth measurement.
+
+    >>> results = run_op_benchmarks("cpu", sizes=[2**10], dtypes=["fp32"], ops=["affine"],
+    ...                             directions=["forward"], masks=["half"], providers=["eager"], progress=False,
+    ...                             budget=TimingBudget(min_run_time_s=0.01))  # doctest: +SKIP
+    >>> print(format_table(results))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+
+from .._arguments import logdet_dtype
+from .bandwidth import copy_bandwidth
+from .byte_model import bytes_moved
+from .cases import DIRECTIONS, DTYPES, MASKS, OPS, OpCase, op_cases
+from .progress import progress_bar
+from .providers import COMPILE, EAGER, CouplingFn, available_providers, make_provider
+from .timing import TimingBudget, median_seconds, peak_bytes
+
+
+@dataclass
+class OpResult:
+    """One provider on one case. `seconds` is None when the provider failed; `error` then says why."""
+
+    case: OpCase
+    provider: str
+    seconds: Optional[float]
+    bytes: int  # the SPEC byte count of the timed call (see byte_model)
+    copy_bytes_per_s: float  # the device's copy bandwidth, measured in the same run
+    peak_bytes: Optional[int] = None  # CUDA only
+    error: Optional[str] = None
+    speedup_vs_eager: Optional[float] = None
+    speedup_vs_compile: Optional[float] = None
+
+    @property
+    def gbps(self) -> Optional[float]:
+        return self.bytes / self.seconds / 1e9 if self.seconds else None
+
+    @property
+    def copy_fraction(self) -> Optional[float]:
+        """Achieved bytes per second over the copy's: 1.0 is the SPEC's floor."""
+        return self.bytes / self.seconds / self.copy_bytes_per_s if self.seconds else None
+
+    def to_dict(self) -> dict:
+        row = {field.name: getattr(self, field.name) for field in dataclasses.fields(self) if field.name != "case"}
+        row.update(dataclasses.asdict(self.case), shape=list(self.case.shape), gbps=self.gbps)
+        row["copy_fraction"] = self.copy_fraction
+        return row
+
+    def __repr__(self) -> str:
+        outcome = f"{self.seconds * 1e3:.4g} ms, {self.gbps:.4g} GB/s" if self.seconds else f"failed: {self.error}"
+        return f"OpResult({self.case.label()}, {self.provider}: {outcome})"
+
+
+def timed_call(fn: CouplingFn, case: OpCase, x: torch.Tensor, h: torch.Tensor) -> Callable[[], object]:
+    """What is timed for `case`: one forward (or inverse) call, or a forward followed by its backward."""
+    if not case.backward:
+        return lambda: fn(x, h)
+    generator = torch.Generator(device=x.device).manual_seed(1)
+    grad_y = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    grad_logdet = torch.randn(x.shape[0], generator=generator, device=x.device, dtype=logdet_dtype(x.dtype))
+
+    def forward_backward():
+        y, logdet = fn(x, h)
+        # The additive reference's logdet is a constant zero, outside the graph: differentiate what is in it.
+        pairs = [(out, grad) for out, grad in ((y, grad_y), (logdet, grad_logdet)) if out.requires_grad]
+        outputs, grads = zip(*pairs)
+        return torch.autograd.grad(outputs, (x, h), grads, allow_unused=True)
+
+    return forward_backward
+
+
+def _measure(provider, case, x, h, device, budget, copy_rate) -> OpResult:
+    result = OpResult(case, provider.name, None, bytes_moved(case), copy_rate)
+    try:
+        call = timed_call(provider.coupling(case), case, x, h)
+        result.seconds = median_seconds(call, device, budget)
+        result.peak_bytes = peak_bytes(call, device)
+    except Exception as error:  # out of memory, a compile failure, a kernel error: record it, keep going
+        result.error = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return result
+
+
+def add_speedups(results: Sequence[OpResult]) -> None:
+    """Fill each result's speedup over the eager and compile results of the same case, where those exist."""
+    times = {(r.case, r.provider): r.seconds for r in results if r.seconds}
+    for r in results:
+        if r.seconds:
+            eager, compiled = times.get((r.case, EAGER)), times.get((r.case, COMPILE))
+            r.speedup_vs_eager = eager / r.seconds if eager else None
+            r.speedup_vs_compile = compiled / r.seconds if compiled else None
+
+
+def run_op_benchmarks(
+    device: Union[str, torch.device],
+    sizes: Sequence[int],
+    dtypes: Sequence[str] = tuple(DTYPES),
+    ops: Sequence[str] = OPS,
+    providers: Optional[Sequence[str]] = None,
+    progress: bool = True,
+    *,
+    directions: Sequence[str] = DIRECTIONS,
+    masks: Sequence[str] = MASKS,
+    **options,
+) -> list[OpResult]:
+    """Time every (op, direction, mask, dtype, size) combination with every provider that runs on `device`.
+
+    `sizes` are element counts of x (powers of two); `providers` defaults to all that are available (see
+    providers.available_providers); `options` are those of :func:`run_cases`.
+    """
+    cases = list(op_cases(sizes, dtypes, ops, directions, masks))
+    return run_cases(device, cases, providers, progress, **options)
+
+
+def run_cases(
+    device: Union[str, torch.device],
+    cases: Sequence[OpCase],
+    providers: Optional[Sequence[str]] = None,
+    progress: bool = True,
+    *,
+    compile_dynamic: bool = True,
+    budget: TimingBudget = TimingBudget(),
+    copy_bytes: Optional[int] = None,
+    on_case: Optional[Callable[[list[OpResult]], None]] = None,
+    time_limit_s: Optional[float] = None,
+) -> list[OpResult]:
+    """Time `cases` with each provider, after measuring the copy bandwidth in the same process.
+
+    `on_case` is called with all results so far after each case, so a caller can save partial results.
+    With `time_limit_s`, no new case starts once that many seconds have passed: the cases not reached are left
+    out (put the important ones first).
+    """
+    start = time.monotonic()
+    device = torch.device(device)
+    names = available_providers(device, providers)
+    instances = [make_provider(name, compile_dynamic=compile_dynamic) for name in names]
+    copy_rate = copy_bandwidth(device, copy_bytes, budget)
+    bar = progress_bar(len(cases) * len(instances), f"op benchmarks on {device.type}", progress)
+    results: list[OpResult] = []
+    for case in cases:
+        if time_limit_s is not None and time.monotonic() - start > time_limit_s:
+            break
+        x, h = case.inputs(device)
+        if case.backward:
+            x.requires_grad_(True)
+            h.requires_grad_(True)
+        for provider in instances:
+            bar.set_postfix_str(f"{case.label()} {provider.name}")
+            results.append(_measure(provider, case, x, h, device, budget, copy_rate))
+            bar.update()
+        del x, h
+        add_speedups(results)
+        if on_case is not None:
+            on_case(results)
+    bar.close()
+    return results

@@ -1,0 +1,81 @@
+"""Named benchmark plans: which op cases and models to time, and for how long, per device type.
+
+* ``quick``: a handful of cases at one size, seconds (what ``nf-kernels bench`` shows).
+* ``default``: on the CPU, the C++ extension issue's matrix (1M and 16M elements, fp32 and bf16, both masks,
+  forward, inverse and forward+backward) plus the models; on CUDA, every case from 2^16 to 2^28 elements.
+* ``gpu-suite``: the CUDA plan that fits the GPU suite's time budget (about 3 minutes on an H200, compile
+  times included): the target-relevant cases first, every size, fewer dtype/mask combinations of the rest.
+* ``tiny``: the smallest sizes, to exercise every code path on the CPU (tests and the suite's dry run).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Optional
+
+from .cases import DIRECTIONS, DTYPES, MASKS, OPS, OpCase, op_cases
+from .model_runner import MODELS
+from .timing import TimingBudget
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    cases: tuple[OpCase, ...]
+    budget: TimingBudget
+    models: tuple[str, ...] = MODELS
+    model_batch: Optional[int] = None  # None: the device's default (model_runner)
+    model_shape: Optional[tuple[int, ...]] = None
+    memory_saving: tuple[bool, ...] = (False, True)
+
+    def __repr__(self) -> str:
+        return f"Preset({self.name!r}, {len(self.cases)} op cases, models={list(self.models)})"
+
+
+def _log2(*exponents: int) -> list[int]:
+    return [2**e for e in exponents]
+
+
+def _gpu_suite_cases() -> tuple[OpCase, ...]:
+    sizes = _log2(16, 18, 20, 22, 24, 26, 28)
+    groups = [  # (op, direction, mask, dtype), the target-relevant ones first in case the time runs out
+        ("affine", direction, mask, dtype)
+        for mask, dtype, direction in itertools.product(MASKS, ("bf16", "fp32", "fp16"), ("forward", "forward+backward"))
+    ]
+    groups += [("affine", "inverse", "half", dtype) for dtype in ("bf16", "fp32")]
+    groups += [("additive", d, "half", dtype) for dtype in ("bf16", "fp32") for d in ("forward", "forward+backward")]
+    groups += [("additive", "forward+backward", "checkerboard", "bf16")]
+    return tuple(OpCase(*group, numel) for group in groups for numel in sizes)
+
+
+def preset(name: str, device_type: str) -> Preset:
+    """The plan called `name` for a device type ("cpu" or "cuda").
+
+    >>> preset("quick", "cpu")
+    Preset('quick', 4 op cases, models=[])
+    """
+    if name == "tiny":
+        cases = op_cases(_log2(10, 12), ["fp32"], OPS, ["forward", "forward+backward"], MASKS)
+        return Preset(name, tuple(cases), TimingBudget(warmup_ms=2, rep_ms=5, min_run_time_s=0.01),
+                      models=("realnvp",), model_batch=4, model_shape=(3, 8, 8))  # fmt: skip
+    if name == "quick":
+        if device_type == "cuda":
+            cases = op_cases(_log2(24), ["bf16", "fp32"], ["affine"], ["forward", "forward+backward"], MASKS)
+        else:
+            cases = op_cases(_log2(20), ["fp32"], ["affine"], ["forward", "forward+backward"], MASKS)
+        return Preset(name, tuple(cases), TimingBudget(warmup_ms=10, rep_ms=30, min_run_time_s=0.1), models=())
+    if name == "default":
+        if device_type == "cuda":
+            cases = op_cases(_log2(16, 18, 20, 22, 24, 26, 28), tuple(DTYPES), OPS, DIRECTIONS, MASKS)
+            return Preset(name, tuple(cases), TimingBudget())
+        cases = op_cases(_log2(20, 24), ["fp32", "bf16"], ["affine"], DIRECTIONS, MASKS)
+        return Preset(name, tuple(cases), TimingBudget(min_run_time_s=0.2))
+    if name == "gpu-suite":
+        if device_type != "cuda":  # the suite's dry run on a CPU: the same code paths, tiny sizes
+            return preset("tiny", device_type)
+        return Preset(name, _gpu_suite_cases(), TimingBudget(warmup_ms=10, rep_ms=40))
+    raise ValueError(f"unknown preset {name!r}: valid choices are {', '.join(map(repr, PRESETS))}")
+
+
+PRESETS = ("quick", "default", "gpu-suite", "tiny")

@@ -1,0 +1,188 @@
+"""Turning results into text and files: markdown tables, the JSON record and the results file names.
+
+``format_table`` prints one row per case with every provider's time side by side, then the fastest fused
+provider's GB/s, fraction of the copy bandwidth, speedups and peak memory (the JSON keeps every number of every
+provider).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .model_runner import ModelResult
+from .op_runner import OpResult
+from .providers import PROVIDERS
+from .targets import TargetCheck, best_fused
+
+MIB = 1 << 20
+
+
+def _num(value: Optional[float], fmt: str = ".3g") -> str:
+    return "n/a" if value is None else format(value, fmt)
+
+
+def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _mib(nbytes: Optional[int]) -> str:
+    return "n/a" if nbytes is None else f"{nbytes / MIB:.0f}"
+
+
+def format_table(results: Sequence[OpResult]) -> str:
+    """A markdown table: a row per case, each provider's median time in ms, then the fastest fused provider's
+    figures ("best"; the fastest provider of any kind when no fused one ran).
+
+    >>> from nf_kernels.benchmarking.cases import OpCase
+    >>> from nf_kernels.benchmarking.op_runner import add_speedups
+    >>> case = OpCase("affine", "forward", "half", "fp32", 2**20)
+    >>> rows = [OpResult(case, "eager", 2e-3, 12 * 2**20, 10e9), OpResult(case, "cpu", 1e-3, 12 * 2**20, 10e9)]
+    >>> add_speedups(rows); print(format_table(rows).splitlines()[2])
+    | affine | forward | half | fp32 | 2^20 | 2 | 1 | cpu | 12.6 | 126% | 2.00 | n/a | n/a |
+    """
+    providers = [name for name in PROVIDERS if any(r.provider == name for r in results)]
+    best = best_fused(results)
+    by_case: dict = {}
+    for r in results:
+        by_case.setdefault(r.case, {})[r.provider] = r
+    header = ["op", "direction", "mask", "dtype", "size"] + [f"{name} ms" for name in providers]
+    header += ["best", "GB/s", "% copy", "x eager", "x compile", "peak MiB"]
+    rows = []
+    for case, row in by_case.items():
+        times = [_num(row[name].seconds * 1e3) if name in row and row[name].seconds else
+                 ("fail" if name in row else "-") for name in providers]  # fmt: skip
+        winner = best.get(case) or min((r for r in row.values() if r.seconds), key=lambda r: r.seconds, default=None)
+        figures = ["-"] * 6
+        if winner is not None:
+            figures = [winner.provider, _num(winner.gbps), f"{winner.copy_fraction:.0%}",
+                       _num(winner.speedup_vs_eager, ".2f"), _num(winner.speedup_vs_compile, ".2f"),
+                       _mib(winner.peak_bytes)]  # fmt: skip
+        size = f"2^{case.numel.bit_length() - 1}"
+        rows.append([case.op, case.direction, case.mask, case.dtype, size] + times + figures)
+    failures = [f"- {r.case.label()} {r.provider}: {r.error}" for r in results if r.error]
+    return _markdown(header, rows) + ("\n\nFailures:\n" + "\n".join(failures) if failures else "")
+
+
+def largest_size(results: Sequence[OpResult]) -> list[OpResult]:
+    """Only the results at the largest size of each configuration: the short summary's rows."""
+    largest: dict = {}
+    for r in results:
+        largest[r.case.group] = max(largest.get(r.case.group, 0), r.case.numel)
+    return [r for r in results if r.case.numel == largest[r.case.group]]
+
+
+def format_model_table(results: Sequence[ModelResult]) -> str:
+    """A markdown table of training-step results: samples/s, speedup over the reference, peak memory."""
+    header = ["model", "backend", "memory-saving", "batch", "sample", "step ms", "samples/s", "x reference",
+              "peak MiB", "first loss"]  # fmt: skip
+    rows = [
+        [r.model, r.backend, "yes" if r.memory_saving else "no", str(r.batch), "x".join(map(str, r.sample_shape)),
+         _num(r.seconds * 1e3 if r.seconds else None), _num(r.samples_per_s, ".4g"),
+         _num(r.speedup_vs_reference, ".2f"), _mib(r.peak_bytes),
+         _num(r.first_loss, ".6g") if not r.error else "fail"]
+        for r in results
+    ]  # fmt: skip
+    failures = [f"- {r.model} {r.backend}: {r.error}" for r in results if r.error]
+    return _markdown(header, rows) + ("\n\nFailures:\n" + "\n".join(failures) if failures else "")
+
+
+def format_targets(checks: Sequence[TargetCheck]) -> str:
+    return "\n".join(f"- {check}" for check in checks) or "- no targets for this device"
+
+
+def format_report(
+    env: dict,
+    copy_bytes_per_s: Optional[float],
+    op_results: Sequence[OpResult],
+    model_results: Sequence[ModelResult],
+    checks: Sequence[TargetCheck],
+    command: str = "",
+) -> str:
+    """The whole markdown document of one run."""
+    parts = [
+        f"# nf_kernels benchmarks: {env['device_name']}",
+        "",
+        f"- date: {env['date']}, commit `{env['commit']}`",
+        f"- torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}, Python {env['python']}",
+    ]
+    if command:
+        parts.append(f"- command: `{command}`")
+    if copy_bytes_per_s:
+        parts.append(f"- copy bandwidth (read + write, large device copy): {copy_bytes_per_s / 1e9:.1f} GB/s")
+    parts += [
+        "- GB/s use the SPEC byte count (nf_kernels/benchmarking/byte_model.py): affine half 3N (fwd) / 5N (bwd), "
+        "checkerboard 4N / 7N, additive half 2.5N / 2.5N, additive checkerboard 3N / 3N, times the itemsize.",
+        "- peak MiB: memory allocated by one call above its inputs (CUDA); n/a on the CPU.",
+        "",
+        "## Targets",
+        "",
+        format_targets(checks),
+    ]
+    if op_results:
+        parts += ["", "## Ops (median times)", "", format_table(op_results)]
+    if model_results:
+        parts += ["", "## Models (one training step)", "", format_model_table(model_results)]
+    return "\n".join(parts) + "\n"
+
+
+def format_summary(
+    env: dict, op_results: Sequence[OpResult], model_results: Sequence[ModelResult], checks: Sequence[TargetCheck]
+) -> str:
+    """The short version: targets, the ops at their largest size, the models."""
+    parts = [f"# Summary: {env['device_name']}, commit {env['commit']}", "", "## Targets", "", format_targets(checks)]
+    if op_results:
+        parts += ["", "## Ops at the largest size (median ms)", "", format_table(largest_size(op_results))]
+    if model_results:
+        parts += ["", "## Models (one training step)", "", format_model_table(model_results)]
+    return "\n".join(parts) + "\n"
+
+
+def results_stem(out_dir: Path, env: dict) -> Path:
+    """`<out_dir>/<machine>-<date>`, the common stem of a run's .md, .json and .png files."""
+    return Path(out_dir) / f"{env['machine']}-{env['date'][:10]}"
+
+
+def write_json(path: Path, env: dict, copy_bytes_per_s, op_results, model_results, checks, command: str = "") -> None:
+    record = {
+        "environment": env,
+        "command": command,
+        "copy_bytes_per_s": copy_bytes_per_s,
+        "targets": [dict(vars(c), met=c.met) for c in checks],
+        "ops": [r.to_dict() for r in op_results],
+        "models": [r.to_dict() for r in model_results],
+    }
+    Path(path).write_text(json.dumps(record, indent=1) + "\n")
+
+
+def write_results(
+    out_dir: Path,
+    env: dict,
+    op_results: Sequence[OpResult],
+    model_results: Sequence[ModelResult],
+    checks: Sequence[TargetCheck],
+    command: str = "",
+    plots: bool = True,
+) -> list[Path]:
+    """Write `<machine>-<date>.md`, `.json`, `-summary.md` and (with `plots`) one `-<dtype>.png` per dtype under
+    `out_dir`; return the paths."""
+    from .plot import plot_bandwidth
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = results_stem(out_dir, env)
+    copy_rate = op_results[0].copy_bytes_per_s if op_results else None
+    markdown, record = stem.with_suffix(".md"), stem.with_suffix(".json")
+    markdown.write_text(format_report(env, copy_rate, op_results, model_results, checks, command))
+    write_json(record, env, copy_rate, op_results, model_results, checks, command)
+    summary = stem.with_name(stem.name + "-summary.md")
+    summary.write_text(format_summary(env, op_results, model_results, checks))
+    written = [markdown, record, summary]
+    for dtype in dict.fromkeys(r.case.dtype for r in op_results) if plots else ():
+        png = plot_bandwidth(op_results, copy_rate, stem.with_name(f"{stem.name}-{dtype}.png"), dtype)
+        if png:
+            written.append(png)
+    return written

@@ -1,0 +1,78 @@
+"""Timing a callable the way each device wants it, and the peak memory of one call.
+
+* CUDA: ``triton.testing.do_bench`` (CUDA events, L2 flushed before every run, warm-up first), the median.
+* CPU: ``torch.utils.benchmark.Timer`` with all of torch's threads (its default is one thread, which would
+  understate every parallel backend), the median of at least 7 blocks of calls.
+
+Peak memory is measured on CUDA only, as the bytes the call allocates above what was allocated before it
+(outputs and temporaries included, inputs excluded). The CPU allocator keeps no such statistics, so CPU results
+carry ``None`` ("n/a") rather than a number that would mean something else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+
+@dataclass(frozen=True)
+class TimingBudget:
+    """How long to measure one callable. The defaults suit a full run; tests and dry runs pass smaller ones."""
+
+    warmup_ms: float = 25.0  # CUDA: warm-up time given to do_bench
+    rep_ms: float = 100.0  # CUDA: measuring time given to do_bench
+    min_run_time_s: float = 0.2  # CPU: the minimum measuring time (at least 7 blocks of calls)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(fn: Callable[[], object], device: torch.device, budget: TimingBudget = TimingBudget()) -> float:
+    """Median wall time of one call of `fn` on `device`, in seconds, after a warm-up call.
+
+    >>> median_seconds(lambda: torch.ones(1000).sum(), torch.device("cpu"), TimingBudget(min_run_time_s=0.01)) < 1
+    True
+    """
+    fn()  # first call: compiles, autotunes, allocates; never timed
+    _synchronize(device)
+    if device.type == "cuda":
+        import triton.testing
+
+        return triton.testing.do_bench(fn, warmup=budget.warmup_ms, rep=budget.rep_ms, return_mode="median") / 1e3
+    return _cpu_median(fn, budget.min_run_time_s)
+
+
+def _cpu_median(fn: Callable[[], object], min_run_time_s: float, min_blocks: int = 7) -> float:
+    """Median of several timed blocks of calls, each block long enough (~1 ms) to swamp the timer's overhead.
+
+    `blocked_autorange` alone can end after a single block when the first call happens to stall (another process
+    taking the core), and then reports that stall as the median; several blocks make the median robust. Calls
+    slower than 50 ms get 3 blocks (single calls, the estimates included) to keep big sizes affordable.
+    """
+    from torch.utils import benchmark
+
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    single_calls = [timer.timeit(1).median for _ in range(3)]
+    per_call = min(single_calls)
+    if per_call > 0.05:
+        return sorted(single_calls)[1]
+    number = max(1, int(1e-3 / max(per_call, 1e-9)))
+    blocks = min(1000, max(min_blocks, int(min_run_time_s / (number * per_call))))
+    times = sorted(timer.timeit(number).median for _ in range(blocks))
+    return times[len(times) // 2]
+
+
+def peak_bytes(fn: Callable[[], object], device: torch.device) -> Optional[int]:
+    """Bytes allocated by one call of `fn` at its peak, above what was allocated before; None off CUDA."""
+    if device.type != "cuda":
+        return None
+    _synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    fn()
+    _synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - before
