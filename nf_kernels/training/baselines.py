@@ -62,3 +62,13 @@ def kde_nll(data: FlowDataset, bandwidths: Sequence[float] = tuple(0.02 * 1.25**
 def uniform_bits_per_dim(levels: int) -> float:
     """What a model that knows nothing pays: log2(levels) bits per dimension."""
     return math.log2(levels)
+
+
+def baseline_for(data: FlowDataset) -> tuple[str, float]:
+    """(description, value) of the yardstick for ``data``, in the units of its metric (bits/dim or nats)."""
+    if data.discrete:
+        return "independent per-pixel categorical, fitted on train", independent_pixels_bits_per_dim(data)
+    if data.sample_shape != (2,):
+        raise ValueError(f"baselines exist for images and 2-D data; {data.name} has samples of shape {data.sample_shape}")
+    kde = kde_nll(data)
+    return f"Gaussian KDE, bandwidth {kde.bandwidth:.3g} chosen on a validation split", kde.nll

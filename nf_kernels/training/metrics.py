@@ -32,9 +32,14 @@ class MetricsLog:
                 file.write(json.dumps(record) + "\n")  # json writes floats with repr: they read back exactly
 
     def records(self) -> list[dict[str, Any]]:
-        if not self.path.is_file():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        return read_metrics(self.path)
 
     def __repr__(self) -> str:
         return f"MetricsLog({str(self.path)!r}, enabled={self.enabled})"
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of a metrics file, oldest first ([] if there is none yet)."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

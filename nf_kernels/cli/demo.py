@@ -1,0 +1,61 @@
+"""``nf-kernels demo``: the README's first command. A few minutes on a laptop CPU, end to end.
+
+Trains a small RealNVP on the bundled 8x8 digits, reports its test bits/dim next to a per-pixel baseline,
+writes a sample grid, and times the fused coupling ops against the reference on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from ..training.baselines import independent_pixels_bits_per_dim
+from .bench import speed_summary
+from .parsing import HelpFormatter, positive_int, say
+from .train import DEFAULTS, train
+
+DESCRIPTION = """\
+Train a small RealNVP on scikit-learn's 8x8 digits (about 2 minutes on 2 CPU cores), report the test bits/dim
+next to an independent per-pixel baseline, write a sample grid, and print a fused-vs-reference speed summary
+of the coupling ops on this machine.
+
+example:
+  nf-kernels demo --out runs/demo
+"""
+
+# Small enough for a 2-core CPU in about two minutes, big enough to beat the per-pixel baseline clearly.
+DEMO_SETTINGS = {
+    "data": "digits", "model": "realnvp", "num_scales": 1, "num_steps": 4, "hidden": 32, "depth": 1,
+    "batch_size": 128, "lr": 3e-3, "warmup": 50, "eval_every": 0, "checkpoint_every": 0, "log_every": 20,
+}  # fmt: skip
+DEMO_STEPS = 600
+
+
+def add_parser(subcommands: argparse._SubParsersAction) -> None:
+    parser = subcommands.add_parser("demo", help="train RealNVP on digits, sample, and time the kernels (minutes)",
+                                    description=DESCRIPTION, formatter_class=HelpFormatter)  # fmt: skip
+    parser.add_argument("--out", type=Path, default=Path("runs") / "demo", help="run directory (overwritten)")
+    parser.add_argument("--steps", type=positive_int, default=DEMO_STEPS, help="training steps")
+    parser.add_argument("--backend", default="auto", help="coupling backend used for training")
+    parser.add_argument("--no-bench", action="store_true", help="skip the speed summary")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(run_command=run_demo)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    settings = {**DEFAULTS, **DEMO_SETTINGS, "steps": args.steps, "backend": args.backend}
+    result = train(settings, args.out, resume=False, progress=not args.no_progress)
+    from ..data import load_dataset
+
+    baseline = independent_pixels_bits_per_dim(load_dataset("digits"))
+    say(f"\ndigits test bits/dim: RealNVP {result.test_metric:.3f}, independent per-pixel baseline {baseline:.3f} "
+        f"(uniform: 4.087)")  # fmt: skip
+    if not args.no_bench:
+        from ..training.distributed import choose_device
+
+        say("\ncoupling ops on this machine, median time per call (fused vs the eager reference):")
+        say(speed_summary(choose_device("auto")))
+    say(f"\ndemo finished in {time.perf_counter() - started:.0f} s")
+    return 0
