@@ -1,0 +1,116 @@
+// Torch glue of the CPU kernels: allocate outputs, cut the batch into tiles, run them on at::parallel_for and
+// add each sample's tile partial sums of the log-det in tile order (so the result does not depend on the
+// thread count).
+#include <algorithm>
+#include <vector>
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <torch/library.h>
+
+#include "../ops/op_arguments.h"
+#include "tile_kernels.h"
+
+namespace nf_kernels {
+namespace cpu {
+namespace {
+
+// Below this many elements a parallel task is not worth its start-up cost.
+constexpr int64_t kMinElementsPerTask = 32768;
+
+struct Tiling {
+  int64_t per_sample;  // tiles in one sample
+  int64_t count;       // tiles in the batch
+  int64_t grain;       // tiles per parallel task, at least
+
+  explicit Tiling(const FlatLayout& layout)
+      : per_sample((layout.numel + kTileElements - 1) / kTileElements),
+        count(layout.batch * per_sample),
+        grain(std::max<int64_t>(1, kMinElementsPerTask / std::max<int64_t>(1, std::min(layout.numel, kTileElements)))) {}
+
+  int64_t start(int64_t tile) const { return (tile % per_sample) * kTileElements; }
+};
+
+template <class Body>
+void for_each_tile(const FlatLayout& layout, const Body& body) {
+  const Tiling tiling(layout);
+  at::parallel_for(0, tiling.count, tiling.grain, [&](int64_t begin, int64_t end) {
+    for (int64_t tile = begin; tile < end; ++tile) {
+      const int64_t start = tiling.start(tile);
+      body(tile, tile / tiling.per_sample, start, std::min(layout.numel, start + kTileElements));
+    }
+  });
+}
+
+template <class T>
+void sum_partials(const std::vector<double>& partials, int64_t per_sample, at::Tensor& logdet) {
+  T* out = logdet.mutable_data_ptr<T>();
+  for (int64_t b = 0; b < logdet.numel(); ++b) {
+    double total = 0;
+    for (int64_t i = 0; i < per_sample; ++i) total += partials[b * per_sample + i];
+    out[b] = static_cast<T>(total);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> coupling_forward(const at::Tensor& x, const at::Tensor& h,
+                                                    const std::optional<at::Tensor>& transformed, int64_t lo,
+                                                    int64_t hi, int64_t h_stride, int64_t t_offset, int64_t pattern,
+                                                    int64_t parity, int64_t width, int64_t plane, int64_t scale,
+                                                    double clamp, bool shift_first, bool reverse, bool poison) {
+  const CouplingCall call = make_coupling_call("nf_kernels_ext::coupling_forward", x, h, transformed, lo, hi,
+                                               h_stride, t_offset, pattern, parity, width, plane, scale, clamp,
+                                               shift_first, reverse);
+  const FlatLayout& layout = call.layout;
+  at::Tensor y = new_output(call.x.sizes(), call.x.options(), poison);
+  at::Tensor logdet = new_output({layout.batch}, call.x.options().dtype(compute_type(x.scalar_type())), poison);
+  if (layout.batch == 0 || layout.numel == 0) return {y, logdet.zero_()};
+  const ForwardTensors io{call.x.const_data_ptr(), dtype_code(x.scalar_type()), call.h.const_data_ptr(),
+                          dtype_code(h.scalar_type()), y.mutable_data_ptr()};
+  const TileKernels& kernels = selected_tile_kernels();
+  std::vector<double> partials(static_cast<size_t>(Tiling(layout).count));
+  for_each_tile(layout, [&](int64_t tile, int64_t b, int64_t start, int64_t end) {
+    partials[tile] = kernels.forward_tile(layout, call.config, io, b, start, end);
+  });
+  if (logdet.scalar_type() == at::kDouble)
+    sum_partials<double>(partials, Tiling(layout).per_sample, logdet);
+  else
+    sum_partials<float>(partials, Tiling(layout).per_sample, logdet);
+  return {y, logdet};
+}
+
+std::tuple<at::Tensor, at::Tensor> coupling_backward(const at::Tensor& grad_y, const at::Tensor& grad_logdet,
+                                                     const at::Tensor& x, const at::Tensor& h,
+                                                     const std::optional<at::Tensor>& transformed, int64_t lo,
+                                                     int64_t hi, int64_t h_stride, int64_t t_offset, int64_t pattern,
+                                                     int64_t parity, int64_t width, int64_t plane, int64_t scale,
+                                                     double clamp, bool shift_first, bool reverse, bool poison) {
+  const char* op = "nf_kernels_ext::coupling_backward";
+  const CouplingCall call = make_coupling_call(op, x, h, transformed, lo, hi, h_stride, t_offset, pattern, parity,
+                                               width, plane, scale, clamp, shift_first, reverse);
+  check_backward_grads(op, call, grad_y, grad_logdet);
+  const FlatLayout& layout = call.layout;
+  at::Tensor grad_x = new_output(call.x.sizes(), call.x.options(), poison);
+  at::Tensor grad_h = new_output(call.h.sizes(), call.h.options(), poison);
+  if (layout.batch == 0 || layout.numel == 0) return {grad_x.zero_(), grad_h.zero_()};
+  const at::Tensor grad_y_c = grad_y.contiguous();
+  const at::Tensor grad_logdet_c = grad_logdet.to(compute_type(x.scalar_type())).contiguous();
+  const BackwardTensors io{grad_y_c.const_data_ptr(), dtype_code(grad_y.scalar_type()),
+                           grad_logdet_c.const_data_ptr(), call.x.const_data_ptr(),
+                           dtype_code(x.scalar_type()), call.h.const_data_ptr(),
+                           dtype_code(h.scalar_type()), grad_x.mutable_data_ptr(),
+                           grad_h.mutable_data_ptr()};
+  const TileKernels& kernels = selected_tile_kernels();
+  for_each_tile(layout, [&](int64_t, int64_t b, int64_t start, int64_t end) {
+    kernels.backward_tile(layout, call.config, io, b, start, end);
+  });
+  return {grad_x, grad_h};
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace nf_kernels
+
+TORCH_LIBRARY_IMPL(nf_kernels_ext, CPU, m) {
+  m.impl("coupling_forward", &nf_kernels::cpu::coupling_forward);
+  m.impl("coupling_backward", &nf_kernels::cpu::coupling_backward);
+}

@@ -1,0 +1,279 @@
+// The CPU tile kernels (see tile_kernels.h). This file is compiled once per instruction set: each
+// tile_kernels_<isa>.cpp includes the system headers, switches the compiler's target, defines NF_ISA_NAME and
+// includes this file, which therefore has no include guard and must not include system headers itself.
+//
+// A tile is processed in chunks of kChunk elements staged in small arrays that stay in L1: convert the inputs
+// to the compute type, run the shared math (coupling_math.h) over the chunk in one branch-free loop that the
+// compiler vectorizes, apply the mask pattern with selects, and convert back while storing. Memory is read and
+// written once; everything else happens in L1 and registers.
+
+#include "../coupling_math.h"
+#include "half_bits.h"
+#include "tile_kernels.h"
+
+namespace nf_kernels {
+namespace cpu {
+namespace NF_ISA_NAME {
+namespace {
+
+constexpr int64_t kChunk = 256;
+// The tile's log-det is summed in kLanes interleaved partial sums, then pairwise: a fixed order that vectorizes
+// and is the same whatever the vector width.
+constexpr int kLanes = 16;
+
+template <class CT>
+void load(const void* base, DType dtype, int64_t offset, int64_t len, CT* dst) {
+  switch (dtype) {
+    case DType::kFloat32: {
+      const float* src = static_cast<const float*>(base) + offset;
+      for (int64_t k = 0; k < len; ++k) dst[k] = static_cast<CT>(src[k]);
+      break;
+    }
+    case DType::kFloat64: {
+      const double* src = static_cast<const double*>(base) + offset;
+      for (int64_t k = 0; k < len; ++k) dst[k] = static_cast<CT>(src[k]);
+      break;
+    }
+    case DType::kFloat16: {
+      const uint16_t* src = static_cast<const uint16_t*>(base) + offset;
+      for (int64_t k = 0; k < len; ++k) dst[k] = static_cast<CT>(float16_to_float(src[k]));
+      break;
+    }
+    case DType::kBFloat16: {
+      const uint16_t* src = static_cast<const uint16_t*>(base) + offset;
+      for (int64_t k = 0; k < len; ++k) dst[k] = static_cast<CT>(bfloat16_to_float(src[k]));
+      break;
+    }
+  }
+}
+
+template <class CT>
+void store(const CT* src, void* base, DType dtype, int64_t offset, int64_t len) {
+  switch (dtype) {
+    case DType::kFloat32: {
+      float* dst = static_cast<float*>(base) + offset;
+      for (int64_t k = 0; k < len; ++k) dst[k] = static_cast<float>(src[k]);
+      break;
+    }
+    case DType::kFloat64: {
+      double* dst = static_cast<double*>(base) + offset;
+      for (int64_t k = 0; k < len; ++k) dst[k] = static_cast<double>(src[k]);
+      break;
+    }
+    case DType::kFloat16: {
+      uint16_t* dst = static_cast<uint16_t*>(base) + offset;
+      for (int64_t k = 0; k < len; ++k) dst[k] = float_to_float16(static_cast<float>(src[k]));
+      break;
+    }
+    case DType::kBFloat16: {
+      uint16_t* dst = static_cast<uint16_t*>(base) + offset;
+      for (int64_t k = 0; k < len; ++k) dst[k] = float_to_bfloat16(static_cast<float>(src[k]));
+      break;
+    }
+  }
+}
+
+inline int64_t element_size(DType dtype) {
+  return dtype == DType::kFloat64 ? 8 : dtype == DType::kFloat32 ? 4 : 2;
+}
+
+// dst[offset, offset + len) = src[offset, ...), converting between dtypes when they differ (kept elements, and
+// grad_y -> grad_x where the mask leaves an element alone).
+template <class CT>
+void copy_elements(const void* src, DType src_dtype, void* dst, DType dst_dtype, int64_t offset, int64_t len) {
+  if (len <= 0) return;
+  if (src_dtype == dst_dtype) {
+    const int64_t size = element_size(src_dtype);
+    std::memcpy(static_cast<char*>(dst) + offset * size, static_cast<const char*>(src) + offset * size,
+                static_cast<size_t>(len * size));
+    return;
+  }
+  alignas(64) CT staged[kChunk];
+  for (int64_t n0 = offset; n0 < offset + len; n0 += kChunk) {
+    const int64_t count = std::min(kChunk, offset + len - n0);
+    load(src, src_dtype, n0, count, staged);
+    store(staged, dst, dst_dtype, n0, count);
+  }
+}
+
+// 1 where element n0 + k of a sample is transformed, for k < len; `buffer` holds the answer when it has to be
+// computed (checkerboard), the mask itself is returned otherwise. Not called for kPatternRange.
+inline const uint8_t* selection(const FlatLayout& layout, int64_t n0, int64_t len, uint8_t* buffer) {
+  if (layout.pattern == kPatternMask) return layout.transformed + n0;
+  // Checkerboard: walk the rows covered by the chunk; along a row the pattern alternates.
+  const int64_t height = layout.plane / layout.width;
+  const int64_t r = n0 % layout.plane;
+  int64_t i = r / layout.width;
+  int64_t j = r % layout.width;
+  for (int64_t k = 0; k < len;) {
+    const int64_t run = std::min(len - k, layout.width - j);
+    // (i + j + m) % 2 == parity  <=>  (i + j + parity + m) is even
+    const int64_t start_parity = (i + j + layout.parity) & 1;
+    for (int64_t m = 0; m < run; ++m) buffer[k + m] = static_cast<uint8_t>(((start_parity + m) & 1) ^ 1);
+    k += run;
+    j = 0;
+    if (++i == height) i = 0;
+  }
+  return buffer;
+}
+
+template <class CT>
+void accumulate(CT (&lanes)[kLanes], const CT* values, int64_t len) {
+  int64_t k = 0;
+  for (; k + kLanes <= len; k += kLanes)
+    for (int l = 0; l < kLanes; ++l) lanes[l] += values[k + l];
+  for (int l = 0; k + l < len; ++l) lanes[l] += values[k + l];
+}
+
+template <class CT>
+CT sum_lanes(CT (&lanes)[kLanes]) {
+  for (int width = kLanes / 2; width >= 1; width /= 2)
+    for (int l = 0; l < width; ++l) lanes[l] += lanes[l + width];
+  return lanes[0];
+}
+
+template <class CT>
+struct alignas(64) ForwardStage {
+  CT x[kChunk], s[kChunk], t[kChunk], y[kChunk], a[kChunk];
+  uint8_t selected[kChunk];
+};
+
+template <class CT>
+struct alignas(64) BackwardStage {
+  CT g[kChunk], x[kChunk], s[kChunk], t[kChunk], grad_x[kChunk], grad_s[kChunk], grad_t[kChunk];
+  uint8_t selected[kChunk];
+};
+
+// [first, last): the part of the tile [start, end) that may be transformed; the rest is passed through.
+struct TransformableSpan {
+  int64_t first, last;
+  TransformableSpan(const FlatLayout& layout, int64_t start, int64_t end)
+      : first(std::max(start, layout.lo)), last(std::min(end, layout.hi)) {
+    if (first > last) first = last = end;
+  }
+};
+
+template <class CT, int kScale, bool kShiftFirst, bool kReverse>
+struct ForwardTile {
+  static double run(const FlatLayout& layout, const CouplingConfig& config, const ForwardTensors& io, int64_t b,
+                    int64_t start, int64_t end) {
+    const int64_t x_base = b * layout.numel;
+    const int64_t h_base = b * layout.h_stride - layout.lo;  // h index of element n's s_raw: h_base + n
+    const TransformableSpan span(layout, start, end);
+    copy_elements<CT>(io.x, io.x_dtype, io.y, io.x_dtype, x_base + start, span.first - start);
+    copy_elements<CT>(io.x, io.x_dtype, io.y, io.x_dtype, x_base + span.last, end - span.last);
+    const CT clamp = static_cast<CT>(config.clamp);
+    CT lanes[kLanes] = {};
+    ForwardStage<CT> st;
+    for (int64_t n0 = span.first; n0 < span.last; n0 += kChunk) {
+      const int64_t len = std::min(kChunk, span.last - n0);
+      load(io.x, io.x_dtype, x_base + n0, len, st.x);
+      load(io.h, io.h_dtype, h_base + n0 + layout.t_offset, len, st.t);
+      if constexpr (kScale != kAdditive) load(io.h, io.h_dtype, h_base + n0, len, st.s);
+      for (int64_t k = 0; k < len; ++k) {
+        CT a = CT(0);
+        if constexpr (kScale != kAdditive) a = log_scale<kScale>(st.s[k], clamp);
+        st.a[k] = a;
+        st.y[k] = coupling_step<kScale, kShiftFirst, kReverse>(st.x[k], a, st.t[k]);
+      }
+      if (layout.pattern != kPatternRange) {
+        const uint8_t* selected = selection(layout, n0, len, st.selected);
+        for (int64_t k = 0; k < len; ++k) {
+          st.y[k] = selected[k] ? st.y[k] : st.x[k];
+          st.a[k] = selected[k] ? st.a[k] : CT(0);
+        }
+      }
+      if constexpr (kScale != kAdditive) accumulate(lanes, st.a, len);
+      store(st.y, io.y, io.x_dtype, x_base + n0, len);
+    }
+    const CT total = sum_lanes(lanes);
+    return static_cast<double>(kReverse ? -total : total);
+  }
+};
+
+template <class CT, int kScale, bool kShiftFirst, bool kReverse>
+struct BackwardTile {
+  static int run(const FlatLayout& layout, const CouplingConfig& config, const BackwardTensors& io, int64_t b,
+                 int64_t start, int64_t end) {
+    const int64_t x_base = b * layout.numel;
+    const int64_t h_base = b * layout.h_stride - layout.lo;
+    const TransformableSpan span(layout, start, end);
+    // Outside [lo, hi) an element is passed through: its gradient is grad_y's, and it owns no part of grad_h.
+    copy_elements<CT>(io.grad_y, io.grad_y_dtype, io.grad_x, io.x_dtype, x_base + start, span.first - start);
+    copy_elements<CT>(io.grad_y, io.grad_y_dtype, io.grad_x, io.x_dtype, x_base + span.last, end - span.last);
+    const CT clamp = static_cast<CT>(config.clamp);
+    const CT g_logdet = static_cast<const CT*>(io.grad_logdet)[b];
+    BackwardStage<CT> st;
+    for (int64_t n0 = span.first; n0 < span.last; n0 += kChunk) {
+      const int64_t len = std::min(kChunk, span.last - n0);
+      load(io.grad_y, io.grad_y_dtype, x_base + n0, len, st.g);
+      load(io.x, io.x_dtype, x_base + n0, len, st.x);
+      load(io.h, io.h_dtype, h_base + n0 + layout.t_offset, len, st.t);
+      if constexpr (kScale != kAdditive) load(io.h, io.h_dtype, h_base + n0, len, st.s);
+      for (int64_t k = 0; k < len; ++k) {
+        CT a = CT(0);
+        if constexpr (kScale != kAdditive) a = log_scale<kScale>(st.s[k], clamp);
+        const StepGrad<CT> grad =
+            coupling_step_grad<kScale, kShiftFirst, kReverse>(st.g[k], g_logdet, st.x[k], a, st.t[k]);
+        st.grad_x[k] = grad.x;
+        st.grad_t[k] = grad.t;
+        if constexpr (kScale != kAdditive) st.grad_s[k] = grad.a * log_scale_grad<kScale>(st.s[k], clamp);
+      }
+      if (layout.pattern != kPatternRange) {
+        // Kept elements: gradient passes through, and grad_h is zero there (whatever h holds, even NaN).
+        const uint8_t* selected = selection(layout, n0, len, st.selected);
+        for (int64_t k = 0; k < len; ++k) {
+          st.grad_x[k] = selected[k] ? st.grad_x[k] : st.g[k];
+          st.grad_t[k] = selected[k] ? st.grad_t[k] : CT(0);
+          if constexpr (kScale != kAdditive) st.grad_s[k] = selected[k] ? st.grad_s[k] : CT(0);
+        }
+      }
+      store(st.grad_x, io.grad_x, io.x_dtype, x_base + n0, len);
+      store(st.grad_t, io.grad_h, io.h_dtype, h_base + n0 + layout.t_offset, len);
+      if constexpr (kScale != kAdditive) store(st.grad_s, io.grad_h, io.h_dtype, h_base + n0, len);
+    }
+    return 0;
+  }
+};
+
+// Runtime (scale, shift_first, reverse) -> the Tile instantiation compiled for exactly that case.
+template <template <class, int, bool, bool> class Tile, class CT, int kScale, class... Args>
+auto with_flags(const CouplingConfig& config, Args&&... args) {
+  if (config.reverse)
+    return config.shift_first ? Tile<CT, kScale, true, true>::run(args...) : Tile<CT, kScale, false, true>::run(args...);
+  return config.shift_first ? Tile<CT, kScale, true, false>::run(args...) : Tile<CT, kScale, false, false>::run(args...);
+}
+
+template <template <class, int, bool, bool> class Tile, class CT, class... Args>
+auto with_config(const CouplingConfig& config, Args&&... args) {
+  switch (config.scale) {
+    case kExp: return with_flags<Tile, CT, kExp>(config, args...);
+    case kTanh: return with_flags<Tile, CT, kTanh>(config, args...);
+    case kAtan: return with_flags<Tile, CT, kAtan>(config, args...);
+    case kSigmoid: return with_flags<Tile, CT, kSigmoid>(config, args...);
+    default: return with_flags<Tile, CT, kAdditive>(config, args...);
+  }
+}
+
+double forward_tile(const FlatLayout& layout, const CouplingConfig& config, const ForwardTensors& io, int64_t b,
+                    int64_t start, int64_t end) {
+  if (io.x_dtype == DType::kFloat64)
+    return with_config<ForwardTile, double>(config, layout, config, io, b, start, end);
+  return with_config<ForwardTile, float>(config, layout, config, io, b, start, end);
+}
+
+void backward_tile(const FlatLayout& layout, const CouplingConfig& config, const BackwardTensors& io, int64_t b,
+                   int64_t start, int64_t end) {
+  if (io.x_dtype == DType::kFloat64)
+    with_config<BackwardTile, double>(config, layout, config, io, b, start, end);
+  else
+    with_config<BackwardTile, float>(config, layout, config, io, b, start, end);
+}
+
+}  // namespace
+
+const TileKernels kTileKernels = {NF_ISA_STRING, &forward_tile, &backward_tile};
+
+}  // namespace NF_ISA_NAME
+}  // namespace cpu
+}  // namespace nf_kernels

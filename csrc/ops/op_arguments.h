@@ -1,0 +1,43 @@
+// Checking the arguments of the nf_kernels_ext ops and turning them into the torch-free FlatLayout the kernels
+// take. Shared by the CPU and CUDA glue, so both reject the same bad calls with the same messages.
+#pragma once
+
+#include <optional>
+
+#include <ATen/core/Tensor.h>
+
+#include "../coupling_layout.h"
+
+namespace nf_kernels {
+
+// The validated call: contiguous tensors (kept alive here, the layout points into `transformed`) plus the flat
+// description of the coupling.
+struct CouplingCall {
+  at::Tensor x;
+  at::Tensor h;
+  at::Tensor transformed;  // undefined unless layout.pattern == kPatternMask
+  FlatLayout layout;
+  CouplingConfig config;
+};
+
+// The ints are nf_kernels._layout.FlatLayout's fields, as Python computed them; they are checked against the
+// tensors' shapes, so a wrong call fails with a message instead of reading out of bounds.
+CouplingCall make_coupling_call(const char* op, const at::Tensor& x, const at::Tensor& h,
+                                const std::optional<at::Tensor>& transformed, int64_t lo, int64_t hi,
+                                int64_t h_stride, int64_t t_offset, int64_t pattern, int64_t parity, int64_t width,
+                                int64_t plane, int64_t scale, double clamp, bool shift_first, bool reverse);
+
+// The backward's extra inputs, checked against the call: grad_y like x (any floating dtype), grad_logdet [B].
+void check_backward_grads(const char* op, const CouplingCall& call, const at::Tensor& grad_y,
+                          const at::Tensor& grad_logdet);
+
+DType dtype_code(at::ScalarType type);
+
+// Arithmetic and the log-det run in float64 for float64 x, else in float32 (also the log-det's dtype).
+at::ScalarType compute_type(at::ScalarType x_type);
+
+// A fresh output; NaN-filled when `poison` is set (nf_kernels.poison_outputs()), so an element a kernel forgets
+// to write fails the comparison with the reference.
+at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options, bool poison);
+
+}  // namespace nf_kernels

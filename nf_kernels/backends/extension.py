@@ -1,0 +1,96 @@
+"""The "cpu" and "cuda" backends: fused kernels of the C++/CUDA extension ``nf_kernels._C``.
+
+Both call the extension's ops, ``torch.ops.nf_kernels_ext.coupling_forward`` / ``coupling_backward``, with
+the flat description of the coupling computed here once (:func:`nf_kernels._layout.flat_layout`): the C++ side
+never re-derives a mask. The dispatcher picks the CPU kernels (OpenMP-parallel, vectorized, csrc/cpu) or the
+CUDA kernels (csrc/cuda) from the tensors' device.
+
+Fake implementations of the extension ops are registered here so tracing (``torch.compile``,
+``torch.library.opcheck``) works on them; autograd is registered once, for the public op, in
+:mod:`nf_kernels._ops`. When the extension is not built, importing this module still works and both backends
+say why they are unavailable.
+
+    >>> import torch
+    >>> from nf_kernels.backends.extension import CPU_BACKEND
+    >>> CPU_BACKEND  # doctest: +SKIP
+    ExtensionBackend('cpu', kernels='avx512')
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .._arguments import CouplingConfig, logdet_dtype
+from .._build import load
+from .._layout import FlatLayout, flat_layout
+from .._outputs import poisoning
+
+_module, _why_not_loaded = load()
+
+
+def _op_arguments(layout: FlatLayout, config: CouplingConfig) -> tuple:
+    """The layout and config arguments shared by both ops, in schema order (csrc/ops/schema.cpp)."""
+    return (
+        layout.transformed, layout.lo, layout.hi, layout.h_stride, layout.t_offset, layout.pattern, layout.parity,
+        layout.width, layout.plane, layout.scale_code, config.clamp, config.shift_first, config.reverse,
+    )  # fmt: skip
+
+
+if _module is not None:
+
+    @torch.library.register_fake("nf_kernels_ext::coupling_forward")
+    def _coupling_forward_fake(x, h, transformed, *layout_and_flags, poison=False):
+        y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        return y, x.new_empty(x.shape[0], dtype=logdet_dtype(x.dtype))
+
+    @torch.library.register_fake("nf_kernels_ext::coupling_backward")
+    def _coupling_backward_fake(grad_y, grad_logdet, x, h, transformed, *layout_and_flags, poison=False):
+        grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        return grad_x, torch.empty(h.shape, dtype=h.dtype, device=h.device)
+
+
+def _has_kernel(device_type: str) -> bool:
+    key = {"cpu": "CPU", "cuda": "CUDA"}[device_type]
+    return torch._C._dispatch_has_kernel_for_dispatch_key("nf_kernels_ext::coupling_forward", key)
+
+
+class ExtensionBackend:
+    """One device type's kernels of the extension, behind the Backend protocol (nf_kernels/backends/base.py)."""
+
+    def __init__(self, name: str, device_type: str, alternatives: str):
+        self.name = name
+        self.device_type = device_type
+        self._alternatives = alternatives  # what to use on other devices, for the error message
+
+    def __repr__(self) -> str:
+        if _module is None:
+            return f"ExtensionBackend({self.name!r}, not built)"
+        detail = f", kernels={torch.ops.nf_kernels_ext.cpu_isa()!r}" if self.device_type == "cpu" else ""
+        return f"ExtensionBackend({self.name!r}{detail})"
+
+    def why_unavailable(self, device: torch.device) -> Optional[str]:
+        if _module is None:
+            return _why_not_loaded
+        if device.type != self.device_type:
+            return f"the {self.name!r} backend runs on {self.device_type} tensors; on {device.type} use {self._alternatives}"
+        if not _has_kernel(self.device_type):
+            return "the extension was built without CUDA kernels (torch without CUDA, or no nvcc, at build time)"
+        if self.device_type == "cuda" and not torch.cuda.is_available():
+            return "torch reports no usable CUDA device"
+        return None
+
+    def forward(self, x, h, mask, config):
+        layout = flat_layout(x, mask, config)
+        return torch.ops.nf_kernels_ext.coupling_forward(x, h, *_op_arguments(layout, config), poison=poisoning())
+
+    def backward(self, grad_y, grad_logdet, x, h, mask, config):
+        layout = flat_layout(x, mask, config)
+        return torch.ops.nf_kernels_ext.coupling_backward(
+            grad_y, grad_logdet, x, h, *_op_arguments(layout, config), poison=poisoning()
+        )
+
+
+CPU_BACKEND = ExtensionBackend("cpu", "cpu", alternatives="'cuda', 'triton' or 'reference'")
+CUDA_BACKEND = ExtensionBackend("cuda", "cuda", alternatives="'cpu' or 'reference'")
