@@ -1,0 +1,179 @@
+"""The benchmarking library (nf_kernels.benchmarking) on the CPU: byte counts, that every provider computes the
+same function, table and target logic, and a tiny end-to-end run that writes its files."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import nf_kernels
+from nf_kernels.benchmarking import (
+    OpCase, OpResult, TimingBudget, backward_bytes, bytes_moved, check_targets, format_table, forward_bytes,
+    largest_size, op_cases, run_cases, run_model_benchmarks, write_results,
+)  # fmt: skip
+from nf_kernels.benchmarking.cases import sample_shape
+from nf_kernels.benchmarking.model_runner import ModelResult
+from nf_kernels.benchmarking.op_runner import add_speedups, timed_call
+from nf_kernels.benchmarking.providers import FusedBackend, available_providers, make_provider
+
+CPU = torch.device("cpu")
+TINY = TimingBudget(warmup_ms=1, rep_ms=2, min_run_time_s=0.002)
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    "op, mask, forward, backward",
+    [("affine", "half", 3, 5), ("affine", "checkerboard", 4, 7), ("additive", "half", 2.5, 2.5),
+     ("additive", "checkerboard", 3, 3)],
+)  # fmt: skip
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_byte_counts_follow_the_cost_model(op, mask, forward, backward, dtype):
+    case = OpCase(op, "forward+backward", mask, dtype, 2**16)
+    elements_bytes = case.numel * case.torch_dtype.itemsize
+    batch = case.shape[0]
+    logdet_bytes = batch * 4  # float32 log-det for fp32 and bf16
+    assert forward_bytes(case) == forward * elements_bytes + logdet_bytes
+    assert backward_bytes(case) == backward * elements_bytes + (0 if op == "additive" else logdet_bytes)
+    assert bytes_moved(case) == forward_bytes(case) + backward_bytes(case)
+    assert bytes_moved(OpCase(op, "inverse", mask, dtype, 2**16)) == forward_bytes(case)
+
+
+def test_cases_have_the_shapes_the_ops_accept():
+    for case in op_cases([2**6, 2**9, 2**16], ["fp32"], directions=["forward"]):
+        assert math.prod(case.shape) == case.numel
+        x, h = case.inputs(CPU)
+        assert h.shape == case.h_shape
+        coupling = nf_kernels.additive_coupling if case.additive else nf_kernels.affine_coupling
+        y, _ = coupling(x, h, mask=case.mask, backend="reference")  # raises if the shapes do not fit the mask
+        assert y.shape == x.shape
+    assert sample_shape(2**30) == (4, 64, 64)
+
+
+@pytest.mark.parametrize("bad", [dict(numel=3000), dict(numel=8), dict(op="spline"), dict(dtype="fp64")])
+def test_bad_cases_are_rejected(bad):
+    fields = dict(op="affine", direction="forward", mask="half", dtype="fp32", numel=2**12) | bad
+    with pytest.raises(ValueError):
+        OpCase(**fields)
+
+
+def test_unknown_provider_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="'eager'"):
+        make_provider("numpy")
+    assert available_providers(CPU, ["eager", "triton"]) == ["eager"]  # the interpreter is never timed
+
+
+def _fused_cpu_providers():
+    names = ["cpu"] if FusedBackend("cpu").why_unavailable(CPU) is None else []
+    # Under the interpreter (tests/conftest.py sets it), Triton computes correctly though it is never timed.
+    return names + ["triton"] if nf_kernels._dispatch.why_unavailable("triton", CPU) is None else names
+
+
+@pytest.mark.parametrize("provider", ["eager", "compile"] + _fused_cpu_providers())
+@pytest.mark.parametrize("op, mask", [("affine", "checkerboard"), ("additive", "half")])
+def test_every_provider_computes_the_reference_function(provider, op, mask):
+    """A speedup means something only if the contenders compute the same thing: values and gradients."""
+    case = OpCase(op, "forward+backward", mask, "fp32", 2**8)
+    x, h = case.inputs(CPU)
+    results = []
+    for name in ("eager", provider):
+        xr, hr = x.clone().requires_grad_(True), h.clone().requires_grad_(True)
+        fn = make_provider(name).coupling(case)
+        y, logdet = fn(xr, hr)
+        grads = timed_call(fn, case, xr, hr)()
+        results.append((y.detach(), logdet.detach(), *grads))
+    for ours, reference in zip(*results):
+        if reference is None:  # additive: the reference logdet is a constant, no gradient flows to it
+            continue
+        torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+
+
+def _result(case, provider, ms, copy_rate=100e9):
+    return OpResult(case, provider, ms / 1e3 if ms else None, bytes_moved(case), copy_rate,
+                    error=None if ms else "RuntimeError: boom")  # fmt: skip
+
+
+def test_table_shows_every_provider_and_the_best_fused_figures():
+    case = OpCase("affine", "forward", "half", "fp32", 2**20)
+    rows = [_result(case, "eager", 4.0), _result(case, "compile", 2.0), _result(case, "cpu", 1.0),
+            _result(case, "cuda", None)]  # fmt: skip
+    add_speedups(rows)
+    assert rows[2].speedup_vs_eager == pytest.approx(4.0) and rows[2].speedup_vs_compile == pytest.approx(2.0)
+    table = format_table(rows)
+    header, _, line = table.splitlines()[:3]
+    assert "eager ms" in header and "cuda ms" in header
+    cells = [cell.strip() for cell in line.strip("|").split("|")]
+    gbps = bytes_moved(case) / 1e-3 / 1e9
+    assert cells[5:9] == ["4", "2", "fail", "1"]  # providers in PROVIDERS order: ..., cuda, cpu
+    assert cells[9:14] == ["cpu", f"{gbps:.3g}", f"{gbps / 100:.0%}", "4.00", "2.00"]
+    assert "cuda: RuntimeError: boom" in table
+
+
+def test_targets_judge_the_worst_case_of_the_best_fused_backend():
+    big, small = OpCase("affine", "forward", "half", "fp32", 2**26), OpCase("affine", "forward", "half", "fp32", 2**16)
+    floor_ms = bytes_moved(big) / 100e9 * 1e3
+    rows = [_result(big, "triton", floor_ms / 0.95), _result(big, "cuda", floor_ms / 0.5),  # best: 95%
+            _result(small, "triton", floor_ms)]  # below 2^26: not judged  # fmt: skip
+    checks = {c.description.split(",")[0]: c for c in check_targets("cuda", rows)}
+    forward = checks["fused forward"]
+    assert forward.met and forward.measured == pytest.approx(0.95) and "triton" in forward.worst_case
+    assert checks["fused forward+backward"].met is None  # nothing measured: neither met nor missed
+    rows[0].seconds *= 2
+    assert check_targets("cuda", rows)[0].met is False
+
+
+def test_largest_size_keeps_one_size_per_configuration():
+    rows = [_result(case, "eager", 1.0) for case in op_cases([2**10, 2**12], ["fp32"], ["affine"], ["forward"])]
+    assert {r.case.numel for r in largest_size(rows)} == {2**12}
+    assert len(largest_size(rows)) == 2  # half and checkerboard
+
+
+def test_tiny_run_writes_markdown_json_and_plot(tmp_path):
+    cases = list(op_cases([2**10, 2**12], ["fp32"], ["affine"], ["forward", "forward+backward"], ["half"]))
+    results = run_cases(CPU, cases, ["eager"], progress=False, budget=TINY, copy_bytes=1 << 20)
+    assert len(results) == 4 and all(r.seconds and r.gbps > 0 and r.copy_fraction > 0 for r in results)
+    assert all(r.speedup_vs_eager == 1.0 and r.peak_bytes is None for r in results)
+    env = nf_kernels.benchmarking.environment(CPU)
+    models = [ModelResult("realnvp", "reference", False, 2, (3, 8, 8), seconds=0.5)]
+    paths = write_results(tmp_path, env, results, models, check_targets("cpu", results, models), "test")
+    assert {p.suffix for p in paths} == {".md", ".json", ".png"}
+    record = json.loads(next(p for p in paths if p.suffix == ".json").read_text())
+    assert record["environment"]["torch"] == torch.__version__ and len(record["ops"]) == 4
+    assert record["ops"][0]["gbps"] > 0 and record["models"][0]["samples_per_s"] == 4.0
+    assert "| affine | forward | half | fp32 | 2^12 |" in next(p for p in paths if p.name.endswith("summary.md")).read_text()
+
+
+def test_model_benchmark_times_a_training_step():
+    results = run_model_benchmarks(CPU, ["realnvp"], ["reference"], [False], batch=2, sample_shape=(3, 8, 8),
+                                   progress=False, budget=TINY)  # fmt: skip
+    (result,) = results
+    assert result.error is None and result.seconds > 0 and math.isfinite(result.first_loss)
+    assert result.speedup_vs_reference == 1.0
+
+
+def _run_script():
+    spec = importlib.util.spec_from_file_location("benchmarks_run", REPO / "benchmarks" / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_run_script_rejects_bad_arguments(capsys):
+    run = _run_script()
+    for argv in (["--model-batch", "-3"], ["--preset", "huge"], ["--log2-sizes", "99"]):
+        with pytest.raises(SystemExit) as exit_info:
+            run.parse_args(argv)
+        assert exit_info.value.code == 2
+    assert "--log2-sizes" in capsys.readouterr().err
+
+
+def test_run_script_options_replace_the_preset_dimensions(tmp_path, capsys):
+    run = _run_script()
+    argv = ["--preset", "tiny", "--what", "ops", "--providers", "eager", "--log2-sizes", "8", "--ops", "additive",
+            "--directions", "inverse", "--out", str(tmp_path), "--no-progress", "--device", "cpu"]  # fmt: skip
+    assert run.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| additive | inverse | half | fp32 | 2^8 |" in out and "| additive | inverse | checkerboard |" in out
+    assert len(list(tmp_path.glob("*.json"))) == 1
