@@ -195,6 +195,7 @@ def glow(
     half the channels factored out between levels. Couplings use Glow's form: sigmoid scale, shift first, on
     channel halves. Vectors get `num_steps` such steps without squeezes or splits.
 
+    >>> import torch
     >>> flow = glow((1, 4, 4), num_scales=2, num_steps=1, hidden=8, depth=1)
     >>> flow.log_prob(torch.rand(3, 1, 4, 4)).shape
     torch.Size([3])

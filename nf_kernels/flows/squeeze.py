@@ -24,6 +24,7 @@ class Squeeze(FlowLayer):
 
     Give `input_shape` to have an odd size rejected at construction.
 
+    >>> import torch
     >>> Squeeze()(torch.zeros(1, 3, 4, 6))[0].shape
     torch.Size([1, 12, 2, 3])
     """
