@@ -1,0 +1,140 @@
+"""GPU only: the "triton" and "cuda" backends against the float64 reference at sizes the CPU interpreter cannot
+reach ([64, 3, 256, 256] and more), every dtype, forward and backward; determinism; 64-bit offsets.
+
+Skipped without CUDA, and under the Triton interpreter (tests/conftest.py turns it on unless TRITON_INTERPRET is
+set): these tests are about the compiled kernels. benchmarks/gpu_suite.sh runs them with TRITON_INTERPRET=0.
+"""
+
+import os
+
+import pytest
+import torch
+
+from conftest import LOGDET_TOLERANCE, TOLERANCE, Coupling, MaskCase, rel_err
+from nf_kernels._dispatch import why_unavailable
+
+INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+pytestmark = [
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+    pytest.mark.skipif(INTERPRETING, reason="checks compiled kernels: run with TRITON_INTERPRET=0"),
+]
+
+DEVICE = "cuda"
+GPU_BACKENDS = ["triton", "cuda"]
+GPU_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+BIG = (64, 3, 256, 256)  # odd channel count: the "half" split is uneven (1 kept, 2 transformed)
+
+CASES = [
+    Coupling(MaskCase("half", BIG), "exp"),
+    Coupling(MaskCase("checkerboard", BIG), "exp"),
+    Coupling(MaskCase("half", BIG), "sigmoid", flip=True, shift_first=True, reverse=True),  # Glow's form, inverse
+    Coupling(MaskCase("checkerboard", BIG), "tanh", flip=True, reverse=True),
+    Coupling(MaskCase("bool", (16, 3, 128, 128)), "atan"),
+    Coupling(MaskCase("half", (4096, 1024)), "exp", shift_first=True),  # vectors: a feature split
+    Coupling(MaskCase("half", BIG), None),  # additive
+    Coupling(MaskCase("checkerboard", BIG), None, reverse=True),
+]
+
+
+def _backend(name: str) -> str:
+    reason = why_unavailable(name, torch.device(DEVICE))
+    if reason is not None:
+        pytest.skip(f"backend {name!r} unavailable: {reason}")
+    return name
+
+
+def _inputs(case: Coupling, dtype: torch.dtype, seed: int):
+    """x, h, grad_y, grad_logdet on the GPU, drawn in float64 and rounded to `dtype` (the reference sees the same
+    rounded values in float64)."""
+    g = torch.Generator(device=DEVICE).manual_seed(seed)
+    x = torch.randn(case.mask.shape, generator=g, device=DEVICE, dtype=torch.float64)
+    h = torch.randn(case.h_shape(), generator=g, device=DEVICE, dtype=torch.float64)
+    grad_y = torch.randn(case.mask.shape, generator=g, device=DEVICE, dtype=torch.float64)
+    grad_logdet = torch.randn(case.mask.shape[0], generator=g, device=DEVICE, dtype=torch.float64)
+    return x.to(dtype), h.to(dtype), grad_y.to(dtype), grad_logdet
+
+
+def _forward_backward(case, backend, x, h, grad_y, grad_logdet, mask):
+    x = x.detach().requires_grad_(True)
+    h = h.detach().requires_grad_(True)
+    y, logdet = case(x, h, backend, mask=mask)
+    grad_x, grad_h = torch.autograd.grad((y, logdet), (x, h), (grad_y.to(y.dtype), grad_logdet.to(logdet.dtype)))
+    return y.detach(), logdet.detach(), grad_x, grad_h
+
+
+@pytest.mark.parametrize("dtype", GPU_DTYPES, ids=str)
+@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_matches_float64_reference(backend, case, dtype):
+    backend = _backend(backend)
+    x, h, grad_y, grad_logdet = _inputs(case, dtype, seed=len(str(case)))
+    mask = case.mask.mask(DEVICE)
+    y, logdet, grad_x, grad_h = _forward_backward(case, backend, x, h, grad_y, grad_logdet, mask)
+    ref = _forward_backward(case, "reference", x.double(), h.double(), grad_y.double(), grad_logdet, mask)
+    assert y.dtype == dtype and y.is_contiguous() and grad_x.dtype == dtype and grad_h.dtype == dtype
+    tol = TOLERANCE[dtype]
+    assert rel_err(y, ref[0]) <= tol
+    assert rel_err(logdet, ref[1]) <= LOGDET_TOLERANCE[dtype]
+    assert rel_err(grad_x, ref[2]) <= tol
+    assert rel_err(grad_h, ref[3]) <= tol
+
+
+@pytest.mark.parametrize("shape", [BIG, (2, 4, 2048, 2048)], ids=str)  # the second: 16M elements in one sample
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_bitwise_deterministic(backend, shape):
+    """Same inputs, same device: bitwise the same outputs and log-det (no atomics in the reduction)."""
+    backend = _backend(backend)
+    case = Coupling(MaskCase("checkerboard", shape), "sigmoid")
+    x, h, grad_y, grad_logdet = _inputs(case, torch.bfloat16, seed=3)
+    first = _forward_backward(case, backend, x, h, grad_y, grad_logdet, "checkerboard")
+    for _ in range(3):
+        again = _forward_backward(case, backend, x, h, grad_y, grad_logdet, "checkerboard")
+        for a, b in zip(first, again):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_non_contiguous_inputs_equal_their_contiguous_copies(backend):
+    backend = _backend(backend)
+    case = Coupling(MaskCase("half", BIG), "tanh")
+    x = torch.randn(64, 256, 256, 3, device=DEVICE).permute(0, 3, 1, 2)  # channels-last memory
+    h = torch.randn(64, 4, 256, 512, device=DEVICE)[..., ::2]  # strided
+    for a, b in zip(case(x, h, backend), case(x.contiguous(), h.contiguous(), backend)):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_batch_beyond_the_grid_limit(backend):
+    """70000 samples: more than a CUDA grid's y and z dimensions (65535) can index."""
+    backend = _backend(backend)
+    case = Coupling(MaskCase("checkerboard", (70000, 2, 4, 4)), "exp")
+    x, h, grad_y, grad_logdet = _inputs(case, torch.float32, seed=5)
+    ours = _forward_backward(case, backend, x, h, grad_y, grad_logdet, "checkerboard")
+    ref = _forward_backward(case, "reference", x.double(), h.double(), grad_y.double(), grad_logdet, "checkerboard")
+    for a, b in zip(ours, ref):
+        assert rel_err(a, b) <= 1e-5
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_offsets_beyond_2_to_the_31(backend):
+    """2^31 fp16 elements (4 GiB), 2^28 per sample: flat offsets overflow 32-bit integers. The far end of the
+    last sample is checked against the reference computed on that slice alone (the coupling is elementwise)."""
+    backend = _backend(backend)
+    free, _ = torch.cuda.mem_get_info()
+    if free < 40 * 2**30:
+        pytest.skip(f"needs about 40 GiB of free GPU memory, {free / 2**30:.0f} GiB free")
+    shape = (8, 4, 2**26)
+    case = Coupling(MaskCase("half", shape), "exp")
+    x = torch.randn(shape, device=DEVICE, dtype=torch.float16)
+    h = torch.randn(case.h_shape(), device=DEVICE, dtype=torch.float16)
+    grad_y = torch.randn(shape, device=DEVICE, dtype=torch.float16)
+    grad_logdet = torch.randn(shape[0], device=DEVICE, dtype=torch.float64)
+    y, logdet, grad_x, grad_h = _forward_backward(case, backend, x, h, grad_y, grad_logdet, "half")
+    tail = (slice(7, 8), slice(None), slice(-4096, None))
+    ref = _forward_backward(case, "reference", x[tail].double(), h[tail].double(), grad_y[tail].double(),
+                            grad_logdet[7:8], "half")  # fmt: skip
+    assert rel_err(y[tail], ref[0]) <= TOLERANCE[torch.float16]
+    assert rel_err(grad_x[tail], ref[2]) <= TOLERANCE[torch.float16]
+    assert rel_err(grad_h[tail], ref[3]) <= TOLERANCE[torch.float16]
+    s_raw = h[:, : h.shape[1] // 2]  # "exp": log-det = sum of s over the transformed elements
+    assert rel_err(logdet, s_raw.double().sum(dim=(1, 2))) <= LOGDET_TOLERANCE[torch.float16]
