@@ -21,7 +21,7 @@ PROG = "nf-kernels"
 DESCRIPTION = """\
 Fused kernels for normalizing-flow coupling layers, and the tools around them.
 
-start here:
+examples (start here):
   nf-kernels demo                         # RealNVP on 8x8 digits, samples, and a speed check (minutes, CPU)
   nf-kernels train --data moons           # a 2-D toy; then: nf-kernels eval runs/moons-realnvp
 """

@@ -6,6 +6,7 @@ The full tool with every knob is ``python benchmarks/run.py`` in a checkout; thi
 from __future__ import annotations
 
 import argparse
+import importlib
 import shlex
 import sys
 from pathlib import Path
@@ -30,7 +31,7 @@ examples:
 def benchmarking() -> Any:
     """The benchmark library, or a clear error if this installation lacks it."""
     try:
-        from .. import benchmarking as library
+        library = importlib.import_module("nf_kernels.benchmarking")
     except ImportError as error:
         raise UsageError(f"the benchmark library nf_kernels.benchmarking cannot be imported ({error}); "
                          f"reinstall nf_kernels") from None  # fmt: skip

@@ -1,0 +1,138 @@
+"""The nf-kernels command line, in process through main(argv): smoke runs, resume, and bad-argument messages."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from nf_kernels.cli import main
+from test_training import crash_at_step, trajectory
+
+TINY_MOONS = ["--data", "moons", "--hidden", "8", "--num-layers", "2", "--batch-size", "32"]
+TINY_DIGITS = ["--data", "digits", "--num-scales", "1", "--num-steps", "1", "--hidden", "8", "--depth", "1",
+               "--batch-size", "16"]  # fmt: skip
+QUIET = ["--no-progress", "--plot-samples", "4", "--log-every", "1"]
+
+
+def cli(capsys, *argv):
+    """(exit status, stdout, stderr) of `nf-kernels argv`."""
+    status = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+@pytest.mark.parametrize("data, model", [(TINY_MOONS, "realnvp"), (TINY_DIGITS, "realnvp"), (TINY_DIGITS, "glow")])
+def test_train_eval_sample(tmp_path, capsys, data, model):
+    run = tmp_path / "run"
+    status, out, err = cli(capsys, "train", *data, "--model", model, "--steps", 5, "--out", run, *QUIET)
+    assert status == 0, err
+    image = "--data" in data and data[1] == "digits"
+    plot = run / ("samples.png" if image else "density.png")
+    for path in (run / "checkpoint.pt", run / "metrics.jsonl", run / "curves.png", plot):
+        assert path.is_file() and str(path) in out  # it says where every output went
+    metric = "bits_per_dim" if image else "nll"
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if r["split"] == "train"] == [1, 2, 3, 4, 5] and metric in lines[-1]
+
+    status, out, err = cli(capsys, "eval", run, "--json")
+    assert status == 0, err
+    assert json.loads(out)[metric] == pytest.approx(lines[-1][metric], rel=1e-5)  # the same fixed test noise
+
+    status, out, err = cli(capsys, "sample", run, "-n", 6, "--out", tmp_path / "s.npy")
+    assert status == 0, err
+    samples = np.load(tmp_path / "s.npy")
+    assert samples.shape == ((6, 1, 8, 8) if image else (6, 2))
+    if image:
+        assert samples.dtype == np.uint8 and samples.max() <= 16
+    assert cli(capsys, "sample", run, "-n", 4, "--out", tmp_path / "s.png")[0] == 0
+    assert (tmp_path / "s.png").is_file()
+
+
+def test_resumed_cli_run_continues_the_same_trajectory_bitwise(tmp_path, capsys, monkeypatch):
+    argv = ["train", *TINY_DIGITS, "--steps", 6, "--checkpoint-every", 3, *QUIET]
+    assert cli(capsys, *argv, "--out", tmp_path / "whole")[0] == 0
+    crash_at_step(monkeypatch, 5)
+    status, _, err = cli(capsys, *argv, "--out", tmp_path / "split")
+    assert status == 130 and "interrupted" in err
+    monkeypatch.undo()
+    assert cli(capsys, "train", "--out", tmp_path / "split", "--resume", "--no-progress")[0] == 0
+    assert trajectory(tmp_path / "whole") == trajectory(tmp_path / "split")
+    whole, split = (torch.load(tmp_path / r / "checkpoint.pt", weights_only=False)["model"] for r in ("whole", "split"))
+    assert all(torch.equal(whole[k], split[k]) for k in whole)
+
+
+def test_class_conditional_digits(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli(capsys, "train", *TINY_DIGITS, "--conditional", "--steps", 2, "--out", run, *QUIET)[0] == 0
+    assert cli(capsys, "sample", run, "-n", 3, "--label", 7, "--out", tmp_path / "sevens.pt")[0] == 0
+    assert torch.load(tmp_path / "sevens.pt").shape == (3, 1, 8, 8)
+    status, _, err = cli(capsys, "sample", run, "--label", 10)
+    assert status == 1 and "--label must be in [0, 10)" in err
+
+
+@pytest.mark.parametrize("command", ["", "train", "eval", "sample", "bench", "demo"])
+def test_help(capsys, command):
+    status, out, _ = cli(capsys, *([command] if command else []), "--help")
+    assert status == 0 and out.startswith("usage: nf-kernels") and "example" in out
+
+
+def one_line_error(capsys, *argv, status=None):
+    code, out, err = cli(capsys, *argv)
+    assert code != 0 and (status is None or code == status)
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--batch-size", "-3"], "--batch-size: expected a positive integer, got -3"),
+        (["train", "--model", "maf"], "invalid choice: 'maf'"),
+        (["train", "--steps", "3", "--epochs", "2"], "not allowed with argument"),
+        (["train", "--lr", "zero"], "--lr: expected a positive number, got 'zero'"),
+        (["train", "--data", "no/such/file.npy"], "no such data file or folder: no/such/file.npy"),
+        (["train", "--data", "mnist"], "unknown data set 'mnist'"),
+        (["train", "--data", "moons", "--conditional"], "--conditional needs labelled data"),
+        (["eval", "nowhere/checkpoint.pt"], "no checkpoint at nowhere/checkpoint.pt"),
+        (["sample", "nowhere", "--out", "x.gif"], "--out must end in .png, .npy, .pt"),
+        (["bench", "--preset", "huge"], "unknown preset 'huge'"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ],
+)
+def test_bad_arguments_give_one_clear_line(tmp_path, capsys, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
+    assert message in one_line_error(capsys, *argv)
+
+
+def test_checkpoint_mismatches(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli(capsys, "train", *TINY_MOONS, "--steps", 2, "--out", run, *QUIET, "--plot-samples", 0)[0] == 0
+    assert "already holds a run" in one_line_error(capsys, "train", *TINY_MOONS, "--out", run)
+    assert "from a different run: --model glow (the run has realnvp)" in one_line_error(
+        capsys, "train", "--out", run, "--resume", "--model", "glow")  # fmt: skip
+    assert "nothing to resume" in one_line_error(capsys, "train", "--out", tmp_path / "empty", "--resume")
+    torch.save({"weights": torch.ones(2)}, tmp_path / "foreign.pt")
+    assert "not an nf_kernels checkpoint" in one_line_error(capsys, "eval", tmp_path / "foreign.pt")
+    payload = torch.load(run / "checkpoint.pt", weights_only=False)
+    payload["model_spec"]["sizes"]["hidden"] = 16  # a checkpoint whose weights do not fit the model it names
+    torch.save(payload, tmp_path / "edited.pt")
+    assert "does not fit realnvp on (2,)" in one_line_error(capsys, "eval", tmp_path / "edited.pt")
+
+
+def test_bench_without_the_benchmark_library_says_so(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "nf_kernels.benchmarking", None)  # what a missing module looks like
+    assert "nf_kernels.benchmarking cannot be imported" in one_line_error(capsys, "bench")
+
+
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    status, out, err = cli(capsys, "demo", "--out", tmp_path / "demo", "--steps", 2, "--no-bench", "--no-progress")
+    assert status == 0, err
+    assert "digits test bits/dim: RealNVP" in out and (tmp_path / "demo" / "samples.png").is_file()
+
+
+def test_python_dash_m_runs_the_cli():
+    done = subprocess.run([sys.executable, "-m", "nf_kernels", "--version"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.startswith("nf-kernels ")
