@@ -10,6 +10,7 @@ as `context`) are embedded into `context_features`-wide vectors that every condi
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from typing import Any, Callable, Optional, Sequence
 
 from torch import nn
@@ -25,7 +26,46 @@ from .split import MultiScaleSplit
 from .squeeze import Squeeze
 
 MODELS = ("nice", "realnvp", "glow")
-SIZES = ("num_layers", "num_scales", "num_steps", "final_steps", "hidden", "depth", "context_features")
+# Sizes some model or data kind uses; every builder accepts all of them (see the module docstring).
+MODEL_SIZES = ("num_layers", "num_scales", "num_steps", "final_steps", "scale", "clamp")
+
+
+@dataclass(frozen=True)
+class _Common:
+    """The options every builder takes the same way."""
+
+    hidden: int = 64
+    depth: int = 2
+    num_classes: Optional[int] = None
+    context_features: int = 16
+    backend: str = "auto"
+    memory_saving: bool = False
+
+    @classmethod
+    def parse(cls, model: str, options: dict[str, Any]) -> "_Common":
+        """Split off the common options; sizes of other models are ignored, anything else is a typo."""
+        common = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - common - set(MODEL_SIZES))
+        if unknown:
+            valid = ", ".join(sorted(common | set(MODEL_SIZES)))
+            raise TypeError(f"{model}() got unknown option(s) {', '.join(unknown)}; valid options are {valid}")
+        parsed = cls(**{k: v for k, v in options.items() if k in common})
+        _check_positive(hidden=parsed.hidden, depth=parsed.depth, context_features=parsed.context_features)
+        if parsed.num_classes is not None and parsed.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1 (or None for an unconditional model), got {parsed.num_classes}")
+        return parsed
+
+    @property
+    def coupling_options(self) -> dict[str, Any]:
+        """What every coupling layer of the model gets."""
+        context = self.context_features if self.num_classes else None
+        return dict(hidden=self.hidden, depth=self.depth, context_features=context, backend=self.backend)
+
+    def flow(self, layers: list[nn.Module], sample_shape: Shape, base: Callable[[Shape], nn.Module]) -> Flow:
+        encoder = nn.Embedding(self.num_classes, self.context_features) if self.num_classes else None
+        latent_shape = propagate_shapes(layers, sample_shape)
+        return Flow(layers, base(latent_shape), memory_saving=self.memory_saving, sample_shape=sample_shape,
+                    context_encoder=encoder)  # fmt: skip
 
 
 def _sample_shape(sample_shape: Sequence[int], model: str) -> Shape:
@@ -53,28 +93,6 @@ def _check_squeezes(shape: Shape, num_scales: int, squeezes: int, model: str) ->
         )
 
 
-def _context_features(num_classes: Optional[int], context_features: int) -> Optional[int]:
-    if num_classes is None:
-        return None
-    if num_classes < 1 or context_features < 1:
-        raise ValueError(f"num_classes and context_features must be >= 1, got {num_classes} and {context_features}")
-    return context_features
-
-
-def _flow(
-    layers: list[nn.Module],
-    sample_shape: Shape,
-    base: Callable[[Shape], nn.Module],
-    memory_saving: bool,
-    num_classes: Optional[int],
-    context_features: Optional[int],
-) -> Flow:
-    encoder = nn.Embedding(num_classes, context_features) if num_classes else None
-    latent_shape = propagate_shapes(layers, sample_shape)
-    return Flow(layers, base(latent_shape), memory_saving=memory_saving, sample_shape=sample_shape,
-                context_encoder=encoder)  # fmt: skip
-
-
 def _multi_scale(
     shape: Shape, num_scales: int, scale_body: Callable[[Shape, bool], tuple[list[nn.Module], Shape]]
 ) -> list[nn.Module]:
@@ -89,36 +107,25 @@ def _multi_scale(
     return layers
 
 
-def nice(
-    sample_shape: Sequence[int],
-    *,
-    num_layers: int = 4,
-    hidden: int = 64,
-    depth: int = 2,
-    num_classes: Optional[int] = None,
-    context_features: int = 16,
-    backend: str = "auto",
-    memory_saving: bool = False,
-    **_other_models_sizes: Any,
-) -> Flow:
-    """NICE: additive couplings with alternating masks (halves for vectors, checkerboards for images), then a
-    learned diagonal scaling; logistic prior, as in the paper.
+def nice(sample_shape: Sequence[int], *, num_layers: int = 4, **options: Any) -> Flow:
+    """NICE: `num_layers` additive couplings with alternating masks (halves for vectors, checkerboards for
+    images), then a learned diagonal scaling; logistic prior, as in the paper.
+
+    `options`: hidden=64, depth=2, num_classes=None, context_features=16, backend="auto", memory_saving=False.
 
     >>> flow = nice((2,), num_layers=2, hidden=8)
     >>> [type(layer).__name__ for layer in flow.layers]
     ['AdditiveCoupling', 'AdditiveCoupling', 'Scaling']
     """
     shape = _sample_shape(sample_shape, "nice")
-    _check_positive(num_layers=num_layers, hidden=hidden)
-    cf = _context_features(num_classes, context_features)
+    common = _Common.parse("nice", options)
+    _check_positive(num_layers=num_layers)
     mask = "half" if len(shape) == 1 else "checkerboard"
     layers: list[nn.Module] = [
-        AdditiveCoupling(shape, mask=mask, flip=i % 2 == 1, hidden=hidden, depth=depth, context_features=cf,
-                         backend=backend)  # fmt: skip
-        for i in range(num_layers)
+        AdditiveCoupling(shape, mask=mask, flip=i % 2 == 1, **common.coupling_options) for i in range(num_layers)
     ]
     layers.append(Scaling(shape))
-    return _flow(layers, shape, StandardLogistic, memory_saving, num_classes, cf)
+    return common.flow(layers, shape, StandardLogistic)
 
 
 def realnvp(
@@ -128,15 +135,9 @@ def realnvp(
     num_scales: int = 2,
     num_steps: int = 3,
     final_steps: Optional[int] = None,
-    hidden: int = 64,
-    depth: int = 2,
     scale: str = "tanh",
     clamp: float = 2.0,
-    num_classes: Optional[int] = None,
-    context_features: int = 16,
-    backend: str = "auto",
-    memory_saving: bool = False,
-    **_other_models_sizes: Any,
+    **options: Any,
 ) -> Flow:
     """RealNVP. Vectors: `num_layers` affine couplings on alternating halves, with MLP conditioners.
 
@@ -144,26 +145,25 @@ def realnvp(
     half the channels are factored out and the next scale continues on the rest; the last scale has
     `final_steps` (default ``num_steps + 1``) checkerboard couplings, as in the paper. Masks alternate. The
     default soft-clamped scale (``scale="tanh"``) trains more stably than the paper's plain ``"exp"``.
+    `options` as for :func:`nice`.
 
     >>> flow = realnvp((1, 4, 4), num_scales=2, num_steps=1, hidden=8, depth=1)
     >>> flow.sample(2).shape, flow.base.shape
     (torch.Size([2, 1, 4, 4]), (16,))
     """
     shape = _sample_shape(sample_shape, "realnvp")
-    cf = _context_features(num_classes, context_features)
+    common = _Common.parse("realnvp", options)
     final_steps = num_steps + 1 if final_steps is None else final_steps
-    _check_positive(num_layers=num_layers, num_scales=num_scales, num_steps=num_steps, final_steps=final_steps,
-                    hidden=hidden)  # fmt: skip
+    _check_positive(num_layers=num_layers, num_scales=num_scales, num_steps=num_steps, final_steps=final_steps)
 
     def couplings(input_shape: Shape, mask: str, count: int) -> list[nn.Module]:
         return [
-            AffineCoupling(input_shape, mask=mask, flip=i % 2 == 1, scale=scale, clamp=clamp, hidden=hidden,
-                           depth=depth, context_features=cf, backend=backend)  # fmt: skip
+            AffineCoupling(input_shape, mask=mask, flip=i % 2 == 1, scale=scale, clamp=clamp, **common.coupling_options)
             for i in range(count)
         ]
 
     if len(shape) == 1:
-        return _flow(couplings(shape, "half", num_layers), shape, StandardNormal, memory_saving, num_classes, cf)
+        return common.flow(couplings(shape, "half", num_layers), shape, StandardNormal)
     _check_squeezes(shape, num_scales, num_scales - 1, "realnvp")
 
     def scale_body(input_shape: Shape, last: bool) -> tuple[list[nn.Module], Shape]:
@@ -174,26 +174,13 @@ def realnvp(
         layers = couplings(input_shape, "checkerboard", num_steps) + [squeeze] + couplings(squeezed, "half", num_steps)
         return layers, squeezed
 
-    layers = _multi_scale(shape, num_scales, scale_body)
-    return _flow(layers, shape, StandardNormal, memory_saving, num_classes, cf)
+    return common.flow(_multi_scale(shape, num_scales, scale_body), shape, StandardNormal)
 
 
-def glow(
-    sample_shape: Sequence[int],
-    *,
-    num_scales: int = 2,
-    num_steps: int = 4,
-    hidden: int = 64,
-    depth: int = 2,
-    num_classes: Optional[int] = None,
-    context_features: int = 16,
-    backend: str = "auto",
-    memory_saving: bool = False,
-    **_other_models_sizes: Any,
-) -> Flow:
+def glow(sample_shape: Sequence[int], *, num_scales: int = 2, num_steps: int = 4, **options: Any) -> Flow:
     """Glow: `num_scales` levels of (squeeze, `num_steps` x [ActNorm, invertible 1x1 conv, affine coupling]), with
     half the channels factored out between levels. Couplings use Glow's form: sigmoid scale, shift first, on
-    channel halves. Vectors get `num_steps` such steps without squeezes or splits.
+    channel halves. Vectors get `num_steps` such steps without squeezes or splits. `options` as for :func:`nice`.
 
     >>> import torch
     >>> flow = glow((1, 4, 4), num_scales=2, num_steps=1, hidden=8, depth=1)
@@ -201,8 +188,8 @@ def glow(
     torch.Size([3])
     """
     shape = _sample_shape(sample_shape, "glow")
-    cf = _context_features(num_classes, context_features)
-    _check_positive(num_scales=num_scales, num_steps=num_steps, hidden=hidden)
+    common = _Common.parse("glow", options)
+    _check_positive(num_scales=num_scales, num_steps=num_steps)
 
     def steps(input_shape: Shape) -> list[nn.Module]:
         channels = input_shape[0]
@@ -211,13 +198,12 @@ def glow(
             layers += [
                 ActNorm(channels),
                 Invertible1x1Conv(channels),
-                AffineCoupling(input_shape, mask="half", scale="sigmoid", shift_first=True, hidden=hidden, depth=depth,
-                               context_features=cf, backend=backend),  # fmt: skip
+                AffineCoupling(input_shape, mask="half", scale="sigmoid", shift_first=True, **common.coupling_options),
             ]
         return layers
 
     if len(shape) == 1:
-        return _flow(steps(shape), shape, StandardNormal, memory_saving, num_classes, cf)
+        return common.flow(steps(shape), shape, StandardNormal)
     _check_squeezes(shape, num_scales, num_scales, "glow")
 
     def level_body(input_shape: Shape, last: bool) -> tuple[list[nn.Module], Shape]:
@@ -225,8 +211,7 @@ def glow(
         squeezed = squeeze.output_shape(input_shape)
         return [squeeze] + steps(squeezed), squeezed
 
-    layers = _multi_scale(shape, num_scales, level_body)
-    return _flow(layers, shape, StandardNormal, memory_saving, num_classes, cf)
+    return common.flow(_multi_scale(shape, num_scales, level_body), shape, StandardNormal)
 
 
 _BUILDERS = {"nice": nice, "realnvp": realnvp, "glow": glow}

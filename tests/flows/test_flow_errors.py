@@ -55,6 +55,12 @@ def test_bad_configuration_raises_at_construction(build, message):
         build()
 
 
+def test_misspelled_model_option_is_an_error_not_ignored():
+    with pytest.raises(TypeError, match=r"unknown option\(s\) hiden.*valid options are .*hidden"):
+        build_model("glow", (2,), hiden=8)
+    build_model("nice", (2,), num_scales=3, num_steps=2, hidden=8)  # other models' sizes are fine
+
+
 def test_wrong_input_shape_at_call_names_both_shapes():
     flow = build_model("realnvp", (1, 4, 4), num_scales=1, num_steps=1, hidden=8, depth=1)
     with pytest.raises(ValueError, match=r"\(1, 4, 4\).*\(2, 1, 4, 5\)"):
