@@ -30,6 +30,7 @@ from nf_kernels.benchmarking import (  # noqa: E402
     DIRECTIONS, DTYPES, MASKS, MODELS, OPS, PRESETS, PROVIDERS, check_targets, environment, op_cases, preset,
     run_cases, run_model_benchmarks, write_results,
 )  # fmt: skip
+from nf_kernels.benchmarking.cpu_allocator import keep_freed_cpu_memory  # noqa: E402
 from nf_kernels.benchmarking.report import format_summary  # noqa: E402
 
 
@@ -57,6 +58,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     group.add_argument("--model-batch", type=int, help="default: 64 on CUDA, 16 on the CPU")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results", help="output folder")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--system-malloc", action="store_true",
+                        help="CPU: leave glibc malloc as it is (by default freed memory is kept, so timings do not "
+                        "include page faults; see nf_kernels/benchmarking/cpu_allocator.py)")
     args = parser.parse_args(argv)
     if args.model_batch is not None and args.model_batch <= 0:
         parser.error(f"--model-batch must be positive, got {args.model_batch}")
@@ -95,8 +99,9 @@ def main(argv=None) -> int:
         import torch._inductor.config
 
         torch._inductor.config.compile_threads = 1
+    kept = device.type == "cpu" and not args.system_malloc and keep_freed_cpu_memory()
     plan = preset(args.preset, device.type)
-    env = environment(device)
+    env = dict(environment(device), cpu_malloc="freed memory kept (no mmap, no trim)" if kept else "system default")
     command = "python " + " ".join(shlex.quote(a) for a in [str(Path(sys.argv[0]))] + sys.argv[1:])
     print(f"nf_kernels benchmarks on {env['device_name']}, commit {env['commit']}, preset {plan.name}", flush=True)
     op_results, model_results = [], []

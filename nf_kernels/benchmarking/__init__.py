@@ -13,6 +13,7 @@ same run, speedups over eager and ``torch.compile`` of the reference, and peak m
 
 from .bandwidth import copy_bandwidth
 from .byte_model import backward_bytes, bytes_moved, forward_bytes
+from .cpu_allocator import keep_freed_cpu_memory
 from .cases import DIRECTIONS, DTYPES, MASKS, OPS, OpCase, op_cases
 from .environment import environment
 from .model_runner import MODELS, ModelResult, run_model_benchmarks
@@ -27,6 +28,7 @@ __all__ = [
     "DIRECTIONS", "DTYPES", "MASKS", "MODELS", "OPS", "PRESETS", "PROVIDERS", "Preset",
     "ModelResult", "OpCase", "OpResult", "TargetCheck", "TimingBudget",
     "available_providers", "backward_bytes", "bytes_moved", "check_targets", "copy_bandwidth", "environment",
-    "format_model_table", "format_report", "format_summary", "format_table", "forward_bytes", "largest_size", "op_cases",
+    "format_model_table", "format_report", "format_summary", "format_table", "forward_bytes", "keep_freed_cpu_memory",
+    "largest_size", "op_cases",
     "preset", "run_cases", "run_model_benchmarks", "run_op_benchmarks", "write_results",
 ]  # fmt: skip

@@ -111,6 +111,9 @@ def format_report(
     ]
     if command:
         parts.append(f"- command: `{command}`")
+    if env["device"] == "cpu":
+        parts.append(f"- CPU: {env['threads']} threads, OMP_WAIT_POLICY={env.get('omp_wait_policy')}, "
+                     f"malloc: {env.get('cpu_malloc', 'system default')}")
     if copy_bytes_per_s:
         parts.append(f"- copy bandwidth (read + write, large device copy): {copy_bytes_per_s / 1e9:.1f} GB/s")
     parts += [
