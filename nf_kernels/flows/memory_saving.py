@@ -64,6 +64,62 @@ def _recompute_context():
     return torch.autograd.graph.saved_tensors_hooks(*_recompute_hooks)
 
 
+class GradientSink:
+    """Collects what the rebuilt graphs give to the parameters and to the context, summed over layers."""
+
+    def __init__(self, context: Optional[Tensor]):
+        self.context = context  # a detached leaf, requiring grad when the caller needs its gradient
+        self.context_grad: Optional[Tensor] = None
+        self.param_grads: dict[int, Tensor] = {}
+
+    def add(self, params: Sequence[Tensor], grads: Sequence[Optional[Tensor]], context_grad: Optional[Tensor]):
+        for p, g in zip(params, grads):
+            if g is not None:
+                self.param_grads[id(p)] = self.param_grads[id(p)] + g if id(p) in self.param_grads else g
+        if context_grad is not None:
+            self.context_grad = context_grad if self.context_grad is None else self.context_grad + context_grad
+
+
+def _recompute_layer_backward(
+    layer: nn.Module, y: Tensor, grad_y: Tensor, grad_logdet: Tensor, sink: GradientSink
+) -> tuple[Tensor, Tensor]:
+    """Rebuild `layer`'s input from its output `y`, re-run the layer, back-propagate: (input, grad of input)."""
+    context = sink.context
+    with torch.no_grad():
+        x, _ = layer.inverse(y, context)
+    x = x.detach().requires_grad_(True)
+    params = [p for p in layer.parameters() if p.requires_grad]
+    with_context = context is not None and context.requires_grad
+    with torch.enable_grad(), _recompute_context():
+        y_again, logdet = layer(x, context)
+    outputs, grads_out = [y_again], [grad_y]
+    if logdet.requires_grad:  # parameter-free layers with a constant log-det have nothing to add
+        outputs.append(logdet)
+        grads_out.append(grad_logdet.to(logdet.dtype))
+    wrt = [x, *params] + ([context] if with_context else [])
+    grads = torch.autograd.grad(outputs, wrt, grads_out, allow_unused=True)
+    sink.add(params, grads[1 : 1 + len(params)], grads[-1] if with_context else None)
+    grad_x = grads[0] if grads[0] is not None else torch.zeros_like(x)
+    return x.detach(), grad_x
+
+
+def backward_through(
+    layers: Sequence[nn.Module], y: Tensor, grad_y: Tensor, grad_logdet: Tensor, sink: GradientSink
+) -> tuple[Tensor, Tensor]:
+    """Walk `layers` last to first from the stack's output `y`: returns (the stack's input, its gradient).
+
+    A layer that holds a stack of its own (a multi-scale split) provides `backward_from_output` with the same
+    meaning, so its inner layers are rebuilt once, here, rather than once per enclosing stack.
+    """
+    for layer in reversed(layers):
+        backward_from_output = getattr(layer, "backward_from_output", None)
+        if backward_from_output is not None:
+            y, grad_y = backward_from_output(y, grad_y, grad_logdet, sink)
+        else:
+            y, grad_y = _recompute_layer_backward(layer, y, grad_y, grad_logdet, sink)
+    return y, grad_y
+
+
 class _InvertibleStack(torch.autograd.Function):
     """Autograd node for a whole stack; inputs are (x, context, *parameters) so all of them get gradients."""
 
@@ -78,33 +134,11 @@ class _InvertibleStack(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y, grad_logdet):
         y, context = ctx.saved_tensors
-        layers = ctx.layers
         context_leaf = None if context is None else context.detach().requires_grad_(ctx.needs_input_grad[2])
-        grad_context = None
-        param_grads: dict[int, Tensor] = {}
-        for layer in reversed(layers):
-            with torch.no_grad():
-                x, _ = layer.inverse(y, context_leaf)
-            x = x.detach().requires_grad_(True)
-            params = [p for p in layer.parameters() if p.requires_grad]
-            wrt = [x] + params + ([context_leaf] if context_leaf is not None and context_leaf.requires_grad else [])
-            with torch.enable_grad(), _recompute_context():
-                y_again, logdet = layer(x, context_leaf)
-            outputs, grads_out = [y_again], [grad_y]
-            if logdet.requires_grad:  # parameter-free layers with a constant log-det have nothing to add
-                outputs.append(logdet)
-                grads_out.append(grad_logdet.to(logdet.dtype))
-            grads = torch.autograd.grad(outputs, wrt, grads_out, allow_unused=True)
-            grad_y = grads[0] if grads[0] is not None else torch.zeros_like(x)
-            for p, g in zip(params, grads[1 : 1 + len(params)]):
-                if g is not None:
-                    param_grads[id(p)] = param_grads[id(p)] + g if id(p) in param_grads else g
-            if len(wrt) > 1 + len(params) and grads[-1] is not None:
-                grad_context = grads[-1] if grad_context is None else grad_context + grads[-1]
-            y = x.detach()
-            del y_again, logdet, outputs, grads  # drop this layer's graph before rebuilding the next one
-        all_params = [p for p in _parameters(layers)]
-        return (None, grad_y.to(ctx.x_dtype), grad_context, *[param_grads.get(id(p)) for p in all_params])
+        sink = GradientSink(context_leaf)
+        _, grad_x = backward_through(ctx.layers, y, grad_y, grad_logdet, sink)
+        param_grads = [sink.param_grads.get(id(p)) for p in _parameters(ctx.layers)]
+        return (None, grad_x.to(ctx.x_dtype), sink.context_grad, *param_grads)
 
 
 def _parameters(layers: Sequence[nn.Module]) -> list[nn.Parameter]:

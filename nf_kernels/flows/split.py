@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import FlowLayer, propagate_shapes
-from .memory_saving import inverse_layers, run_layers
+from .memory_saving import GradientSink, backward_through, inverse_layers, run_layers
 
 
 class MultiScaleSplit(FlowLayer):
@@ -57,14 +57,31 @@ class MultiScaleSplit(FlowLayer):
         z_inner, logdet = run_layers(self.layers, kept, context, self.memory_saving)
         return torch.cat([factored.flatten(1), z_inner.flatten(1)], dim=1), logdet
 
-    def inverse(self, z: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-        factored_numel = math.prod(self.factored_shape)
+    def _unflatten(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """(factored part, inner layers' output) from the flat latent `z` (or its gradient)."""
         if z.dim() != 2 or z.shape[1] != math.prod(self.input_shape):
             raise ValueError(f"MultiScaleSplit.inverse expects [B, {math.prod(self.input_shape)}], got {tuple(z.shape)}")
+        factored_numel = math.prod(self.factored_shape)
         factored = z[:, :factored_numel].reshape(-1, *self.factored_shape)
-        z_inner = z[:, factored_numel:].reshape(-1, *self.inner_output_shape)
+        return factored, z[:, factored_numel:].reshape(-1, *self.inner_output_shape)
+
+    def inverse(self, z: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        factored, z_inner = self._unflatten(z)
         kept, logdet = inverse_layers(self.layers, z_inner, context)
         return torch.cat([kept, factored], dim=1), logdet
+
+    def backward_from_output(
+        self, z: Tensor, grad_z: Tensor, grad_logdet: Tensor, sink: GradientSink
+    ) -> tuple[Tensor, Tensor]:
+        """Memory-saving backward of an enclosing stack: (input, its gradient) from (output, its gradient).
+
+        The split itself is slicing and concatenation, so only the inner layers need rebuilding, and they are
+        walked directly instead of being rebuilt as a whole and then again one by one.
+        """
+        factored, z_inner = self._unflatten(z)
+        grad_factored, grad_inner = self._unflatten(grad_z)
+        kept, grad_kept = backward_through(self.layers, z_inner, grad_inner, grad_logdet, sink)
+        return torch.cat([kept, factored], dim=1), torch.cat([grad_kept, grad_factored], dim=1)
 
     def extra_repr(self) -> str:
         return f"input_shape={self.input_shape}, factored_out={self.factored_shape}, memory_saving={self.memory_saving}"
