@@ -36,7 +36,8 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     run = open_run(args.run, backend=args.backend, device=args.device)
     conditional = run.spec.num_classes is not None
-    value = evaluate(run.flow, run.data, batch_size=args.batch_size, device=flow_device(run.flow), conditional=conditional)
+    value = evaluate(run.flow, run.data, batch_size=args.batch_size, device=flow_device(run.flow),
+                     conditional=conditional, precision=run.precision)  # fmt: skip
     metric = "bits_per_dim" if run.data.discrete else "nll"
     record = {"checkpoint": str(run.path), "model": run.spec.name, "data": run.data.name, "step": run.step,
               "split": "test", metric: value}  # fmt: skip

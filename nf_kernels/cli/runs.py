@@ -13,6 +13,7 @@ from ..data import FlowDataset, load_dataset
 from ..training import CheckpointError, load_checkpoint
 from ..training.distributed import choose_device
 from ..training.model_spec import ModelSpec
+from ..training.precision import PRECISIONS, Precision
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -32,6 +33,10 @@ class LoadedRun:
     data: FlowDataset
     settings: dict[str, Any]  # the resolved command-line settings of the training run
     step: int
+
+    @property
+    def precision(self) -> Precision:
+        return PRECISIONS[self.settings["dtype"]]
 
     @property
     def directory(self) -> Path:
@@ -54,7 +59,7 @@ def open_run(run: Path, *, backend: str, device: str) -> LoadedRun:
         flow.load_state_dict(payload["model"])
     except RuntimeError as error:
         raise CheckpointError(f"{path} does not fit {spec.describe()}: {str(error).splitlines()[0]}") from None
-    flow.to(choose_device(device)).eval()
+    flow.to(choose_device(device), PRECISIONS[settings["dtype"]].parameters).eval()
     return LoadedRun(path, flow, spec, data, settings, int(payload["step"]))
 
 

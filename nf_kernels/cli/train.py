@@ -14,6 +14,7 @@ from ..training import (
 )  # fmt: skip
 from ..training.metrics import read_metrics
 from ..training.model_spec import ModelSpec
+from ..training.precision import PRECISIONS
 from ..training.plots import save_density_plot, save_image_grid, save_learning_curves, to_displayable
 from .errors import UsageError
 from .options import add_model_options, add_runtime_options, chosen_sizes
@@ -58,7 +59,8 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
     add_model_options(parser)
     add_runtime_options(parser, with_defaults=False)
     optim = parser.add_argument_group("optimization")
-    optim.add_argument("--dtype", choices=("fp32", "bf16"), default=None, help="fp32, or bf16 autocast [fp32]")
+    optim.add_argument("--dtype", choices=tuple(PRECISIONS), default=None,
+                       help="fp32; bf16: autocast of the forward pass; fp64: float64 weights and data [fp32]")  # fmt: skip
     optim.add_argument("--batch-size", type=positive_int, default=None, help="global batch size [256]")
     length = optim.add_mutually_exclusive_group()
     length.add_argument("--steps", type=positive_int, default=None, help=f"optimizer steps [{DEFAULT_STEPS}]")

@@ -37,7 +37,14 @@ class BatchStream:
     """
 
     def __init__(
-        self, data: FlowDataset, *, batch_size: int, seed: int, context: DistributedContext, conditional: bool = False
+        self,
+        data: FlowDataset,
+        *,
+        batch_size: int,
+        seed: int,
+        context: DistributedContext,
+        conditional: bool = False,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         if batch_size <= 0:
             raise DataError(f"the batch size must be positive, got {batch_size}")
@@ -46,7 +53,7 @@ class BatchStream:
                             f"{context.world_size} processes")  # fmt: skip
         if conditional and data.train_labels is None:
             raise DataError(f"{data.name} has no labels, so a class-conditional model cannot be trained on it")
-        self.data, self.seed, self.context, self.conditional = data, seed, context, conditional
+        self.data, self.seed, self.context, self.conditional, self.dtype = data, seed, context, conditional, dtype
         self.batch_size, self.per_process = batch_size, batch_size // context.world_size
         self.sampler = DistributedSampler(
             data.train, num_replicas=context.world_size, rank=context.rank, shuffle=True, seed=seed
@@ -74,13 +81,13 @@ class BatchStream:
             noise = torch.rand(self.batch_size, *self.data.sample_shape, generator=step_generator(self.seed, step))
             samples = dequantize(samples, self.data.levels, noise[self.context.rank :: self.context.world_size])
         labels = self.data.train_labels[indices].to(self.context.device) if self.conditional else None
-        return samples.to(self.context.device), labels
+        return samples.to(self.context.device, self.dtype), labels
 
     def global_batch(self, step: int) -> Batch:
         """The whole batch of ``step`` as one process would see it (used to initialize ActNorm identically)."""
         alone = DistributedContext(device=self.context.device)
         return BatchStream(self.data, batch_size=self.batch_size, seed=self.seed, context=alone,
-                           conditional=self.conditional).batch(step)  # fmt: skip
+                           conditional=self.conditional, dtype=self.dtype).batch(step)  # fmt: skip
 
     def __repr__(self) -> str:
         return f"BatchStream(batch_size={self.batch_size}, per_process={self.per_process}, steps_per_epoch={self.steps_per_epoch})"

@@ -9,6 +9,7 @@ from torch import nn
 
 from ..data import FlowDataset, dequantize
 from ..flows import bits_per_dim
+from .precision import PRECISIONS, Precision
 
 # Test-set dequantization noise comes from this fixed seed, so test numbers are comparable across runs and seeds.
 EVAL_NOISE_SEED = 1_234_567
@@ -21,7 +22,8 @@ def metric_name(data: FlowDataset) -> str:
 
 def loss_from_log_prob(log_prob: torch.Tensor, data: FlowDataset) -> torch.Tensor:
     """Mean bits/dim (discrete) or mean negative log-likelihood in nats (continuous) of a batch."""
-    log_prob = log_prob.float()  # bf16 autocast may hand back a low-precision log-density
+    if log_prob.dtype in (torch.float16, torch.bfloat16):  # autocast may hand back a low-precision log-density
+        log_prob = log_prob.float()
     if data.discrete:
         return bits_per_dim(log_prob, data.num_dims, data.levels).mean()
     return -log_prob.mean()
@@ -46,7 +48,7 @@ def evaluate(
     batch_size: int = 1024,
     device: torch.device = torch.device("cpu"),
     conditional: bool = False,
-    autocast_dtype: Optional[torch.dtype] = None,
+    precision: Precision = PRECISIONS["fp32"],
 ) -> float:
     """The test-set metric (:func:`metric_name`) of ``flow``: mean over every test sample.
 
@@ -66,8 +68,8 @@ def evaluate(
         if data.discrete:
             samples = dequantize(samples, data.levels, torch.rand(samples.shape, generator=generator))
         labels = data.test_labels[start : start + batch_size].to(device) if conditional else None
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
-            log_prob = flow.log_prob(samples.to(device), labels)
+        with precision.forward_context(device):
+            log_prob = flow.log_prob(samples.to(device, precision.parameters), labels)
         total += loss_from_log_prob(log_prob, data).item() * len(samples)
         count += len(samples)
     flow.train(was_training)

@@ -23,9 +23,9 @@ from .checkpoint import CheckpointError, capture_rng, load_checkpoint, restore_r
 from .distributed import DistributedContext
 from .metrics import MetricsLog
 from .objective import LogProb, evaluate, loss_from_log_prob, metric_name
+from .precision import PRECISIONS
 from .schedule import make_scheduler
 
-AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 
 
 class TrainingDiverged(RuntimeError):
@@ -50,7 +50,7 @@ class TrainConfig:
     final_lr_ratio: float = 0.01  # the cosine decays to lr * final_lr_ratio
     weight_decay: float = 0.0
     clip_grad: float = 5.0  # max global gradient norm; 0 disables clipping
-    dtype: str = "fp32"  # or "bf16": autocast of the forward pass
+    dtype: str = "fp32"  # "bf16": autocast of the forward pass; "fp64": float64 weights and data
     seed: int = 0
     log_every: int = 10
     eval_every: int = 500  # 0: only at the end
@@ -74,8 +74,8 @@ class TrainConfig:
                 problems.append(f"{name} must be positive, got {getattr(self, name)}")
         if not self.lr > 0:
             problems.append(f"lr must be positive, got {self.lr}")
-        if self.dtype not in AUTOCAST_DTYPES:
-            problems.append(f"dtype must be one of {', '.join(AUTOCAST_DTYPES)}, got {self.dtype!r}")
+        if self.dtype not in PRECISIONS:
+            problems.append(f"dtype must be one of {', '.join(PRECISIONS)}, got {self.dtype!r}")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -114,9 +114,10 @@ class Trainer:
         checkpoint_extra: Optional[dict[str, Any]] = None,
     ) -> None:
         self.data, self.config, self.context = data, config, context
-        self.flow = flow.to(context.device)
+        self.precision = PRECISIONS[config.dtype]
+        self.flow = flow.to(context.device, self.precision.parameters)
         self.stream = BatchStream(data, batch_size=config.batch_size, seed=config.seed, context=context,
-                                  conditional=config.conditional)  # fmt: skip
+                                  conditional=config.conditional, dtype=self.precision.parameters)  # fmt: skip
         self.total_steps = config.total_steps(self.stream.steps_per_epoch)
         self.optimizer = torch.optim.Adam(self.flow.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = make_scheduler(self.optimizer, warmup_steps=config.warmup_steps,
@@ -126,7 +127,6 @@ class Trainer:
         self.metrics_path = self.out_dir / "metrics.jsonl"
         self.checkpoint_extra = dict(checkpoint_extra or {})
         self.metric = metric_name(data)
-        self.autocast_dtype = AUTOCAST_DTYPES[config.dtype]
         self.step = 0
 
     def __repr__(self) -> str:
@@ -162,8 +162,7 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------------------------
     def _autocast(self):
-        return torch.autocast(self.context.device.type, dtype=self.autocast_dtype or torch.bfloat16,
-                              enabled=self.autocast_dtype is not None)  # fmt: skip
+        return self.precision.forward_context(self.context.device)
 
     def _initialize_data_dependent_layers(self) -> None:
         """Run the first global batch through the model once, on every rank, before DDP wraps it.
@@ -195,7 +194,7 @@ class Trainer:
 
     def evaluate(self) -> float:
         return evaluate(self.flow, self.data, batch_size=self.config.eval_batch_size, device=self.context.device,
-                        conditional=self.config.conditional, autocast_dtype=self.autocast_dtype)  # fmt: skip
+                        conditional=self.config.conditional, precision=self.precision)  # fmt: skip
 
     def fit(self, *, resume: bool = False) -> TrainResult:
         """Train up to ``total_steps``; with ``resume``, first continue from this run's checkpoint."""
