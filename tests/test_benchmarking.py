@@ -18,6 +18,7 @@ from nf_kernels.benchmarking.cases import sample_shape
 from nf_kernels.benchmarking.model_runner import ModelResult
 from nf_kernels.benchmarking.op_runner import add_speedups, timed_call
 from nf_kernels.benchmarking.providers import FusedBackend, available_providers, make_provider
+from nf_kernels.benchmarking.timing import measure
 
 CPU = torch.device("cpu")
 TINY = TimingBudget(warmup_ms=1, rep_ms=2, min_run_time_s=0.002)
@@ -177,3 +178,11 @@ def test_run_script_options_replace_the_preset_dimensions(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| additive | inverse | half | fp32 | 2^8 |" in out and "| additive | inverse | checkerboard |" in out
     assert len(list(tmp_path.glob("*.json"))) == 1
+
+
+def test_a_failing_case_is_recorded_not_raised():
+    def make_call():
+        raise RuntimeError("CUDA out of memory. Tried to allocate 8 GiB\n(details)")
+
+    outcome = measure(make_call, CPU, TINY)
+    assert outcome.seconds is None and outcome.error == "RuntimeError: CUDA out of memory. Tried to allocate 8 GiB"

@@ -14,7 +14,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 
 from .progress import progress_bar
-from .timing import TimingBudget, median_seconds, peak_bytes
+from .timing import TimingBudget, measure
 
 MODELS = ("realnvp", "glow")
 # Realistic sizes on a GPU (the 3x32x32 images, batch 64); small enough for 2 CPU cores.
@@ -69,9 +69,9 @@ def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: t
 
 
 def _measure(result: ModelResult, device: torch.device, budget: TimingBudget) -> None:
-    from nf_kernels.flows import build_model
+    def make_step():
+        from nf_kernels.flows import build_model
 
-    try:
         torch.manual_seed(0)
         model = build_model(result.model, result.sample_shape, backend=result.backend,
                             memory_saving=result.memory_saving).to(device)  # fmt: skip
@@ -79,12 +79,10 @@ def _measure(result: ModelResult, device: torch.device, budget: TimingBudget) ->
         x = torch.rand(result.batch, *result.sample_shape, generator=torch.Generator().manual_seed(1)).to(device)
         step = training_step(model, optimizer, x)
         result.first_loss = float(step())  # also initializes data-dependent layers (ActNorm)
-        result.seconds = median_seconds(step, device, budget)
-        result.peak_bytes = peak_bytes(step, device)
-    except Exception as error:  # a missing model, out of memory, a backend error: record it, keep going
-        result.error = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        return step
+
+    outcome = measure(make_step, device, budget)
+    result.seconds, result.peak_bytes, result.error = outcome.seconds, outcome.peak_bytes, outcome.error
 
 
 def run_model_benchmarks(

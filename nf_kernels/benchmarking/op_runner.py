@@ -21,7 +21,7 @@ from .byte_model import bytes_moved
 from .cases import DIRECTIONS, DTYPES, MASKS, OPS, OpCase, op_cases
 from .progress import progress_bar
 from .providers import COMPILE, EAGER, CouplingFn, available_providers, make_provider
-from .timing import TimingBudget, median_seconds, peak_bytes
+from .timing import TimingBudget, measure
 
 
 @dataclass
@@ -77,16 +77,9 @@ def timed_call(fn: CouplingFn, case: OpCase, x: torch.Tensor, h: torch.Tensor) -
 
 
 def _measure(provider, case, x, h, device, budget, copy_rate) -> OpResult:
-    result = OpResult(case, provider.name, None, bytes_moved(case), copy_rate)
-    try:
-        call = timed_call(provider.coupling(case), case, x, h)
-        result.seconds = median_seconds(call, device, budget)
-        result.peak_bytes = peak_bytes(call, device)
-    except Exception as error:  # out of memory, a compile failure, a kernel error: record it, keep going
-        result.error = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    return result
+    outcome = measure(lambda: timed_call(provider.coupling(case), case, x, h), device, budget)
+    return OpResult(case, provider.name, outcome.seconds, bytes_moved(case), copy_rate, outcome.peak_bytes,
+                    outcome.error)  # fmt: skip
 
 
 def add_speedups(results: Sequence[OpResult]) -> None:

@@ -76,3 +76,24 @@ def peak_bytes(fn: Callable[[], object], device: torch.device) -> Optional[int]:
     fn()
     _synchronize(device)
     return torch.cuda.max_memory_allocated(device) - before
+
+
+@dataclass(frozen=True)
+class Measurement:
+    seconds: Optional[float]  # median time of one call; None when it failed
+    peak_bytes: Optional[int]  # CUDA only
+    error: Optional[str]  # "ErrorType: first line of the message" when it failed
+
+
+def measure(make_call: Callable[[], Callable[[], object]], device: torch.device, budget: TimingBudget) -> Measurement:
+    """Build a call with `make_call`, then time it and take its peak memory. A failure anywhere (out of memory, a
+    compile error, a kernel error) is returned as `error` rather than raised, so one bad case never ends a run."""
+    try:
+        call = make_call()
+        seconds = median_seconds(call, device, budget)
+        return Measurement(seconds, peak_bytes(call, device), None)
+    except Exception as error:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # after an out-of-memory error, give the next case a clean pool
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        return Measurement(None, None, f"{type(error).__name__}: {first_line}")
