@@ -65,20 +65,25 @@ class Invertible1x1Conv(FlowLayer):
         inverse = torch.linalg.solve_triangular(upper, lower_inv, upper=True) @ self.permutation.double().T
         return inverse.to(self.lower.dtype)
 
-    def _mix(self, x: Tensor, weight: Tensor, sign: float) -> tuple[Tensor, Tensor]:
+    def _mix(self, x: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
         if x.dim() < 2 or x.shape[1] != self.num_channels:
             raise ValueError(f"Invertible1x1Conv({self.num_channels}) expects {self.num_channels} channels "
                              f"in dim 1, got shape {tuple(x.shape)}")
-        y = torch.einsum("ij,bj...->bi...", weight.to(x.dtype), x)
+        # Not under autocast: low-precision factors or mixing would make the inverse inexact and turn the data
+        # stream itself into float16/bfloat16 for every later layer. C x C matmuls are cheap in any precision.
+        with torch.autocast(x.device.type, enabled=False):
+            weight = self.inverse_weight() if inverse else self.weight()
+            y = torch.einsum("ij,bj...->bi...", weight.to(x.dtype), x)
         positions = x[0].numel() // self.num_channels if x.shape[0] else 0
+        sign = -1.0 if inverse else 1.0
         logdet = (sign * positions * self.log_s.sum()).to(torch.promote_types(x.dtype, torch.float32))
         return y, logdet.expand(x.shape[0])
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-        return self._mix(x, self.weight(), 1.0)
+        return self._mix(x, inverse=False)
 
     def inverse(self, y: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-        return self._mix(y, self.inverse_weight(), -1.0)
+        return self._mix(y, inverse=True)
 
     def extra_repr(self) -> str:
         return str(self.num_channels)

@@ -127,6 +127,9 @@ class _InvertibleStack(torch.autograd.Function):
     def forward(ctx, layers, x, context, *params):
         y, logdet = forward_layers(layers, x, context)  # autograd is off inside Function.forward
         ctx.layers = layers
+        # Backward runs outside autocast; the rebuilt graphs must see the precision the forward pass had.
+        device_type = x.device.type
+        ctx.autocast = (device_type, torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))
         ctx.save_for_backward(y, context)
         ctx.x_dtype = x.dtype
         return y, logdet
@@ -136,7 +139,9 @@ class _InvertibleStack(torch.autograd.Function):
         y, context = ctx.saved_tensors
         context_leaf = None if context is None else context.detach().requires_grad_(ctx.needs_input_grad[2])
         sink = GradientSink(context_leaf)
-        _, grad_x = backward_through(ctx.layers, y, grad_y, grad_logdet, sink)
+        device_type, enabled, dtype = ctx.autocast
+        with torch.autocast(device_type, dtype=dtype, enabled=enabled):
+            _, grad_x = backward_through(ctx.layers, y, grad_y, grad_logdet, sink)
         param_grads = [sink.param_grads.get(id(p)) for p in _parameters(ctx.layers)]
         return (None, grad_x.to(ctx.x_dtype), sink.context_grad, *param_grads)
 

@@ -81,3 +81,24 @@ def test_activation_memory_is_at_most_30_percent_of_the_standard_path():
     assert standard.peak == standard.after_forward  # backward only frees what forward saved
     assert saving.after_forward <= 0.05 * standard.after_forward  # about the output alone
     assert saving.peak <= 0.30 * standard.peak
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_memory_saving_under_autocast_replays_the_forward_precision(name):
+    """Backward runs outside autocast; the rebuilt graphs must use the forward's precision (bfloat16 here).
+
+    Inputs rebuilt in float32 differ from the stored ones by rounding, which bfloat16 conditioners can amplify
+    into a rounding step of their own, so the tolerance is bfloat16's (SPEC section 3).
+    """
+    flow = tiny_model(name, IMAGE_SHAPE, num_steps=2)
+    x = torch.rand(4, *IMAGE_SHAPE)
+    results = []
+    for memory_saving in (False, True):
+        flow.memory_saving = memory_saving
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            z, _ = flow(x)
+            log_prob = flow.log_prob(x)
+        assert z.dtype == torch.float32  # the data stream stays in float32: only conditioners run in bfloat16
+        results.append(torch.autograd.grad(-log_prob.mean(), list(flow.parameters())))
+    for standard, saving in zip(*results):
+        assert rel_err(saving, standard) <= 2e-2
