@@ -30,7 +30,8 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not built in")
 def test_actnorm_initialization_is_pooled_across_processes(tmp_path):
-    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD_SIZE, join=True)
+    # fork, not spawn: the children need not import torch again (seconds each on a busy machine).
+    mp.start_processes(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD_SIZE, start_method="fork")
     states = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
     for name in ("bias", "log_scale"):
         assert torch.equal(states[0][name], states[1][name]), name  # every replica starts identical
