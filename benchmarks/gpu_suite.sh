@@ -6,9 +6,11 @@
 #   2. runs the GPU tests (tests/gpu: triton and cuda backends against the float64 reference at big sizes);
 #   3. runs the op and model benchmarks (benchmarks/run.py --preset gpu-suite);
 #   4. prints a short table last.
-# Everything goes under OUT_DIR: one log per step, steps.tsv (step, exit code, seconds), junit XML, and the
-# benchmark results (<machine>-<date>.md/.json/-summary.md/-<dtype>.png). Every step has a time limit, and the
-# whole suite ends within NF_SUITE_SECONDS (default 450, under the 8 minutes it is allowed).
+# Everything goes under OUT_DIR/all while it runs: one log per step, steps.tsv (step, exit code, seconds), junit
+# XML, and the benchmark results (<machine>-<date>.md/.json/-summary.md/-<dtype>.png). At the end all/ is packed
+# into OUT_DIR/gpu_suite_all.tar.gz and the results and steps.tsv are copied up: eight files at most, what a
+# device run brings back. Every step has a time limit, and the whole suite ends within NF_SUITE_SECONDS
+# (default 450, under the 8 minutes it is allowed).
 #
 #   bash benchmarks/gpu_suite.sh OUT_DIR                 # on the GPU machine
 #   bash benchmarks/gpu_suite.sh OUT_DIR --cpu-dry-run   # anywhere: the same steps on the CPU, tiny sizes,
@@ -27,8 +29,10 @@ esac
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO" || exit 1
-mkdir -p "$OUT" || exit 1
+mkdir -p "$OUT/all" || exit 1
 OUT=$(cd "$OUT" && pwd)
+TOP=$OUT
+OUT=$TOP/all  # every step writes here; packed and summarized into TOP at the end
 PYTHON=${PYTHON:-python3}
 BUDGET=${NF_SUITE_SECONDS:-450}
 SECONDS=0
@@ -38,6 +42,9 @@ if [ "$DRY_RUN" = 1 ]; then
   DEVICE=cpu
 else
   DEVICE=cuda
+  if ! command -v nvcc > /dev/null && [ -x /usr/local/cuda/bin/nvcc ]; then
+    export PATH=/usr/local/cuda/bin:$PATH CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+  fi
   export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}  # the H200 only: half the nvcc time of 8.0;9.0
   export MAX_JOBS=${MAX_JOBS:-12}  # leave cores to the Triton tests that run during the build
 fi
@@ -112,4 +119,11 @@ else
   echo "no benchmark summary: see $OUT/benchmarks.log"
 fi
 echo
-echo "suite finished in ${SECONDS}s; everything is under $OUT"
+if tar czf "$TOP/gpu_suite_all.tar.gz" -C "$TOP" all; then
+  cp "$OUT/steps.tsv" "$TOP/"
+  for f in "$OUT"/*.md "$OUT"/*.json "$OUT"/*.png; do
+    if [ -e "$f" ]; then cp "$f" "$TOP/"; fi
+  done
+  rm -rf "$OUT"
+fi
+echo "suite finished in ${SECONDS}s; results in $TOP, every log in $TOP/gpu_suite_all.tar.gz"

@@ -85,6 +85,8 @@ def environment(device: torch.device) -> dict:
         "device_name": device_name(device),
         "threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        # Other work on the machine skews CPU timings (a shared 2-core box is the usual case): say how busy it was.
+        "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "machine": machine_slug(device),
         "backends": [str(status) for status in nf_kernels.list_backends()],
     }

@@ -38,6 +38,9 @@ def plot_bandwidth(results: Sequence[OpResult], copy_bytes_per_s: float, path: P
                 ax.plot(*zip(*points), marker="o", label=provider)
         ax.axhline(copy_bytes_per_s / 1e9, color="black", linestyle="--", label="copy bandwidth (floor)")
         ax.set_xscale("log", base=2)
+        rates = [r.gbps for r in rows if (r.case.op, r.case.direction, r.case.mask) == panel]
+        if max(rates) > 20 * min(rates):  # launch-bound small sizes next to bandwidth-bound large ones
+            ax.set_yscale("log")
         ax.set_title(" ".join(panel) + f" ({dtype})", fontsize=10)
         ax.set_xlabel("elements of x")
         ax.set_ylabel("GB/s (SPEC byte count)")

@@ -113,7 +113,9 @@ def format_report(
         parts.append(f"- command: `{command}`")
     if env["device"] == "cpu":
         parts.append(f"- CPU: {env['threads']} threads, OMP_WAIT_POLICY={env.get('omp_wait_policy')}, "
-                     f"malloc: {env.get('cpu_malloc', 'system default')}")
+                     f"malloc: {env.get('cpu_malloc', 'system default')}, load average at the start "
+                     f"{env.get('load_average_1m')} (other processes on the machine skew CPU timings); "
+                     "% copy above 100% means the data fit in the CPU's caches")
     if copy_bytes_per_s:
         parts.append(f"- copy bandwidth (read + write, large device copy): {copy_bytes_per_s / 1e9:.1f} GB/s")
     parts += [
