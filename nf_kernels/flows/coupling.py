@@ -102,8 +102,11 @@ class _CouplingLayer(FlowLayer):
 
     def _check_conditioner(self, conditioner_in: Shape) -> None:
         """One dry run on zeros: a conditioner of the wrong width fails here, naming the shapes."""
-        probe = torch.zeros((1, *conditioner_in))
-        context = torch.zeros(1, self.context_features) if self.context_features else None
+        # On the conditioner's own device and dtype, so a conditioner built on a GPU is checked there.
+        reference = next(self.conditioner.parameters(), None)
+        like = {"device": reference.device, "dtype": reference.dtype} if reference is not None else {}
+        probe = torch.zeros((1, *conditioner_in), **like)
+        context = torch.zeros(1, self.context_features, **like) if self.context_features else None
         try:
             with torch.no_grad():
                 out = self._run_conditioner(probe, context)

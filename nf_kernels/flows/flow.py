@@ -20,7 +20,9 @@ class Flow(nn.Module):
 
     `context` (optional) is passed to every layer, after `context_encoder` if one is given (for example an
     ``nn.Embedding`` that turns class labels into the conditioners' context vectors).
-    `sample_shape` defaults to the base distribution's shape; give it when the layers change shapes.
+    `sample_shape` defaults to the base distribution's shape; give it when the layers change shapes. `base` is
+    any module with ``log_prob(z) -> [B]`` and ``sample(num_samples, generator=None)``, such as
+    :class:`StandardNormal`; its ``shape`` attribute, if it has one, is checked against the layers'.
 
     >>> from nf_kernels.flows import AffineCoupling, StandardNormal
     >>> flow = Flow([AffineCoupling((2,), hidden=8), AffineCoupling((2,), hidden=8, flip=True)], StandardNormal((2,)))
@@ -43,7 +45,8 @@ class Flow(nn.Module):
         self.context_encoder = context_encoder
         base_shape = tuple(getattr(base, "shape", ()))
         self.sample_shape: tuple[int, ...] = tuple(int(s) for s in sample_shape) if sample_shape else base_shape
-        latent_shape = propagate_shapes(self.layers, self.sample_shape)
+        # A base without a `shape` (a user's own distribution) leaves the shapes unchecked until data arrives.
+        latent_shape = propagate_shapes(self.layers, self.sample_shape) if self.sample_shape else base_shape
         if base_shape and latent_shape != base_shape:
             raise ValueError(
                 f"the layers map samples of shape {self.sample_shape} to {latent_shape}, "
@@ -69,7 +72,7 @@ class Flow(nn.Module):
         return self.context_encoder(context)
 
     def _check_batch(self, x: Tensor, what: str, shape: tuple[int, ...]) -> None:
-        if tuple(x.shape[1:]) != shape:
+        if shape and tuple(x.shape[1:]) != shape:
             raise ValueError(f"{what} must be a batch of samples of shape {shape}, got {tuple(x.shape)}")
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:

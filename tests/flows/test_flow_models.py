@@ -113,3 +113,39 @@ def test_default_sizes_build_for_the_cli_shapes():
             flow = build_model(name, shape)
             assert flow.sample_shape == shape
             assert math.prod(flow.base.shape) == math.prod(shape)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_coupling_goes_through_the_fused_op_with_the_model_backend(name, monkeypatch):
+    """No layer re-implements the coupling math: each coupling layer calls the functional op once per pass."""
+    from nf_kernels.flows import AdditiveCoupling, AffineCoupling
+    from nf_kernels.flows import coupling as coupling_module
+
+    calls = []
+    for op_name in ("affine_coupling", "additive_coupling"):
+        original = getattr(coupling_module.functional, op_name)
+
+        def spy(*args, _original=original, **kwargs):
+            calls.append(kwargs["backend"])
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(coupling_module.functional, op_name, spy)
+    flow = tiny_model(name, IMAGE_SHAPE, backend="reference")
+    couplings = sum(isinstance(m, (AffineCoupling, AdditiveCoupling)) for m in flow.modules())
+    flow.log_prob(torch.rand(2, *IMAGE_SHAPE))
+    assert calls == ["reference"] * couplings and couplings > 0
+    calls.clear()
+    flow.sample(2)
+    assert calls == ["reference"] * couplings
+
+
+@pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if b != "reference"])
+def test_memory_saving_with_fused_backends(backend):
+    flow = tiny_model("realnvp", IMAGE_SHAPE, backend=backend)
+    x = torch.rand(2, *IMAGE_SHAPE)
+    grads = []
+    for memory_saving in (False, True):
+        flow.memory_saving = memory_saving
+        grads.append(torch.autograd.grad(-flow.log_prob(x).mean(), list(flow.parameters())))
+    for standard, saving in zip(*grads):
+        assert rel_err(saving, standard) <= 1e-5
