@@ -133,6 +133,32 @@ CT sum_lanes(CT (&lanes)[kLanes]) {
 }
 
 template <class CT>
+constexpr DType native_dtype() {
+  return sizeof(CT) == sizeof(double) ? DType::kFloat64 : DType::kFloat32;
+}
+
+// Input elements [offset, offset + len) as compute-type values: the tensor's memory itself when it already
+// holds the compute type (float32 and float64 need no staging copy), else converted into `buffer`.
+template <class CT>
+const CT* input(const void* base, DType dtype, int64_t offset, int64_t len, CT* buffer) {
+  if (dtype == native_dtype<CT>()) return static_cast<const CT*>(base) + offset;
+  load(base, dtype, offset, len, buffer);
+  return buffer;
+}
+
+// Where to compute output elements: straight into the tensor when it holds the compute type, else into
+// `buffer`, which commit() then converts into the tensor.
+template <class CT>
+CT* output(void* base, DType dtype, int64_t offset, CT* buffer) {
+  return dtype == native_dtype<CT>() ? static_cast<CT*>(base) + offset : buffer;
+}
+
+template <class CT>
+void commit(const CT* computed, void* base, DType dtype, int64_t offset, int64_t len) {
+  if (dtype != native_dtype<CT>()) store(computed, base, dtype, offset, len);
+}
+
+template <class CT>
 struct alignas(64) ForwardStage {
   CT x[kChunk], s[kChunk], t[kChunk], y[kChunk], a[kChunk];
   uint8_t selected[kChunk];
@@ -153,6 +179,33 @@ struct TransformableSpan {
   }
 };
 
+// The math of one chunk, in one loop the compiler vectorizes. Separate functions so the restrict qualifiers
+// (inputs and outputs never overlap) reach the vectorizer, which otherwise gives up on the alias checks.
+template <int kScale, bool kShiftFirst, bool kReverse, class CT>
+void forward_elements(int64_t len, CT clamp, const CT* __restrict__ x, const CT* __restrict__ s,
+                      const CT* __restrict__ t, CT* __restrict__ y, CT* __restrict__ a) {
+  for (int64_t k = 0; k < len; ++k) {
+    CT log_s = CT(0);
+    if constexpr (kScale != kAdditive) log_s = log_scale<kScale>(s[k], clamp);
+    a[k] = log_s;
+    y[k] = coupling_step<kScale, kShiftFirst, kReverse>(x[k], log_s, t[k]);
+  }
+}
+
+template <int kScale, bool kShiftFirst, bool kReverse, class CT>
+void backward_elements(int64_t len, CT clamp, CT g_logdet, const CT* __restrict__ g, const CT* __restrict__ x,
+                       const CT* __restrict__ s, const CT* __restrict__ t, CT* __restrict__ grad_x,
+                       CT* __restrict__ grad_s, CT* __restrict__ grad_t) {
+  for (int64_t k = 0; k < len; ++k) {
+    CT log_s = CT(0);
+    if constexpr (kScale != kAdditive) log_s = log_scale<kScale>(s[k], clamp);
+    const StepGrad<CT> grad = coupling_step_grad<kScale, kShiftFirst, kReverse>(g[k], g_logdet, x[k], log_s, t[k]);
+    grad_x[k] = grad.x;
+    grad_t[k] = grad.t;
+    if constexpr (kScale != kAdditive) grad_s[k] = grad.a * log_scale_grad<kScale>(s[k], clamp);
+  }
+}
+
 template <class CT, int kScale, bool kShiftFirst, bool kReverse>
 struct ForwardTile {
   static double run(const FlatLayout& layout, const CouplingConfig& config, const ForwardTensors& io, int64_t b,
@@ -167,24 +220,22 @@ struct ForwardTile {
     ForwardStage<CT> st;
     for (int64_t n0 = span.first; n0 < span.last; n0 += kChunk) {
       const int64_t len = std::min(kChunk, span.last - n0);
-      load(io.x, io.x_dtype, x_base + n0, len, st.x);
-      load(io.h, io.h_dtype, h_base + n0 + layout.t_offset, len, st.t);
-      if constexpr (kScale != kAdditive) load(io.h, io.h_dtype, h_base + n0, len, st.s);
-      for (int64_t k = 0; k < len; ++k) {
-        CT a = CT(0);
-        if constexpr (kScale != kAdditive) a = log_scale<kScale>(st.s[k], clamp);
-        st.a[k] = a;
-        st.y[k] = coupling_step<kScale, kShiftFirst, kReverse>(st.x[k], a, st.t[k]);
-      }
+      const CT* x = input(io.x, io.x_dtype, x_base + n0, len, st.x);
+      const CT* t = input(io.h, io.h_dtype, h_base + n0 + layout.t_offset, len, st.t);
+      const CT* s = t;  // unused by additive couplings
+      if constexpr (kScale != kAdditive) s = input(io.h, io.h_dtype, h_base + n0, len, st.s);
+      CT* y = output(io.y, io.x_dtype, x_base + n0, st.y);
+      CT* a = st.a;
+      forward_elements<kScale, kShiftFirst, kReverse>(len, clamp, x, s, t, y, a);
       if (layout.pattern != kPatternRange) {
         const uint8_t* selected = selection(layout, n0, len, st.selected);
         for (int64_t k = 0; k < len; ++k) {
-          st.y[k] = selected[k] ? st.y[k] : st.x[k];
-          st.a[k] = selected[k] ? st.a[k] : CT(0);
+          y[k] = selected[k] ? y[k] : x[k];
+          a[k] = selected[k] ? a[k] : CT(0);
         }
       }
-      if constexpr (kScale != kAdditive) accumulate(lanes, st.a, len);
-      store(st.y, io.y, io.x_dtype, x_base + n0, len);
+      if constexpr (kScale != kAdditive) accumulate(lanes, a, len);
+      commit(y, io.y, io.x_dtype, x_base + n0, len);
     }
     const CT total = sum_lanes(lanes);
     return static_cast<double>(kReverse ? -total : total);
@@ -206,31 +257,31 @@ struct BackwardTile {
     BackwardStage<CT> st;
     for (int64_t n0 = span.first; n0 < span.last; n0 += kChunk) {
       const int64_t len = std::min(kChunk, span.last - n0);
-      load(io.grad_y, io.grad_y_dtype, x_base + n0, len, st.g);
-      load(io.x, io.x_dtype, x_base + n0, len, st.x);
-      load(io.h, io.h_dtype, h_base + n0 + layout.t_offset, len, st.t);
-      if constexpr (kScale != kAdditive) load(io.h, io.h_dtype, h_base + n0, len, st.s);
-      for (int64_t k = 0; k < len; ++k) {
-        CT a = CT(0);
-        if constexpr (kScale != kAdditive) a = log_scale<kScale>(st.s[k], clamp);
-        const StepGrad<CT> grad =
-            coupling_step_grad<kScale, kShiftFirst, kReverse>(st.g[k], g_logdet, st.x[k], a, st.t[k]);
-        st.grad_x[k] = grad.x;
-        st.grad_t[k] = grad.t;
-        if constexpr (kScale != kAdditive) st.grad_s[k] = grad.a * log_scale_grad<kScale>(st.s[k], clamp);
+      const int64_t s_at = h_base + n0, t_at = s_at + layout.t_offset;
+      const CT* g = input(io.grad_y, io.grad_y_dtype, x_base + n0, len, st.g);
+      const CT* x = input(io.x, io.x_dtype, x_base + n0, len, st.x);
+      const CT* t = input(io.h, io.h_dtype, t_at, len, st.t);
+      const CT* s = t;  // unused by additive couplings
+      CT* grad_s = st.grad_s;
+      if constexpr (kScale != kAdditive) {
+        s = input(io.h, io.h_dtype, s_at, len, st.s);
+        grad_s = output(io.grad_h, io.h_dtype, s_at, st.grad_s);
       }
+      CT* grad_x = output(io.grad_x, io.x_dtype, x_base + n0, st.grad_x);
+      CT* grad_t = output(io.grad_h, io.h_dtype, t_at, st.grad_t);
+      backward_elements<kScale, kShiftFirst, kReverse>(len, clamp, g_logdet, g, x, s, t, grad_x, grad_s, grad_t);
       if (layout.pattern != kPatternRange) {
         // Kept elements: gradient passes through, and grad_h is zero there (whatever h holds, even NaN).
         const uint8_t* selected = selection(layout, n0, len, st.selected);
         for (int64_t k = 0; k < len; ++k) {
-          st.grad_x[k] = selected[k] ? st.grad_x[k] : st.g[k];
-          st.grad_t[k] = selected[k] ? st.grad_t[k] : CT(0);
-          if constexpr (kScale != kAdditive) st.grad_s[k] = selected[k] ? st.grad_s[k] : CT(0);
+          grad_x[k] = selected[k] ? grad_x[k] : g[k];
+          grad_t[k] = selected[k] ? grad_t[k] : CT(0);
+          if constexpr (kScale != kAdditive) grad_s[k] = selected[k] ? grad_s[k] : CT(0);
         }
       }
-      store(st.grad_x, io.grad_x, io.x_dtype, x_base + n0, len);
-      store(st.grad_t, io.grad_h, io.h_dtype, h_base + n0 + layout.t_offset, len);
-      if constexpr (kScale != kAdditive) store(st.grad_s, io.grad_h, io.h_dtype, h_base + n0, len);
+      commit(grad_x, io.grad_x, io.x_dtype, x_base + n0, len);
+      commit(grad_t, io.grad_h, io.h_dtype, t_at, len);
+      if constexpr (kScale != kAdditive) commit(grad_s, io.grad_h, io.h_dtype, s_at, len);
     }
     return 0;
   }
