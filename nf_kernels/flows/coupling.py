@@ -131,7 +131,8 @@ class _CouplingLayer(FlowLayer):
         if self.mask_kind == "half":
             kept = x[:, self._kept_channels]
         else:
-            kept = x * self._kept_mask.to(x.dtype)
+            # torch.where, not a product with the mask: an Inf or NaN at a transformed position must not reach h.
+            kept = torch.where(self._kept_mask, x, x.new_zeros(()))
         return self._run_conditioner(kept, context)
 
     @property

@@ -87,6 +87,8 @@ def test_conditioner_sees_only_kept_elements():
     x2 = x.clone()
     x2[:, transformed] += 5.0
     torch.testing.assert_close(layer._conditioner_output(x, None), layer._conditioner_output(x2, None))
+    x2[:, transformed] = float("inf")  # not even a non-finite value leaks into h
+    torch.testing.assert_close(layer._conditioner_output(x, None), layer._conditioner_output(x2, None))
 
 
 def test_actnorm_initializes_from_the_first_batch_only():
