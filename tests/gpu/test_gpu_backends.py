@@ -138,3 +138,27 @@ def test_offsets_beyond_2_to_the_31(backend):
     assert rel_err(grad_h[tail], ref[3]) <= TOLERANCE[torch.float16]
     s_raw = h[:, : h.shape[1] // 2]  # "exp": log-det = sum of s over the transformed elements
     assert rel_err(logdet, s_raw.double().sum(dim=(1, 2))) <= LOGDET_TOLERANCE[torch.float16]
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_conditioner_output_in_another_dtype(backend):
+    """Under autocast a conditioner returns bf16 `h` for float32 `x`: the result has x's dtype and precision."""
+    backend = _backend(backend)
+    case = Coupling(MaskCase("checkerboard", BIG), "sigmoid", shift_first=True)
+    x, h, grad_y, grad_logdet = _inputs(case, torch.float32, seed=7)
+    h = h.to(torch.bfloat16)
+    ours = _forward_backward(case, backend, x, h, grad_y, grad_logdet, "checkerboard")
+    ref = _forward_backward(case, "reference", x.double(), h.double(), grad_y.double(), grad_logdet, "checkerboard")
+    assert ours[0].dtype == torch.float32 and ours[3].dtype == torch.bfloat16
+    for a, b, tol in zip(ours, ref, (1e-5, 1e-5, 1e-5, TOLERANCE[torch.bfloat16])):
+        assert rel_err(a, b) <= tol
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_torch_compile_fullgraph_matches_eager(backend):
+    backend = _backend(backend)
+    case = Coupling(MaskCase("half", BIG), "tanh", reverse=True)
+    x, h, grad_y, grad_logdet = _inputs(case, torch.bfloat16, seed=9)
+    compiled = torch.compile(lambda x, h: case(x, h, backend, mask="half"), fullgraph=True)
+    for a, b in zip(compiled(x, h), case(x, h, backend)):
+        assert torch.equal(a, b)
