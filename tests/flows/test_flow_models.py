@@ -149,3 +149,19 @@ def test_memory_saving_with_fused_backends(backend):
         grads.append(torch.autograd.grad(-flow.log_prob(x).mean(), list(flow.parameters())))
     for standard, saving in zip(*grads):
         assert rel_err(saving, standard) <= 1e-5
+
+
+def test_flow_accepts_a_base_without_a_shape():
+    from nf_kernels.flows import AffineCoupling, Flow
+
+    class Isotropic(torch.nn.Module):  # a user's own base: log_prob and sample, no `shape`
+        def log_prob(self, z):
+            return torch.distributions.Normal(0.0, 2.0).log_prob(z).sum(1)
+
+        def sample(self, num_samples, generator=None):
+            return 2.0 * torch.randn(num_samples, 4, generator=generator)
+
+    flow = Flow([AffineCoupling((4,), hidden=8)], Isotropic())
+    assert flow.sample(3).shape == (3, 4)
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(flow.log_prob(x), Isotropic().log_prob(x))  # identity coupling at init
