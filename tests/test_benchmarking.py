@@ -4,6 +4,7 @@ same function, table and target logic, and a tiny end-to-end run that writes its
 import importlib.util
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -154,15 +155,20 @@ def test_model_benchmark_times_a_training_step():
     assert result.speedup_vs_reference == 1.0
 
 
-def _run_script():
+def _run_script(monkeypatch):
+    # run.py sets OMP_WAIT_POLICY when imported: let monkeypatch undo it after the test.
+    monkeypatch.setenv("OMP_WAIT_POLICY", os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
+    import torch._inductor.config as inductor_config  # main() changes compile_threads on the CPU: undo it after
+
+    monkeypatch.setattr(inductor_config, "compile_threads", inductor_config.compile_threads)
     spec = importlib.util.spec_from_file_location("benchmarks_run", REPO / "benchmarks" / "run.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def test_run_script_rejects_bad_arguments(capsys):
-    run = _run_script()
+def test_run_script_rejects_bad_arguments(capsys, monkeypatch):
+    run = _run_script(monkeypatch)
     for argv in (["--model-batch", "-3"], ["--preset", "huge"], ["--log2-sizes", "99"]):
         with pytest.raises(SystemExit) as exit_info:
             run.parse_args(argv)
@@ -170,10 +176,11 @@ def test_run_script_rejects_bad_arguments(capsys):
     assert "--log2-sizes" in capsys.readouterr().err
 
 
-def test_run_script_options_replace_the_preset_dimensions(tmp_path, capsys):
-    run = _run_script()
+def test_run_script_options_replace_the_preset_dimensions(tmp_path, capsys, monkeypatch):
+    run = _run_script(monkeypatch)
     argv = ["--preset", "tiny", "--what", "ops", "--providers", "eager", "--log2-sizes", "8", "--ops", "additive",
-            "--directions", "inverse", "--out", str(tmp_path), "--no-progress", "--device", "cpu"]  # fmt: skip
+            "--directions", "inverse", "--out", str(tmp_path), "--no-progress", "--device", "cpu",
+            "--system-malloc"]  # the test process's malloc stays as it is  # fmt: skip
     assert run.main(argv) == 0
     out = capsys.readouterr().out
     assert "| additive | inverse | half | fp32 | 2^8 |" in out and "| additive | inverse | checkerboard |" in out
