@@ -1,0 +1,47 @@
+// The CUDA kernels' torch-free interface: raw pointers, dtype codes, an explicit stream. The torch glue
+// (ops_cuda.cpp) allocates, picks the stream and device, and checks the returned error.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "../coupling_layout.h"
+
+namespace nf_kernels {
+namespace cuda {
+
+struct ForwardArgs {
+  FlatLayout layout;  // layout.transformed is a device pointer
+  CouplingConfig config;
+  const void* x;
+  DType x_dtype;
+  const void* h;
+  DType h_dtype;
+  void* y;       // x_dtype, contiguous like x
+  void* logdet;  // [B], the compute type: double if x is float64, else float
+};
+
+struct BackwardArgs {
+  FlatLayout layout;
+  CouplingConfig config;
+  const void* grad_y;       // x_dtype (the glue converts other dtypes)
+  const void* grad_logdet;  // [B], the compute type
+  const void* x;
+  DType x_dtype;
+  const void* h;
+  DType h_dtype;
+  void* grad_x;  // x_dtype
+  void* grad_h;  // h_dtype
+};
+
+// Blocks per sample of the forward grid on a device with `sm_count` multiprocessors. When it is above 1 the
+// forward needs a workspace of batch * blocks elements of the compute type for the per-block log-det partial sums
+// (added in a fixed order by a second kernel: no atomics, so the log-det is reproducible bit for bit).
+int64_t forward_blocks_per_sample(const FlatLayout& layout, DType x_dtype, int sm_count);
+
+cudaError_t launch_forward(const ForwardArgs& args, void* workspace, int sm_count, cudaStream_t stream);
+cudaError_t launch_backward(const BackwardArgs& args, int sm_count, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace nf_kernels

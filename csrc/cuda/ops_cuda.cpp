@@ -1,0 +1,97 @@
+// Torch glue of the CUDA kernels: checks (shared with the CPU ops), outputs, device guard, current stream,
+// launch-error check. Compiled only when torch has CUDA and nvcc exists (nf_kernels/_build.py).
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "../ops/op_arguments.h"
+#include "coupling_kernels.cuh"
+
+namespace nf_kernels {
+namespace cuda {
+namespace {
+
+void check_cuda(const char* op, cudaError_t error) {
+  TORCH_CHECK(error == cudaSuccess, op, ": CUDA error: ", cudaGetErrorString(error));
+}
+
+// Multiprocessors of the current device (the guard has set it); the driver answers from a cache.
+int sm_count(const char* op) {
+  int device = 0, count = 0;
+  check_cuda(op, cudaGetDevice(&device));
+  check_cuda(op, cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+  return count;
+}
+
+std::tuple<at::Tensor, at::Tensor> coupling_forward(const at::Tensor& x, const at::Tensor& h,
+                                                    const std::optional<at::Tensor>& transformed, int64_t lo,
+                                                    int64_t hi, int64_t h_stride, int64_t t_offset, int64_t pattern,
+                                                    int64_t parity, int64_t width, int64_t plane, int64_t scale,
+                                                    double clamp, bool shift_first, bool reverse, bool poison) {
+  const char* op = "nf_kernels_ext::coupling_forward";
+  const c10::cuda::CUDAGuard guard(x.device());
+  const CouplingCall call = make_coupling_call(op, x, h, transformed, lo, hi, h_stride, t_offset, pattern, parity,
+                                               width, plane, scale, clamp, shift_first, reverse);
+  const FlatLayout& layout = call.layout;
+  const at::ScalarType compute = compute_type(x.scalar_type());
+  at::Tensor y = new_output(call.x.sizes(), call.x.options(), poison);
+  at::Tensor logdet = new_output({layout.batch}, call.x.options().dtype(compute), poison);
+  if (layout.batch == 0 || layout.numel == 0) return {y, logdet.zero_()};
+  const int sms = sm_count(op);
+  const int64_t blocks = forward_blocks_per_sample(layout, dtype_code(x.scalar_type()), sms);
+  at::Tensor workspace;
+  if (blocks > 1) workspace = at::empty({layout.batch * blocks}, call.x.options().dtype(compute));
+  const ForwardArgs args{layout,
+                         call.config,
+                         call.x.const_data_ptr(),
+                         dtype_code(x.scalar_type()),
+                         call.h.const_data_ptr(),
+                         dtype_code(h.scalar_type()),
+                         y.mutable_data_ptr(),
+                         logdet.mutable_data_ptr()};
+  check_cuda(op, launch_forward(args, workspace.defined() ? workspace.mutable_data_ptr() : nullptr, sms,
+                                  c10::cuda::getCurrentCUDAStream()));
+  return {y, logdet};
+}
+
+std::tuple<at::Tensor, at::Tensor> coupling_backward(const at::Tensor& grad_y, const at::Tensor& grad_logdet,
+                                                     const at::Tensor& x, const at::Tensor& h,
+                                                     const std::optional<at::Tensor>& transformed, int64_t lo,
+                                                     int64_t hi, int64_t h_stride, int64_t t_offset, int64_t pattern,
+                                                     int64_t parity, int64_t width, int64_t plane, int64_t scale,
+                                                     double clamp, bool shift_first, bool reverse, bool poison) {
+  const char* op = "nf_kernels_ext::coupling_backward";
+  const c10::cuda::CUDAGuard guard(x.device());
+  const CouplingCall call = make_coupling_call(op, x, h, transformed, lo, hi, h_stride, t_offset, pattern, parity,
+                                               width, plane, scale, clamp, shift_first, reverse);
+  check_backward_grads(op, call, grad_y, grad_logdet);
+  const FlatLayout& layout = call.layout;
+  at::Tensor grad_x = new_output(call.x.sizes(), call.x.options(), poison);
+  at::Tensor grad_h = new_output(call.h.sizes(), call.h.options(), poison);
+  if (layout.batch == 0 || layout.numel == 0) return {grad_x.zero_(), grad_h.zero_()};
+  // The kernels read grad_y in x's dtype (autograd always passes that) and grad_logdet in the compute type.
+  const at::Tensor grad_y_c = grad_y.to(x.scalar_type()).contiguous();
+  const at::Tensor grad_logdet_c = grad_logdet.to(compute_type(x.scalar_type())).contiguous();
+  const BackwardArgs args{layout,
+                          call.config,
+                          grad_y_c.const_data_ptr(),
+                          grad_logdet_c.const_data_ptr(),
+                          call.x.const_data_ptr(),
+                          dtype_code(x.scalar_type()),
+                          call.h.const_data_ptr(),
+                          dtype_code(h.scalar_type()),
+                          grad_x.mutable_data_ptr(),
+                          grad_h.mutable_data_ptr()};
+  check_cuda(op, launch_backward(args, sm_count(op), c10::cuda::getCurrentCUDAStream()));
+  return {grad_x, grad_h};
+}
+
+}  // namespace
+}  // namespace cuda
+}  // namespace nf_kernels
+
+TORCH_LIBRARY_IMPL(nf_kernels_ext, CUDA, m) {
+  m.impl("coupling_forward", &nf_kernels::cuda::coupling_forward);
+  m.impl("coupling_backward", &nf_kernels::cuda::coupling_backward);
+}
