@@ -10,33 +10,19 @@ import sys
 from pathlib import Path
 
 # As in benchmarks/run.py: measure this checkout; idle OpenMP threads sleep (set before torch loads OpenMP).
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from bench_device import DEVICE  # noqa: E402
 from nf_kernels.benchmarking import keep_freed_cpu_memory  # noqa: E402
-
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def pytest_configure(config):
     if DEVICE.type == "cpu":
         keep_freed_cpu_memory()  # timings without page faults (nf_kernels/benchmarking/cpu_allocator.py)
-
-
-def synchronized(fn):
-    """`fn` followed by a device synchronization, so pytest-benchmark's wall clock covers the GPU work."""
-    if DEVICE.type != "cuda":
-        return fn
-
-    def call():
-        out = fn()
-        torch.cuda.synchronize(DEVICE)
-        return out
-
-    return call
 
 
 @pytest.fixture
