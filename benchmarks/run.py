@@ -53,6 +53,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     group.add_argument("--compile-static", action="store_true",
                        help="torch.compile each size separately (dynamic=False) instead of once per configuration")
     group.add_argument("--ops-time-limit", type=float, metavar="S", help="start no new op case after S seconds")
+    group.add_argument("--rounds", type=int, default=1,
+                       help="measure the providers of each case in turn this many times, keep each one's median "
+                       "(steadier on a busy machine)")
     group = parser.add_argument_group("models")
     group.add_argument("--models", nargs="+", choices=MODELS)
     group.add_argument("--model-batch", type=int, help="default: 64 on CUDA, 16 on the CPU")
@@ -62,6 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="CPU: leave glibc malloc as it is (by default freed memory is kept, so timings do not "
                         "include page faults; see nf_kernels/benchmarking/cpu_allocator.py)")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
     if args.model_batch is not None and args.model_batch <= 0:
         parser.error(f"--model-batch must be positive, got {args.model_batch}")
     if args.log2_sizes and any(not 4 <= k <= 34 for k in args.log2_sizes):
@@ -114,7 +119,7 @@ def main(argv=None) -> int:
         cases = select_cases(plan, args)
         op_results = run_cases(
             device, cases, args.providers, not args.no_progress, compile_dynamic=not args.compile_static,
-            budget=plan.budget, on_case=save, time_limit_s=args.ops_time_limit,
+            budget=plan.budget, on_case=save, time_limit_s=args.ops_time_limit, rounds=args.rounds,
         )  # fmt: skip
         measured = len({r.case for r in op_results})
         if measured < len(cases):

@@ -17,7 +17,7 @@ from nf_kernels.benchmarking import (
 )  # fmt: skip
 from nf_kernels.benchmarking.cases import sample_shape
 from nf_kernels.benchmarking.model_runner import ModelResult
-from nf_kernels.benchmarking.op_runner import add_speedups, timed_call
+from nf_kernels.benchmarking.op_runner import median_round, add_speedups, timed_call
 from nf_kernels.benchmarking.providers import FusedBackend, available_providers, make_provider
 from nf_kernels.benchmarking.timing import measure
 
@@ -193,3 +193,12 @@ def test_a_failing_case_is_recorded_not_raised():
 
     outcome = measure(make_call, CPU, TINY)
     assert outcome.seconds is None and outcome.error == "RuntimeError: CUDA out of memory. Tried to allocate 8 GiB"
+
+
+def test_rounds_keep_each_providersmedian_round():
+    case = OpCase("affine", "forward", "half", "fp32", 2**10)
+    results = run_cases(CPU, [case], ["eager"], progress=False, budget=TINY, copy_bytes=1 << 20, rounds=3)
+    assert len(results) == 1 and results[0].seconds > 0
+    attempts = [_result(case, "eager", ms) for ms in (3.0, 1.0, 2.0)]
+    assert median_round(attempts).seconds == pytest.approx(2e-3)
+    assert median_round(attempts + [_result(case, "eager", None)]).error == "RuntimeError: boom"

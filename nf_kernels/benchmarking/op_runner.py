@@ -83,6 +83,15 @@ def _measure(provider, case, x, h, device, budget, copy_rate) -> OpResult:
                     outcome.error)  # fmt: skip
 
 
+def median_round(attempts: Sequence[OpResult]) -> OpResult:
+    """One provider's result over several rounds: the first failure if any, else the median round."""
+    failed = [r for r in attempts if r.seconds is None]
+    if failed:
+        return failed[0]
+    ordered = sorted(attempts, key=lambda r: r.seconds)
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def add_speedups(results: Sequence[OpResult]) -> None:
     """Fill each result's speedup over the eager and compile results of the same case, where those exist."""
     times = {(r.case, r.provider): r.seconds for r in results if r.seconds}
@@ -125,19 +134,24 @@ def run_cases(
     copy_bytes: Optional[int] = None,
     on_case: Optional[Callable[[list[OpResult]], None]] = None,
     time_limit_s: Optional[float] = None,
+    rounds: int = 1,
 ) -> list[OpResult]:
     """Time `cases` with each provider, after measuring the copy bandwidth in the same process.
 
     `on_case` is called with all results so far after each case, so a caller can save partial results.
     With `time_limit_s`, no new case starts once that many seconds have passed: the cases not reached are left
-    out (put the important ones first).
+    out (put the important ones first). With `rounds > 1` the providers of a case are measured in turn that many
+    times and each keeps its median round (the lower middle one for an even count): on a shared machine, a burst
+    of other work then hits every provider alike instead of whichever was being timed.
     """
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}")
     start = time.monotonic()
     device = torch.device(device)
     names = available_providers(device, providers)
     instances = [make_provider(name, compile_dynamic=compile_dynamic) for name in names]
     copy_rate = copy_bandwidth(device, copy_bytes, budget)
-    bar = progress_bar(len(cases) * len(instances), f"op benchmarks on {device.type}", progress)
+    bar = progress_bar(len(cases) * len(instances) * rounds, f"op benchmarks on {device.type}", progress)
     results: list[OpResult] = []
     for case in cases:
         if time_limit_s is not None and time.monotonic() - start > time_limit_s:
@@ -146,10 +160,14 @@ def run_cases(
         if case.backward:
             x.requires_grad_(True)
             h.requires_grad_(True)
-        for provider in instances:
-            bar.set_postfix_str(f"{case.label()} {provider.name}")
-            results.append(_measure(provider, case, x, h, device, budget, copy_rate))
-            bar.update()
+        per_round = []
+        for _ in range(rounds):
+            per_round.append([])
+            for provider in instances:
+                bar.set_postfix_str(f"{case.label()} {provider.name}")
+                per_round[-1].append(_measure(provider, case, x, h, device, budget, copy_rate))
+                bar.update()
+        results += [median_round(attempts) for attempts in zip(*per_round)]
         del x, h
         add_speedups(results)
         if on_case is not None:
