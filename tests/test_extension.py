@@ -1,0 +1,204 @@
+"""What is specific to the C++ extension (backends "cpu" and "cuda"); the op suite (test_coupling_*.py) runs
+its whole numeric, gradient and edge-case matrix on "cpu" already, since "cpu" is an available CPU backend.
+
+Here: opcheck of the extension's own ops, a log-det that does not depend on the thread count, every CPU
+instruction-set variant against the reference, a larger multi-tile shape, the ops' own argument checks, and
+that setup.py and CMake build the same sources.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import nf_kernels
+from nf_kernels import _build
+from nf_kernels._arguments import CouplingConfig, expected_h_shape
+from nf_kernels._layout import flat_layout
+from nf_kernels.backends import reference
+from nf_kernels.backends.extension import CPU_BACKEND, CUDA_BACKEND, _op_arguments
+
+ROOT = Path(__file__).resolve().parent.parent
+_module, _why_not = _build.load()
+needs_extension = pytest.mark.skipif(_module is None, reason=f"C++ extension not available: {_why_not}")
+
+TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 2e-2}
+
+
+def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    out, ref = out.double(), ref.double()
+    return ((out - ref).norm() / ref.norm().clamp_min(1e-300)).item()
+
+
+def _case(shape, mask, scale="tanh", dtype=torch.float32, h_dtype=None, flip=False, shift_first=False, reverse=False, seed=0):
+    """(x, h, bool mask or None, config) for a call of the backends' forward and backward."""
+    g = torch.Generator().manual_seed(seed)
+    mask_tensor = torch.rand(shape[1:], generator=g) < 0.5 if mask == "tensor" else None
+    x = torch.randn(shape, generator=g).to(dtype)
+    h = torch.randn(expected_h_shape(torch.Size(shape), mask, scale == "none"), generator=g).to(h_dtype or dtype)
+    return x, h, mask_tensor, CouplingConfig(mask, flip, scale, 1.5, shift_first, reverse)
+
+
+def _op_inputs(x, h, mask, config, backward=False):
+    layout_and_flags = _op_arguments(flat_layout(x, mask, config), config)
+    if not backward:
+        return (x, h, *layout_and_flags)
+    grad_y = torch.randn_like(x)
+    grad_logdet = torch.randn(x.shape[0], dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
+    return (grad_y, grad_logdet, x, h, *layout_and_flags)
+
+
+OPCHECK_CASES = [
+    ((2, 5, 6, 4), "half", "exp", torch.float32, None),
+    ((2, 3, 6, 5), "checkerboard", "sigmoid", torch.float64, None),
+    ((3, 2, 4, 4), "tensor", "atan", torch.bfloat16, None),
+    ((3, 7), "half", "none", torch.float16, None),
+    ((2, 4, 4, 4), "half", "tanh", torch.float32, torch.bfloat16),  # autocast: h in a lower precision
+]
+
+
+@needs_extension
+@pytest.mark.parametrize("backward", [False, True], ids=["forward", "backward"])
+@pytest.mark.parametrize("shape,mask,scale,dtype,h_dtype", OPCHECK_CASES, ids=lambda v: str(v))
+def test_opcheck_extension_ops(shape, mask, scale, dtype, h_dtype, backward):
+    x, h, mask_tensor, config = _case(shape, mask, scale, dtype, h_dtype)
+    op = torch.ops.nf_kernels_ext.coupling_backward if backward else torch.ops.nf_kernels_ext.coupling_forward
+    torch.library.opcheck(op.default, _op_inputs(x, h, mask_tensor, config, backward))
+
+
+@needs_extension
+def test_direct_call_with_grad_says_autograd_is_not_here():
+    """Autograd belongs to nf_kernels._ops; differentiating the raw op fails loudly instead of being wrong."""
+    x, h, mask, config = _case((2, 4), "half", "exp")
+    x.requires_grad_(True)
+    y, logdet = torch.ops.nf_kernels_ext.coupling_forward(*_op_inputs(x, h, mask, config))
+    with pytest.raises(RuntimeError, match="not implemented"):
+        (y.sum() + logdet.sum()).backward()
+
+
+@needs_extension
+@pytest.mark.parametrize("mask", ["half", "checkerboard"])
+def test_logdet_bits_do_not_depend_on_thread_count(mask):
+    x, h, _, config = _case((3, 4, 80, 96), mask, "tanh")  # 30720 elements a sample: two tiles each
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            results.append(CPU_BACKEND.forward(x, h, None, config))
+    finally:
+        torch.set_num_threads(threads)
+    for y, logdet in results[1:]:
+        assert torch.equal(logdet, results[0][1])
+        assert torch.equal(y, results[0][0])
+
+
+@needs_extension
+@pytest.mark.parametrize("dtype,h_dtype", [(torch.float32, None), (torch.bfloat16, None), (torch.float32, torch.bfloat16)])
+@pytest.mark.parametrize("mask", ["half", "checkerboard", "tensor"])
+def test_large_multi_tile_shape_matches_reference(mask, dtype, h_dtype):
+    x, h, mask_tensor, config = _case((4, 6, 64, 72), mask, "sigmoid", dtype, h_dtype, flip=True, reverse=True)
+    grad_y = torch.randn_like(x)
+    grad_logdet = torch.randn(x.shape[0])
+    with nf_kernels.poison_outputs():
+        y, logdet = CPU_BACKEND.forward(x, h, mask_tensor, config)
+        grad_x, grad_h = CPU_BACKEND.backward(grad_y, grad_logdet, x, h, mask_tensor, config)
+    ref_y, ref_logdet = reference.coupling(x.double(), h.double(), mask_tensor, config)
+    ref_gx, ref_gh = reference.coupling_backward(grad_y.double(), grad_logdet.double(), x.double(), h.double(), mask_tensor, config)
+    tolerance = TOLERANCE[dtype] if h_dtype is None else max(TOLERANCE[dtype], TOLERANCE[h_dtype])
+    assert _rel_err(y, ref_y) <= tolerance
+    assert _rel_err(logdet, ref_logdet) <= 1e-5
+    assert _rel_err(grad_x, ref_gx) <= tolerance
+    assert _rel_err(grad_h, ref_gh) <= tolerance
+    assert (y.dtype, logdet.dtype, grad_x.dtype, grad_h.dtype) == (dtype, torch.float32, dtype, h.dtype)
+
+
+_VARIANT_CHECK = """
+import itertools, torch
+from nf_kernels.backends import reference
+from nf_kernels.backends.extension import CPU_BACKEND
+from nf_kernels._arguments import CouplingConfig, expected_h_shape
+print(torch.ops.nf_kernels_ext.cpu_isa())
+g = torch.Generator().manual_seed(1)
+worst = 0.0
+for mask, scale, shift_first, reverse in itertools.product(
+        ["half", "checkerboard"], ["none", "exp", "tanh", "atan", "sigmoid"], [False, True], [False, True]):
+    shape = (2, 3, 9, 11)
+    x = torch.randn(shape, generator=g)
+    h = torch.randn(expected_h_shape(torch.Size(shape), mask, scale == "none"), generator=g)
+    gy, gl = torch.randn(shape, generator=g), torch.randn(2, generator=g)
+    config = CouplingConfig(mask, False, scale, 1.5, shift_first, reverse)
+    outs = CPU_BACKEND.forward(x, h, None, config) + CPU_BACKEND.backward(gy, gl, x, h, None, config)
+    refs = reference.coupling(x.double(), h.double(), None, config) + reference.coupling_backward(
+        gy.double(), gl.double(), x.double(), h.double(), None, config)
+    for out, ref in zip(outs, refs):
+        worst = max(worst, ((out.double() - ref).norm() / ref.norm().clamp_min(1e-300)).item())
+print(worst)
+"""
+
+
+def _runs(isa: str) -> bool:
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return {"baseline": True, "avx2": " avx2 " in flags and " fma " in flags, "avx512": " avx512f " in flags}[isa]
+
+
+@needs_extension
+@pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512"])
+def test_each_instruction_set_variant_matches_reference(isa):
+    """NF_KERNELS_CPU_ISA caps the variant, so each compiled copy of the kernels is checked on this CPU."""
+    if not _runs(isa):
+        pytest.skip(f"this CPU does not run {isa}")
+    env = dict(os.environ, NF_KERNELS_CPU_ISA=isa, PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-c", _VARIANT_CHECK], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    used, worst = done.stdout.split()
+    assert used == isa
+    assert float(worst) <= 1e-5
+
+
+@needs_extension
+def test_ops_reject_a_layout_that_does_not_fit_the_tensors():
+    x, h, mask, config = _case((2, 6), "half", "exp")
+    args = list(_op_inputs(x, h, mask, config))
+    args[5] = 99  # h_stride
+    with pytest.raises(RuntimeError, match="h_stride=99"):
+        torch.ops.nf_kernels_ext.coupling_forward(*args)
+    args = list(_op_inputs(x, h, mask, config))
+    args[4] = 7  # hi beyond the sample
+    with pytest.raises(RuntimeError, match="lo <= hi <= numel"):
+        torch.ops.nf_kernels_ext.coupling_forward(*args)
+
+
+@needs_extension
+def test_backends_describe_themselves():
+    assert torch.ops.nf_kernels_ext.cpu_isa() in ("avx512", "avx2", "baseline")
+    assert repr(CPU_BACKEND).startswith("ExtensionBackend('cpu', kernels=")
+    assert CPU_BACKEND.why_unavailable(torch.device("cpu")) is None
+    assert "runs on cpu tensors" in CPU_BACKEND.why_unavailable(torch.device("cuda"))
+    if not torch.cuda.is_available():
+        assert CUDA_BACKEND.why_unavailable(torch.device("cuda")) is not None
+
+
+def test_setup_and_cmake_build_the_same_sources():
+    """setup.py compiles _build.CPU_SOURCES; CMakeLists.txt globs csrc/cpu and csrc/ops: they must agree."""
+    listed = {path for path in _build.CPU_SOURCES if path != "csrc/python_module.cpp"}
+    on_disk = {str(p.relative_to(ROOT)) for d in ("csrc/cpu", "csrc/ops") for p in (ROOT / d).glob("*.cpp")}
+    assert listed == on_disk
+    for path in _build.CPU_SOURCES + _build.CUDA_SOURCES:
+        assert (ROOT / path).is_file(), path
+    cmake = (ROOT / "CMakeLists.txt").read_text()
+    assert "find_package(Torch REQUIRED)" in cmake and "add_test(" in cmake
+
+
+def test_missing_extension_is_explained_not_raised(monkeypatch):
+    """Without nf_kernels._C the package imports and the backends say why (and how to build it)."""
+    _build.load.cache_clear()
+    monkeypatch.setattr(_build, "MODULE", "nf_kernels._no_such_module")
+    try:
+        module, reason = _build.load()
+        assert module is None and "pip install -e . --no-build-isolation" in reason
+    finally:
+        _build.load.cache_clear()
