@@ -31,8 +31,8 @@ void check(bool ok, const std::string& what) {
 // Distance in units in the last place of the float result, measured against a double computation.
 double ulps(float got, double want) {
   if (std::isnan(want)) return std::isnan(got) ? 0 : 1e9;
-  if (std::isinf(want) || std::isinf(got)) return static_cast<double>(got) == want ? 0 : 1e9;
-  const float rounded = static_cast<float>(want);
+  const float rounded = static_cast<float>(want);  // may overflow to inf: then so must the result
+  if (std::isinf(rounded) || std::isinf(got)) return got == rounded ? 0 : 1e9;
   const double unit = std::max(static_cast<double>(std::abs(std::nextafter(rounded, INFINITY) - rounded)),
                                static_cast<double>(std::numeric_limits<float>::denorm_min()));
   return std::abs(static_cast<double>(got) - want) / unit;
