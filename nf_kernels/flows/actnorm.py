@@ -46,6 +46,8 @@ class ActNorm(FlowLayer):
         self.bias = nn.Parameter(torch.zeros(num_channels))
         self.log_scale = nn.Parameter(torch.zeros(num_channels))
         self.register_buffer("initialized", torch.tensor(False))
+        # A host-side copy of `initialized`: reading the buffer on every call would sync a GPU each step.
+        self._initialized_known = False
 
     def output_shape(self, input_shape):
         if len(input_shape) == 0 or input_shape[0] != self.num_channels:
@@ -59,6 +61,11 @@ class ActNorm(FlowLayer):
         self.bias.copy_(-mean)
         self.log_scale.copy_(-torch.log(std + self.eps))
         self.initialized.fill_(True)
+        self._initialized_known = True
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._initialized_known = False  # re-read the loaded buffer on the next call
 
     def _broadcast(self, parameter: Tensor, x: Tensor) -> Tensor:
         return parameter.view(1, -1, *([1] * (x.dim() - 2)))
@@ -75,8 +82,11 @@ class ActNorm(FlowLayer):
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         self._check(x)
-        if self.training and not bool(self.initialized) and x.shape[0] > 0:
-            self.initialize(x)
+        if self.training and not self._initialized_known and x.shape[0] > 0:
+            if bool(self.initialized):
+                self._initialized_known = True
+            else:
+                self.initialize(x)
         y = (x + self._broadcast(self.bias, x)) * torch.exp(self._broadcast(self.log_scale, x))
         return y, self._logdet(x, 1.0)
 

@@ -110,3 +110,17 @@ def test_conv1x1_log_det_is_safe_for_large_images():
     _, logdet = layer(torch.zeros(1, 4, 64, 64))
     assert torch.isfinite(logdet).all()
     torch.testing.assert_close(logdet, torch.tensor([64 * 64 * 4 * 30.0]))
+
+
+def test_actnorm_reads_a_loaded_initialization_flag():
+    trained, fresh = ActNorm(2), ActNorm(2)
+    trained(torch.randn(32, 2) * 4)
+    fresh(torch.randn(32, 2))  # initialized on other data ...
+    fresh.load_state_dict(ActNorm(2).state_dict())  # ... then loaded with an uninitialized state: must init again
+    assert not bool(fresh.initialized)
+    fresh(torch.randn(32, 2) * 4)
+    assert bool(fresh.initialized)
+    fresh.load_state_dict(trained.state_dict())
+    before = fresh.log_scale.detach().clone()
+    fresh(torch.randn(32, 2))  # loaded initialized: no re-init
+    assert torch.equal(fresh.log_scale.detach(), before)
