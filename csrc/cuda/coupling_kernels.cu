@@ -113,6 +113,26 @@ __device__ __forceinline__ void group_selection(const FlatLayout& layout, int64_
   }
 }
 
+// s_raw and t of a group's elements (zeros where h has none). h exists for [lo, hi) only: on the vector path lo
+// and hi are multiples of G, so a group is entirely inside (callers only ask then); element by element, each
+// read is checked.
+template <int kScale, int G, class CT, class HT>
+__device__ __forceinline__ void load_h_group(const HT* h, int64_t h_base, const FlatLayout& layout, int64_t n0,
+                                             int count, bool vector, CT (&sv)[G], CT (&tv)[G]) {
+  if (vector) {
+    load_group(h, h_base + n0 + layout.t_offset, G, true, tv);
+    if (kScale != kAdditive) load_group(h, h_base + n0, G, true, sv);
+    return;
+  }
+#pragma unroll
+  for (int k = 0; k < G; ++k) {
+    const int64_t n = n0 + k;
+    const bool inside = k < count && n >= layout.lo && n < layout.hi;
+    tv[k] = inside ? to_compute<CT>(h[h_base + n + layout.t_offset]) : CT(0);
+    sv[k] = inside && kScale != kAdditive ? to_compute<CT>(h[h_base + n]) : CT(0);
+  }
+}
+
 template <int kScale, class T>
 __device__ __forceinline__ T step(const CouplingConfig& c, T x, T a, T t) {
   if (c.reverse)
@@ -169,24 +189,7 @@ __device__ compute_t<XT> forward_blocks(const ForwardArgs& args, bool vector, in
 #pragma unroll
     for (int k = 0; k < G; ++k) any |= sel[k];
     if (any) {
-      // h exists for [lo, hi) only. On the vector path lo and hi are multiples of G, so a group with a selected
-      // element lies inside; element by element, each read is checked.
-      int64_t first = n0, last = n0 + count;
-      if (!vector) {
-        first = first < layout.lo ? layout.lo : first;
-        last = last > layout.hi ? layout.hi : last;
-      }
-      if (vector) {
-        load_group(h, h_base + n0 + layout.t_offset, G, true, tv);
-        if (kScale != kAdditive) load_group(h, h_base + n0, G, true, sv);
-      } else {
-#pragma unroll
-        for (int k = 0; k < G; ++k) {
-          const bool inside = n0 + k >= first && n0 + k < last;
-          tv[k] = inside ? to_compute<CT>(h[h_base + n0 + k + layout.t_offset]) : CT(0);
-          sv[k] = inside && kScale != kAdditive ? to_compute<CT>(h[h_base + n0 + k]) : CT(0);
-        }
-      }
+      load_h_group<kScale>(h, h_base, layout, n0, count, vector, sv, tv);
 #pragma unroll
       for (int k = 0; k < G; ++k) {
         const CT a = kScale == kAdditive ? CT(0) : log_scale<kScale>(sv[k], clamp);
@@ -255,25 +258,15 @@ __device__ void backward_blocks(const BackwardArgs& args, bool vector, int64_t b
     bool sel[G];
     load_group(grad_y, n0, count, vector, gv);
     // The part of the group inside [lo, hi), where h and grad_h exist: all or nothing on the vector path.
-    int64_t first = n0 < layout.lo ? layout.lo : n0;
-    int64_t last = n0 + count > layout.hi ? layout.hi : n0 + count;
+    const int64_t first = n0 < layout.lo ? layout.lo : n0;
+    const int64_t last = n0 + count > layout.hi ? layout.hi : n0 + count;
     if (first >= last) {
       store_group(grad_x, n0, count, vector, gv);  // passed through: the gradient too
       continue;
     }
     group_selection(layout, n0, count, sel);
     load_group(x, n0, count, vector, xv);
-    if (vector) {
-      load_group(h, h_base + n0 + layout.t_offset, G, true, tv);
-      if (kScale != kAdditive) load_group(h, h_base + n0, G, true, sv);
-    } else {
-#pragma unroll
-      for (int k = 0; k < G; ++k) {
-        const bool inside = n0 + k >= first && n0 + k < last;
-        tv[k] = inside ? to_compute<CT>(h[h_base + n0 + k + layout.t_offset]) : CT(0);
-        sv[k] = inside && kScale != kAdditive ? to_compute<CT>(h[h_base + n0 + k]) : CT(0);
-      }
-    }
+    load_h_group<kScale>(h, h_base, layout, n0, count, vector, sv, tv);
 #pragma unroll
     for (int k = 0; k < G; ++k) {
       const CT a = kScale == kAdditive ? CT(0) : log_scale<kScale>(sv[k], clamp);
