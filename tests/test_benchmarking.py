@@ -144,7 +144,8 @@ def test_tiny_run_writes_markdown_json_and_plot(tmp_path):
     record = json.loads(next(p for p in paths if p.suffix == ".json").read_text())
     assert record["environment"]["torch"] == torch.__version__ and len(record["ops"]) == 4
     assert record["ops"][0]["gbps"] > 0 and record["models"][0]["samples_per_s"] == 4.0
-    assert "| affine | forward | half | fp32 | 2^12 |" in next(p for p in paths if p.name.endswith("summary.md")).read_text()
+    summary = next(p for p in paths if p.name.endswith("summary.md")).read_text()
+    assert "| affine | forward | half | fp32 | 2^12 |" in summary
 
 
 def test_model_benchmark_times_a_training_step():

@@ -40,7 +40,8 @@ def _nbytes(shape, itemsize: int) -> int:
 def forward_bytes(case: OpCase) -> int:
     """Bytes read and written by a fused forward (or inverse): x, h in; y, logdet out.
 
-    >>> forward_bytes(OpCase("affine", "forward", "half", "fp32", 2**20)) == 3 * 2**20 * 4 + 64 * 4  # 64 samples of 4x64x64
+    >>> case = OpCase("affine", "forward", "half", "fp32", 2**20)  # 64 samples of 4x64x64
+    >>> forward_bytes(case) == 3 * 2**20 * 4 + 64 * 4
     True
     """
     item = case.torch_dtype.itemsize

@@ -117,7 +117,8 @@ def format_report(
                      f"{env.get('load_average_1m')} (other processes on the machine skew CPU timings); "
                      "% copy above 100% means the data fit in the CPU's caches")
     if copy_bytes_per_s:
-        parts.append(f"- copy bandwidth (read + write, large device copy): {copy_bytes_per_s / 1e9:.1f} GB/s")
+        parts.append(f"- copy bandwidth (read + write, the best of 3 large device copies): "
+                     f"{copy_bytes_per_s / 1e9:.1f} GB/s")
     parts += [
         "- GB/s use the SPEC byte count (nf_kernels/benchmarking/byte_model.py): affine half 3N (fwd) / 5N (bwd), "
         "checkerboard 4N / 7N, additive half 2.5N / 2.5N, additive checkerboard 3N / 3N, times the itemsize.",
