@@ -18,6 +18,15 @@ def _zero_init(layer: nn.Module) -> nn.Module:
     return layer
 
 
+def _check_sizes(owner: str, *, at_least_one: dict[str, Optional[int]], at_least_zero: dict[str, int]) -> None:
+    """ValueError naming every size of `owner` that is too small (None means "not used" and passes)."""
+    bad = {k: v for k, v in at_least_one.items() if v is not None and v < 1}
+    bad.update({k: v for k, v in at_least_zero.items() if v < 0})
+    if bad:
+        raise ValueError(f"{owner} sizes out of range: {', '.join(f'{k}={v}' for k, v in bad.items())} "
+                         f"({', '.join(at_least_one)} must be >= 1; {', '.join(at_least_zero) or 'none'} >= 0)")
+
+
 def _check_context(module: nn.Module, context: Optional[Tensor], batch: int) -> None:
     if module.context_features is None:
         if context is not None:
@@ -47,9 +56,9 @@ class MLP(nn.Module):
         context_features: Optional[int] = None,
     ):
         super().__init__()
-        if min(in_features, out_features, hidden) <= 0 or num_hidden_layers < 1:
-            raise ValueError(f"MLP sizes must be positive, got in={in_features}, out={out_features}, "
-                             f"hidden={hidden}, num_hidden_layers={num_hidden_layers}")
+        _check_sizes("MLP", at_least_zero={}, at_least_one=dict(
+            in_features=in_features, out_features=out_features, hidden=hidden, num_hidden_layers=num_hidden_layers,
+            context_features=context_features))  # fmt: skip
         self.in_features, self.out_features, self.context_features = in_features, out_features, context_features
         layers: list[nn.Module] = []
         width = in_features + (context_features or 0)
@@ -98,9 +107,8 @@ class ResNetConditioner(nn.Module):
         context_features: Optional[int] = None,
     ):
         super().__init__()
-        if min(in_channels, out_channels, hidden) <= 0 or num_blocks < 0:
-            raise ValueError(f"ResNetConditioner sizes must be positive, got in={in_channels}, "
-                             f"out={out_channels}, hidden={hidden}, num_blocks={num_blocks}")
+        _check_sizes("ResNetConditioner", at_least_zero=dict(num_blocks=num_blocks), at_least_one=dict(
+            in_channels=in_channels, out_channels=out_channels, hidden=hidden, context_features=context_features))
         self.in_channels, self.out_channels, self.context_features = in_channels, out_channels, context_features
         self.stem = nn.Conv2d(in_channels, hidden, 3, padding=1)
         self.context_bias = nn.Linear(context_features, hidden) if context_features else None

@@ -8,7 +8,7 @@ compute the same `h`) and checks at construction that the conditioner's output f
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -61,20 +61,26 @@ def default_conditioner(
 
 
 class _CouplingLayer(FlowLayer):
-    """What the affine and additive couplings share: the mask, the conditioner and its checks."""
+    """What the affine and additive couplings share: the mask, the conditioner and its checks.
+
+    `conditioner`: any module mapping the kept elements (and the context, when one is given) to `h`; by default
+    an MLP (vectors) or a ResNet-style CNN (images), `hidden` wide and `depth` deep. `mask` and `flip` as in
+    SPEC section 1. `backend` is the fused op's backend for this layer.
+    """
 
     _additive: bool
 
     def __init__(
         self,
         input_shape: Sequence[int],
-        conditioner: Optional[nn.Module],
-        mask: MaskArg,
-        flip: bool,
-        hidden: int,
-        depth: int,
-        context_features: Optional[int],
-        backend: str,
+        conditioner: Optional[nn.Module] = None,
+        *,
+        mask: MaskArg = "half",
+        flip: bool = False,
+        hidden: int = 64,
+        depth: int = 2,
+        context_features: Optional[int] = None,
+        backend: str = "auto",
     ):
         super().__init__()
         self.input_shape = tuple(int(s) for s in input_shape)
@@ -156,6 +162,9 @@ class _CouplingLayer(FlowLayer):
 class AffineCoupling(_CouplingLayer):
     """RealNVP/Glow affine coupling over samples of `input_shape`, through the fused op.
 
+    `scale`, `clamp`, `shift_first` as in SPEC section 1; `coupling_options` (mask, flip, hidden, depth,
+    context_features, backend) as for :class:`AdditiveCoupling`.
+
     >>> layer = AffineCoupling((4,), hidden=16, scale="tanh")
     >>> x = torch.randn(3, 4)
     >>> y, logdet = layer(x)          # identity at init: the conditioner's last layer is zero
@@ -170,22 +179,17 @@ class AffineCoupling(_CouplingLayer):
         input_shape: Sequence[int],
         conditioner: Optional[nn.Module] = None,
         *,
-        mask: MaskArg = "half",
-        flip: bool = False,
         scale: str = "exp",
         clamp: float = 2.0,
         shift_first: bool = False,
-        hidden: int = 64,
-        depth: int = 2,
-        context_features: Optional[int] = None,
-        backend: str = "auto",
+        **coupling_options: Any,
     ):
         if scale not in SCALES:
             raise ValueError(f"unknown scale {scale!r}: valid choices are {', '.join(map(repr, SCALES))}")
         if not clamp > 0:
             raise ValueError(f"clamp must be > 0, got {clamp}")
         self.scale, self.clamp, self.shift_first = scale, float(clamp), bool(shift_first)
-        super().__init__(input_shape, conditioner, mask, flip, hidden, depth, context_features, backend)
+        super().__init__(input_shape, conditioner, **coupling_options)
 
     def _couple(self, x, h, reverse):
         return functional.affine_coupling(
@@ -200,6 +204,9 @@ class AffineCoupling(_CouplingLayer):
 class AdditiveCoupling(_CouplingLayer):
     """NICE additive coupling (log-det 0) over samples of `input_shape`, through the fused op.
 
+    ``AdditiveCoupling(input_shape, conditioner=None, *, mask="half", flip=False, hidden=64, depth=2,
+    context_features=None, backend="auto")``; see the base class for the arguments.
+
     >>> layer = AdditiveCoupling((1, 4, 4), mask="checkerboard", hidden=8)
     >>> x = torch.randn(2, 1, 4, 4)
     >>> y, logdet = layer(x)
@@ -208,20 +215,6 @@ class AdditiveCoupling(_CouplingLayer):
     """
 
     _additive = True
-
-    def __init__(
-        self,
-        input_shape: Sequence[int],
-        conditioner: Optional[nn.Module] = None,
-        *,
-        mask: MaskArg = "half",
-        flip: bool = False,
-        hidden: int = 64,
-        depth: int = 2,
-        context_features: Optional[int] = None,
-        backend: str = "auto",
-    ):
-        super().__init__(input_shape, conditioner, mask, flip, hidden, depth, context_features, backend)
 
     def _couple(self, x, h, reverse):
         return functional.additive_coupling(

@@ -10,7 +10,9 @@ from nf_kernels.flows import (
     AffineCoupling,
     Flow,
     Invertible1x1Conv,
+    MLP,
     MultiScaleSplit,
+    ResNetConditioner,
     ReversePermutation,
     Squeeze,
     StandardNormal,
@@ -48,6 +50,8 @@ from nf_kernels.flows import (
         (lambda: Flow([Invertible1x1Conv(2)], StandardNormal((3,))), r"Invertible1x1Conv\(2\)"),
         (lambda: MultiScaleSplit((1, 4, 4)), r"at least 2 channels"),
         (lambda: build_model("realnvp", (2,), num_classes=0), r"num_classes"),
+        (lambda: MLP(2, 4, hidden=0), r"MLP sizes out of range: hidden=0"),
+        (lambda: ResNetConditioner(2, 4, num_blocks=-1), r"num_blocks=-1"),
     ],
 )
 def test_bad_configuration_raises_at_construction(build, message):
