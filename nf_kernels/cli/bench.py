@@ -103,5 +103,5 @@ def speed_summary(device: torch.device, budget_seconds: float = 20.0) -> str:
             else:
                 speedup = f" ({result.speedup_vs_eager:.2f}x)" if result.speedup_vs_eager else ""
                 parts.append(f"{name} {result.seconds * 1e3:.3g} ms{speedup}")
-        lines.append(f"  {case.label():<40} " + ", ".join(parts))
+        lines.append(f"  {case.label():<48} " + ", ".join(parts))
     return "\n".join(lines)

@@ -81,6 +81,8 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
     run.add_argument("--checkpoint-every", type=non_negative_int, default=None, help="steps between checkpoints, 0: at the end [500]")
     run.add_argument("--plot-samples", type=non_negative_int, default=None, help="samples drawn for the final plot, 0: no plots [64]")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (metrics are still written)")
+    run.add_argument("--threads", type=positive_int, default=None,
+                     help="CPU threads per process [torch's default; 1 under torchrun]")  # fmt: skip
     parser.set_defaults(run_command=run_train)
 
 
@@ -190,6 +192,8 @@ def report(result: TrainResult, plots: list[Path]) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     settings, out = resolve_settings(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     train(settings, out, resume=args.resume, progress=not args.no_progress)
     return 0
 
