@@ -127,7 +127,7 @@ def main(argv=None) -> int:
     if args.what in ("all", "models") and plan.models:
         model_results = run_model_benchmarks(
             device, args.models or plan.models, memory_saving=plan.memory_saving,
-            batch=args.model_batch or plan.model_batch, sample_shape=plan.model_shape,
+            batch=args.model_batch or plan.model_batch, sample_shape=plan.model_shape, sizes=plan.model_sizes,
             progress=not args.no_progress, budget=plan.budget,
         )  # fmt: skip
     checks, written = save(op_results, final=True)

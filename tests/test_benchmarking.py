@@ -150,9 +150,10 @@ def test_tiny_run_writes_markdown_json_and_plot(tmp_path):
 
 def test_model_benchmark_times_a_training_step():
     results = run_model_benchmarks(CPU, ["realnvp"], ["reference"], [False], batch=2, sample_shape=(3, 8, 8),
-                                   progress=False, budget=TINY)  # fmt: skip
+                                   sizes={"hidden": 8, "num_steps": 1}, progress=False, budget=TINY)  # fmt: skip
     (result,) = results
     assert result.error is None and result.seconds > 0 and math.isfinite(result.first_loss)
+    assert result.to_dict()["sizes"] == {"hidden": 8, "num_steps": 1}
     assert result.speedup_vs_reference == 1.0
 
 
@@ -196,7 +197,7 @@ def test_a_failing_case_is_recorded_not_raised():
     assert outcome.seconds is None and outcome.error == "RuntimeError: CUDA out of memory. Tried to allocate 8 GiB"
 
 
-def test_rounds_keep_each_providersmedian_round():
+def test_rounds_keep_each_providers_median_round():
     case = OpCase("affine", "forward", "half", "fp32", 2**10)
     results = run_cases(CPU, [case], ["eager"], progress=False, budget=TINY, copy_bytes=1 << 20, rounds=3)
     assert len(results) == 1 and results[0].seconds > 0

@@ -29,6 +29,7 @@ class ModelResult:
     memory_saving: bool
     batch: int
     sample_shape: tuple
+    sizes: dict = dataclasses.field(default_factory=dict)  # build_model's size options; {} = its defaults
     seconds: Optional[float] = None  # median time of one training step
     peak_bytes: Optional[int] = None  # CUDA only: above parameters, optimizer state and the batch
     first_loss: Optional[float] = None
@@ -74,7 +75,7 @@ def _measure(result: ModelResult, device: torch.device, budget: TimingBudget) ->
 
         torch.manual_seed(0)
         model = build_model(result.model, result.sample_shape, backend=result.backend,
-                            memory_saving=result.memory_saving).to(device)  # fmt: skip
+                            memory_saving=result.memory_saving, **result.sizes).to(device)  # fmt: skip
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
         x = torch.rand(result.batch, *result.sample_shape, generator=torch.Generator().manual_seed(1)).to(device)
         step = training_step(model, optimizer, x)
@@ -93,16 +94,20 @@ def run_model_benchmarks(
     *,
     batch: Optional[int] = None,
     sample_shape: Optional[Sequence[int]] = None,
+    sizes: Optional[dict] = None,
     progress: bool = True,
     budget: TimingBudget = TimingBudget(),
 ) -> list[ModelResult]:
-    """Time a training step of each model with each backend (default: reference and the available fused ones)."""
+    """Time a training step of each model with each backend (default: reference and the available fused ones).
+
+    `sizes` are passed to ``build_model`` (for example ``{"hidden": 8, "num_steps": 1}``); default: its own.
+    """
     device = torch.device(device)
     backends = list(backends or model_backends(device))
     batch = batch or DEFAULT_BATCH.get(device.type, 16)
     shape = tuple(sample_shape or DEFAULT_SHAPE.get(device.type, (3, 16, 16)))
     results = [
-        ModelResult(model, backend, saving, batch, shape)
+        ModelResult(model, backend, saving, batch, shape, dict(sizes or {}))
         for model in models for saving in memory_saving for backend in backends
     ]  # fmt: skip
     bar = progress_bar(len(results), f"model benchmarks on {device.type}", progress)

@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 from .cases import DIRECTIONS, DTYPES, MASKS, OPS, OpCase, op_cases
@@ -27,6 +27,7 @@ class Preset:
     models: tuple[str, ...] = MODELS
     model_batch: Optional[int] = None  # None: the device's default (model_runner)
     model_shape: Optional[tuple[int, ...]] = None
+    model_sizes: Optional[dict] = field(default=None, hash=False)  # build_model options; None: its defaults
     memory_saving: tuple[bool, ...] = (False, True)
 
     def __repr__(self) -> str:
@@ -59,7 +60,8 @@ def preset(name: str, device_type: str) -> Preset:
     if name == "tiny":
         cases = op_cases(_log2(10, 12), ["fp32"], OPS, ["forward", "forward+backward"], MASKS)
         return Preset(name, tuple(cases), TimingBudget(warmup_ms=2, rep_ms=5, min_run_time_s=0.01),
-                      models=("realnvp",), model_batch=4, model_shape=(3, 8, 8))  # fmt: skip
+                      models=("realnvp",), model_batch=4, model_shape=(3, 8, 8),
+                      model_sizes={"hidden": 8, "num_steps": 1, "num_scales": 1})  # fmt: skip
     if name == "quick":
         if device_type == "cuda":
             cases = op_cases(_log2(24), ["bf16", "fp32"], ["affine"], ["forward", "forward+backward"], MASKS)
