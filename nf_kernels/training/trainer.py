@@ -207,16 +207,17 @@ class Trainer:
         log = MetricsLog(self.metrics_path, enabled=self.context.is_main, resume_step=self.step if resume else None)
         bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
                    disable=not (self.context.is_main and self.config.progress))  # fmt: skip
-        train_time, steps_run, window_start, window_steps = 0.0, 0, time.perf_counter(), 0
+        # steps/s count training steps only, not evaluations and checkpoints. Times are taken at log steps, where
+        # .item() waits for the device, so asynchronous GPU work is counted where it happens.
+        loop_start = window_start = time.perf_counter()
+        steps_run = window_steps = 0
+        overhead = window_overhead = 0.0
         loss, test_metric = torch.tensor(math.nan), math.nan
         while self.step < self.total_steps:
             lr = self.scheduler.get_last_lr()[0]
-            started = time.perf_counter()
             loss, grad_norm = self._train_step(objective, *self.stream.batch(self.step))
             self.step += 1
-            train_time += time.perf_counter() - started
-            steps_run += 1
-            window_steps += 1
+            steps_run, window_steps = steps_run + 1, window_steps + 1
             bar.update(1)
             if self.step % self.config.log_every == 0 or self.step == self.total_steps:
                 mean_loss = self.context.mean(loss).item()
@@ -224,10 +225,12 @@ class Trainer:
                     raise TrainingDiverged(f"the loss became {mean_loss} at step {self.step}: try a lower --lr, "
                                            f"--clip-grad, or --dtype fp32")  # fmt: skip
                 now = time.perf_counter()
+                rate = window_steps / max(now - window_start - window_overhead, 1e-9)
                 log.write({"step": self.step, "split": "train", self.metric: mean_loss, "lr": lr,
-                           "grad_norm": grad_norm.item(), "steps_per_s": window_steps / (now - window_start)})  # fmt: skip
-                window_start, window_steps = now, 0
+                           "grad_norm": grad_norm.item(), "steps_per_s": rate})  # fmt: skip
+                window_start, window_steps, window_overhead = now, 0, 0.0
                 bar.set_postfix({self.metric: f"{mean_loss:.4f}"}, refresh=False)
+            started = time.perf_counter()
             every = self.config.eval_every
             if self.context.is_main and ((every and self.step % every == 0) or self.step == self.total_steps):
                 test_metric = self.evaluate()
@@ -236,6 +239,9 @@ class Trainer:
             every = self.config.checkpoint_every
             if (every and self.step % every == 0) or self.step == self.total_steps:
                 self.save_checkpoint()
+            spent = time.perf_counter() - started
+            overhead, window_overhead = overhead + spent, window_overhead + spent
+        train_time = time.perf_counter() - loop_start - overhead
         bar.close()
         if self.context.is_main and math.isnan(test_metric):  # resumed at the end: nothing was trained
             test_metric = self.evaluate()
