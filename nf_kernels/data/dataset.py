@@ -8,6 +8,8 @@ from typing import Optional
 
 import torch
 
+from ..flows.dequantize import dequantize as flows_dequantize
+
 
 class DataError(ValueError):
     """A data set that cannot be loaded or used; the message says what is wrong and what would work."""
@@ -88,11 +90,9 @@ def dequantize(levels_batch: torch.Tensor, levels: int, noise: torch.Tensor) -> 
     The noise is passed in (rather than drawn here) so the caller decides which generator makes it: that is what
     lets a resumed or a distributed run see exactly the same noise as an uninterrupted single-process run.
 
-    It is :func:`nf_kernels.flows.dequantize` with the noise as an argument.
+    It is :func:`nf_kernels.flows.dequantize` with the noise as a required argument.
 
     >>> dequantize(torch.tensor([0, 16]), 17, torch.tensor([0.5, 0.5]))
     tensor([0.0294, 0.9706])
     """
-    values = (levels_batch.to(noise.dtype) + noise) / levels
-    # rounding can turn (levels - 1 + u) / levels into exactly 1.0, outside the promised [0, 1)
-    return values.clamp_max(1 - torch.finfo(noise.dtype).eps)
+    return flows_dequantize(levels_batch, levels, noise=noise)

@@ -9,15 +9,26 @@ import torch
 from torch import Tensor
 
 
-def dequantize(x_int: Tensor, levels: int = 256, generator: Optional[torch.Generator] = None) -> Tensor:
+def dequantize(
+    x_int: Tensor,
+    levels: int = 256,
+    generator: Optional[torch.Generator] = None,
+    noise: Optional[Tensor] = None,
+) -> Tensor:
     """Uniform dequantization: integer levels {0, ..., levels-1} -> (x_int + u) / levels in [0, 1), u ~ U[0, 1).
 
     A continuous density fitted to these values lower-bounds the discrete model's log-likelihood, once
     corrected by ``-D * log(levels)`` (see :func:`bits_per_dim`).
 
+    ``noise`` gives ``u`` instead of drawing it (from ``generator``): the result then has ``noise``'s dtype. That
+    lets a caller decide which generator makes the noise, e.g. so that a resumed or a distributed run sees exactly
+    the noise of an uninterrupted single-process run (see :class:`nf_kernels.training.BatchStream`).
+
     >>> x = dequantize(torch.tensor([[0, 255]]), 256)
     >>> bool((x >= 0).all() and (x < 1).all())
     True
+    >>> dequantize(torch.tensor([0, 16]), 17, noise=torch.tensor([0.5, 0.5]))
+    tensor([0.0294, 0.9706])
     """
     if levels < 2:
         raise ValueError(f"levels must be >= 2, got {levels}")
@@ -26,8 +37,13 @@ def dequantize(x_int: Tensor, levels: int = 256, generator: Optional[torch.Gener
             raise ValueError("dequantize expects integer levels (an integer tensor, or floats holding integers)")
     if x_int.numel() and (x_int.min() < 0 or x_int.max() >= levels):
         raise ValueError(f"values must lie in [0, {levels - 1}], got [{x_int.min().item()}, {x_int.max().item()}]")
-    dtype = x_int.dtype if x_int.dtype.is_floating_point else torch.get_default_dtype()
-    noise = torch.rand(x_int.shape, generator=generator, dtype=dtype, device=x_int.device)
+    if noise is None:
+        dtype = x_int.dtype if x_int.dtype.is_floating_point else torch.get_default_dtype()
+        noise = torch.rand(x_int.shape, generator=generator, dtype=dtype, device=x_int.device)
+    elif not noise.dtype.is_floating_point or noise.shape != x_int.shape:
+        raise ValueError(f"noise must be a floating-point tensor of the shape of x_int {tuple(x_int.shape)}, "
+                         f"got {noise.dtype} {tuple(noise.shape)}")  # fmt: skip
+    dtype = noise.dtype
     # float32 rounding could turn (levels - 1 + u) / levels into exactly 1.0: keep the promised [0, 1).
     return ((x_int.to(dtype) + noise) / levels).clamp_max(1 - torch.finfo(dtype).eps)
 
