@@ -28,7 +28,7 @@ import torch  # noqa: E402
 
 from nf_kernels.benchmarking import (  # noqa: E402
     DIRECTIONS, DTYPES, MASKS, MODELS, OPS, PRESETS, PROVIDERS, check_targets, environment, op_cases, preset,
-    run_cases, run_model_benchmarks, write_results,
+    run_preset, write_results,
 )  # fmt: skip
 from nf_kernels.benchmarking.cpu_allocator import keep_freed_cpu_memory  # noqa: E402
 from nf_kernels.benchmarking.report import format_summary  # noqa: E402
@@ -109,28 +109,21 @@ def main(argv=None) -> int:
     env = dict(environment(device), cpu_malloc="freed memory kept (no mmap, no trim)" if kept else "system default")
     command = "python " + " ".join(shlex.quote(a) for a in [str(Path(sys.argv[0]))] + sys.argv[1:])
     print(f"nf_kernels benchmarks on {env['device_name']}, commit {env['commit']}, preset {plan.name}", flush=True)
-    op_results, model_results = [], []
 
-    def save(partial_ops, *, final=False):
-        checks = check_targets(device.type, partial_ops, model_results)
-        return checks, write_results(args.out, env, partial_ops, model_results, checks, command, plots=final)
+    def save_partial(partial_ops):
+        checks = check_targets(device.type, partial_ops)
+        write_results(args.out, env, partial_ops, [], checks, command, plots=False)
 
-    if args.what in ("all", "ops"):
-        cases = select_cases(plan, args)
-        op_results = run_cases(
-            device, cases, args.providers, not args.no_progress, compile_dynamic=not args.compile_static,
-            budget=plan.budget, on_case=save, time_limit_s=args.ops_time_limit, rounds=args.rounds,
-        )  # fmt: skip
-        measured = len({r.case for r in op_results})
-        if measured < len(cases):
-            print(f"note: the time limit stopped the op benchmarks after {measured} of {len(cases)} cases")
-    if args.what in ("all", "models") and plan.models:
-        model_results = run_model_benchmarks(
-            device, args.models or plan.models, memory_saving=plan.memory_saving,
-            batch=args.model_batch or plan.model_batch, sample_shape=plan.model_shape, sizes=plan.model_sizes,
-            progress=not args.no_progress, budget=plan.budget,
-        )  # fmt: skip
-    checks, written = save(op_results, final=True)
+    cases = select_cases(plan, args) if args.what in ("all", "ops") else []
+    op_results, model_results, checks = run_preset(
+        plan, device, progress=not args.no_progress, time_limit_s=args.ops_time_limit, rounds=args.rounds,
+        what=args.what, cases=cases, providers=args.providers, compile_dynamic=not args.compile_static,
+        on_case=save_partial, models=args.models, model_batch=args.model_batch,
+    )  # fmt: skip
+    measured = len({r.case for r in op_results})
+    if measured < len(cases):
+        print(f"note: the time limit stopped the op benchmarks after {measured} of {len(cases)} cases")
+    written = write_results(args.out, env, op_results, model_results, checks, command, plots=True)
     print(format_summary(env, op_results, model_results, checks))
     print("wrote " + ", ".join(str(path) for path in written))
     return 0

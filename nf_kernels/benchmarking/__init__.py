@@ -1,6 +1,6 @@
 """Side-by-side speed measurements of the coupling ops and of flow models (SPEC section 4).
 
-The building blocks of ``benchmarks/run.py`` and ``nf-kernels bench``:
+The building blocks of ``benchmarks/run.py`` and ``nf-kernels bench`` (both run a plan with :func:`run_preset`):
 
     >>> from nf_kernels.benchmarking import run_op_benchmarks, format_table
     >>> results = run_op_benchmarks("cpu", sizes=[2**20], dtypes=["fp32"], ops=["affine"])  # doctest: +SKIP
@@ -18,6 +18,7 @@ from .cases import DIRECTIONS, DTYPES, MASKS, OPS, OpCase, op_cases
 from .environment import environment
 from .model_runner import MODELS, ModelResult, run_model_benchmarks
 from .op_runner import OpResult, run_cases, run_op_benchmarks
+from .preset_runner import run_preset
 from .presets import PRESETS, Preset, preset
 from .providers import PROVIDERS, available_providers
 from .report import format_model_table, format_report, format_summary, format_table, largest_size, write_results
@@ -30,5 +31,5 @@ __all__ = [
     "available_providers", "backward_bytes", "bytes_moved", "check_targets", "copy_bandwidth", "environment",
     "format_model_table", "format_report", "format_summary", "format_table", "forward_bytes", "keep_freed_cpu_memory",
     "largest_size", "op_cases",
-    "preset", "run_cases", "run_model_benchmarks", "run_op_benchmarks", "write_results",
+    "preset", "run_cases", "run_model_benchmarks", "run_op_benchmarks", "run_preset", "write_results",
 ]  # fmt: skip

@@ -56,15 +56,13 @@ def run_bench(args: argparse.Namespace) -> int:
         raise UsageError(f"unknown preset {args.preset!r}: valid choices are {', '.join(library.PRESETS)}")
     device = choose_device(args.device)
     plan = library.preset(args.preset, device.type)
+    # Freed CPU memory stays mapped, so timings do not include page faults (as benchmarks/run.py does).
+    kept = device.type == "cpu" and library.keep_freed_cpu_memory()
     env = library.environment(device)
+    if kept:
+        env = dict(env, cpu_malloc="freed memory kept (no mmap, no trim)")
     say(f"nf_kernels benchmarks on {env['device_name']}, preset {plan.name}")
-    progress = not args.no_progress
-    ops = library.run_cases(device, plan.cases, None, progress, budget=plan.budget, time_limit_s=args.time_limit)
-    models = []
-    if plan.models:
-        models = library.run_model_benchmarks(device, plan.models, memory_saving=plan.memory_saving, batch=plan.model_batch,
-                                              sample_shape=plan.model_shape, progress=progress, budget=plan.budget)  # fmt: skip
-    checks = library.check_targets(device.type, ops, models)
+    ops, models, checks = library.run_preset(plan, device, progress=not args.no_progress, time_limit_s=args.time_limit)
     from ..benchmarking.report import format_summary
 
     say(format_summary(env, ops, models, checks))
