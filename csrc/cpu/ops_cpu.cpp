@@ -57,13 +57,13 @@ std::tuple<at::Tensor, at::Tensor> coupling_forward(const at::Tensor& x, const a
                                                     int64_t hi, int64_t h_stride, int64_t t_offset, int64_t pattern,
                                                     int64_t parity, int64_t width, int64_t plane, int64_t scale,
                                                     double clamp, bool shift_first, bool reverse, bool poison) {
-  const CouplingCall call = make_coupling_call("nf_kernels_ext::coupling_forward", x, h, transformed, lo, hi,
-                                               h_stride, t_offset, pattern, parity, width, plane, scale, clamp,
-                                               shift_first, reverse);
+  const ForwardOp out = prepare_forward("nf_kernels_ext::coupling_forward", x, h, transformed, lo, hi, h_stride,
+                                        t_offset, pattern, parity, width, plane, scale, clamp, shift_first, reverse,
+                                        poison);
+  at::Tensor y = out.y, logdet = out.logdet;
+  if (out.empty) return {y, logdet};
+  const CouplingCall& call = out.call;
   const FlatLayout& layout = call.layout;
-  at::Tensor y = new_output(call.x.sizes(), call.x.options(), poison);
-  at::Tensor logdet = new_output({layout.batch}, call.x.options().dtype(compute_type(x.scalar_type())), poison);
-  if (layout.batch == 0 || layout.numel == 0) return {y, logdet.zero_()};
   const ForwardTensors io{call.x.const_data_ptr(), dtype_code(x.scalar_type()), call.h.const_data_ptr(),
                           dtype_code(h.scalar_type()), y.mutable_data_ptr()};
   const TileKernels& kernels = selected_tile_kernels();
@@ -84,26 +84,22 @@ std::tuple<at::Tensor, at::Tensor> coupling_backward(const at::Tensor& grad_y, c
                                                      int64_t hi, int64_t h_stride, int64_t t_offset, int64_t pattern,
                                                      int64_t parity, int64_t width, int64_t plane, int64_t scale,
                                                      double clamp, bool shift_first, bool reverse, bool poison) {
-  const char* op = "nf_kernels_ext::coupling_backward";
-  const CouplingCall call = make_coupling_call(op, x, h, transformed, lo, hi, h_stride, t_offset, pattern, parity,
-                                               width, plane, scale, clamp, shift_first, reverse);
-  check_backward_grads(op, call, grad_y, grad_logdet);
+  const BackwardOp out = prepare_backward("nf_kernels_ext::coupling_backward", grad_y, grad_logdet, x, h,
+                                          transformed, lo, hi, h_stride, t_offset, pattern, parity, width, plane,
+                                          scale, clamp, shift_first, reverse, poison, GradYDType::kAsGiven);
+  if (out.empty) return {out.grad_x, out.grad_h};
+  const CouplingCall& call = out.call;
   const FlatLayout& layout = call.layout;
-  at::Tensor grad_x = new_output(call.x.sizes(), call.x.options(), poison);
-  at::Tensor grad_h = new_output(call.h.sizes(), call.h.options(), poison);
-  if (layout.batch == 0 || layout.numel == 0) return {grad_x.zero_(), grad_h.zero_()};
-  const at::Tensor grad_y_c = grad_y.contiguous();
-  const at::Tensor grad_logdet_c = grad_logdet.to(compute_type(x.scalar_type())).contiguous();
-  const BackwardTensors io{grad_y_c.const_data_ptr(), dtype_code(grad_y.scalar_type()),
-                           grad_logdet_c.const_data_ptr(), call.x.const_data_ptr(),
+  const BackwardTensors io{out.grad_y.const_data_ptr(), dtype_code(out.grad_y.scalar_type()),
+                           out.grad_logdet.const_data_ptr(), call.x.const_data_ptr(),
                            dtype_code(x.scalar_type()), call.h.const_data_ptr(),
-                           dtype_code(h.scalar_type()), grad_x.mutable_data_ptr(),
-                           grad_h.mutable_data_ptr()};
+                           dtype_code(h.scalar_type()), out.grad_x.mutable_data_ptr(),
+                           out.grad_h.mutable_data_ptr()};
   const TileKernels& kernels = selected_tile_kernels();
   for_each_tile(layout, [&](int64_t, int64_t b, int64_t start, int64_t end) {
     kernels.backward_tile(layout, call.config, io, b, start, end);
   });
-  return {grad_x, grad_h};
+  return {out.grad_x, out.grad_h};
 }
 
 }  // namespace

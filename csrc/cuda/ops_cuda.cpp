@@ -31,28 +31,26 @@ std::tuple<at::Tensor, at::Tensor> coupling_forward(const at::Tensor& x, const a
                                                     double clamp, bool shift_first, bool reverse, bool poison) {
   const char* op = "nf_kernels_ext::coupling_forward";
   const c10::cuda::CUDAGuard guard(x.device());
-  const CouplingCall call = make_coupling_call(op, x, h, transformed, lo, hi, h_stride, t_offset, pattern, parity,
-                                               width, plane, scale, clamp, shift_first, reverse);
+  const ForwardOp out = prepare_forward(op, x, h, transformed, lo, hi, h_stride, t_offset, pattern, parity, width,
+                                        plane, scale, clamp, shift_first, reverse, poison);
+  if (out.empty) return {out.y, out.logdet};
+  const CouplingCall& call = out.call;
   const FlatLayout& layout = call.layout;
-  const at::ScalarType compute = compute_type(x.scalar_type());
-  at::Tensor y = new_output(call.x.sizes(), call.x.options(), poison);
-  at::Tensor logdet = new_output({layout.batch}, call.x.options().dtype(compute), poison);
-  if (layout.batch == 0 || layout.numel == 0) return {y, logdet.zero_()};
   const int sms = sm_count(op);
   const int64_t blocks = forward_blocks_per_sample(layout, dtype_code(x.scalar_type()), sms);
   at::Tensor workspace;
-  if (blocks > 1) workspace = at::empty({layout.batch * blocks}, call.x.options().dtype(compute));
+  if (blocks > 1) workspace = at::empty({layout.batch * blocks}, out.logdet.options());
   const ForwardArgs args{layout,
                          call.config,
                          call.x.const_data_ptr(),
                          dtype_code(x.scalar_type()),
                          call.h.const_data_ptr(),
                          dtype_code(h.scalar_type()),
-                         y.mutable_data_ptr(),
-                         logdet.mutable_data_ptr()};
+                         out.y.mutable_data_ptr(),
+                         out.logdet.mutable_data_ptr()};
   check_cuda(op, launch_forward(args, workspace.defined() ? workspace.mutable_data_ptr() : nullptr, sms,
                                   c10::cuda::getCurrentCUDAStream()));
-  return {y, logdet};
+  return {out.y, out.logdet};
 }
 
 std::tuple<at::Tensor, at::Tensor> coupling_backward(const at::Tensor& grad_y, const at::Tensor& grad_logdet,
@@ -63,28 +61,25 @@ std::tuple<at::Tensor, at::Tensor> coupling_backward(const at::Tensor& grad_y, c
                                                      double clamp, bool shift_first, bool reverse, bool poison) {
   const char* op = "nf_kernels_ext::coupling_backward";
   const c10::cuda::CUDAGuard guard(x.device());
-  const CouplingCall call = make_coupling_call(op, x, h, transformed, lo, hi, h_stride, t_offset, pattern, parity,
-                                               width, plane, scale, clamp, shift_first, reverse);
-  check_backward_grads(op, call, grad_y, grad_logdet);
-  const FlatLayout& layout = call.layout;
-  at::Tensor grad_x = new_output(call.x.sizes(), call.x.options(), poison);
-  at::Tensor grad_h = new_output(call.h.sizes(), call.h.options(), poison);
-  if (layout.batch == 0 || layout.numel == 0) return {grad_x.zero_(), grad_h.zero_()};
   // The kernels read grad_y in x's dtype (autograd always passes that) and grad_logdet in the compute type.
-  const at::Tensor grad_y_c = grad_y.to(x.scalar_type()).contiguous();
-  const at::Tensor grad_logdet_c = grad_logdet.to(compute_type(x.scalar_type())).contiguous();
+  const BackwardOp out = prepare_backward(op, grad_y, grad_logdet, x, h, transformed, lo, hi, h_stride, t_offset,
+                                          pattern, parity, width, plane, scale, clamp, shift_first, reverse, poison,
+                                          GradYDType::kLikeX);
+  if (out.empty) return {out.grad_x, out.grad_h};
+  const CouplingCall& call = out.call;
+  const FlatLayout& layout = call.layout;
   const BackwardArgs args{layout,
                           call.config,
-                          grad_y_c.const_data_ptr(),
-                          grad_logdet_c.const_data_ptr(),
+                          out.grad_y.const_data_ptr(),
+                          out.grad_logdet.const_data_ptr(),
                           call.x.const_data_ptr(),
                           dtype_code(x.scalar_type()),
                           call.h.const_data_ptr(),
                           dtype_code(h.scalar_type()),
-                          grad_x.mutable_data_ptr(),
-                          grad_h.mutable_data_ptr()};
+                          out.grad_x.mutable_data_ptr(),
+                          out.grad_h.mutable_data_ptr()};
   check_cuda(op, launch_backward(args, sm_count(op), c10::cuda::getCurrentCUDAStream()));
-  return {grad_x, grad_h};
+  return {out.grad_x, out.grad_h};
 }
 
 }  // namespace

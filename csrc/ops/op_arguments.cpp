@@ -84,4 +84,42 @@ void check_backward_grads(const char* op, const CouplingCall& call, const at::Te
               ": grad_y and grad_logdet must be on x's device ", call.x.device());
 }
 
+ForwardOp prepare_forward(const char* op, const at::Tensor& x, const at::Tensor& h,
+                          const std::optional<at::Tensor>& transformed, int64_t lo, int64_t hi, int64_t h_stride,
+                          int64_t t_offset, int64_t pattern, int64_t parity, int64_t width, int64_t plane,
+                          int64_t scale, double clamp, bool shift_first, bool reverse, bool poison) {
+  ForwardOp out;
+  out.call = make_coupling_call(op, x, h, transformed, lo, hi, h_stride, t_offset, pattern, parity, width, plane,
+                                scale, clamp, shift_first, reverse);
+  const at::Tensor& cx = out.call.x;
+  out.y = new_output(cx.sizes(), cx.options(), poison);
+  out.logdet = new_output({out.call.layout.batch}, cx.options().dtype(compute_type(cx.scalar_type())), poison);
+  out.empty = out.call.layout.batch == 0 || out.call.layout.numel == 0;
+  if (out.empty) out.logdet.zero_();
+  return out;
+}
+
+BackwardOp prepare_backward(const char* op, const at::Tensor& grad_y, const at::Tensor& grad_logdet,
+                            const at::Tensor& x, const at::Tensor& h, const std::optional<at::Tensor>& transformed,
+                            int64_t lo, int64_t hi, int64_t h_stride, int64_t t_offset, int64_t pattern,
+                            int64_t parity, int64_t width, int64_t plane, int64_t scale, double clamp,
+                            bool shift_first, bool reverse, bool poison, GradYDType grad_y_dtype) {
+  BackwardOp out;
+  out.call = make_coupling_call(op, x, h, transformed, lo, hi, h_stride, t_offset, pattern, parity, width, plane,
+                                scale, clamp, shift_first, reverse);
+  check_backward_grads(op, out.call, grad_y, grad_logdet);
+  out.grad_x = new_output(out.call.x.sizes(), out.call.x.options(), poison);
+  out.grad_h = new_output(out.call.h.sizes(), out.call.h.options(), poison);
+  out.empty = out.call.layout.batch == 0 || out.call.layout.numel == 0;
+  if (out.empty) {
+    out.grad_x.zero_();
+    out.grad_h.zero_();
+    return out;
+  }
+  const at::ScalarType x_type = out.call.x.scalar_type();
+  out.grad_y = (grad_y_dtype == GradYDType::kLikeX ? grad_y.to(x_type) : grad_y).contiguous();
+  out.grad_logdet = grad_logdet.to(compute_type(x_type)).contiguous();
+  return out;
+}
+
 }  // namespace nf_kernels

@@ -40,4 +40,42 @@ at::ScalarType compute_type(at::ScalarType x_type);
 // to write fails the comparison with the reference.
 at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options, bool poison);
 
+// What the forward op's glue shares across devices: the checked call and its allocated outputs. When `empty`
+// (no sample or no element) the outputs are already final (the log-det zeroed) and nothing is to be launched.
+struct ForwardOp {
+  CouplingCall call;
+  at::Tensor y;
+  at::Tensor logdet;  // [B], in compute_type(x)
+  bool empty = false;
+};
+
+ForwardOp prepare_forward(const char* op, const at::Tensor& x, const at::Tensor& h,
+                          const std::optional<at::Tensor>& transformed, int64_t lo, int64_t hi, int64_t h_stride,
+                          int64_t t_offset, int64_t pattern, int64_t parity, int64_t width, int64_t plane,
+                          int64_t scale, double clamp, bool shift_first, bool reverse, bool poison);
+
+// How the backward's glue hands grad_y to the kernels.
+enum class GradYDType {
+  kAsGiven,  // any floating dtype (the kernels read it through its own DType code)
+  kLikeX,    // converted to x's dtype
+};
+
+// The same for the backward op: the checked call and grads, made contiguous (grad_logdet in compute_type(x),
+// grad_y as `grad_y_dtype` says), and the allocated gradients. When `empty` the gradients are already final
+// (zeroed) and grad_y/grad_logdet are left undefined.
+struct BackwardOp {
+  CouplingCall call;
+  at::Tensor grad_y;
+  at::Tensor grad_logdet;
+  at::Tensor grad_x;
+  at::Tensor grad_h;
+  bool empty = false;
+};
+
+BackwardOp prepare_backward(const char* op, const at::Tensor& grad_y, const at::Tensor& grad_logdet,
+                            const at::Tensor& x, const at::Tensor& h, const std::optional<at::Tensor>& transformed,
+                            int64_t lo, int64_t hi, int64_t h_stride, int64_t t_offset, int64_t pattern,
+                            int64_t parity, int64_t width, int64_t plane, int64_t scale, double clamp,
+                            bool shift_first, bool reverse, bool poison, GradYDType grad_y_dtype);
+
 }  // namespace nf_kernels
