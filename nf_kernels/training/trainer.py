@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -205,7 +206,9 @@ class Trainer:
             self._initialize_data_dependent_layers()
         objective = self._wrapped()
         log = MetricsLog(self.metrics_path, enabled=self.context.is_main, resume_step=self.step if resume else None)
+        # Redirected to a file or a CI log, the bar redraws every few seconds rather than many times a second.
         bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
+                   mininterval=0.1 if sys.stderr.isatty() else 5.0,
                    disable=not (self.context.is_main and self.config.progress))  # fmt: skip
         # steps/s count training steps only, not evaluations and checkpoints. Times are taken at log steps, where
         # .item() waits for the device, so asynchronous GPU work is counted where it happens.
