@@ -14,6 +14,7 @@ Kernels write every element of `y` (and of `grad_h`, zeros at kept positions) so
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple, Optional
 
 import torch
@@ -42,7 +43,7 @@ class FlatLayout(NamedTuple):
 
 def flat_layout(x: torch.Tensor, mask: Optional[torch.Tensor], config: CouplingConfig) -> FlatLayout:
     batch, channels = x.shape[0], x.shape[1]
-    numel = x[0].numel() if batch else int(torch.Size(x.shape[1:]).numel())
+    numel = math.prod(x.shape[1:])
     inner = numel // channels if channels else 0  # elements per channel: R = prod(x.shape[2:])
     parity = width = plane = 0
     transformed = None
