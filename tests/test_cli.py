@@ -136,3 +136,25 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
 def test_python_dash_m_runs_the_cli():
     done = subprocess.run([sys.executable, "-m", "nf_kernels", "--version"], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.startswith("nf-kernels ")
+
+
+BLOCK_OPTIONAL = "import sys; sys.modules.update(tqdm=None, matplotlib=None, sklearn=None); "  # import -> ImportError
+
+
+def test_cli_without_tqdm_matplotlib_or_sklearn(tmp_path):
+    """They are optional at run time (a bare GPU machine may lack them): no traceback, plots are skipped."""
+
+    def run(*argv):
+        code = BLOCK_OPTIONAL + f"from nf_kernels.cli import main; sys.exit(main({[str(a) for a in argv]!r}))"
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+
+    done = run("train", *TINY_MOONS, "--steps", 2, "--out", tmp_path / "moons", *QUIET[:1], "--log-every", 1)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert (tmp_path / "moons" / "checkpoint.pt").is_file() and "matplotlib" in done.stdout + done.stderr
+    for argv in (["train", *TINY_DIGITS, "--steps", 1, "--out", tmp_path / "digits", "--no-progress"],
+                 ["eval", tmp_path / "moons", "--baseline"],
+                 ["sample", tmp_path / "moons", "--out", tmp_path / "s.png"]):  # fmt: skip
+        done = run(*argv)
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+        assert "scikit-learn" in done.stderr or "matplotlib" in done.stderr, done.stderr
+    assert run("sample", tmp_path / "moons", "--out", tmp_path / "s.npy").returncode == 0

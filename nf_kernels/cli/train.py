@@ -15,7 +15,9 @@ from ..training import (
 from ..training.metrics import read_metrics
 from ..training.model_spec import ModelSpec
 from ..training.precision import PRECISIONS
-from ..training.plots import save_density_plot, save_image_grid, save_learning_curves, to_displayable
+from ..training.plots import (
+    PlottingUnavailable, save_density_plot, save_image_grid, save_learning_curves, to_displayable,
+)  # fmt: skip
 from .errors import UsageError
 from .options import add_model_options, add_runtime_options, chosen_sizes
 from .parsing import HelpFormatter, non_negative_float, non_negative_int, positive_float, positive_int, say
@@ -174,7 +176,11 @@ def train(settings: dict[str, Any], out: Path, *, resume: bool, progress: bool =
                 f"backend {settings['backend']}, {context!r}")  # fmt: skip
         result = trainer.fit(resume=resume)
         if context.is_main:
-            plots = write_plots(flow, data, out, settings["plot_samples"], result.metrics)
+            try:
+                plots = write_plots(flow, data, out, settings["plot_samples"], result.metrics)
+            except PlottingUnavailable as error:  # the run itself is complete: say why there are no pictures
+                say(f"no plots: {error}")
+                plots = []
             report(result, plots)
         return result
     finally:

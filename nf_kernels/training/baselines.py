@@ -43,7 +43,11 @@ class KdeResult:
 def kde_nll(data: FlowDataset, bandwidths: Sequence[float] = tuple(0.02 * 1.25**k for k in range(20)),
             validation_fraction: float = 0.2, max_points: int = 4000) -> KdeResult:  # fmt: skip
     """Test NLL of a Gaussian KDE on up to ``max_points`` training points, its bandwidth picked on validation."""
-    from sklearn.neighbors import KernelDensity  # heavy import: only for this measurement
+    try:
+        from sklearn.neighbors import KernelDensity  # heavy import: only for this measurement
+    except ImportError:
+        raise RuntimeError("the KDE baseline needs scikit-learn, which is not installed "
+                           "(pip install scikit-learn)") from None
 
     if data.discrete:
         raise ValueError(f"{data.name} is discrete: the KDE baseline is for continuous data")

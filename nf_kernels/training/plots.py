@@ -9,12 +9,24 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only: never needs a display
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
-
 PLOT_BOX = 4.5  # the 2-D toys live in about [-4, 4]^2
+
+
+class PlottingUnavailable(RuntimeError):
+    """matplotlib is not installed: pictures cannot be written (everything else works)."""
+
+
+def _pyplot() -> Any:
+    """matplotlib.pyplot on the file-only Agg backend, imported on first use: matplotlib is optional at run time."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise PlottingUnavailable("matplotlib is not installed, so no pictures can be written "
+                                  "(pip install matplotlib; .npy/.pt outputs work without it)") from None
+    matplotlib.use("Agg")  # files only: never needs a display
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def to_displayable(images: torch.Tensor, levels: int) -> torch.Tensor:
@@ -41,6 +53,7 @@ def save_image_grid(images: torch.Tensor, path: Path, *, columns: Optional[int] 
         canvas[:, top : top + height, left : left + width] = images[index]
     canvas = canvas.repeat_interleave(factor, 1).repeat_interleave(factor, 2)
     array = canvas[0].numpy() if channels == 1 else canvas[:3].permute(1, 2, 0).numpy()
+    plt = _pyplot()
     path.parent.mkdir(parents=True, exist_ok=True)
     plt.imsave(path, array, cmap="gray" if channels == 1 else None, vmin=0, vmax=1)
     return path
@@ -50,6 +63,7 @@ def save_image_grid(images: torch.Tensor, path: Path, *, columns: Optional[int] 
 def save_density_plot(flow: torch.nn.Module, data_points: torch.Tensor, samples: torch.Tensor, path: Path,
                       *, resolution: int = 200, context: Optional[torch.Tensor] = None) -> Path:  # fmt: skip
     """Two panels: the learned density on a grid, and model samples over the test data."""
+    plt = _pyplot()
     axis = torch.linspace(-PLOT_BOX, PLOT_BOX, resolution)
     grid = torch.cartesian_prod(axis, axis).flip(1)  # rows scan y, columns scan x
     device = next(flow.parameters()).device
@@ -68,6 +82,7 @@ def save_density_plot(flow: torch.nn.Module, data_points: torch.Tensor, samples:
 def save_learning_curves(records: Sequence[dict[str, Any]], metric: str, path: Path,
                          labels: Sequence[str] = ("train", "test")) -> Path:  # fmt: skip
     """The metric against the step, one line per split, from the records of a ``metrics.jsonl``."""
+    plt = _pyplot()
     figure, axes = plt.subplots(figsize=(7, 4))
     for split in labels:
         points = [(r["step"], r[metric]) for r in records if r.get("split") == split and metric in r]
@@ -83,5 +98,5 @@ def _save(figure: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)
+    _pyplot().close(figure)
     return path

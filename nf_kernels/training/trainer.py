@@ -16,7 +16,11 @@ from typing import Any, Optional
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+
+try:
+    from tqdm.auto import tqdm
+except ImportError:  # optional at run time: without it, no bar (evaluation lines still print)
+    tqdm = None
 
 from ..data import FlowDataset
 from .batches import BatchStream
@@ -27,6 +31,22 @@ from .objective import LogProb, evaluate, loss_from_log_prob, metric_name
 from .precision import PRECISIONS
 from .schedule import make_scheduler
 
+
+
+class _NoBar:
+    """What the loop uses of a tqdm bar, when tqdm is not installed."""
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def write(self, text: str) -> None:
+        print(text, flush=True)
+
+    def close(self) -> None:
+        pass
 
 
 class TrainingDiverged(RuntimeError):
@@ -207,9 +227,11 @@ class Trainer:
         objective = self._wrapped()
         log = MetricsLog(self.metrics_path, enabled=self.context.is_main, resume_step=self.step if resume else None)
         # Redirected to a file or a CI log, the bar redraws every few seconds rather than many times a second.
-        bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
-                   mininterval=0.1 if sys.stderr.isatty() else 5.0,
-                   disable=not (self.context.is_main and self.config.progress))  # fmt: skip
+        bar = _NoBar() if tqdm is None else tqdm(
+            total=self.total_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
+            mininterval=0.1 if sys.stderr.isatty() else 5.0,
+            disable=not (self.context.is_main and self.config.progress),
+        )  # fmt: skip
         # steps/s count training steps only, not evaluations and checkpoints. Times are taken at log steps, where
         # .item() waits for the device, so asynchronous GPU work is counted where it happens.
         loop_start = window_start = time.perf_counter()
