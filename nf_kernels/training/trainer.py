@@ -237,7 +237,8 @@ class Trainer:
         loop_start = window_start = time.perf_counter()
         steps_run = window_steps = 0
         overhead = window_overhead = 0.0
-        loss, test_metric = torch.tensor(math.nan), math.nan
+        # On the training device: the final context.mean(loss) is an all_reduce, which nccl refuses for CPU tensors.
+        loss, test_metric = torch.tensor(math.nan, device=self.context.device), math.nan
         while self.step < self.total_steps:
             lr = self.scheduler.get_last_lr()[0]
             loss, grad_norm = self._train_step(objective, *self.stream.batch(self.step))
