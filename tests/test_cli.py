@@ -158,3 +158,11 @@ def test_cli_without_tqdm_matplotlib_or_sklearn(tmp_path):
         assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
         assert "scikit-learn" in done.stderr or "matplotlib" in done.stderr, done.stderr
     assert run("sample", tmp_path / "moons", "--out", tmp_path / "s.npy").returncode == 0
+
+
+def test_float64_two_dimensional_run_plots_its_density(tmp_path, capsys):
+    run = tmp_path / "run"
+    status, _, err = cli(capsys, "train", *TINY_MOONS, "--steps", 2, "--dtype", "fp64", "--out", run, *QUIET)
+    assert status == 0, err
+    assert (run / "density.png").is_file()
+    assert cli(capsys, "sample", run, "-n", 4, "--out", tmp_path / "s.png")[0] == 0

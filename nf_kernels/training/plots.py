@@ -66,8 +66,9 @@ def save_density_plot(flow: torch.nn.Module, data_points: torch.Tensor, samples:
     plt = _pyplot()
     axis = torch.linspace(-PLOT_BOX, PLOT_BOX, resolution)
     grid = torch.cartesian_prod(axis, axis).flip(1)  # rows scan y, columns scan x
-    device = next(flow.parameters()).device
-    density = torch.cat([flow.log_prob(chunk.to(device), context).exp().cpu() for chunk in grid.split(10_000)])
+    reference = next(flow.parameters())  # the grid in the model's device and dtype (float64 runs included)
+    density = torch.cat([flow.log_prob(chunk.to(reference.device, reference.dtype), context).exp().float().cpu()
+                         for chunk in grid.split(10_000)])  # fmt: skip
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 5))
     left.imshow(density.reshape(resolution, resolution).numpy(), origin="lower", cmap="magma",
                 extent=(-PLOT_BOX, PLOT_BOX, -PLOT_BOX, PLOT_BOX))  # fmt: skip
