@@ -100,3 +100,26 @@ def test_mixed_input_dtypes(backend):
         assert y.dtype == x_dtype
         assert rel_err(y, y_ref) <= TOLERANCE[x_dtype]
         assert rel_err(logdet, logdet_ref) <= 1e-5
+
+
+@pytest.mark.parametrize("backend", FUSED_CPU_BACKENDS)
+@pytest.mark.parametrize(
+    "x_dtype,h_dtype",
+    [(torch.float64, torch.bfloat16), (torch.float64, torch.float16), (torch.float32, torch.bfloat16),
+     (torch.bfloat16, torch.float64)],
+    ids=str,
+)
+def test_mixed_input_dtypes_gradients(x_dtype, h_dtype, backend):
+    """grad_h comes back in h's dtype, rounded from the compute type: also from float64 to a half type."""
+    for case in (Coupling(MASK_CASES[1], "atan", flip=True), Coupling(MASK_CASES[2], "exp", reverse=True)):
+        x, h = case.inputs(x_dtype, h_dtype=h_dtype)
+        x.requires_grad_(True)
+        h.requires_grad_(True)
+        y, logdet = case(x, h, backend)
+        (y.double().square().sum() + logdet.sum()).backward()
+        xr, hr = x.detach().double().requires_grad_(True), h.detach().double().requires_grad_(True)
+        yr, logdet_r = case(xr, hr, "reference")
+        (yr.square().sum() + logdet_r.sum()).backward()
+        assert x.grad.dtype == x_dtype and h.grad.dtype == h_dtype
+        assert rel_err(x.grad, xr.grad) <= 4 * TOLERANCE[x_dtype]
+        assert rel_err(h.grad, hr.grad) <= 4 * max(TOLERANCE[x_dtype], TOLERANCE[h_dtype])

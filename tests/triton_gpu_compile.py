@@ -53,25 +53,27 @@ def main() -> int:
     failures = 0
     for scale, dtype, reverse, shift_first, pattern in variants():
         x_ty = TL_NAMES[dtype]
-        h_ty = "fp32" if dtype == "bfloat16" else x_ty  # one mixed-dtype case per scale, as autocast makes
+        # Mixed dtypes as autocast makes them: float32 h for bfloat16 x, and bfloat16 h for float64 x (inverse only).
+        h_ty = {"bfloat16": "fp32", "float64": "bf16" if reverse else "fp64"}.get(dtype, x_ty)
         ct_name = "fp64" if dtype == "float64" else "fp32"
         ct = tl.float64 if dtype == "float64" else tl.float32
+        gh_via = tl.float32 if h_ty in ("fp16", "bf16") else ct  # as backward.py rounds grad_h
         constexprs = dict(
             PATTERN=pattern, PARITY=1, SCALE=SCALE_CODES[scale], CLAMP=2.0,
             SHIFT_FIRST=shift_first, REVERSE=reverse, CT=ct, BLOCK=1024,
         )  # fmt: skip
         jobs = [
             ("forward", _coupling_forward_kernel,
-             dict(x_ptr=x_ty, h_ptr=h_ty, mask_ptr="u8", y_ptr=x_ty, partial_ptr=ct_name)),
+             dict(x_ptr=x_ty, h_ptr=h_ty, mask_ptr="u8", y_ptr=x_ty, partial_ptr=ct_name), {}),
             ("backward", _coupling_backward_kernel,
              dict(grad_y_ptr=x_ty, grad_logdet_ptr=ct_name, x_ptr=x_ty, h_ptr=h_ty, mask_ptr="u8",
-                  grad_x_ptr=x_ty, grad_h_ptr=h_ty)),
+                  grad_x_ptr=x_ty, grad_h_ptr=h_ty), dict(GH_VIA=gh_via)),
         ]  # fmt: skip
         arch = 80 if reverse else 90
-        for name, kernel, pointers in jobs:
+        for name, kernel, pointers, extra in jobs:
             label = f"sm_{arch} {name:<8} scale={scale:<7} x={dtype:<8} h={h_ty} reverse={reverse} pattern={pattern}"
             try:
-                compiled = compile_kernel(kernel, pointers, constexprs, arch)
+                compiled = compile_kernel(kernel, pointers, dict(constexprs, **extra), arch)
                 assert compiled.asm["cubin"], "no cubin"
                 print("ok  ", label)
             except Exception as error:  # report every failing variant, not just the first

@@ -20,7 +20,7 @@ def _coupling_backward_kernel(
     grad_y_ptr, grad_logdet_ptr, x_ptr, h_ptr, mask_ptr, grad_x_ptr, grad_h_ptr,
     N, nblk, lo, hi, h_stride, t_offset, W, PLANE,
     PATTERN: tl.constexpr, PARITY: tl.constexpr, SCALE: tl.constexpr, CLAMP: tl.constexpr,
-    SHIFT_FIRST: tl.constexpr, REVERSE: tl.constexpr, CT: tl.constexpr, BLOCK: tl.constexpr,
+    SHIFT_FIRST: tl.constexpr, REVERSE: tl.constexpr, CT: tl.constexpr, GH_VIA: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     b, n, in_bounds = block_indices(N, nblk, BLOCK)
     in_range = in_bounds & (n >= lo) & (n < hi)
@@ -39,12 +39,13 @@ def _coupling_backward_kernel(
         g_logdet = 0.0
     gx, gt, ga = coupling_step_grad(g, g_logdet, x, a, t, SCALE, SHIFT_FIRST, REVERSE)
     tl.store(grad_x_ptr + b * N + n, tl.where(sel, gx, g).to(grad_x_ptr.dtype.element_ty), mask=in_bounds)
-    # grad_h is written over the whole range, zeros at kept positions (checkerboard and bool masks).
+    # grad_h is written over the whole range, zeros at kept positions (checkerboard and bool masks). Rounded to
+    # a half type through GH_VIA (float32), as the C++ and CUDA kernels do.
     gh_ty = grad_h_ptr.dtype.element_ty
-    tl.store(grad_h_ptr + h_index + t_offset, tl.where(sel, gt, 0.0).to(gh_ty), mask=in_range)
+    tl.store(grad_h_ptr + h_index + t_offset, tl.where(sel, gt, 0.0).to(GH_VIA).to(gh_ty), mask=in_range)
     if SCALE != 0:
         gs = ga * log_scale_grad(s, SCALE, CLAMP)
-        tl.store(grad_h_ptr + h_index, tl.where(sel, gs, 0.0).to(gh_ty), mask=in_range)
+        tl.store(grad_h_ptr + h_index, tl.where(sel, gs, 0.0).to(GH_VIA).to(gh_ty), mask=in_range)
 
 
 def coupling_backward(
@@ -55,11 +56,15 @@ def coupling_backward(
     grad_x = new_output(x.shape, x.dtype, x.device)
     grad_h = new_output(h.shape, h.dtype, h.device)
     mask = layout.transformed if layout.transformed is not None else x  # dummy pointer when no mask is read
+    # float64 -> bfloat16 directly is what the Triton interpreter gets wrong (it casts the value to the integer
+    # storage type): half-type gradients are rounded from float32, as in csrc/.
+    gh_via = tl.float32 if h.dtype in (torch.float16, torch.bfloat16) else compute_tl_dtype(x.dtype)
     _coupling_backward_kernel[(layout.batch * shape.nblk,)](
         grad_y, grad_logdet, x, h, mask, grad_x, grad_h,
         layout.numel, shape.nblk, layout.lo, layout.hi, layout.h_stride, layout.t_offset, layout.width, layout.plane,
         PATTERN=layout.pattern, PARITY=layout.parity, SCALE=layout.scale_code, CLAMP=config.clamp,
-        SHIFT_FIRST=config.shift_first, REVERSE=config.reverse, CT=compute_tl_dtype(x.dtype), BLOCK=shape.block,
+        SHIFT_FIRST=config.shift_first, REVERSE=config.reverse, CT=compute_tl_dtype(x.dtype), GH_VIA=gh_via,
+        BLOCK=shape.block,
         num_warps=shape.num_warps,
     )  # fmt: skip
     return grad_x, grad_h
