@@ -197,3 +197,19 @@ def test_odd_sizes_and_misaligned_inputs(backend, case, dtype, misaligned):
     tolerances = (TOLERANCE[dtype], LOGDET_TOLERANCE[dtype], TOLERANCE[dtype], TOLERANCE[dtype])
     for out, expected, tol in zip(ours, ref, tolerances):
         assert rel_err(out, expected) <= tol
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_tensors_on_another_device_than_the_current_one(backend):
+    """Inputs on cuda:1 while cuda:0 is current: the kernels run on the inputs' device and stream."""
+    backend = _backend(backend)
+    case = Coupling(MaskCase("checkerboard", (4, 3, 33, 35)), "tanh")
+    x, h, grad_y, grad_logdet = _inputs(case, torch.float32, seed=13)
+    x, h, grad_y, grad_logdet = (t.to("cuda:1") for t in (x, h, grad_y, grad_logdet))
+    with torch.cuda.device(0):
+        ours = _forward_backward(case, backend, x, h, grad_y, grad_logdet, "checkerboard")
+        torch.cuda.synchronize(1)
+    ref = _forward_backward(case, "reference", x.double(), h.double(), grad_y.double(), grad_logdet, "checkerboard")
+    for out, expected in zip(ours, ref):
+        assert out.device == x.device and rel_err(out, expected) <= 1e-5

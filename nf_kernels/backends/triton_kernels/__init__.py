@@ -6,6 +6,7 @@ nf_kernels is first used), which is how the CPU test suite checks these kernels.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Optional
 
@@ -18,6 +19,12 @@ from .forward import coupling_forward
 
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _on_device(device: torch.device):
+    """Triton launches on the current CUDA device and its current stream, whatever the tensors' device: make
+    that the tensors' device (the CUDA extension does the same with a device guard)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 class TritonBackend:
@@ -37,13 +44,15 @@ class TritonBackend:
         return f"Triton kernels do not run on {device.type} devices; use backend='reference'"
 
     def forward(self, x, h, mask, config):
-        x, h = x.contiguous(), h.contiguous()
-        return coupling_forward(x, h, flat_layout(x, mask, config), config)
+        with _on_device(x.device):
+            x, h = x.contiguous(), h.contiguous()
+            return coupling_forward(x, h, flat_layout(x, mask, config), config)
 
     def backward(self, grad_y, grad_logdet, x, h, mask, config):
-        x, h = x.contiguous(), h.contiguous()
-        layout = flat_layout(x, mask, config)
-        return coupling_backward(grad_y.contiguous(), grad_logdet.contiguous(), x, h, layout, config)
+        with _on_device(x.device):
+            x, h = x.contiguous(), h.contiguous()
+            layout = flat_layout(x, mask, config)
+            return coupling_backward(grad_y.contiguous(), grad_logdet.contiguous(), x, h, layout, config)
 
 
 BACKEND = TritonBackend()
