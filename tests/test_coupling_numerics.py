@@ -19,6 +19,19 @@ from conftest import (
 CASES = all_couplings()
 
 
+def run_with_grads(case, x, h, backend, loss):
+    """(y, logdet, grad_x, grad_h) of `case` on fresh leaf copies of x and h, after backward of loss(y, logdet)."""
+    x = x.detach().clone().requires_grad_(True)
+    h = h.detach().clone().requires_grad_(True)
+    y, logdet = case(x, h, backend)
+    loss(y, logdet).backward()
+    return y, logdet, x.grad, h.grad
+
+
+def square_loss(y, logdet):
+    return y.double().square().sum() + logdet.sum()
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_forward_matches_float64_reference(case, backend):
@@ -42,15 +55,11 @@ def test_gradients_match_reference(case, backend):
         grad_y = torch.randn(x.shape, generator=g, dtype=torch.float64)
         grad_logdet = torch.randn(x.shape[0], generator=g, dtype=torch.float64)
 
-        def grads(backend_name, x, h):
-            x = x.detach().requires_grad_(True)
-            h = h.detach().requires_grad_(True)
-            y, logdet = case(x, h, backend_name)
-            torch.autograd.backward((y, logdet), (grad_y.to(y.dtype), grad_logdet.to(logdet.dtype)))
-            return x.grad, h.grad
+        def loss(y, logdet):
+            return (y * grad_y.to(y.dtype)).sum() + (logdet * grad_logdet.to(logdet.dtype)).sum()
 
-        grad_x, grad_h = grads(backend, x, h)
-        ref_x, ref_h = grads("reference", x.double(), h.double())
+        *_, grad_x, grad_h = run_with_grads(case, x, h, backend, loss)
+        *_, ref_x, ref_h = run_with_grads(case, x.double(), h.double(), "reference", loss)
         assert grad_x.dtype == x.dtype and grad_h.dtype == h.dtype
         assert rel_err(grad_x, ref_x) <= TOLERANCE[dtype] * 10, dtype
         assert rel_err(grad_h, ref_h) <= TOLERANCE[dtype] * 10, dtype
@@ -62,15 +71,10 @@ def test_gradients_match_reference(case, backend):
 def test_half_precision_gradients(mask, dtype, backend):
     for case in (Coupling(mask, "tanh", reverse=False), Coupling(mask, "sigmoid", flip=True, reverse=True)):
         x, h = case.inputs(dtype)
-        x.requires_grad_(True)
-        h.requires_grad_(True)
-        y, logdet = case(x, h, backend)
-        (y.float().square().sum() + logdet.sum()).backward()
-        xr, hr = x.detach().double().requires_grad_(True), h.detach().double().requires_grad_(True)
-        yr, logdet_r = case(xr, hr, "reference")
-        (yr.square().sum() + logdet_r.sum()).backward()
-        assert rel_err(x.grad, xr.grad) <= 4 * TOLERANCE[dtype]
-        assert rel_err(h.grad, hr.grad) <= 4 * TOLERANCE[dtype]
+        *_, grad_x, grad_h = run_with_grads(case, x, h, backend, square_loss)
+        *_, ref_x, ref_h = run_with_grads(case, x.double(), h.double(), "reference", square_loss)
+        assert rel_err(grad_x, ref_x) <= 4 * TOLERANCE[dtype]
+        assert rel_err(grad_h, ref_h) <= 4 * TOLERANCE[dtype]
 
 
 @pytest.mark.parametrize("backend", FUSED_CPU_BACKENDS)
@@ -78,14 +82,13 @@ def test_half_precision_gradients(mask, dtype, backend):
 def test_multi_block_samples(case, backend, small_triton_blocks):
     """Samples spread over several programs: the two-stage log-det reduction and the block tails."""
     x, h = case.inputs(torch.float64)
-    x.requires_grad_(True)
-    h.requires_grad_(True)
-    y, logdet = case(x, h, backend)
-    (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().add(logdet.sum()).backward()
-    xr, hr = x.detach().clone().requires_grad_(True), h.detach().clone().requires_grad_(True)
-    yr, logdet_r = case(xr, hr, "reference")
-    (yr * torch.linspace(-1, 1, yr.numel(), dtype=yr.dtype).view_as(yr)).sum().add(logdet_r.sum()).backward()
-    for out, ref in ((y, yr), (logdet, logdet_r), (x.grad, xr.grad), (h.grad, hr.grad)):
+
+    def loss(y, logdet):  # a different weight for every element, so a misplaced gradient shows
+        return (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum() + logdet.sum()
+
+    fused = run_with_grads(case, x, h, backend, loss)
+    reference = run_with_grads(case, x, h, "reference", loss)
+    for out, ref in zip(fused, reference):
         assert rel_err(out, ref) <= 1e-12
 
 
@@ -113,13 +116,8 @@ def test_mixed_input_dtypes_gradients(x_dtype, h_dtype, backend):
     """grad_h comes back in h's dtype, rounded from the compute type: also from float64 to a half type."""
     for case in (Coupling(MASK_CASES[1], "atan", flip=True), Coupling(MASK_CASES[2], "exp", reverse=True)):
         x, h = case.inputs(x_dtype, h_dtype=h_dtype)
-        x.requires_grad_(True)
-        h.requires_grad_(True)
-        y, logdet = case(x, h, backend)
-        (y.double().square().sum() + logdet.sum()).backward()
-        xr, hr = x.detach().double().requires_grad_(True), h.detach().double().requires_grad_(True)
-        yr, logdet_r = case(xr, hr, "reference")
-        (yr.square().sum() + logdet_r.sum()).backward()
-        assert x.grad.dtype == x_dtype and h.grad.dtype == h_dtype
-        assert rel_err(x.grad, xr.grad) <= 4 * TOLERANCE[x_dtype]
-        assert rel_err(h.grad, hr.grad) <= 4 * max(TOLERANCE[x_dtype], TOLERANCE[h_dtype])
+        *_, grad_x, grad_h = run_with_grads(case, x, h, backend, square_loss)
+        *_, ref_x, ref_h = run_with_grads(case, x.double(), h.double(), "reference", square_loss)
+        assert grad_x.dtype == x_dtype and grad_h.dtype == h_dtype
+        assert rel_err(grad_x, ref_x) <= 4 * TOLERANCE[x_dtype]
+        assert rel_err(grad_h, ref_h) <= 4 * max(TOLERANCE[x_dtype], TOLERANCE[h_dtype])
