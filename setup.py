@@ -41,6 +41,6 @@ setup(
         "scikit-learn",  # the bundled 8x8 digits data set
     ],
     entry_points={"console_scripts": ["nf-kernels = nf_kernels.cli:main"]},
-    extras_require={"test": ["pytest", "pytest-benchmark"]},
+    extras_require={"test": ["pytest==9.2.0", "pytest-benchmark==5.3.1"]},
     **_extension_build(),
 )

@@ -3,7 +3,7 @@
     >>> import torch, nf_kernels
     >>> y, logdet = nf_kernels.affine_coupling(torch.randn(8, 6), torch.randn(8, 6), scale="tanh")
 
-See ../shared/SPEC.md (the contract) and README.md.
+See docs/spec.md (the contract) and README.md.
 """
 
 from ._dispatch import list_backends

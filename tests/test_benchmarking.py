@@ -157,20 +157,25 @@ def test_model_benchmark_times_a_training_step():
     assert result.speedup_vs_reference == 1.0
 
 
-def _run_script(monkeypatch):
+@pytest.fixture
+def run_script(monkeypatch):
+    """benchmarks/run.py as a module; what its main() changes globally is put back after the test."""
     # run.py sets OMP_WAIT_POLICY when imported: let monkeypatch undo it after the test.
     monkeypatch.setenv("OMP_WAIT_POLICY", os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
-    import torch._inductor.config as inductor_config  # main() changes compile_threads on the CPU: undo it after
+    # main() sets inductor's compile_threads on the CPU. Restored by hand: monkeypatch's undo of an attribute that
+    # is not in the object's __dict__ (inductor's config module) deletes it in pytest >= 9.2 instead of restoring it.
+    import torch._inductor.config as inductor_config
 
-    monkeypatch.setattr(inductor_config, "compile_threads", inductor_config.compile_threads)
+    compile_threads = inductor_config.compile_threads
     spec = importlib.util.spec_from_file_location("benchmarks_run", REPO / "benchmarks" / "run.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module
+    yield module
+    inductor_config.compile_threads = compile_threads
 
 
-def test_run_script_rejects_bad_arguments(capsys, monkeypatch):
-    run = _run_script(monkeypatch)
+def test_run_script_rejects_bad_arguments(capsys, run_script):
+    run = run_script
     for argv in (["--model-batch", "-3"], ["--preset", "huge"], ["--log2-sizes", "99"]):
         with pytest.raises(SystemExit) as exit_info:
             run.parse_args(argv)
@@ -178,8 +183,8 @@ def test_run_script_rejects_bad_arguments(capsys, monkeypatch):
     assert "--log2-sizes" in capsys.readouterr().err
 
 
-def test_run_script_options_replace_the_preset_dimensions(tmp_path, capsys, monkeypatch):
-    run = _run_script(monkeypatch)
+def test_run_script_options_replace_the_preset_dimensions(tmp_path, capsys, run_script):
+    run = run_script
     argv = ["--preset", "tiny", "--what", "ops", "--providers", "eager", "--log2-sizes", "8", "--ops", "additive",
             "--directions", "inverse", "--out", str(tmp_path), "--no-progress", "--device", "cpu",
             "--system-malloc"]  # the test process's malloc stays as it is  # fmt: skip
