@@ -19,11 +19,18 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from ._arguments import ADDITIVE, CouplingConfig
+from ._arguments import ADDITIVE, SCALES, CouplingConfig
 
-# Codes shared with the kernels: the order is part of the kernel interface (csrc/coupling_math.h mirrors it).
-SCALE_CODES = {ADDITIVE: 0, "exp": 1, "tanh": 2, "atan": 3, "sigmoid": 4}
-PATTERN_RANGE, PATTERN_CHECKERBOARD, PATTERN_MASK = 0, 1, 2
+# The kernel interface, defined here once for Python. A scale map's code is its index in SCALE_NAMES, a pattern's
+# its index in PATTERN_NAMES; the C++ ops take the layout packed as ints in LAYOUT_FIELDS order. The Triton
+# kernels import these codes; csrc/coupling_layout.h declares the same three lists for C++ and CUDA, the
+# extension exports them (torch.ops.nf_kernels_ext.kernel_codes) and tests/test_extension.py checks they agree.
+SCALE_NAMES = (ADDITIVE, *SCALES)
+PATTERN_NAMES = ("range", "checkerboard", "mask")
+LAYOUT_FIELDS = ("lo", "hi", "h_stride", "t_offset", "pattern", "parity", "width", "plane", "scale_code",
+                 "shift_first", "reverse")  # fmt: skip
+SCALE_CODES = {name: code for code, name in enumerate(SCALE_NAMES)}
+PATTERN_RANGE, PATTERN_CHECKERBOARD, PATTERN_MASK = range(len(PATTERN_NAMES))
 
 
 class FlatLayout(NamedTuple):
@@ -38,7 +45,18 @@ class FlatLayout(NamedTuple):
     width: int  # checkerboard: W
     plane: int  # checkerboard: H * W
     scale_code: int  # SCALE_CODES[config.scale]
+    clamp: float
+    shift_first: bool
+    reverse: bool
     transformed: Optional[torch.Tensor]  # PATTERN_MASK: uint8 [N], 1 where transformed
+
+    @property
+    def additive(self) -> bool:
+        return self.scale_code == SCALE_CODES[ADDITIVE]
+
+    def packed(self) -> list[int]:
+        """The ints of the C++ ops' `layout` argument, in LAYOUT_FIELDS order."""
+        return [int(getattr(self, field)) for field in LAYOUT_FIELDS]
 
 
 def flat_layout(x: torch.Tensor, mask: Optional[torch.Tensor], config: CouplingConfig) -> FlatLayout:
@@ -70,5 +88,6 @@ def flat_layout(x: torch.Tensor, mask: Optional[torch.Tensor], config: CouplingC
     else:
         h_stride, t_offset = 2 * s_size, s_size
     return FlatLayout(
-        batch, numel, lo, hi, h_stride, t_offset, pattern, parity, width, plane, SCALE_CODES[config.scale], transformed
-    )
+        batch, numel, lo, hi, h_stride, t_offset, pattern, parity, width, plane, SCALE_CODES[config.scale],
+        config.clamp, config.shift_first, config.reverse, transformed,
+    )  # fmt: skip

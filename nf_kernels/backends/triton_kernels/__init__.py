@@ -13,8 +13,8 @@ from typing import Optional
 import torch
 
 from ..._layout import flat_layout
-from .backward import coupling_backward
-from .forward import coupling_forward
+from .backward import launch_backward
+from .forward import launch_forward
 
 
 def _interpreting() -> bool:
@@ -46,13 +46,12 @@ class TritonBackend:
     def forward(self, x, h, mask, config):
         with _on_device(x.device):
             x, h = x.contiguous(), h.contiguous()
-            return coupling_forward(x, h, flat_layout(x, mask, config), config)
+            return launch_forward(x, h, flat_layout(x, mask, config))
 
     def backward(self, grad_y, grad_logdet, x, h, mask, config):
         with _on_device(x.device):
             x, h = x.contiguous(), h.contiguous()
-            layout = flat_layout(x, mask, config)
-            return coupling_backward(grad_y.contiguous(), grad_logdet.contiguous(), x, h, layout, config)
+            return launch_backward(grad_y.contiguous(), grad_logdet.contiguous(), x, h, flat_layout(x, mask, config))
 
 
 BACKEND = TritonBackend()

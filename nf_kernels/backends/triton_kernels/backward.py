@@ -10,9 +10,10 @@ import triton
 import triton.language as tl
 
 from ..._layout import FlatLayout
-from .coupling_math import coupling_step_grad, log_scale, log_scale_grad
+from ..._outputs import new_output
+from .coupling_math import ADDITIVE, coupling_step_grad, log_scale, log_scale_grad
 from .indexing import block_indices, transformed_elements
-from .launch import LaunchShape, compute_tl_dtype, new_output
+from .launch import LaunchShape, compute_tl_dtype
 
 
 @triton.jit
@@ -29,7 +30,7 @@ def _coupling_backward_kernel(
     x = tl.load(x_ptr + b * N + n, mask=sel, other=0.0).to(CT)
     h_index = b * h_stride + (n - lo)
     t = tl.load(h_ptr + h_index + t_offset, mask=sel, other=0.0).to(CT)
-    if SCALE != 0:
+    if SCALE != ADDITIVE:
         s = tl.load(h_ptr + h_index, mask=sel, other=0.0).to(CT)
         a = log_scale(s, SCALE, CLAMP)
         g_logdet = tl.load(grad_logdet_ptr + b).to(CT)
@@ -43,13 +44,13 @@ def _coupling_backward_kernel(
     # a half type through GH_VIA (float32), as the C++ and CUDA kernels do.
     gh_ty = grad_h_ptr.dtype.element_ty
     tl.store(grad_h_ptr + h_index + t_offset, tl.where(sel, gt, 0.0).to(GH_VIA).to(gh_ty), mask=in_range)
-    if SCALE != 0:
+    if SCALE != ADDITIVE:
         gs = ga * log_scale_grad(s, SCALE, CLAMP)
         tl.store(grad_h_ptr + h_index, tl.where(sel, gs, 0.0).to(GH_VIA).to(gh_ty), mask=in_range)
 
 
-def coupling_backward(
-    grad_y: torch.Tensor, grad_logdet: torch.Tensor, x: torch.Tensor, h: torch.Tensor, layout: FlatLayout, config
+def launch_backward(
+    grad_y: torch.Tensor, grad_logdet: torch.Tensor, x: torch.Tensor, h: torch.Tensor, layout: FlatLayout
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the backward kernel on contiguous tensors; returns (grad_x, grad_h)."""
     shape = LaunchShape.for_numel(layout.numel)
@@ -62,8 +63,8 @@ def coupling_backward(
     _coupling_backward_kernel[(layout.batch * shape.nblk,)](
         grad_y, grad_logdet, x, h, mask, grad_x, grad_h,
         layout.numel, shape.nblk, layout.lo, layout.hi, layout.h_stride, layout.t_offset, layout.width, layout.plane,
-        PATTERN=layout.pattern, PARITY=layout.parity, SCALE=layout.scale_code, CLAMP=config.clamp,
-        SHIFT_FIRST=config.shift_first, REVERSE=config.reverse, CT=compute_tl_dtype(x.dtype), GH_VIA=gh_via,
+        PATTERN=layout.pattern, PARITY=layout.parity, SCALE=layout.scale_code, CLAMP=layout.clamp,
+        SHIFT_FIRST=layout.shift_first, REVERSE=layout.reverse, CT=compute_tl_dtype(x.dtype), GH_VIA=gh_via,
         BLOCK=shape.block,
         num_warps=shape.num_warps,
     )  # fmt: skip

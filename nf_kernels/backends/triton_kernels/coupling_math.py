@@ -8,12 +8,14 @@ and softplus are built from exp, log, sqrt and a polynomial, accurate to a few u
 import triton
 import triton.language as tl
 
-# SCALE codes, as in nf_kernels._layout.SCALE_CODES
-ADDITIVE: tl.constexpr = tl.constexpr(0)
-EXP: tl.constexpr = tl.constexpr(1)
-TANH: tl.constexpr = tl.constexpr(2)
-ATAN: tl.constexpr = tl.constexpr(3)
-SIGMOID: tl.constexpr = tl.constexpr(4)
+from ..._layout import SCALE_CODES
+
+# The scale codes of the kernel interface (nf_kernels/_layout.py), as Triton constants.
+ADDITIVE: tl.constexpr = tl.constexpr(SCALE_CODES["none"])
+EXP: tl.constexpr = tl.constexpr(SCALE_CODES["exp"])
+TANH: tl.constexpr = tl.constexpr(SCALE_CODES["tanh"])
+ATAN: tl.constexpr = tl.constexpr(SCALE_CODES["atan"])
+SIGMOID: tl.constexpr = tl.constexpr(SCALE_CODES["sigmoid"])
 
 
 @triton.jit

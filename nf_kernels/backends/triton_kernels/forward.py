@@ -14,9 +14,10 @@ import triton.language as tl
 
 from ..._arguments import logdet_dtype
 from ..._layout import FlatLayout
-from .coupling_math import coupling_step, log_scale
+from ..._outputs import new_output
+from .coupling_math import ADDITIVE, coupling_step, log_scale
 from .indexing import block_indices, transformed_elements
-from .launch import LaunchShape, compute_tl_dtype, new_output
+from .launch import LaunchShape, compute_tl_dtype
 
 
 @triton.jit
@@ -31,14 +32,14 @@ def _coupling_forward_kernel(
     sel = transformed_elements(n, in_bounds & (n >= lo) & (n < hi), mask_ptr, W, PLANE, PATTERN, PARITY)
     h_index = b * h_stride + (n - lo)
     t = tl.load(h_ptr + h_index + t_offset, mask=sel, other=0.0).to(CT)
-    if SCALE != 0:
+    if SCALE != ADDITIVE:
         s = tl.load(h_ptr + h_index, mask=sel, other=0.0).to(CT)
         a = tl.where(sel, log_scale(s, SCALE, CLAMP), 0.0)
     else:
         a = tl.zeros_like(x)
     y = tl.where(sel, coupling_step(x, a, t, SCALE, SHIFT_FIRST, REVERSE), x)
     tl.store(y_ptr + b * N + n, y.to(y_ptr.dtype.element_ty), mask=in_bounds)
-    if SCALE != 0:
+    if SCALE != ADDITIVE:
         total = tl.sum(a, axis=0)
         if REVERSE:
             total = -total
@@ -56,13 +57,13 @@ def _sum_partials_kernel(partial_ptr, out_ptr, nblk, BLOCK: tl.constexpr):
     tl.store(out_ptr + b, tl.sum(acc, axis=0).to(out_ptr.dtype.element_ty))
 
 
-def coupling_forward(x: torch.Tensor, h: torch.Tensor, layout: FlatLayout, config) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launch the forward (or inverse, per config.reverse) kernel on contiguous x and h."""
+def launch_forward(x: torch.Tensor, h: torch.Tensor, layout: FlatLayout) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch the forward (or inverse, per layout.reverse) kernel on contiguous x and h; returns (y, logdet)."""
     shape = LaunchShape.for_numel(layout.numel)
     ct = torch.float64 if x.dtype == torch.float64 else torch.float32
     y = new_output(x.shape, x.dtype, x.device)
     logdet = new_output((layout.batch,), logdet_dtype(x.dtype), x.device)
-    if config.additive:
+    if layout.additive:
         logdet.zero_()
         partial = logdet  # never written by the kernel
     else:
@@ -71,11 +72,11 @@ def coupling_forward(x: torch.Tensor, h: torch.Tensor, layout: FlatLayout, confi
     _coupling_forward_kernel[(layout.batch * shape.nblk,)](
         x, h, mask, y, partial,
         layout.numel, shape.nblk, layout.lo, layout.hi, layout.h_stride, layout.t_offset, layout.width, layout.plane,
-        PATTERN=layout.pattern, PARITY=layout.parity, SCALE=layout.scale_code, CLAMP=config.clamp,
-        SHIFT_FIRST=config.shift_first, REVERSE=config.reverse, CT=compute_tl_dtype(x.dtype), BLOCK=shape.block,
+        PATTERN=layout.pattern, PARITY=layout.parity, SCALE=layout.scale_code, CLAMP=layout.clamp,
+        SHIFT_FIRST=layout.shift_first, REVERSE=layout.reverse, CT=compute_tl_dtype(x.dtype), BLOCK=shape.block,
         num_warps=shape.num_warps,
     )  # fmt: skip
-    if not config.additive:
+    if not layout.additive:
         if shape.nblk == 1:
             logdet.copy_(partial.view(-1))
         else:

@@ -3,8 +3,11 @@
 import triton
 import triton.language as tl
 
-PATTERN_CHECKERBOARD: tl.constexpr = tl.constexpr(1)
-PATTERN_MASK: tl.constexpr = tl.constexpr(2)
+from ... import _layout
+
+# The pattern codes of the kernel interface (nf_kernels/_layout.py), as Triton constants.
+PATTERN_CHECKERBOARD: tl.constexpr = tl.constexpr(_layout.PATTERN_CHECKERBOARD)
+PATTERN_MASK: tl.constexpr = tl.constexpr(_layout.PATTERN_MASK)
 
 
 @triton.jit

@@ -8,8 +8,6 @@ import torch
 import triton
 import triton.language as tl
 
-from ..._outputs import new_output  # noqa: F401  (re-exported for the launchers)
-
 # Elements of one sample handled by one program. Tests lower it to force multi-block samples (the two-stage
 # log-det reduction) at the small sizes the interpreter can afford.
 MAX_BLOCK = 4096
