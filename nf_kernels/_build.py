@@ -49,7 +49,7 @@ NVCC_FLAGS = ["-O3", "--expt-relaxed-constexpr"]
 DEFAULT_CUDA_ARCH_LIST = "8.0;9.0"
 
 # Set to 1 (CI does) to make a failed extension build fail the install; by default the package installs
-# without it and backends() says why "cpu" is missing.
+# without it and nf_kernels.list_backends() says why "cpu" is missing.
 REQUIRE_ENV = "NF_KERNELS_REQUIRE_EXTENSION"
 
 

@@ -350,22 +350,18 @@ bool vector_path(const FlatLayout& layout, DType x_dtype, DType h_dtype, const v
   return true;
 }
 
-int64_t blocks_per_sample(const FlatLayout& layout, DType x_dtype, int sm_count) {
-  const int64_t group = 16 / element_size(x_dtype);
-  const int64_t groups = (layout.numel + group - 1) / group;
-  const int64_t most = (groups + kThreads - 1) / kThreads;  // beyond this a block would have no work
-  const int64_t wanted = (static_cast<int64_t>(sm_count) * kBlocksPerSm + layout.batch - 1) / layout.batch;
-  return wanted < 1 ? 1 : (wanted > most ? most : wanted);
-}
-
 cudaError_t check_grid(const FlatLayout& layout, int64_t nblk) {
   return layout.batch * nblk > 0x7fffffff ? cudaErrorInvalidConfiguration : cudaSuccess;
 }
 
 }  // namespace
 
-int64_t forward_blocks_per_sample(const FlatLayout& layout, DType x_dtype, int sm_count) {
-  return blocks_per_sample(layout, x_dtype, sm_count);
+int64_t blocks_per_sample(const FlatLayout& layout, DType x_dtype, int sm_count) {
+  const int64_t group = 16 / element_size(x_dtype);
+  const int64_t groups = (layout.numel + group - 1) / group;
+  const int64_t most = (groups + kThreads - 1) / kThreads;  // beyond this a block would have no work
+  const int64_t wanted = (static_cast<int64_t>(sm_count) * kBlocksPerSm + layout.batch - 1) / layout.batch;
+  return wanted < 1 ? 1 : (wanted > most ? most : wanted);
 }
 
 cudaError_t launch_forward(const ForwardArgs& args, void* workspace, int sm_count, cudaStream_t stream) {

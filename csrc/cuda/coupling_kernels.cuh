@@ -35,10 +35,10 @@ struct BackwardArgs {
   void* grad_h;  // h_dtype
 };
 
-// Blocks per sample of the forward grid on a device with `sm_count` multiprocessors. When it is above 1 the
-// forward needs a workspace of batch * blocks elements of the compute type for the per-block log-det partial sums
+// Blocks per sample of the grid (forward and backward) on a device with `sm_count` multiprocessors. When it is
+// above 1 the forward needs a workspace of batch * blocks elements of the compute type for the per-block log-det partial sums
 // (added in a fixed order by a second kernel: no atomics, so the log-det is reproducible bit for bit).
-int64_t forward_blocks_per_sample(const FlatLayout& layout, DType x_dtype, int sm_count);
+int64_t blocks_per_sample(const FlatLayout& layout, DType x_dtype, int sm_count);
 
 cudaError_t launch_forward(const ForwardArgs& args, void* workspace, int sm_count, cudaStream_t stream);
 cudaError_t launch_backward(const BackwardArgs& args, int sm_count, cudaStream_t stream);

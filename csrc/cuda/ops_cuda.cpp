@@ -37,7 +37,7 @@ std::tuple<at::Tensor, at::Tensor> coupling_forward(const at::Tensor& x, const a
   const CouplingCall& call = out.call;
   const FlatLayout& layout = call.layout;
   const int sms = sm_count(op);
-  const int64_t blocks = forward_blocks_per_sample(layout, dtype_code(x.scalar_type()), sms);
+  const int64_t blocks = blocks_per_sample(layout, dtype_code(x.scalar_type()), sms);
   at::Tensor workspace;
   if (blocks > 1) workspace = at::empty({layout.batch * blocks}, out.logdet.options());
   const ForwardArgs args{layout,
