@@ -21,9 +21,22 @@
 
 namespace nf_kernels {
 
-// The order is part of the kernel interface: nf_kernels/_layout.py SCALE_CODES and PATTERN_* use the same numbers.
-enum ScaleCode : int { kAdditive = 0, kExp = 1, kTanh = 2, kAtan = 3, kSigmoid = 4 };
-enum PatternCode : int { kPatternRange = 0, kPatternCheckerboard = 1, kPatternMask = 2 };
+// The kernel interface's codes and the packed layout argument of the nf_kernels_ext ops. A scale map's code is its
+// index in kScaleNames, a pattern's its index in kPatternNames, and the ops' `int[] layout` holds the fields of
+// kLayoutFieldNames in that order. nf_kernels/_layout.py defines the same lists for Python (SCALE_NAMES,
+// PATTERN_NAMES, LAYOUT_FIELDS); the extension exports these (kernel_codes) and a test checks that they agree.
+enum ScaleCode : int { kAdditive = 0, kExp, kTanh, kAtan, kSigmoid, kScaleCount };
+inline constexpr const char* kScaleNames[kScaleCount] = {"none", "exp", "tanh", "atan", "sigmoid"};
+
+enum PatternCode : int { kPatternRange = 0, kPatternCheckerboard, kPatternMask, kPatternCount };
+inline constexpr const char* kPatternNames[kPatternCount] = {"range", "checkerboard", "mask"};
+
+enum LayoutField : int {
+  kFieldLo = 0, kFieldHi, kFieldHStride, kFieldTOffset, kFieldPattern, kFieldParity, kFieldWidth, kFieldPlane,
+  kFieldScale, kFieldShiftFirst, kFieldReverse, kLayoutFieldCount
+};
+inline constexpr const char* kLayoutFieldNames[kLayoutFieldCount] = {
+    "lo", "hi", "h_stride", "t_offset", "pattern", "parity", "width", "plane", "scale_code", "shift_first", "reverse"};
 
 // The element types the kernels read and write; half types travel as raw 16-bit words in torch-free code.
 enum class DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };

@@ -7,6 +7,7 @@ that setup.py and CMake build the same sources.
 """
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ import torch
 import nf_kernels
 from nf_kernels import _build
 from nf_kernels._arguments import CouplingConfig, expected_h_shape
-from nf_kernels._layout import flat_layout
+from nf_kernels._layout import LAYOUT_FIELDS, PATTERN_NAMES, SCALE_NAMES, flat_layout
 from nf_kernels.backends import reference
 from nf_kernels.backends.extension import CPU_BACKEND, CUDA_BACKEND, _op_arguments
 
@@ -43,12 +44,12 @@ def _case(shape, mask, scale="tanh", dtype=torch.float32, h_dtype=None, flip=Fal
 
 
 def _op_inputs(x, h, mask, config, backward=False):
-    layout_and_flags = _op_arguments(flat_layout(x, mask, config), config)
+    mask_and_layout = _op_arguments(flat_layout(x, mask, config))
     if not backward:
-        return (x, h, *layout_and_flags)
+        return (x, h, *mask_and_layout)
     grad_y = torch.randn_like(x)
     grad_logdet = torch.randn(x.shape[0], dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
-    return (grad_y, grad_logdet, x, h, *layout_and_flags)
+    return (grad_y, grad_logdet, x, h, *mask_and_layout)
 
 
 OPCHECK_CASES = [
@@ -162,14 +163,32 @@ def test_each_instruction_set_variant_matches_reference(isa):
 @needs_extension
 def test_ops_reject_a_layout_that_does_not_fit_the_tensors():
     x, h, mask, config = _case((2, 6), "half", "exp")
-    args = list(_op_inputs(x, h, mask, config))
-    args[5] = 99  # h_stride
+
+    def forward_with(field, value):
+        x_, h_, transformed, packed, clamp = _op_inputs(x, h, mask, config)
+        packed[LAYOUT_FIELDS.index(field)] = value
+        return torch.ops.nf_kernels_ext.coupling_forward(x_, h_, transformed, packed, clamp)
+
     with pytest.raises(RuntimeError, match="h_stride=99"):
-        torch.ops.nf_kernels_ext.coupling_forward(*args)
-    args = list(_op_inputs(x, h, mask, config))
-    args[4] = 7  # hi beyond the sample
+        forward_with("h_stride", 99)
     with pytest.raises(RuntimeError, match="lo <= hi <= numel"):
-        torch.ops.nf_kernels_ext.coupling_forward(*args)
+        forward_with("hi", 7)  # beyond the sample
+    with pytest.raises(RuntimeError, match="scale code 9"):
+        forward_with("scale_code", 9)
+    x_, h_, transformed, packed, clamp = _op_inputs(x, h, mask, config)
+    with pytest.raises(RuntimeError, match="packed layout needs"):
+        torch.ops.nf_kernels_ext.coupling_forward(x_, h_, transformed, packed[:-1], clamp)
+
+
+@needs_extension
+def test_python_and_cpp_share_the_kernel_codes():
+    """The scale, pattern and layout-field lists of nf_kernels/_layout.py are those csrc/coupling_layout.h
+    compiles in: a code that means one thing in Python and another in C++ would compute the wrong coupling."""
+    assert torch.ops.nf_kernels_ext.kernel_codes("scale") == list(SCALE_NAMES)
+    assert torch.ops.nf_kernels_ext.kernel_codes("pattern") == list(PATTERN_NAMES)
+    assert torch.ops.nf_kernels_ext.kernel_codes("layout") == list(LAYOUT_FIELDS)
+    with pytest.raises(ValueError, match="kind must be"):
+        torch.ops.nf_kernels_ext.kernel_codes("colour")
 
 
 @needs_extension
@@ -182,15 +201,23 @@ def test_backends_describe_themselves():
         assert CUDA_BACKEND.why_unavailable(torch.device("cuda")) is not None
 
 
+def _cmake_cpu_sources() -> list[str]:
+    """The files of CMakeLists.txt's `set(NF_CPU_SOURCES ...)`, in order."""
+    cmake = (ROOT / "CMakeLists.txt").read_text()
+    block = re.search(r"set\(NF_CPU_SOURCES\s+(.*?)\)", cmake, flags=re.S)
+    assert block, "CMakeLists.txt has no set(NF_CPU_SOURCES ...)"
+    return block.group(1).split()
+
+
 def test_setup_and_cmake_build_the_same_sources():
-    """setup.py compiles _build.CPU_SOURCES; CMakeLists.txt globs csrc/cpu and csrc/ops: they must agree."""
-    listed = {path for path in _build.CPU_SOURCES if path != "csrc/python_module.cpp"}
+    """setup.py compiles _build.CPU_SOURCES, CMakeLists.txt its NF_CPU_SOURCES (the Python module aside): the
+    same files, each of them on disk, and every .cpp of csrc/cpu and csrc/ops among them."""
+    setup_sources = [path for path in _build.CPU_SOURCES if path != "csrc/python_module.cpp"]
+    assert _cmake_cpu_sources() == setup_sources
     on_disk = {str(p.relative_to(ROOT)) for d in ("csrc/cpu", "csrc/ops") for p in (ROOT / d).glob("*.cpp")}
-    assert listed == on_disk
+    assert set(setup_sources) == on_disk
     for path in _build.CPU_SOURCES + _build.CUDA_SOURCES:
         assert (ROOT / path).is_file(), path
-    cmake = (ROOT / "CMakeLists.txt").read_text()
-    assert "find_package(Torch REQUIRED)" in cmake and "add_test(" in cmake
 
 
 def test_missing_extension_is_explained_not_raised(monkeypatch):

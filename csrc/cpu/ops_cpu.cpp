@@ -53,13 +53,10 @@ void sum_partials(const std::vector<double>& partials, int64_t per_sample, at::T
 }
 
 std::tuple<at::Tensor, at::Tensor> coupling_forward(const at::Tensor& x, const at::Tensor& h,
-                                                    const std::optional<at::Tensor>& transformed, int64_t lo,
-                                                    int64_t hi, int64_t h_stride, int64_t t_offset, int64_t pattern,
-                                                    int64_t parity, int64_t width, int64_t plane, int64_t scale,
-                                                    double clamp, bool shift_first, bool reverse, bool poison) {
-  const ForwardOp out = prepare_forward("nf_kernels_ext::coupling_forward", x, h, transformed, lo, hi, h_stride,
-                                        t_offset, pattern, parity, width, plane, scale, clamp, shift_first, reverse,
-                                        poison);
+                                                    const std::optional<at::Tensor>& transformed,
+                                                    at::IntArrayRef packed_layout, double clamp, bool poison) {
+  const ForwardOp out =
+      prepare_forward("nf_kernels_ext::coupling_forward", x, h, transformed, packed_layout, clamp, poison);
   at::Tensor y = out.y, logdet = out.logdet;
   if (out.empty) return {y, logdet};
   const CouplingCall& call = out.call;
@@ -80,13 +77,10 @@ std::tuple<at::Tensor, at::Tensor> coupling_forward(const at::Tensor& x, const a
 
 std::tuple<at::Tensor, at::Tensor> coupling_backward(const at::Tensor& grad_y, const at::Tensor& grad_logdet,
                                                      const at::Tensor& x, const at::Tensor& h,
-                                                     const std::optional<at::Tensor>& transformed, int64_t lo,
-                                                     int64_t hi, int64_t h_stride, int64_t t_offset, int64_t pattern,
-                                                     int64_t parity, int64_t width, int64_t plane, int64_t scale,
-                                                     double clamp, bool shift_first, bool reverse, bool poison) {
+                                                     const std::optional<at::Tensor>& transformed,
+                                                     at::IntArrayRef packed_layout, double clamp, bool poison) {
   const BackwardOp out = prepare_backward("nf_kernels_ext::coupling_backward", grad_y, grad_logdet, x, h,
-                                          transformed, lo, hi, h_stride, t_offset, pattern, parity, width, plane,
-                                          scale, clamp, shift_first, reverse, poison, GradYDType::kAsGiven);
+                                          transformed, packed_layout, clamp, poison, GradYDType::kAsGiven);
   if (out.empty) return {out.grad_x, out.grad_h};
   const CouplingCall& call = out.call;
   const FlatLayout& layout = call.layout;

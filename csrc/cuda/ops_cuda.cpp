@@ -25,14 +25,11 @@ int sm_count(const char* op) {
 }
 
 std::tuple<at::Tensor, at::Tensor> coupling_forward(const at::Tensor& x, const at::Tensor& h,
-                                                    const std::optional<at::Tensor>& transformed, int64_t lo,
-                                                    int64_t hi, int64_t h_stride, int64_t t_offset, int64_t pattern,
-                                                    int64_t parity, int64_t width, int64_t plane, int64_t scale,
-                                                    double clamp, bool shift_first, bool reverse, bool poison) {
+                                                    const std::optional<at::Tensor>& transformed,
+                                                    at::IntArrayRef packed_layout, double clamp, bool poison) {
   const char* op = "nf_kernels_ext::coupling_forward";
   const c10::cuda::CUDAGuard guard(x.device());
-  const ForwardOp out = prepare_forward(op, x, h, transformed, lo, hi, h_stride, t_offset, pattern, parity, width,
-                                        plane, scale, clamp, shift_first, reverse, poison);
+  const ForwardOp out = prepare_forward(op, x, h, transformed, packed_layout, clamp, poison);
   if (out.empty) return {out.y, out.logdet};
   const CouplingCall& call = out.call;
   const FlatLayout& layout = call.layout;
@@ -55,15 +52,12 @@ std::tuple<at::Tensor, at::Tensor> coupling_forward(const at::Tensor& x, const a
 
 std::tuple<at::Tensor, at::Tensor> coupling_backward(const at::Tensor& grad_y, const at::Tensor& grad_logdet,
                                                      const at::Tensor& x, const at::Tensor& h,
-                                                     const std::optional<at::Tensor>& transformed, int64_t lo,
-                                                     int64_t hi, int64_t h_stride, int64_t t_offset, int64_t pattern,
-                                                     int64_t parity, int64_t width, int64_t plane, int64_t scale,
-                                                     double clamp, bool shift_first, bool reverse, bool poison) {
+                                                     const std::optional<at::Tensor>& transformed,
+                                                     at::IntArrayRef packed_layout, double clamp, bool poison) {
   const char* op = "nf_kernels_ext::coupling_backward";
   const c10::cuda::CUDAGuard guard(x.device());
   // The kernels read grad_y in x's dtype (autograd always passes that) and grad_logdet in the compute type.
-  const BackwardOp out = prepare_backward(op, grad_y, grad_logdet, x, h, transformed, lo, hi, h_stride, t_offset,
-                                          pattern, parity, width, plane, scale, clamp, shift_first, reverse, poison,
+  const BackwardOp out = prepare_backward(op, grad_y, grad_logdet, x, h, transformed, packed_layout, clamp, poison,
                                           GradYDType::kLikeX);
   if (out.empty) return {out.grad_x, out.grad_h};
   const CouplingCall& call = out.call;

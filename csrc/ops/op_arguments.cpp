@@ -26,9 +26,13 @@ at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options, b
 }
 
 CouplingCall make_coupling_call(const char* op, const at::Tensor& x, const at::Tensor& h,
-                                const std::optional<at::Tensor>& transformed, int64_t lo, int64_t hi,
-                                int64_t h_stride, int64_t t_offset, int64_t pattern, int64_t parity, int64_t width,
-                                int64_t plane, int64_t scale, double clamp, bool shift_first, bool reverse) {
+                                const std::optional<at::Tensor>& transformed, at::IntArrayRef layout, double clamp) {
+  TORCH_CHECK(layout.size() == kLayoutFieldCount, op, ": the packed layout needs ", kLayoutFieldCount, " ints, got ",
+              layout.size());
+  const int64_t lo = layout[kFieldLo], hi = layout[kFieldHi], h_stride = layout[kFieldHStride];
+  const int64_t t_offset = layout[kFieldTOffset], pattern = layout[kFieldPattern], parity = layout[kFieldParity];
+  const int64_t width = layout[kFieldWidth], plane = layout[kFieldPlane], scale = layout[kFieldScale];
+  const bool shift_first = layout[kFieldShiftFirst] != 0, reverse = layout[kFieldReverse] != 0;
   TORCH_CHECK(x.dim() >= 1, op, ": x needs a batch dimension, got a 0-d tensor");
   dtype_code(x.scalar_type());
   dtype_code(h.scalar_type());
@@ -36,8 +40,9 @@ CouplingCall make_coupling_call(const char* op, const at::Tensor& x, const at::T
   const int64_t batch = x.size(0);
   int64_t numel = 1;
   for (int64_t d = 1; d < x.dim(); ++d) numel *= x.size(d);
-  TORCH_CHECK(scale >= kAdditive && scale <= kSigmoid, op, ": scale code ", scale, " is not one of 0..4");
-  TORCH_CHECK(pattern >= kPatternRange && pattern <= kPatternMask, op, ": pattern code ", pattern, " is not 0, 1 or 2");
+  TORCH_CHECK(scale >= 0 && scale < kScaleCount, op, ": scale code ", scale, " is not one of 0..", kScaleCount - 1);
+  TORCH_CHECK(pattern >= 0 && pattern < kPatternCount, op, ": pattern code ", pattern, " is not one of 0..",
+              kPatternCount - 1);
   TORCH_CHECK(scale == kAdditive || clamp > 0, op, ": clamp must be > 0, got ", clamp);
   TORCH_CHECK(0 <= lo && lo <= hi && hi <= numel, op, ": need 0 <= lo <= hi <= numel, got lo=", lo, " hi=", hi,
               " numel=", numel);
@@ -85,12 +90,10 @@ void check_backward_grads(const char* op, const CouplingCall& call, const at::Te
 }
 
 ForwardOp prepare_forward(const char* op, const at::Tensor& x, const at::Tensor& h,
-                          const std::optional<at::Tensor>& transformed, int64_t lo, int64_t hi, int64_t h_stride,
-                          int64_t t_offset, int64_t pattern, int64_t parity, int64_t width, int64_t plane,
-                          int64_t scale, double clamp, bool shift_first, bool reverse, bool poison) {
+                          const std::optional<at::Tensor>& transformed, at::IntArrayRef layout, double clamp,
+                          bool poison) {
   ForwardOp out;
-  out.call = make_coupling_call(op, x, h, transformed, lo, hi, h_stride, t_offset, pattern, parity, width, plane,
-                                scale, clamp, shift_first, reverse);
+  out.call = make_coupling_call(op, x, h, transformed, layout, clamp);
   const at::Tensor& cx = out.call.x;
   out.y = new_output(cx.sizes(), cx.options(), poison);
   out.logdet = new_output({out.call.layout.batch}, cx.options().dtype(compute_type(cx.scalar_type())), poison);
@@ -101,12 +104,9 @@ ForwardOp prepare_forward(const char* op, const at::Tensor& x, const at::Tensor&
 
 BackwardOp prepare_backward(const char* op, const at::Tensor& grad_y, const at::Tensor& grad_logdet,
                             const at::Tensor& x, const at::Tensor& h, const std::optional<at::Tensor>& transformed,
-                            int64_t lo, int64_t hi, int64_t h_stride, int64_t t_offset, int64_t pattern,
-                            int64_t parity, int64_t width, int64_t plane, int64_t scale, double clamp,
-                            bool shift_first, bool reverse, bool poison, GradYDType grad_y_dtype) {
+                            at::IntArrayRef layout, double clamp, bool poison, GradYDType grad_y_dtype) {
   BackwardOp out;
-  out.call = make_coupling_call(op, x, h, transformed, lo, hi, h_stride, t_offset, pattern, parity, width, plane,
-                                scale, clamp, shift_first, reverse);
+  out.call = make_coupling_call(op, x, h, transformed, layout, clamp);
   check_backward_grads(op, out.call, grad_y, grad_logdet);
   out.grad_x = new_output(out.call.x.sizes(), out.call.x.options(), poison);
   out.grad_h = new_output(out.call.h.sizes(), out.call.h.options(), poison);

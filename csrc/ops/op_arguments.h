@@ -20,12 +20,11 @@ struct CouplingCall {
   CouplingConfig config;
 };
 
-// The ints are nf_kernels._layout.FlatLayout's fields, as Python computed them; they are checked against the
-// tensors' shapes, so a wrong call fails with a message instead of reading out of bounds.
+// `layout` is the ops' packed layout argument (the ints of kLayoutFieldNames, as nf_kernels._layout computed
+// them). It is unpacked here, once for every op and device, and checked against the tensors' shapes, so a wrong
+// call fails with a message instead of reading out of bounds.
 CouplingCall make_coupling_call(const char* op, const at::Tensor& x, const at::Tensor& h,
-                                const std::optional<at::Tensor>& transformed, int64_t lo, int64_t hi,
-                                int64_t h_stride, int64_t t_offset, int64_t pattern, int64_t parity, int64_t width,
-                                int64_t plane, int64_t scale, double clamp, bool shift_first, bool reverse);
+                                const std::optional<at::Tensor>& transformed, at::IntArrayRef layout, double clamp);
 
 // The backward's extra inputs, checked against the call: grad_y like x (any floating dtype), grad_logdet [B].
 void check_backward_grads(const char* op, const CouplingCall& call, const at::Tensor& grad_y,
@@ -50,9 +49,8 @@ struct ForwardOp {
 };
 
 ForwardOp prepare_forward(const char* op, const at::Tensor& x, const at::Tensor& h,
-                          const std::optional<at::Tensor>& transformed, int64_t lo, int64_t hi, int64_t h_stride,
-                          int64_t t_offset, int64_t pattern, int64_t parity, int64_t width, int64_t plane,
-                          int64_t scale, double clamp, bool shift_first, bool reverse, bool poison);
+                          const std::optional<at::Tensor>& transformed, at::IntArrayRef layout, double clamp,
+                          bool poison);
 
 // How the backward's glue hands grad_y to the kernels.
 enum class GradYDType {
@@ -74,8 +72,6 @@ struct BackwardOp {
 
 BackwardOp prepare_backward(const char* op, const at::Tensor& grad_y, const at::Tensor& grad_logdet,
                             const at::Tensor& x, const at::Tensor& h, const std::optional<at::Tensor>& transformed,
-                            int64_t lo, int64_t hi, int64_t h_stride, int64_t t_offset, int64_t pattern,
-                            int64_t parity, int64_t width, int64_t plane, int64_t scale, double clamp,
-                            bool shift_first, bool reverse, bool poison, GradYDType grad_y_dtype);
+                            at::IntArrayRef layout, double clamp, bool poison, GradYDType grad_y_dtype);
 
 }  // namespace nf_kernels

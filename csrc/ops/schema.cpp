@@ -4,18 +4,33 @@
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
 
+#include <iterator>
+#include <string>
+#include <vector>
+
+#include <c10/util/Exception.h>
+
+#include "../coupling_layout.h"
 #include "../cpu/tile_kernels.h"
 
 namespace {
 
 std::string cpu_isa() { return nf_kernels::cpu::selected_tile_kernels().isa; }
 
+// The names of the kernel interface's codes, in code order: "scale", "pattern" or "layout" (the fields of the
+// packed `layout` argument). nf_kernels/_layout.py holds the same lists; tests/test_extension.py compares them.
+std::vector<std::string> kernel_codes(const std::string& kind) {
+  if (kind == "scale") return {std::begin(nf_kernels::kScaleNames), std::end(nf_kernels::kScaleNames)};
+  if (kind == "pattern") return {std::begin(nf_kernels::kPatternNames), std::end(nf_kernels::kPatternNames)};
+  if (kind == "layout") return {std::begin(nf_kernels::kLayoutFieldNames), std::end(nf_kernels::kLayoutFieldNames)};
+  TORCH_CHECK_VALUE(false, "kernel_codes: kind must be 'scale', 'pattern' or 'layout', got '", kind, "'");
+}
+
 }  // namespace
 
-// The layout ints are nf_kernels._layout.FlatLayout's fields. `poison` fills outputs with NaN first (tests).
-#define NF_LAYOUT_ARGS                                                                                   \
-  "Tensor? transformed, int lo, int hi, int h_stride, int t_offset, int pattern, int parity, int width, " \
-  "int plane, int scale, float clamp, bool shift_first, bool reverse, bool poison=False"
+// `layout` is nf_kernels._layout.FlatLayout.packed(): the ints of kLayoutFieldNames, in that order. `poison` fills
+// the outputs with NaN before the kernels write them (tests).
+#define NF_LAYOUT_ARGS "Tensor? transformed, int[] layout, float clamp, bool poison=False"
 
 TORCH_LIBRARY(nf_kernels_ext, m) {
   m.def("coupling_forward(Tensor x, Tensor h, " NF_LAYOUT_ARGS ") -> (Tensor y, Tensor logdet)");
@@ -23,6 +38,7 @@ TORCH_LIBRARY(nf_kernels_ext, m) {
         ") -> (Tensor grad_x, Tensor grad_h)");
   // Which instruction set the CPU kernels use here ("avx512", "avx2" or "baseline").
   m.def("cpu_isa() -> str", &cpu_isa);
+  m.def("kernel_codes(str kind) -> str[]", &kernel_codes);
 }
 
 TORCH_LIBRARY_IMPL(nf_kernels_ext, Autograd, m) {

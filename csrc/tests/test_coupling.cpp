@@ -12,6 +12,7 @@
 #include <limits>
 #include <random>
 #include <string>
+#include <vector>
 
 #include "../cpu/half_bits.h"
 #include "../cpu/tile_kernels.h"
@@ -103,9 +104,8 @@ void test_half_conversions() {
 }
 
 using ForwardOp = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                     const std::optional<at::Tensor>&, int64_t, int64_t, int64_t,
-                                                     int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, double,
-                                                     bool, bool, bool);
+                                                     const std::optional<at::Tensor>&, c10::ArrayRef<int64_t>,
+                                                     double, bool);
 
 double max_abs(const at::Tensor& a) { return a.abs().max().item<double>(); }
 
@@ -119,8 +119,10 @@ void test_ops() {
   const at::Tensor x = at::randn({batch, channels, 40, 300}, at::kDouble);
   const at::Tensor h = at::randn({batch, 6, 40, 300}, at::kDouble);
   const at::Tensor s = h.slice(1, 0, 3), t = h.slice(1, 3, 6);
-  auto [y, logdet] = forward.call(x, h, std::nullopt, lo, hi, 2 * span, span, nf_kernels::kPatternRange, 0, 0, 0,
-                                  nf_kernels::kExp, 2.0, false, false, false);
+  // The packed layout, in kLayoutFieldNames order: lo, hi, h_stride, t_offset, pattern, parity, width, plane,
+  // scale, shift_first, reverse.
+  const std::vector<int64_t> half_layout{lo, hi, 2 * span, span, nf_kernels::kPatternRange, 0, 0, 0, nf_kernels::kExp, 0, 0};
+  auto [y, logdet] = forward.call(x, h, std::nullopt, half_layout, 2.0, false);
   const at::Tensor want_y = at::cat({x.slice(1, 0, 2), x.slice(1, 2, 5) * s.exp() + t}, 1);
   check(max_abs(y - want_y) < 1e-12, "forward, half mask, exp: y = x * exp(s) + t");
   check(max_abs(logdet - s.flatten(1).sum(1)) < 1e-10, "forward, half mask, exp: logdet = sum s");
@@ -128,10 +130,9 @@ void test_ops() {
   // Checkerboard, tanh, shift first, float32; then the log-det's bits must not depend on the thread count.
   const at::Tensor xc = at::randn({4, 3, 64, 96}, at::kFloat), hc = at::randn({4, 6, 64, 96}, at::kFloat);
   const int64_t nc = 3 * 64 * 96;
-  auto call_checkerboard = [&] {
-    return forward.call(xc, hc, std::nullopt, 0, nc, 2 * nc, nc, nf_kernels::kPatternCheckerboard, 0, 96, 64 * 96,
-                        nf_kernels::kTanh, 1.5, true, false, false);
-  };
+  const std::vector<int64_t> checkerboard_layout{0, nc, 2 * nc, nc, nf_kernels::kPatternCheckerboard, 0, 96, 64 * 96,
+                                                 nf_kernels::kTanh, 1, 0};
+  auto call_checkerboard = [&] { return forward.call(xc, hc, std::nullopt, checkerboard_layout, 1.5, false); };
   const int threads = at::get_num_threads();
   at::set_num_threads(1);
   auto [y1, logdet1] = call_checkerboard();

@@ -22,7 +22,7 @@ from typing import Optional
 
 import torch
 
-from .._arguments import CouplingConfig, logdet_dtype
+from .._arguments import logdet_dtype
 from .._build import load
 from .._layout import FlatLayout, flat_layout
 from .._outputs import poisoning
@@ -30,23 +30,21 @@ from .._outputs import poisoning
 _module, _why_not_loaded = load()
 
 
-def _op_arguments(layout: FlatLayout, config: CouplingConfig) -> tuple:
-    """The layout and config arguments shared by both ops, in schema order (csrc/ops/schema.cpp)."""
-    return (
-        layout.transformed, layout.lo, layout.hi, layout.h_stride, layout.t_offset, layout.pattern, layout.parity,
-        layout.width, layout.plane, layout.scale_code, config.clamp, config.shift_first, config.reverse,
-    )  # fmt: skip
+def _op_arguments(layout: FlatLayout) -> tuple:
+    """The arguments both extension ops take after their tensors (csrc/ops/schema.cpp): the mask, the packed
+    layout and the clamp."""
+    return layout.transformed, layout.packed(), layout.clamp
 
 
 if _module is not None:
 
     @torch.library.register_fake("nf_kernels_ext::coupling_forward")
-    def _coupling_forward_fake(x, h, transformed, *layout_and_flags, poison=False):
+    def _coupling_forward_fake(x, h, transformed, layout, clamp, poison=False):
         y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
         return y, x.new_empty(x.shape[0], dtype=logdet_dtype(x.dtype))
 
     @torch.library.register_fake("nf_kernels_ext::coupling_backward")
-    def _coupling_backward_fake(grad_y, grad_logdet, x, h, transformed, *layout_and_flags, poison=False):
+    def _coupling_backward_fake(grad_y, grad_logdet, x, h, transformed, layout, clamp, poison=False):
         grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device)
         return grad_x, torch.empty(h.shape, dtype=h.dtype, device=h.device)
 
@@ -83,12 +81,12 @@ class ExtensionBackend:
 
     def forward(self, x, h, mask, config):
         layout = flat_layout(x, mask, config)
-        return torch.ops.nf_kernels_ext.coupling_forward(x, h, *_op_arguments(layout, config), poison=poisoning())
+        return torch.ops.nf_kernels_ext.coupling_forward(x, h, *_op_arguments(layout), poison=poisoning())
 
     def backward(self, grad_y, grad_logdet, x, h, mask, config):
         layout = flat_layout(x, mask, config)
         return torch.ops.nf_kernels_ext.coupling_backward(
-            grad_y, grad_logdet, x, h, *_op_arguments(layout, config), poison=poisoning()
+            grad_y, grad_logdet, x, h, *_op_arguments(layout), poison=poisoning()
         )
 
 
