@@ -4,10 +4,12 @@
     python benchmarks/run.py --preset quick        # seconds
     python benchmarks/run.py --what ops --log2-sizes 20 24 --dtypes fp32 --masks half
     python benchmarks/run.py --preset gpu-suite --out "$OUT"   # what benchmarks/gpu_suite.sh runs
+    python benchmarks/run.py --out benchmarks/results          # a run to publish (commit it)
 
 Results go to `<out>/<machine>-<date>.md` and `.json` (rewritten after every case, so a run cut short keeps what it
 measured), `<machine>-<date>-summary.md` (targets, the largest size of each configuration, the models; also printed
-at the end) and `<machine>-<date>-<dtype>.png` (GB/s against size).
+at the end) and `<machine>-<date>-<dtype>.png` (GB/s against size). `<out>` is `./benchmark-out` unless --out
+names another folder: the published runs in benchmarks/results/ change only when asked to.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = Path("benchmark-out")  # in the current folder; ignored by git (.gitignore), unlike benchmarks/results
 sys.path.insert(0, str(REPO_ROOT))  # benchmark the checkout this script belongs to
 # Before torch loads OpenMP: idle OpenMP threads sleep instead of spinning. On a small shared CPU, spinning threads
 # were seen to stall the timed calls by whole scheduler slices (8 ms steps in 0.05 ms calls).
@@ -30,6 +33,7 @@ from nf_kernels.benchmarking import (  # noqa: E402
     DIRECTIONS, DTYPES, MASKS, MODELS, OPS, PRESETS, PROVIDERS, check_targets, environment, op_cases, preset,
     run_preset, write_results,
 )  # fmt: skip
+from nf_kernels.benchmarking.environment import load_average  # noqa: E402
 from nf_kernels.benchmarking.cpu_allocator import keep_freed_cpu_memory  # noqa: E402
 from nf_kernels.benchmarking.report import format_summary  # noqa: E402
 
@@ -53,19 +57,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     group.add_argument("--compile-static", action="store_true",
                        help="torch.compile each size separately (dynamic=False) instead of once per configuration")
     group.add_argument("--ops-time-limit", type=float, metavar="S", help="start no new op case after S seconds")
-    group.add_argument("--rounds", type=int, default=1,
+    group.add_argument("--rounds", type=int,
                        help="measure the providers of each case in turn this many times, keep each one's median "
-                       "(steadier on a busy machine)")
+                       "and report the spread (default: the preset's, 3 for quick and default, 1 for the others)")
     group = parser.add_argument_group("models")
     group.add_argument("--models", nargs="+", choices=MODELS)
     group.add_argument("--model-batch", type=int, help="default: 64 on CUDA, 16 on the CPU")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results", help="output folder")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help="output folder (pass benchmarks/results to publish a run)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--system-malloc", action="store_true",
                         help="CPU: leave glibc malloc as it is (by default freed memory is kept, so timings do not "
                         "include page faults; see nf_kernels/benchmarking/cpu_allocator.py)")
     args = parser.parse_args(argv)
-    if args.rounds < 1:
+    if args.rounds is not None and args.rounds < 1:
         parser.error(f"--rounds must be at least 1, got {args.rounds}")
     if args.model_batch is not None and args.model_batch <= 0:
         parser.error(f"--model-batch must be positive, got {args.model_batch}")
@@ -98,6 +103,7 @@ def select_cases(plan, args) -> list:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    out = args.out.resolve()
     device = resolve_device(args.device)
     if device.type == "cpu":
         # Inductor's background compile workers would compete with the timed code for the few cores.
@@ -108,11 +114,12 @@ def main(argv=None) -> int:
     plan = preset(args.preset, device.type)
     env = dict(environment(device), cpu_malloc="freed memory kept (no mmap, no trim)" if kept else "system default")
     command = "python " + " ".join(shlex.quote(a) for a in [str(Path(sys.argv[0]))] + sys.argv[1:])
-    print(f"nf_kernels benchmarks on {env['device_name']}, commit {env['commit']}, preset {plan.name}", flush=True)
+    print(f"nf_kernels benchmarks on {env['device_name']}, commit {env['commit']}, preset {plan.name}; "
+          f"results go to {out}", flush=True)
 
     def save_partial(partial_ops):
         checks = check_targets(device.type, partial_ops)
-        write_results(args.out, env, partial_ops, [], checks, command, plots=False)
+        write_results(out, env, partial_ops, [], checks, command, plots=False)
 
     cases = select_cases(plan, args) if args.what in ("all", "ops") else []
     op_results, model_results, checks = run_preset(
@@ -123,7 +130,8 @@ def main(argv=None) -> int:
     measured = len({r.case for r in op_results})
     if measured < len(cases):
         print(f"note: the time limit stopped the op benchmarks after {measured} of {len(cases)} cases")
-    written = write_results(args.out, env, op_results, model_results, checks, command, plots=True)
+    env["load_average_1m_end"] = load_average()
+    written = write_results(out, env, op_results, model_results, checks, command, plots=True)
     print(format_summary(env, op_results, model_results, checks))
     print("wrote " + ", ".join(str(path) for path in written))
     return 0

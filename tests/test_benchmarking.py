@@ -5,6 +5,8 @@ import importlib.util
 import json
 import math
 import os
+import subprocess
+import types
 from pathlib import Path
 
 import pytest
@@ -12,14 +14,18 @@ import torch
 
 import nf_kernels
 from nf_kernels.benchmarking import (
-    OpCase, OpResult, TimingBudget, backward_bytes, bytes_moved, check_targets, format_table, forward_bytes,
-    largest_size, op_cases, run_cases, run_model_benchmarks, write_results,
+    OpCase, OpResult, Preset, TimingBudget, backward_bytes, bytes_moved, check_targets, format_table, forward_bytes,
+    largest_size, op_cases, preset, run_cases, run_model_benchmarks, run_preset, write_results,
 )  # fmt: skip
+from nf_kernels.benchmarking import bandwidth, cache
 from nf_kernels.benchmarking.cases import sample_shape
 from nf_kernels.benchmarking.model_runner import ModelResult
+from nf_kernels.benchmarking.noise import timing_warnings
 from nf_kernels.benchmarking.op_runner import median_round, add_speedups, timed_call
 from nf_kernels.benchmarking.providers import FusedBackend, available_providers, make_provider
+from nf_kernels.benchmarking.report import format_report, format_summary
 from nf_kernels.benchmarking.timing import measure
+from nf_kernels.cli import main as cli_main
 
 CPU = torch.device("cpu")
 TINY = TimingBudget(warmup_ms=1, rep_ms=2, min_run_time_s=0.002)
@@ -209,3 +215,155 @@ def test_rounds_keep_each_providers_median_round():
     attempts = [_result(case, "eager", ms) for ms in (3.0, 1.0, 2.0)]
     assert median_round(attempts).seconds == pytest.approx(2e-3)
     assert median_round(attempts + [_result(case, "eager", None)]).error == "RuntimeError: boom"
+
+
+# Item 18: the copy bandwidth is a ceiling, and cases that fit in the last-level cache make no claim about memory.
+
+
+def _fake_sysfs(root, *entries):
+    for i, (level, kind, size) in enumerate(entries):
+        index = root / f"index{i}"
+        index.mkdir(parents=True)
+        for name, value in (("level", level), ("type", kind), ("size", size)):
+            (index / name).write_text(f"{value}\n")
+    return root
+
+
+def test_cpu_last_level_cache_is_the_highest_level_in_sysfs(tmp_path):
+    sysfs = _fake_sysfs(tmp_path / "cache", (1, "Data", "48K"), (1, "Instruction", "32K"), (2, "Unified", "1024K"),
+                        (3, "Unified", "32768K"))  # fmt: skip
+    found = cache.cpu_last_level_cache(sysfs)
+    assert found.nbytes == 32 << 20 and found.source.startswith("L3")
+    (sysfs / "index3" / "size").write_text("unknown\n")  # an unreadable entry is skipped, the next level counts
+    assert cache.cpu_last_level_cache(sysfs).nbytes == 1 << 20
+    missing = cache.cpu_last_level_cache(tmp_path / "none")
+    assert missing.nbytes == 32 << 20 and "fallback" in missing.source
+
+
+def test_cuda_last_level_cache_is_the_l2(monkeypatch):
+    properties = types.SimpleNamespace(L2_cache_size=60 << 20)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: properties)
+    assert cache.last_level_cache(torch.device("cuda")).nbytes == 60 << 20
+    assert cache.cache_reach("cuda", cache.CacheSize(60 << 20, "L2")) == 60 << 20  # do_bench flushes the L2
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: types.SimpleNamespace())
+    assert cache.last_level_cache(torch.device("cuda")).nbytes == cache.FALLBACK_BYTES
+
+
+def test_the_copy_that_measures_the_ceiling_is_beyond_the_cache(monkeypatch):
+    monkeypatch.setattr(bandwidth, "last_level_cache", lambda device: cache.CacheSize(96 << 20, "test"))
+    assert bandwidth.default_copy_bytes(CPU) == 192 << 20
+    monkeypatch.setattr(bandwidth, "last_level_cache", lambda device: cache.CacheSize(1 << 20, "test"))
+    assert bandwidth.default_copy_bytes(CPU) == 64 << 20
+
+
+def test_cases_within_reach_of_the_cache_are_marked_and_make_no_claim(monkeypatch):
+    small, large = (OpCase("affine", "forward", "half", "fp32", numel) for numel in (2**10, 2**14))
+    monkeypatch.setattr("nf_kernels.benchmarking.op_runner.last_level_cache",
+                        lambda device: cache.CacheSize(bytes_moved(small), "test"))  # fmt: skip
+    results = run_cases(CPU, [small, large], ["eager"], progress=False, budget=TINY, copy_bytes=1 << 20)
+    assert [r.in_cache for r in results] == [True, False]  # reach on the CPU: twice the cache
+    cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in format_table(results).splitlines()]
+    share = cells[0].index("% ceiling")
+    assert cells[2][share] == "in cache" and cells[3][share].endswith("%")
+    assert results[0].to_dict()["in_cache"] is True
+
+
+def test_targets_leave_out_the_cases_that_fit_in_the_cache():
+    big = OpCase("affine", "forward", "half", "fp32", 2**26)
+    cached = _result(big, "triton", bytes_moved(big) / 100e9 * 1e3 / 1.9)  # 190% of the ceiling: the cache
+    cached.in_cache = True
+    forward = check_targets("cuda", [cached])[0]
+    assert forward.measured is None and forward.met is None and "fit in the cache" in forward.worst_case
+
+
+def test_the_report_calls_the_copy_bandwidth_a_ceiling_and_explains_in_cache():
+    case = OpCase("affine", "forward", "half", "fp32", 2**20)
+    env = dict(nf_kernels.benchmarking.environment(CPU), commit="test")
+    report = format_report(env, 30e9, [_result(case, "eager", 1.0, 30e9)], [], [])
+    assert "ceiling" in report and "(floor)" not in report and "% copy" not in report
+    assert "in cache" in report and env["last_level_cache"] in report
+    assert env["cache_reach_bytes"] == 2 * cache.last_level_cache(CPU).nbytes
+
+
+def test_the_quick_cpu_preset_is_beyond_a_32_mib_cache():
+    reach = cache.cache_reach("cpu", cache.CacheSize(32 << 20, "a common L3"))
+    assert all(bytes_moved(case) > reach for case in preset("quick", "cpu").cases)
+
+
+# Item 19: the spread between interleaved rounds is reported, and noisy rounds or a busy machine warn.
+
+
+def test_rounds_report_min_median_and_max():
+    case = OpCase("affine", "forward", "half", "fp32", 2**10)
+    combined = median_round([_result(case, "eager", ms) for ms in (3.0, 1.0, 2.0)])
+    assert combined.seconds == pytest.approx(2e-3) and combined.spread == pytest.approx(3.0)
+    row = combined.to_dict()
+    assert row["min_seconds"] == pytest.approx(1e-3) and row["max_seconds"] == pytest.approx(3e-3)
+    assert row["round_seconds"] == pytest.approx([3e-3, 1e-3, 2e-3])
+    assert median_round([_result(case, "eager", 2.0)]).spread is None  # one round: no spread to report
+    assert format_table([combined]).splitlines()[2].endswith("| 3.00x |")
+
+
+def test_a_plan_measures_its_own_number_of_rounds():
+    assert preset("quick", "cpu").rounds == preset("default", "cuda").rounds == 3
+    plan = Preset("two", (OpCase("additive", "forward", "half", "fp32", 2**8),), TINY, models=(), rounds=2)
+    (result,), _, _ = run_preset(plan, CPU, progress=False, providers=["eager"])
+    assert len(result.round_seconds) == 2 and result.spread >= 1.0
+
+
+def test_noisy_rounds_and_a_busy_machine_warn():
+    case = OpCase("affine", "forward", "half", "fp32", 2**10)
+    steady, noisy = median_round([_result(case, "eager", ms) for ms in (1.0, 1.1)]), median_round(
+        [_result(case, "cpu", ms) for ms in (1.0, 4.0, 1.2)])  # fmt: skip
+    quiet = {"load_average_1m": 0.5, "load_average_1m_end": 1.0, "cores": 2}
+    assert timing_warnings(quiet, [steady]) == []
+    (spread,) = timing_warnings(quiet, [steady, noisy])
+    assert "1 of 2" in spread and "affine forward half fp32 2^10 cpu" in spread and "4.0x" in spread
+    (load,) = timing_warnings(dict(quiet, load_average_1m_end=5.0), [steady])
+    assert "load average reached 5" in load and "2 cores" in load
+    env = dict(nf_kernels.benchmarking.environment(CPU), **quiet)
+    assert "- warning: timings varied" in format_summary(env, [steady, noisy], [], [])
+
+
+def test_bench_command_passes_rounds_and_prints_the_warnings(monkeypatch, capsys):
+    case = OpCase("affine", "forward", "half", "fp32", 2**10)
+    noisy = median_round([_result(case, "cpu", ms) for ms in (1.0, 4.0)])
+    calls = []
+
+    def fake_run_preset(plan, device, **options):
+        calls.append(options)
+        return [noisy], [], []
+
+    library = nf_kernels.benchmarking
+    monkeypatch.setattr(library, "run_preset", fake_run_preset)
+    monkeypatch.setattr(library, "keep_freed_cpu_memory", lambda: False)  # the test process's malloc stays as is
+    assert cli_main(["bench", "--preset", "tiny", "--device", "cpu", "--rounds", "2", "--no-progress"]) == 0
+    assert calls[0]["rounds"] == 2
+    assert "warning: timings varied by more than 1.5x" in capsys.readouterr().out
+
+
+# Item 20: benchmarks/run.py writes into benchmarks/results only when --out names it.
+
+
+def test_run_script_writes_outside_the_checkout_unless_told(tmp_path, monkeypatch, capsys, run_script):
+    checkout, cwd = tmp_path / "checkout", tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.setattr(run_script, "REPO_ROOT", checkout)  # where the published results would be
+    monkeypatch.chdir(cwd)
+    argv = ["--preset", "tiny", "--what", "ops", "--providers", "eager", "--log2-sizes", "8", "--ops", "additive",
+            "--directions", "inverse", "--masks", "half", "--no-progress", "--device", "cpu", "--system-malloc"]
+    assert run_script.main(argv) == 0
+    assert not checkout.exists()
+    written = list((cwd / "benchmark-out").glob("*.json"))
+    assert len(written) == 1 and str(written[0]) in capsys.readouterr().out  # it says where it wrote
+
+
+def test_the_default_output_folder_is_ignored_by_git(run_script):
+    try:
+        ignored = subprocess.run(["git", "check-ignore", "-q", f"{run_script.DEFAULT_OUT}/x.json"], cwd=REPO,
+                                 capture_output=True, timeout=10)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        pytest.skip("git is not available")
+    if ignored.returncode == 128:
+        pytest.skip("not a git checkout")
+    assert ignored.returncode == 0

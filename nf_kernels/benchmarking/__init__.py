@@ -5,18 +5,21 @@ The building blocks of ``benchmarks/run.py`` and ``nf-kernels bench`` (both run 
     >>> from nf_kernels.benchmarking import run_op_benchmarks, format_table
     >>> results = run_op_benchmarks("cpu", sizes=[2**20], dtypes=["fp32"], ops=["affine"])  # doctest: +SKIP
     >>> print(format_table(results))  # doctest: +SKIP
-    | op | direction | mask | dtype | size | eager ms | compile ms | cpu ms | best | GB/s | % copy | ...
+    | op | direction | mask | dtype | size | eager ms | compile ms | cpu ms | best | GB/s | % ceiling | ...
 
-Each result carries its median time, the SPEC byte count, GB/s, the fraction of the copy bandwidth measured in the
-same run, speedups over eager and ``torch.compile`` of the reference, and peak memory (CUDA).
+Each result carries its median time (and every round's, with ``rounds``), the SPEC byte count, GB/s, the fraction
+of the copy bandwidth (the ceiling) measured in the same run, whether the case fits in the last-level cache,
+speedups over eager and ``torch.compile`` of the reference, and peak memory (CUDA).
 """
 
 from .bandwidth import copy_bandwidth
+from .cache import CacheSize, cache_reach, last_level_cache
 from .byte_model import backward_bytes, bytes_moved, forward_bytes
 from .cpu_allocator import keep_freed_cpu_memory
 from .cases import DIRECTIONS, DTYPES, MASKS, OPS, OpCase, op_cases
 from .environment import environment
 from .model_runner import MODELS, ModelResult, run_model_benchmarks
+from .noise import timing_warnings
 from .op_runner import OpResult, run_cases, run_op_benchmarks
 from .preset_runner import run_preset
 from .presets import PRESETS, Preset, preset
@@ -27,9 +30,10 @@ from .timing import TimingBudget
 
 __all__ = [
     "DIRECTIONS", "DTYPES", "MASKS", "MODELS", "OPS", "PRESETS", "PROVIDERS", "Preset",
-    "ModelResult", "OpCase", "OpResult", "TargetCheck", "TimingBudget",
-    "available_providers", "backward_bytes", "bytes_moved", "check_targets", "copy_bandwidth", "environment",
-    "format_model_table", "format_report", "format_summary", "format_table", "forward_bytes", "keep_freed_cpu_memory",
-    "largest_size", "op_cases",
-    "preset", "run_cases", "run_model_benchmarks", "run_op_benchmarks", "run_preset", "write_results",
+    "CacheSize", "ModelResult", "OpCase", "OpResult", "TargetCheck", "TimingBudget",
+    "available_providers", "backward_bytes", "bytes_moved", "cache_reach", "check_targets", "copy_bandwidth",
+    "environment", "format_model_table", "format_report", "format_summary", "format_table", "forward_bytes",
+    "keep_freed_cpu_memory", "largest_size", "last_level_cache", "op_cases",
+    "preset", "run_cases", "run_model_benchmarks", "run_op_benchmarks", "run_preset", "timing_warnings",
+    "write_results",
 ]  # fmt: skip

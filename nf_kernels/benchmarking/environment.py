@@ -14,6 +14,8 @@ import torch
 
 import nf_kernels
 
+from .cache import cache_reach, last_level_cache
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -71,8 +73,14 @@ def triton_version() -> Optional[str]:
     return triton.__version__
 
 
+def load_average() -> Optional[float]:
+    """The 1-minute load average; None where the system has none (Windows)."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
 def environment(device: torch.device) -> dict:
     """Everything a reader needs to reproduce or compare a result."""
+    cache = last_level_cache(device)
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "commit": git_commit(),
@@ -84,9 +92,12 @@ def environment(device: torch.device) -> dict:
         "device": device.type,
         "device_name": device_name(device),
         "threads": torch.get_num_threads(),
+        "cores": os.cpu_count(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         # Other work on the machine skews CPU timings (a shared 2-core box is the usual case): say how busy it was.
-        "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "load_average_1m": load_average(),
+        "last_level_cache": str(cache),
+        "cache_reach_bytes": cache_reach(device.type, cache),  # rows up to this many bytes are marked "in cache"
         "machine": machine_slug(device),
         "backends": [str(status) for status in nf_kernels.list_backends()],
     }

@@ -19,6 +19,7 @@ import torch
 from .._arguments import logdet_dtype
 from .bandwidth import copy_bandwidth
 from .byte_model import bytes_moved
+from .cache import cache_reach, last_level_cache
 from .cases import DIRECTIONS, DTYPES, MASKS, OPS, OpCase, op_cases
 from .progress import progress_bar
 from .providers import COMPILE, EAGER, CouplingFn, available_providers, make_provider
@@ -27,17 +28,22 @@ from .timing import TimingBudget, measure
 
 @dataclass
 class OpResult:
-    """One provider on one case. `seconds` is None when the provider failed; `error` then says why."""
+    """One provider on one case. `seconds` is None when the provider failed; `error` then says why.
+
+    With several rounds, `seconds` is the median round's time and `round_seconds` holds every round's.
+    """
 
     case: OpCase
     provider: str
     seconds: Optional[float]
     bytes: int  # the SPEC byte count of the timed call (see byte_model)
-    copy_bytes_per_s: float  # the device's copy bandwidth, measured in the same run
+    copy_bytes_per_s: float  # the device's copy bandwidth, measured in the same run: the ceiling of GB/s
     peak_bytes: Optional[int] = None  # CUDA only
     error: Optional[str] = None
     speedup_vs_eager: Optional[float] = None
     speedup_vs_compile: Optional[float] = None
+    in_cache: bool = False  # the call's bytes fit in the last-level cache (see cache.py): no share of the ceiling
+    round_seconds: tuple[float, ...] = ()  # the time of every round, in the order measured
 
     @property
     def gbps(self) -> Optional[float]:
@@ -45,13 +51,21 @@ class OpResult:
 
     @property
     def copy_fraction(self) -> Optional[float]:
-        """Achieved bytes per second over the copy's: 1.0 is the SPEC's floor."""
+        """Achieved bytes per second over the copy's (the case's floor time over its time): 1.0 reaches the
+        ceiling. Measured in every case; only out-of-cache cases make it a claim about memory."""
         return self.bytes / self.seconds / self.copy_bytes_per_s if self.seconds else None
+
+    @property
+    def spread(self) -> Optional[float]:
+        """The slowest round's time over the fastest one's; None with fewer than two rounds."""
+        return max(self.round_seconds) / min(self.round_seconds) if len(self.round_seconds) > 1 else None
 
     def to_dict(self) -> dict:
         row = {field.name: getattr(self, field.name) for field in dataclasses.fields(self) if field.name != "case"}
         row.update(dataclasses.asdict(self.case), shape=list(self.case.shape), gbps=self.gbps)
-        row["copy_fraction"] = self.copy_fraction
+        row.update(copy_fraction=self.copy_fraction, round_seconds=list(self.round_seconds), spread=self.spread,
+                   min_seconds=min(self.round_seconds, default=self.seconds),
+                   max_seconds=max(self.round_seconds, default=self.seconds))  # fmt: skip
         return row
 
     def __repr__(self) -> str:
@@ -77,19 +91,21 @@ def timed_call(fn: CouplingFn, case: OpCase, x: torch.Tensor, h: torch.Tensor) -
     return forward_backward
 
 
-def _measure(provider, case, x, h, device, budget, copy_rate) -> OpResult:
+def _measure(provider, case, x, h, device, budget, copy_rate, reach) -> OpResult:
     outcome = measure(lambda: timed_call(provider.coupling(case), case, x, h), device, budget)
     return OpResult(case, provider.name, outcome.seconds, bytes_moved(case), copy_rate, outcome.peak_bytes,
-                    outcome.error)  # fmt: skip
+                    outcome.error, in_cache=bytes_moved(case) <= reach)  # fmt: skip
 
 
 def median_round(attempts: Sequence[OpResult]) -> OpResult:
-    """One provider's result over several rounds: the first failure if any, else the median round."""
+    """One provider's result over several rounds: the first failure if any, else the median round, carrying
+    every round's time (its spread)."""
     failed = [r for r in attempts if r.seconds is None]
     if failed:
         return failed[0]
     ordered = sorted(attempts, key=lambda r: r.seconds)
-    return ordered[(len(ordered) - 1) // 2]
+    median = ordered[(len(ordered) - 1) // 2]
+    return dataclasses.replace(median, round_seconds=tuple(r.seconds for r in attempts))
 
 
 def add_speedups(results: Sequence[OpResult]) -> None:
@@ -141,8 +157,10 @@ def run_cases(
     `on_case` is called with all results so far after each case, so a caller can save partial results.
     With `time_limit_s`, no new case starts once that many seconds have passed: the cases not reached are left
     out (put the important ones first). With `rounds > 1` the providers of a case are measured in turn that many
-    times and each keeps its median round (the lower middle one for an even count): on a shared machine, a burst
-    of other work then hits every provider alike instead of whichever was being timed.
+    times and each keeps its median round (the lower middle one for an even count) and every round's time: on a
+    shared machine, a burst of other work then hits every provider alike instead of whichever was being timed,
+    and the spread between rounds shows how far to trust the figures.
+    Cases whose bytes fit in the last-level cache (cache.py) are marked `in_cache`.
     """
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1, got {rounds}")
@@ -152,6 +170,7 @@ def run_cases(
     instances = [make_provider(name, compile_dynamic=compile_dynamic) for name in names]
     # The best of a few copies: the yardstick is what memory can do, not what a busy moment allowed.
     copy_rate = max(copy_bandwidth(device, copy_bytes, budget) for _ in range(max(3, rounds)))
+    reach = cache_reach(device.type, last_level_cache(device))
     bar = progress_bar(len(cases) * len(instances) * rounds, f"op benchmarks on {device.type}", progress)
     results: list[OpResult] = []
     for case in cases:
@@ -166,7 +185,7 @@ def run_cases(
             per_round.append([])
             for provider in instances:
                 bar.set_postfix_str(f"{case.label()} {provider.name}")
-                per_round[-1].append(_measure(provider, case, x, h, device, budget, copy_rate))
+                per_round[-1].append(_measure(provider, case, x, h, device, budget, copy_rate, reach))
                 bar.update()
         results += [median_round(attempts) for attempts in zip(*per_round)]
         del x, h

@@ -24,7 +24,7 @@ def run_preset(
     *,
     progress: bool = True,
     time_limit_s: Optional[float] = None,
-    rounds: int = 1,
+    rounds: Optional[int] = None,
     what: str = "all",
     cases: Optional[Sequence[OpCase]] = None,
     providers: Optional[Sequence[str]] = None,
@@ -37,7 +37,8 @@ def run_preset(
 
     Returns ``(op_results, model_results, target_checks)``. `what` limits the run to the op cases or the models.
     `cases`, `models` and `model_batch` replace the plan's choices (models run only if the plan has any);
-    `providers`, `compile_dynamic`, `on_case`, `time_limit_s` and `rounds` go to :func:`run_cases`.
+    `providers`, `compile_dynamic`, `on_case`, `time_limit_s` and `rounds` (default: the plan's) go to
+    :func:`run_cases`.
     """
     if what not in WHAT:
         raise ValueError(f"what must be one of {', '.join(map(repr, WHAT))}, got {what!r}")
@@ -48,7 +49,8 @@ def run_preset(
     if what in ("all", "ops"):
         op_results = run_cases(
             device, plan.cases if cases is None else cases, providers, progress, compile_dynamic=compile_dynamic,
-            budget=plan.budget, on_case=on_case, time_limit_s=time_limit_s, rounds=rounds,
+            budget=plan.budget, on_case=on_case, time_limit_s=time_limit_s,
+            rounds=plan.rounds if rounds is None else rounds,
         )  # fmt: skip
     if what in ("all", "models") and plan.models:
         model_results = run_model_benchmarks(

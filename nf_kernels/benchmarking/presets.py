@@ -1,12 +1,16 @@
 """Named benchmark plans: which op cases and models to time, and for how long, per device type.
 
-* ``quick``: a handful of cases at one size, seconds (what ``nf-kernels bench`` shows).
+* ``quick``: a handful of cases at one size, seconds (what ``nf-kernels bench`` shows). On the CPU the size is
+  2^23, the smallest whose cases are all beyond the reach of a 32 MiB L3 (cache.py), so its targets are judged.
 * ``default``: on the CPU, the C++ extension issue's matrix (1M and 16M elements, fp32 and bf16, both masks,
   forward, inverse and forward+backward) plus the models; on CUDA, every case from 2^16 to 2^28 elements.
 * ``gpu-suite``: the CUDA plan meant to fit the GPU suite's budget (an estimate of 2 to 4 minutes on an H200,
   compile times included; not yet run): the target-relevant cases first, every size, fewer dtype/mask
   combinations of the rest.
 * ``tiny``: the smallest sizes, to exercise every code path on the CPU (tests and the suite's dry run).
+
+``quick`` and ``default`` measure three interleaved rounds, so every figure comes with its spread (noise.py);
+``gpu-suite`` and ``tiny`` one, to stay within their time budgets.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ class Preset:
     model_shape: Optional[tuple[int, ...]] = None
     model_sizes: Optional[dict] = field(default=None, hash=False)  # build_model options; None: its defaults
     memory_saving: tuple[bool, ...] = (False, True)
+    rounds: int = 1  # interleaved rounds of every op case (op_runner.run_cases)
 
     def __repr__(self) -> str:
         return f"Preset({self.name!r}, {len(self.cases)} op cases, models={list(self.models)})"
@@ -65,15 +70,16 @@ def preset(name: str, device_type: str) -> Preset:
     if name == "quick":
         if device_type == "cuda":
             cases = op_cases(_log2(24), ["bf16", "fp32"], ["affine"], ["forward", "forward+backward"], MASKS)
-        else:
-            cases = op_cases(_log2(20), ["fp32"], ["affine"], ["forward", "forward+backward"], MASKS)
-        return Preset(name, tuple(cases), TimingBudget(warmup_ms=10, rep_ms=30, min_run_time_s=0.1), models=())
+        else:  # 96 MiB and more: beyond twice a 32 MiB L3 (at 2^20, every case ran from the cache)
+            cases = op_cases(_log2(23), ["fp32"], ["affine"], ["forward", "forward+backward"], MASKS)
+        budget = TimingBudget(warmup_ms=10, rep_ms=30, min_run_time_s=0.1)
+        return Preset(name, tuple(cases), budget, models=(), rounds=3)
     if name == "default":
         if device_type == "cuda":
             cases = op_cases(_log2(16, 18, 20, 22, 24, 26, 28), tuple(DTYPES), OPS, DIRECTIONS, MASKS)
-            return Preset(name, tuple(cases), TimingBudget())
+            return Preset(name, tuple(cases), TimingBudget(), rounds=3)
         cases = op_cases(_log2(20, 24), ["fp32", "bf16"], ["affine"], DIRECTIONS, MASKS)
-        return Preset(name, tuple(cases), TimingBudget(min_run_time_s=0.2))
+        return Preset(name, tuple(cases), TimingBudget(min_run_time_s=0.2), rounds=3)
     if name == "gpu-suite":
         if device_type != "cuda":  # the suite's dry run on a CPU: the same code paths, tiny sizes
             return preset("tiny", device_type)

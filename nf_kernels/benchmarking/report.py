@@ -1,8 +1,8 @@
 """Turning results into text and files: markdown tables, the JSON record and the results file names.
 
 ``format_table`` prints one row per case with every provider's time side by side, then the fastest fused
-provider's GB/s, fraction of the copy bandwidth, speedups and peak memory (the JSON keeps every number of every
-provider).
+provider's GB/s, share of the copy-bandwidth ceiling ("in cache" when the case fits in the last-level cache),
+speedups and peak memory, and the spread between rounds (the JSON keeps every number of every provider).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .model_runner import ModelResult
+from .noise import SPREAD_LIMIT, timing_warnings
 from .op_runner import OpResult
 from .providers import PROVIDERS
 from .targets import TargetCheck, best_fused
@@ -33,16 +34,26 @@ def _mib(nbytes: Optional[int]) -> str:
     return "n/a" if nbytes is None else f"{nbytes / MIB:.0f}"
 
 
+def _ceiling_share(result: OpResult) -> str:
+    return "in cache" if result.in_cache else f"{result.copy_fraction:.0%}"
+
+
+def _spread(row: dict) -> str:
+    """The largest spread between rounds among the providers of a row (its least steady figure)."""
+    spreads = [r.spread for r in row.values() if r.spread is not None]
+    return f"{max(spreads):.2f}x" if spreads else "-"
+
+
 def format_table(results: Sequence[OpResult]) -> str:
     """A markdown table: a row per case, each provider's median time in ms, then the fastest fused provider's
-    figures ("best"; the fastest provider of any kind when no fused one ran).
+    figures ("best"; the fastest provider of any kind when no fused one ran), then the spread between rounds.
 
     >>> from nf_kernels.benchmarking.cases import OpCase
     >>> from nf_kernels.benchmarking.op_runner import add_speedups
     >>> case = OpCase("affine", "forward", "half", "fp32", 2**20)
     >>> rows = [OpResult(case, "eager", 2e-3, 12 * 2**20, 10e9), OpResult(case, "cpu", 1e-3, 12 * 2**20, 10e9)]
     >>> add_speedups(rows); print(format_table(rows).splitlines()[2])
-    | affine | forward | half | fp32 | 2^20 | 2 | 1 | cpu | 12.6 | 126% | 2.00 | n/a | n/a |
+    | affine | forward | half | fp32 | 2^20 | 2 | 1 | cpu | 12.6 | 126% | 2.00 | n/a | n/a | - |
     """
     providers = [name for name in PROVIDERS if any(r.provider == name for r in results)]
     best = best_fused(results)
@@ -50,7 +61,7 @@ def format_table(results: Sequence[OpResult]) -> str:
     for r in results:
         by_case.setdefault(r.case, {})[r.provider] = r
     header = ["op", "direction", "mask", "dtype", "size"] + [f"{name} ms" for name in providers]
-    header += ["best", "GB/s", "% copy", "x eager", "x compile", "peak MiB"]
+    header += ["best", "GB/s", "% ceiling", "x eager", "x compile", "peak MiB", "spread"]
     rows = []
     for case, row in by_case.items():
         times = [_num(row[name].seconds * 1e3) if name in row and row[name].seconds else
@@ -58,11 +69,11 @@ def format_table(results: Sequence[OpResult]) -> str:
         winner = best.get(case) or min((r for r in row.values() if r.seconds), key=lambda r: r.seconds, default=None)
         figures = ["-"] * 6
         if winner is not None:
-            figures = [winner.provider, _num(winner.gbps), f"{winner.copy_fraction:.0%}",
+            figures = [winner.provider, _num(winner.gbps), _ceiling_share(winner),
                        _num(winner.speedup_vs_eager, ".2f"), _num(winner.speedup_vs_compile, ".2f"),
                        _mib(winner.peak_bytes)]  # fmt: skip
         size = f"2^{case.numel.bit_length() - 1}"
-        rows.append([case.op, case.direction, case.mask, case.dtype, size] + times + figures)
+        rows.append([case.op, case.direction, case.mask, case.dtype, size] + times + figures + [_spread(row)])
     failures = [f"- {r.case.label()} {r.provider}: {r.error}" for r in results if r.error]
     return _markdown(header, rows) + ("\n\nFailures:\n" + "\n".join(failures) if failures else "")
 
@@ -94,6 +105,12 @@ def format_targets(checks: Sequence[TargetCheck]) -> str:
     return "\n".join(f"- {check}" for check in checks) or "- no targets for this device"
 
 
+def format_warnings(env: dict, op_results: Sequence[OpResult]) -> list[str]:
+    """A "## Warnings" section when the run's timings are suspect (noise.py), else nothing."""
+    warnings = timing_warnings(env, op_results)
+    return ["", "## Warnings", "", *(f"- warning: {warning}" for warning in warnings)] if warnings else []
+
+
 def format_report(
     env: dict,
     copy_bytes_per_s: Optional[float],
@@ -113,21 +130,26 @@ def format_report(
         parts.append(f"- command: `{command}`")
     if env["device"] == "cpu":
         parts.append(f"- CPU: {env['threads']} threads, OMP_WAIT_POLICY={env.get('omp_wait_policy')}, "
-                     f"malloc: {env.get('cpu_malloc', 'system default')}, load average at the start "
-                     f"{env.get('load_average_1m')} (other processes on the machine skew CPU timings); "
-                     "% copy above 100% means the data fit in the CPU's caches")
+                     f"malloc: {env.get('cpu_malloc', 'system default')}, 1-minute load average "
+                     f"{_num(env.get('load_average_1m'), '.2g')} at the start and "
+                     f"{_num(env.get('load_average_1m_end'), '.2g')} at the end on {env.get('cores')} cores "
+                     "(other processes on the machine skew CPU timings)")
     if copy_bytes_per_s:
-        parts.append(f"- copy bandwidth (read + write, the best of 3 large device copies): "
-                     f"{copy_bytes_per_s / 1e9:.1f} GB/s")
+        parts.append(f"- copy bandwidth, the ceiling of a memory-bound op's GB/s (read + write, the best of 3 large "
+                     f"device copies): {copy_bytes_per_s / 1e9:.1f} GB/s. A case's floor is a time, its bytes over "
+                     "this ceiling; % ceiling is its GB/s over the ceiling (its floor over its time).")
     parts += [
         "- GB/s use the SPEC byte count (nf_kernels/benchmarking/byte_model.py): affine half 3N (fwd) / 5N (bwd), "
         "checkerboard 4N / 7N, additive half 2.5N / 2.5N, additive checkerboard 3N / 3N, times the itemsize.",
+        f"- in cache: the case's bytes are at most {_mib(env.get('cache_reach_bytes'))} MiB, within reach of the "
+        f"last-level cache ({env.get('last_level_cache')}; see nf_kernels/benchmarking/cache.py), so it can beat "
+        "the ceiling: it gets no % ceiling and the targets leave it out.",
         "- peak MiB: memory allocated by one call above its inputs (CUDA); n/a on the CPU.",
-        "",
-        "## Targets",
-        "",
-        format_targets(checks),
+        f"- spread: slowest round over fastest round, the least steady provider of the row (above {SPREAD_LIMIT:g}x "
+        "a warning says so); - with one round (--rounds).",
     ]
+    parts += format_warnings(env, op_results)
+    parts += ["", "## Targets", "", format_targets(checks)]
     if op_results:
         parts += ["", "## Ops (median times)", "", format_table(op_results)]
     if model_results:
@@ -139,9 +161,15 @@ def format_summary(
     env: dict, op_results: Sequence[OpResult], model_results: Sequence[ModelResult], checks: Sequence[TargetCheck]
 ) -> str:
     """The short version: targets, the ops at their largest size, the models."""
-    parts = [f"# Summary: {env['device_name']}, commit {env['commit']}", "", "## Targets", "", format_targets(checks)]
+    parts = [f"# Summary: {env['device_name']}, commit {env['commit']}", *format_warnings(env, op_results)]
+    parts += ["", "## Targets", "", format_targets(checks)]
     if op_results:
-        parts += ["", "## Ops at the largest size (median ms)", "", format_table(largest_size(op_results))]
+        ceiling = op_results[0].copy_bytes_per_s / 1e9
+        parts += ["", "## Ops at the largest size (median ms)", "", format_table(largest_size(op_results)), "",
+                  f"% ceiling: GB/s over the copy bandwidth ({ceiling:.1f} GB/s); in cache: at most "
+                  f"{_mib(env.get('cache_reach_bytes'))} MiB, within reach of the last-level cache "
+                  f"({env.get('last_level_cache')}), so no % ceiling and no target; spread: slowest round over "
+                  "fastest."]
     if model_results:
         parts += ["", "## Models (one training step)", "", format_model_table(model_results)]
     return "\n".join(parts) + "\n"

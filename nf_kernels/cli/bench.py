@@ -16,7 +16,7 @@ import torch
 
 from ..training.distributed import choose_device
 from .errors import UsageError
-from .parsing import HelpFormatter, positive_float, say
+from .parsing import HelpFormatter, positive_float, positive_int, say
 
 DESCRIPTION = """\
 Time the fused coupling kernels against eager PyTorch and torch.compile of the reference, next to the copy
@@ -46,6 +46,9 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, default=None, help="also write markdown, JSON and plots to this folder")
     parser.add_argument("--time-limit", type=positive_float, default=None, metavar="S",
                         help="start no new op case after S seconds")  # fmt: skip
+    parser.add_argument("--rounds", type=positive_int, default=None, metavar="N",
+                        help="measure each case's providers in turn N times, report the median and the spread "
+                        "[the preset's: 3 for quick and default]")  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(run_command=run_bench)
 
@@ -62,9 +65,12 @@ def run_bench(args: argparse.Namespace) -> int:
     if kept:
         env = dict(env, cpu_malloc="freed memory kept (no mmap, no trim)")
     say(f"nf_kernels benchmarks on {env['device_name']}, preset {plan.name}")
-    ops, models, checks = library.run_preset(plan, device, progress=not args.no_progress, time_limit_s=args.time_limit)
+    ops, models, checks = library.run_preset(plan, device, progress=not args.no_progress, time_limit_s=args.time_limit,
+                                             rounds=args.rounds)  # fmt: skip
+    from ..benchmarking.environment import load_average
     from ..benchmarking.report import format_summary
 
+    env["load_average_1m_end"] = load_average()  # the warnings look at the load during the whole run
     say(format_summary(env, ops, models, checks))
     if args.out is not None:
         command = shlex.join(["nf-kernels", *sys.argv[1:]]) if sys.argv else "nf-kernels bench"
