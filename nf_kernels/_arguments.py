@@ -6,14 +6,19 @@ The result is a :class:`CouplingConfig` plus the tensors, which is all a backend
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import NamedTuple, Optional, Union
 
 import torch
 
 MASKS = ("half", "checkerboard")
 SCALES = ("exp", "tanh", "atan", "sigmoid")
-# "none" is the additive (NICE) coupling: `h` holds only the shift `t` and the log-det is zero.
+# The config's scale for the additive (NICE) coupling: `h` holds only the shift `t` and the log-det is zero.
+# Only `additive_coupling` makes such a config; `affine_coupling(scale="none")` is an error.
 ADDITIVE = "none"
+# float8 and other floating types are not among them: no backend computes in them.
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 BACKEND_NAMES = ("auto", "reference", "triton", "cuda", "cpu")
 
 MaskArg = Union[str, torch.Tensor]
@@ -37,10 +42,25 @@ class CouplingConfig(NamedTuple):
 def _check_floating(name: str, tensor: torch.Tensor) -> None:
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
-    if not tensor.dtype.is_floating_point:
-        raise TypeError(
-            f"{name} must have a floating dtype (float32, float16, bfloat16 or float64), got {tensor.dtype}"
+    if tensor.dtype not in SUPPORTED_DTYPES:
+        supported = ", ".join(str(dtype).removeprefix("torch.") for dtype in SUPPORTED_DTYPES)
+        raise TypeError(f"{name} must have a supported floating dtype ({supported}), got {tensor.dtype}")
+
+
+def check_scale_and_clamp(scale: str, clamp: float) -> None:
+    """The scale map of an affine coupling and its clamp (SPEC scale table); shared by the op and the layers."""
+    if scale == ADDITIVE:
+        raise ValueError(
+            f"scale={ADDITIVE!r} is not an affine coupling: valid choices are {', '.join(map(repr, SCALES))}; "
+            "for the additive (NICE) coupling use nf_kernels.additive_coupling(x, t)"
         )
+    if not isinstance(scale, str) or scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}: valid choices are {', '.join(map(repr, SCALES))}")
+    if isinstance(clamp, bool) or not isinstance(clamp, numbers.Real):
+        raise TypeError(f"clamp must be a real number, got {type(clamp).__name__}")
+    # inf would make tanh/atan's clamp * f(s / clamp) inf * 0 = NaN; NaN fails every comparison.
+    if not (math.isfinite(clamp) and clamp > 0):
+        raise ValueError(f"clamp must be > 0 and finite, got {clamp}")
 
 
 def expected_h_shape(x_shape: torch.Size, mask_kind: str, additive: bool) -> tuple[int, ...]:
@@ -85,14 +105,18 @@ def check_coupling_args(
     *,
     mask: MaskArg,
     flip: bool,
-    scale: str,
-    clamp: float,
-    shift_first: bool,
     reverse: bool,
     backend: str,
-    h_name: str,
+    additive: bool = False,
+    scale: Optional[str] = None,
+    clamp: float = 1.0,
+    shift_first: bool = False,
 ) -> tuple[Optional[torch.Tensor], CouplingConfig]:
-    """Validate one call; return (the bool mask tensor or None, config). Raises per SPEC section 1."""
+    """Validate one call; return (the bool mask tensor or None, config). Raises per SPEC section 1.
+
+    `additive=True` checks a call of `additive_coupling`: `h` is its `t`, and it has no scale, clamp or shift order.
+    """
+    h_name = "t" if additive else "h"
     _check_floating("x", x)
     _check_floating(h_name, h)
     if x.dim() < 2:
@@ -100,11 +124,8 @@ def check_coupling_args(
     if h.device != x.device:
         raise ValueError(f"x is on {x.device} but {h_name} is on {h.device}; put them on one device")
     mask_kind, mask_tensor = _normalize_mask(mask, x)
-    additive = scale == ADDITIVE
-    if not additive and scale not in SCALES:
-        raise ValueError(f"unknown scale {scale!r}: valid choices are {', '.join(map(repr, SCALES))}")
-    if not additive and not clamp > 0:  # also rejects NaN
-        raise ValueError(f"clamp must be > 0, got {clamp}")
+    if not additive:
+        check_scale_and_clamp(scale, clamp)
     check_backend_name(backend)
     expected = expected_h_shape(x.shape, mask_kind, additive)
     if tuple(h.shape) != expected:
@@ -112,6 +133,7 @@ def check_coupling_args(
             f"{h_name} has shape {tuple(h.shape)} but x of shape {tuple(x.shape)} with mask={mask_kind!r} "
             f"needs {h_name} of shape {expected}"
         )
+    scale = ADDITIVE if additive else scale
     config = CouplingConfig(mask_kind, bool(flip), scale, float(clamp), bool(shift_first), bool(reverse))
     return mask_tensor, config
 

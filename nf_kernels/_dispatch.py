@@ -59,6 +59,11 @@ def get_backend(name: str):
     return backend
 
 
+def _one_of(names: list[str]) -> str:
+    quoted = list(map(repr, names))
+    return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+
+
 @functools.lru_cache(maxsize=None)
 def _resolve(requested: str, env_choice: Optional[str], device_type: str) -> str:
     device = torch.device(device_type)
@@ -75,10 +80,13 @@ def _resolve(requested: str, env_choice: Optional[str], device_type: str) -> str
         return "reference"
     reason = why_unavailable(requested, device)
     if reason is not None:
-        working = [n for n in _LOCATIONS if why_unavailable(n, device) is None]
+        # What would work is said here, from what can run, and only here: backends' reasons say why not.
+        preferred = AUTO_ORDER.get(device_type, ())
+        working = sorted((n for n in _LOCATIONS if why_unavailable(n, device) is None),
+                         key=lambda n: preferred.index(n) if n in preferred else len(preferred))  # fmt: skip
         raise RuntimeError(
             f"backend {requested!r} cannot run on {device_type}: {reason}. "
-            f"Available on {device_type}: {', '.join(map(repr, working))} (or 'auto')"
+            f"On {device_type} use backend={_one_of(working)} (or 'auto')"
         )
     return requested
 

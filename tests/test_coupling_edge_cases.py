@@ -32,6 +32,26 @@ def test_non_contiguous_inputs_equal_contiguous_copies(case, backend):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("additive", [False, True])
+def test_strided_bool_mask_gives_contiguous_outputs(backend, additive):
+    """SPEC: y is contiguous. The reference laid y out like a transposed mask."""
+    x = torch.randn(2, 3, 4)
+    mask = torch.rand(4, 3) < 0.5
+    strided = mask.t()  # shape (3, 4), not contiguous
+    assert not strided.is_contiguous()
+    case = Coupling(MaskCase("bool", tuple(x.shape)), None if additive else "tanh")
+    h = torch.randn(case.h_shape())
+    x.requires_grad_(True)
+    y, logdet = case(x, h, backend, mask=strided)
+    y_ref, logdet_ref = case(x, h, backend, mask=strided.contiguous())
+    assert y.is_contiguous() and logdet.is_contiguous()
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
+    torch.testing.assert_close(logdet, logdet_ref, rtol=0, atol=0)
+    (grad_x,) = torch.autograd.grad(y.sum(), x)
+    assert grad_x.is_contiguous()
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_transposed_image_input(backend):
     x = torch.randn(2, 9, 7, 5).transpose(1, 3)  # [2, 5, 7, 9], channels-last-like strides
     h = torch.randn(2, 10, 7, 9)

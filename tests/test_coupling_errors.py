@@ -1,8 +1,11 @@
 """Bad input gets the SPEC's error with a helpful message, before anything is computed (SPEC section 1), and the
 backend choice follows SPEC section 2."""
 
+import re
+
 import pytest
 import torch
+from conftest import CPU_BACKENDS
 
 import nf_kernels
 from nf_kernels import _dispatch
@@ -30,6 +33,20 @@ def test_non_floating_dtype_is_a_type_error(dtype):
         affine(torch.zeros(3, 4, dtype=dtype), torch.randn(3, 4))
     with pytest.raises(TypeError, match="floating dtype"):
         affine(torch.randn(3, 4), torch.zeros(3, 4, dtype=dtype))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_float8_is_a_type_error_listing_the_supported_dtypes(dtype, backend):
+    """float8 is floating but no backend computes in it: the reference gave a float8 log-det, `cpu` an internal error."""
+    listed = r"supported floating dtype \(float32, float16, bfloat16, float64\), got torch.float8"
+    x, h = torch.randn(3, 4), torch.randn(3, 4)
+    with pytest.raises(TypeError, match=r"x must have a " + listed):
+        nf_kernels.affine_coupling(x.to(dtype), h, backend=backend)
+    with pytest.raises(TypeError, match=r"h must have a " + listed):
+        nf_kernels.affine_coupling(x, h.to(dtype), backend=backend)
+    with pytest.raises(TypeError, match=r"t must have a " + listed):
+        nf_kernels.additive_coupling(x, torch.randn(3, 2).to(dtype), backend=backend)
 
 
 def test_non_tensor_input_is_a_type_error():
@@ -69,10 +86,28 @@ def test_unknown_choices_list_the_valid_ones(kwargs, listed):
         nf_kernels.affine_coupling(torch.randn(3, 4), torch.randn(3, 4), **kwargs)
 
 
-@pytest.mark.parametrize("clamp", [0.0, -1.0, float("nan")])
-def test_clamp_must_be_positive(clamp):
-    with pytest.raises(ValueError, match="clamp must be > 0"):
+@pytest.mark.parametrize("scale", ["tanh", "atan", "exp"])
+@pytest.mark.parametrize("clamp", [0.0, -1.0, float("nan"), float("inf"), -float("inf")])
+def test_clamp_must_be_positive_and_finite(clamp, scale):
+    # clamp=inf used to give NaN with tanh/atan: inf * tanh(s / inf) = inf * 0.
+    with pytest.raises(ValueError, match="clamp must be > 0 and finite"):
+        affine(torch.randn(3, 4), torch.randn(3, 4), scale=scale, clamp=clamp)
+
+
+@pytest.mark.parametrize("clamp", ["2", None, True, torch.tensor([1.0, 2.0])])
+def test_clamp_must_be_a_number(clamp):
+    with pytest.raises(TypeError, match="clamp must be a real number"):
         affine(torch.randn(3, 4), torch.randn(3, 4), scale="tanh", clamp=clamp)
+
+
+def test_affine_scale_none_is_an_error_pointing_to_additive_coupling():
+    """scale="none" used to run an additive coupling through affine_coupling, with `h` of t's shape."""
+    x = torch.randn(3, 4)
+    for h in (torch.randn(3, 2), torch.randn(3, 4)):  # t's shape and h's shape
+        with pytest.raises(ValueError, match=r"'exp', 'tanh', 'atan', 'sigmoid'.*nf_kernels.additive_coupling"):
+            affine(x, h, scale="none")
+    y, logdet = nf_kernels.additive_coupling(x, torch.ones(3, 2), backend="reference")  # the additive op still runs
+    assert torch.equal(y[:, 2:], x[:, 2:] + 1) and not logdet.any()
 
 
 def test_errors_come_before_any_computation():
@@ -90,14 +125,41 @@ def fresh_dispatch(monkeypatch):
 
 
 def test_cuda_backend_on_cpu_tensors_says_why(fresh_dispatch):
-    with pytest.raises(RuntimeError, match=r"backend 'cuda' cannot run on cpu: .*Available on cpu: 'reference'"):
+    with pytest.raises(RuntimeError, match=r"backend 'cuda' cannot run on cpu: .*cuda tensors.*On cpu use .*'reference'"):
         nf_kernels.affine_coupling(torch.randn(3, 4), torch.randn(3, 4), backend="cuda")
 
 
 def test_triton_on_cpu_without_the_interpreter_says_what_works(fresh_dispatch):
     fresh_dispatch.setenv("TRITON_INTERPRET", "0")
-    with pytest.raises(RuntimeError, match=r"TRITON_INTERPRET=1.*backend='cpu' or 'reference'"):
+    cpu = "'cpu' or " if _dispatch.why_unavailable("cpu", torch.device("cpu")) is None else ""
+    with pytest.raises(RuntimeError, match=rf"TRITON_INTERPRET=1.*On cpu use backend={cpu}'reference' \(or 'auto'\)$"):
         nf_kernels.affine_coupling(torch.randn(3, 4), torch.randn(3, 4), backend="triton")
+
+
+def _unusable_backend_error(name: str, device: str) -> str:
+    with pytest.raises(RuntimeError) as error:
+        _dispatch.resolve_backend(name, torch.device(device))
+    return str(error.value)
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_an_unusable_backend_suggests_exactly_the_backends_that_run_there(device, fresh_dispatch):
+    """One message, one list: it used to say "on meta use 'cuda', 'triton' or 'reference'. Available on meta:
+    'reference'", a backend's own (wrong) suggestion next to the dispatcher's."""
+    fresh_dispatch.setenv("TRITON_INTERPRET", "0")
+    names = ("reference", "triton", "cpu", "cuda")
+    working = {n for n in names if _dispatch.why_unavailable(n, torch.device(device)) is None}
+    for name in sorted(set(names) - working):
+        message = _unusable_backend_error(name, device)
+        suggested = message.split(f"On {device} use ")[-1]
+        assert set(re.findall(r"'(\w+)'", suggested)) == working | {"auto"}, message
+        # The reason part names no other backend, so no second, contradicting list.
+        assert set(re.findall(r"'(\w+)'", message.split(" use ")[0])) == {name}, message
+    if device == "meta":
+        assert _unusable_backend_error("cpu", "meta") == (
+            "backend 'cpu' cannot run on meta: the 'cpu' backend runs on cpu tensors only. "
+            "On meta use backend='reference' (or 'auto')"
+        )
 
 
 def test_environment_variable_overrides_auto(fresh_dispatch):

@@ -19,7 +19,7 @@ class Backend(Protocol):
     name: str
 
     def why_unavailable(self, device: torch.device) -> Optional[str]:
-        """None if this backend can run on `device`, else a sentence saying why not and what would work."""
+        """None if this backend can run on `device`, else a sentence saying why not (the dispatcher says what works)."""
         ...
 
     def forward(

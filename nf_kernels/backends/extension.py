@@ -57,10 +57,9 @@ def _has_kernel(device_type: str) -> bool:
 class ExtensionBackend:
     """One device type's kernels of the extension, behind the Backend protocol (nf_kernels/backends/base.py)."""
 
-    def __init__(self, name: str, device_type: str, alternatives: str):
+    def __init__(self, name: str, device_type: str):
         self.name = name
         self.device_type = device_type
-        self._alternatives = alternatives  # what to use on other devices, for the error message
 
     def __repr__(self) -> str:
         if _module is None:
@@ -72,7 +71,7 @@ class ExtensionBackend:
         if _module is None:
             return _why_not_loaded
         if device.type != self.device_type:
-            return f"the {self.name!r} backend runs on {self.device_type} tensors; on {device.type} use {self._alternatives}"
+            return f"the {self.name!r} backend runs on {self.device_type} tensors only"
         if not _has_kernel(self.device_type):
             return "the extension was built without CUDA kernels (torch without CUDA, or no nvcc, at build time)"
         if self.device_type == "cuda" and not torch.cuda.is_available():
@@ -90,5 +89,5 @@ class ExtensionBackend:
         )
 
 
-CPU_BACKEND = ExtensionBackend("cpu", "cpu", alternatives="'cuda', 'triton' or 'reference'")
-CUDA_BACKEND = ExtensionBackend("cuda", "cuda", alternatives="'cpu' or 'reference'")
+CPU_BACKEND = ExtensionBackend("cpu", "cpu")
+CUDA_BACKEND = ExtensionBackend("cuda", "cuda")

@@ -113,7 +113,8 @@ def coupling(x: Tensor, h: Tensor, mask: Optional[Tensor], config: CouplingConfi
         a = torch.where(transformed, a, torch.zeros_like(a))
     a_sum = a.flatten(1).sum(1)
     logdet = -a_sum if config.reverse else a_sum
-    return y.to(x.dtype), logdet.to(logdet_dtype(x.dtype))
+    # SPEC: y is contiguous. torch.where lays its result out like a strided (e.g. transposed) bool mask.
+    return y.to(x.dtype).contiguous(), logdet.to(logdet_dtype(x.dtype))
 
 
 # ---- backward -----------------------------------------------------------------------------------------------

@@ -18,8 +18,9 @@ from .coupling import AdditiveCoupling, AffineCoupling
 from .dequantize import bits_per_dim, dequantize
 from .distributions import StandardLogistic, StandardNormal
 from .flow import Flow
+from .labels import LabelEmbedding
 from .memory import ActivationMemory, activation_memory
-from .models import MODELS, build_model, glow, nice, realnvp
+from .models import MODEL_SIZES, MODELS, build_model, glow, nice, realnvp, sizes_used
 from .permutations import Permutation, RandomPermutation, ReversePermutation
 from .scaling import Scaling
 from .split import MultiScaleSplit
@@ -28,7 +29,8 @@ from .transforms import FlowTransform
 
 __all__ = [
     "ActNorm", "ActivationMemory", "AdditiveCoupling", "AffineCoupling", "Flow", "FlowLayer", "FlowTransform",
-    "Invertible1x1Conv", "MLP", "MODELS", "MultiScaleSplit", "Permutation", "RandomPermutation",
-    "ResNetConditioner", "ReversePermutation", "Scaling", "Squeeze", "StandardLogistic", "StandardNormal",
-    "activation_memory", "bits_per_dim", "build_model", "dequantize", "glow", "nice", "realnvp",
+    "Invertible1x1Conv", "LabelEmbedding", "MLP", "MODELS", "MODEL_SIZES", "MultiScaleSplit", "Permutation",
+    "RandomPermutation", "ResNetConditioner", "ReversePermutation", "Scaling", "Squeeze", "StandardLogistic",
+    "StandardNormal", "activation_memory", "bits_per_dim", "build_model", "dequantize", "glow", "nice", "realnvp",
+    "sizes_used",
 ]  # fmt: skip

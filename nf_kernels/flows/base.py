@@ -7,6 +7,7 @@ Layers map data towards the latent in `forward` and back in `inverse`; both retu
 
 from __future__ import annotations
 
+import numbers
 from typing import Iterable, Optional, Sequence
 
 import torch
@@ -76,3 +77,12 @@ def channels_of(input_shape: Sequence[int], layer: str) -> int:
     if len(input_shape) == 0:
         raise ValueError(f"{layer} needs samples with at least one dimension, got shape {tuple(input_shape)}")
     return int(input_shape[0])
+
+
+def check_num_samples(num_samples: int) -> int:
+    """`num_samples` as an int; TypeError unless it is an integer, ValueError if it is negative (0 is fine)."""
+    if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral):
+        raise TypeError(f"num_samples must be an int >= 0, got {type(num_samples).__name__} {num_samples!r}")
+    if num_samples < 0:
+        raise ValueError(f"num_samples must be an int >= 0, got {num_samples}")
+    return int(num_samples)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import functional
-from .._arguments import MASKS, SCALES, MaskArg, check_backend_name, expected_h_shape
+from .._arguments import MASKS, MaskArg, check_backend_name, check_scale_and_clamp, expected_h_shape
 from .base import FlowLayer, Shape
 from .conditioners import MLP, ResNetConditioner
 
@@ -184,10 +184,7 @@ class AffineCoupling(_CouplingLayer):
         shift_first: bool = False,
         **coupling_options: Any,
     ):
-        if scale not in SCALES:
-            raise ValueError(f"unknown scale {scale!r}: valid choices are {', '.join(map(repr, SCALES))}")
-        if not clamp > 0:
-            raise ValueError(f"clamp must be > 0, got {clamp}")
+        check_scale_and_clamp(scale, clamp)
         self.scale, self.clamp, self.shift_first = scale, float(clamp), bool(shift_first)
         super().__init__(input_shape, conditioner, **coupling_options)
 

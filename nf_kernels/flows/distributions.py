@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .base import check_num_samples
+
 
 class _FactorizedStandard(nn.Module):
     """A distribution of independent, identically distributed elements over samples of `shape`."""
@@ -38,7 +40,7 @@ class _FactorizedStandard(nn.Module):
 
     def sample(self, num_samples: int, generator: Optional[torch.Generator] = None) -> Tensor:
         """`num_samples` samples, shape [num_samples, *shape], on this module's device and dtype."""
-        return self._standard_sample((int(num_samples), *self.shape), generator)
+        return self._standard_sample((check_num_samples(num_samples), *self.shape), generator)
 
     def extra_repr(self) -> str:
         return f"shape={self.shape}"

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from .base import propagate_shapes
+from .base import check_num_samples, propagate_shapes
 from .memory_saving import inverse_layers, run_layers
 
 
@@ -18,8 +19,9 @@ class Flow(nn.Module):
     ``z ~ base`` and returns ``f^-1(z)``. With ``memory_saving=True`` the forward pass keeps no intermediate
     activations for backward (each layer's input is rebuilt from its output; see ``memory_saving.py``).
 
-    `context` (optional) is passed to every layer, after `context_encoder` if one is given (for example an
-    ``nn.Embedding`` that turns class labels into the conditioners' context vectors).
+    `context` (optional) is passed to every layer, after `context_encoder` if one is given (for example a
+    :class:`LabelEmbedding` that turns class labels into the conditioners' context vectors). It holds one entry
+    per sample, or a single one (a 0-d tensor, or a batch of 1) for all of them.
     `sample_shape` defaults to the base distribution's shape; give it when the layers change shapes. `base` is
     any module with ``log_prob(z) -> [B]`` and ``sample(num_samples, generator=None)``, such as
     :class:`StandardNormal`; its ``shape`` attribute, if it has one, is checked against the layers'.
@@ -66,23 +68,54 @@ class Flow(nn.Module):
             if module is not self and hasattr(module, "memory_saving"):
                 module.memory_saving = self._memory_saving
 
-    def _encode(self, context: Optional[Tensor]) -> Optional[Tensor]:
-        if context is None or self.context_encoder is None:
-            return context
-        return self.context_encoder(context)
+    def _context_for(self, context: Optional[Tensor], batch: int) -> Optional[Tensor]:
+        """One context entry per sample (a single given entry is broadcast), through the encoder if there is one."""
+        if context is None:
+            return None
+        if not isinstance(context, Tensor):
+            raise TypeError(
+                "context must be a tensor with one entry per sample or a single one for all, for class labels an "
+                f"integer tensor such as torch.tensor(3); got {type(context).__name__} {context!r}"
+            )
+        if context.dim() == 0 or context.shape[0] == 1:
+            context = context.reshape(1, *context.shape[1:]).expand(batch, *context.shape[1:])
+        elif context.shape[0] != batch:
+            raise ValueError(
+                f"context must have one entry per sample ({batch}) or a single one for all, "
+                f"got shape {tuple(context.shape)}"
+            )
+        return context if self.context_encoder is None else self.context_encoder(context)
 
     def _check_batch(self, x: Tensor, what: str, shape: tuple[int, ...]) -> None:
+        """A batch of `shape` samples, in the dtype and on the device of the model (a raw conv error otherwise)."""
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
         if shape and tuple(x.shape[1:]) != shape:
             raise ValueError(f"{what} must be a batch of samples of shape {shape}, got {tuple(x.shape)}")
+        like = next((t for t in itertools.chain(self.parameters(), self.buffers()) if t.is_floating_point()), None)
+        if not x.is_floating_point():
+            hint = "; dequantize integer data first (nf_kernels.flows.dequantize)" if what == "x" else ""
+            expected = like.dtype if like is not None else "a floating dtype"
+            raise TypeError(f"{what} must be a floating tensor ({expected}, like the model), got {x.dtype}{hint}")
+        if like is None:
+            return
+        if x.dtype != like.dtype:
+            raise TypeError(
+                f"{what} is {x.dtype} but the model is {like.dtype}: convert one to the other "
+                f"({what}.to({like.dtype}), or flow.to({x.dtype}))"
+            )
+        if x.device != like.device:
+            raise ValueError(f"{what} is on {x.device} but the model is on {like.device}: move one to the other")
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         """(z, logdet): the latent of each sample and log|det dz/dx|, shape [B]."""
         self._check_batch(x, "x", self.sample_shape)
-        return run_layers(self.layers, x, self._encode(context), self.memory_saving)
+        return run_layers(self.layers, x, self._context_for(context, x.shape[0]), self.memory_saving)
 
     def inverse(self, z: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         """(x, logdet): data for each latent and log|det dx/dz|, shape [B]."""
-        return inverse_layers(self.layers, z, self._encode(context))
+        self._check_batch(z, "z", tuple(getattr(self.base, "shape", ())))
+        return inverse_layers(self.layers, z, self._context_for(context, z.shape[0]))
 
     def log_prob(self, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
         """Natural-log density of each sample, shape [B]."""
@@ -92,13 +125,11 @@ class Flow(nn.Module):
     def sample(
         self, num_samples: int, context: Optional[Tensor] = None, generator: Optional[torch.Generator] = None
     ) -> Tensor:
-        """`num_samples` draws from the model, shape [num_samples, *sample_shape].
+        """`num_samples` (an int >= 0) draws from the model, shape [num_samples, *sample_shape].
 
         A conditional model takes one context per sample, or a single one (e.g. a 0-d label) for all of them.
         """
-        if context is not None and (context.dim() == 0 or context.shape[0] == 1):
-            context = context.reshape(1, *context.shape[1:]).expand(num_samples, *context.shape[1:])
-        z = self.base.sample(num_samples, generator=generator)
+        z = self.base.sample(check_num_samples(num_samples), generator=generator)
         return self.inverse(z, context)[0]
 
     def extra_repr(self) -> str:

@@ -1,11 +1,13 @@
 """Model builders: NICE, RealNVP and Glow on the fused coupling ops, for vectors (D,) and images (C, H, W).
 
 Every builder returns a :class:`Flow`. Sizes have small defaults and can be raised by keyword. Which sizes
-matter depends on the data: vectors use `num_layers` (NICE, RealNVP) or `num_steps` (Glow); images use
-`num_layers` (NICE) or `num_scales` and `num_steps` (RealNVP, Glow). Sizes that do not apply are ignored, so one
-set of options can be passed to every model. `hidden` is the conditioners' width and `depth` their hidden-layer
-(MLP) or residual-block (CNN) count. `num_classes` makes the model class-conditional: labels (a LongTensor passed
-as `context`) are embedded into `context_features`-wide vectors that every conditioner reads.
+a model uses depends on the data (see :func:`sizes_used`): vectors use `num_layers` (NICE, RealNVP) or `num_steps`
+(Glow); images use `num_layers` (NICE) or `num_scales` and `num_steps` (RealNVP, Glow); only RealNVP has `scale`,
+`clamp` and `final_steps` (images). A size the model does not use is a ValueError naming it, never silently
+ignored. `hidden` is the conditioners' width and `depth` their hidden-layer (MLP) or residual-block (CNN) count.
+`num_classes` makes the model class-conditional: labels (an integer tensor of values in ``[0, num_classes)``, one
+per sample or a single one for all, passed as `context`) are embedded into `context_features`-wide vectors that
+every conditioner reads.
 """
 
 from __future__ import annotations
@@ -21,13 +23,37 @@ from .conv1x1 import Invertible1x1Conv
 from .coupling import AdditiveCoupling, AffineCoupling
 from .distributions import StandardLogistic, StandardNormal
 from .flow import Flow
+from .labels import LabelEmbedding
 from .scaling import Scaling
 from .split import MultiScaleSplit
 from .squeeze import Squeeze
 
 MODELS = ("nice", "realnvp", "glow")
-# Sizes some model or data kind uses; every builder accepts all of them (see the module docstring).
+# Sizes some model uses for some data kind; each builder takes those of `_SIZES_USED` and rejects the others.
 MODEL_SIZES = ("num_layers", "num_scales", "num_steps", "final_steps", "scale", "clamp")
+_SIZES_USED = {
+    ("nice", "vectors"): ("num_layers",),
+    ("nice", "images"): ("num_layers",),
+    ("realnvp", "vectors"): ("num_layers", "scale", "clamp"),
+    ("realnvp", "images"): ("num_scales", "num_steps", "final_steps", "scale", "clamp"),
+    ("glow", "vectors"): ("num_steps",),
+    ("glow", "images"): ("num_scales", "num_steps"),
+}
+
+
+def _data_kind(shape: Shape) -> str:
+    return "vectors" if len(shape) == 1 else "images"
+
+
+def sizes_used(model: str, sample_shape: Sequence[int]) -> tuple[str, ...]:
+    """The size options (of `MODEL_SIZES`) that `model` uses for samples of `sample_shape`; others are errors.
+
+    >>> sizes_used("glow", (3, 32, 32)), sizes_used("nice", (2,))
+    (('num_scales', 'num_steps'), ('num_layers',))
+    """
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}: valid choices are {', '.join(map(repr, MODELS))}")
+    return _SIZES_USED[model, _data_kind(_sample_shape(sample_shape, model))]
 
 
 @dataclass(frozen=True)
@@ -42,13 +68,20 @@ class _Common:
     memory_saving: bool = False
 
     @classmethod
-    def parse(cls, model: str, options: dict[str, Any]) -> "_Common":
-        """Split off the common options; sizes of other models are ignored, anything else is a typo."""
+    def parse(cls, model: str, shape: Shape, options: dict[str, Any], sizes: dict[str, Any]) -> "_Common":
+        """Split off the common options from `options`, the builder's `**options`. `sizes` are the builder's own
+        size arguments whose default is None (those it uses for one data kind only), as given.
+
+        A size this model does not use for this data kind is a ValueError; any other unknown option, a TypeError
+        (a typo).
+        """
         common = {f.name for f in fields(cls)}
         unknown = sorted(set(options) - common - set(MODEL_SIZES))
         if unknown:
-            valid = ", ".join(sorted(common | set(MODEL_SIZES)))
+            valid = ", ".join(sorted(common) + list(_SIZES_USED[model, _data_kind(shape)]))
             raise TypeError(f"{model}() got unknown option(s) {', '.join(unknown)}; valid options are {valid}")
+        given = [name for name in MODEL_SIZES if options.get(name) is not None or sizes.get(name) is not None]
+        _reject_unused_sizes(model, shape, given, besides=sorted(common))
         parsed = cls(**{k: v for k, v in options.items() if k in common})
         _check_positive(hidden=parsed.hidden, depth=parsed.depth, context_features=parsed.context_features)
         if parsed.num_classes is not None and parsed.num_classes < 1:
@@ -62,10 +95,25 @@ class _Common:
         return dict(hidden=self.hidden, depth=self.depth, context_features=context, backend=self.backend)
 
     def flow(self, layers: list[nn.Module], sample_shape: Shape, base: Callable[[Shape], nn.Module]) -> Flow:
-        encoder = nn.Embedding(self.num_classes, self.context_features) if self.num_classes else None
+        encoder = LabelEmbedding(self.num_classes, self.context_features) if self.num_classes else None
         latent_shape = propagate_shapes(layers, sample_shape)
         return Flow(layers, base(latent_shape), memory_saving=self.memory_saving, sample_shape=sample_shape,
                     context_encoder=encoder)  # fmt: skip
+
+
+def _reject_unused_sizes(model: str, shape: Shape, given: list[str], besides: list[str]) -> None:
+    """ValueError naming the sizes in `given` that `model` does not use for samples of `shape`, if any."""
+    used = _SIZES_USED[model, _data_kind(shape)]
+    unused = [name for name in given if name not in used]
+    if not unused:
+        return
+    kind = f"{_data_kind(shape)} {shape}"
+    anywhere = {name for (m, _), names in _SIZES_USED.items() if m == model for name in names}
+    absent = [name for name in unused if name not in anywhere]
+    other_kind = [name for name in unused if name in anywhere]
+    problems = [f"{model} has no {', '.join(absent)}"] if absent else []
+    problems += [f"{model} on {kind} does not use {', '.join(other_kind)}"] if other_kind else []
+    raise ValueError(f"{'; '.join(problems)}. On {kind} {model} takes {', '.join(used)} (besides {', '.join(besides)})")
 
 
 def _sample_shape(sample_shape: Sequence[int], model: str) -> Shape:
@@ -118,7 +166,7 @@ def nice(sample_shape: Sequence[int], *, num_layers: int = 4, **options: Any) ->
     ['AdditiveCoupling', 'AdditiveCoupling', 'Scaling']
     """
     shape = _sample_shape(sample_shape, "nice")
-    common = _Common.parse("nice", options)
+    common = _Common.parse("nice", shape, options, {})
     _check_positive(num_layers=num_layers)
     mask = "half" if len(shape) == 1 else "checkerboard"
     layers: list[nn.Module] = [
@@ -131,28 +179,32 @@ def nice(sample_shape: Sequence[int], *, num_layers: int = 4, **options: Any) ->
 def realnvp(
     sample_shape: Sequence[int],
     *,
-    num_layers: int = 4,
-    num_scales: int = 2,
-    num_steps: int = 3,
+    num_layers: Optional[int] = None,
+    num_scales: Optional[int] = None,
+    num_steps: Optional[int] = None,
     final_steps: Optional[int] = None,
     scale: str = "tanh",
     clamp: float = 2.0,
     **options: Any,
 ) -> Flow:
-    """RealNVP. Vectors: `num_layers` affine couplings on alternating halves, with MLP conditioners.
+    """RealNVP. Vectors: `num_layers` (default 4) affine couplings on alternating halves, with MLP conditioners.
 
-    Images, per scale: `num_steps` checkerboard couplings, a squeeze, `num_steps` channel-half couplings, then
-    half the channels are factored out and the next scale continues on the rest; the last scale has
-    `final_steps` (default ``num_steps + 1``) checkerboard couplings, as in the paper. Masks alternate. The
-    default soft-clamped scale (``scale="tanh"``) trains more stably than the paper's plain ``"exp"``.
-    `options` as for :func:`nice`.
+    Images: `num_scales` (default 2) scales; per scale, `num_steps` (default 3) checkerboard couplings, a squeeze,
+    `num_steps` channel-half couplings, then half the channels are factored out and the next scale continues on
+    the rest; the last scale has `final_steps` (default ``num_steps + 1``) checkerboard couplings, as in the paper.
+    Masks alternate. The default soft-clamped scale (``scale="tanh"``) trains more stably than the paper's plain
+    ``"exp"``. Sizes of the other data kind are rejected. `options` as for :func:`nice`.
 
     >>> flow = realnvp((1, 4, 4), num_scales=2, num_steps=1, hidden=8, depth=1)
     >>> flow.sample(2).shape, flow.base.shape
     (torch.Size([2, 1, 4, 4]), (16,))
     """
     shape = _sample_shape(sample_shape, "realnvp")
-    common = _Common.parse("realnvp", options)
+    sizes = dict(num_layers=num_layers, num_scales=num_scales, num_steps=num_steps, final_steps=final_steps)
+    common = _Common.parse("realnvp", shape, options, sizes)
+    num_layers = 4 if num_layers is None else num_layers
+    num_scales = 2 if num_scales is None else num_scales
+    num_steps = 3 if num_steps is None else num_steps
     final_steps = num_steps + 1 if final_steps is None else final_steps
     _check_positive(num_layers=num_layers, num_scales=num_scales, num_steps=num_steps, final_steps=final_steps)
 
@@ -177,10 +229,13 @@ def realnvp(
     return common.flow(_multi_scale(shape, num_scales, scale_body), shape, StandardNormal)
 
 
-def glow(sample_shape: Sequence[int], *, num_scales: int = 2, num_steps: int = 4, **options: Any) -> Flow:
-    """Glow: `num_scales` levels of (squeeze, `num_steps` x [ActNorm, invertible 1x1 conv, affine coupling]), with
-    half the channels factored out between levels. Couplings use Glow's form: sigmoid scale, shift first, on
-    channel halves. Vectors get `num_steps` such steps without squeezes or splits. `options` as for :func:`nice`.
+def glow(
+    sample_shape: Sequence[int], *, num_scales: Optional[int] = None, num_steps: int = 4, **options: Any
+) -> Flow:
+    """Glow: `num_scales` (default 2) levels of (squeeze, `num_steps` x [ActNorm, invertible 1x1 conv, affine
+    coupling]), with half the channels factored out between levels. Couplings use Glow's form: sigmoid scale,
+    shift first, on channel halves (so there is no `scale` or `clamp` to choose). Vectors get `num_steps` such
+    steps without squeezes or splits (and no `num_scales`). `options` as for :func:`nice`.
 
     >>> import torch
     >>> flow = glow((1, 4, 4), num_scales=2, num_steps=1, hidden=8, depth=1)
@@ -188,7 +243,8 @@ def glow(sample_shape: Sequence[int], *, num_scales: int = 2, num_steps: int = 4
     torch.Size([3])
     """
     shape = _sample_shape(sample_shape, "glow")
-    common = _Common.parse("glow", options)
+    common = _Common.parse("glow", shape, options, dict(num_scales=num_scales))
+    num_scales = 2 if num_scales is None else num_scales
     _check_positive(num_scales=num_scales, num_steps=num_steps)
 
     def steps(input_shape: Shape) -> list[nn.Module]:

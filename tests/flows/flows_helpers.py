@@ -5,11 +5,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nf_kernels.flows import build_model
+from nf_kernels.flows import MODEL_SIZES, build_model, sizes_used
 
 # Tiny sizes: every model builds and runs in well under a second, also under the Triton interpreter.
 TINY = dict(num_layers=2, num_scales=2, num_steps=1, final_steps=1, hidden=8, depth=1, context_features=4)
 VECTOR_SHAPE, IMAGE_SHAPE = (3,), (2, 4, 4)
+
+
+def tiny_sizes(name: str, shape, **overrides) -> dict:
+    """TINY and `overrides`, less the sizes model `name` does not use for `shape` (the builders reject those)."""
+    used = sizes_used(name, shape)
+    return {k: v for k, v in {**TINY, **overrides}.items() if k not in MODEL_SIZES or k in used}
 
 
 def perturb(module: nn.Module, std: float = 0.1, seed: int = 0) -> nn.Module:
@@ -23,7 +29,7 @@ def perturb(module: nn.Module, std: float = 0.1, seed: int = 0) -> nn.Module:
 
 def tiny_model(name: str, shape, backend: str = "reference", seed: int = 0, **overrides) -> nn.Module:
     torch.manual_seed(seed)
-    flow = build_model(name, shape, backend=backend, **{**TINY, **overrides})
+    flow = build_model(name, shape, backend=backend, **tiny_sizes(name, shape, **overrides))
     flow.eval()  # ActNorm keeps its (perturbed) parameters instead of initializing from data
     return perturb(flow, seed=seed)
 

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 from conftest import CPU_BACKENDS, TOLERANCE
-from flows_helpers import IMAGE_SHAPE, TINY, VECTOR_SHAPE, rel_err, tiny_model
+from flows_helpers import IMAGE_SHAPE, VECTOR_SHAPE, rel_err, tiny_model, tiny_sizes
 
 from nf_kernels.flows import MODELS, build_model
 
@@ -57,7 +57,7 @@ def test_state_dict_round_trip_gives_identical_log_prob(name, shape):
     buffer = io.BytesIO()
     torch.save(flow.state_dict(), buffer)
     buffer.seek(0)
-    fresh = build_model(name, shape, backend="reference", **TINY)
+    fresh = build_model(name, shape, backend="reference", **tiny_sizes(name, shape))
     fresh.load_state_dict(torch.load(buffer))
     fresh.eval()
     x = torch.rand(4, *shape)
@@ -65,9 +65,9 @@ def test_state_dict_round_trip_gives_identical_log_prob(name, shape):
 
 
 def test_actnorm_initialization_survives_a_state_dict_round_trip():
-    flow = build_model("glow", VECTOR_SHAPE, backend="reference", **TINY)
+    flow = build_model("glow", VECTOR_SHAPE, backend="reference", **tiny_sizes("glow", VECTOR_SHAPE))
     flow.log_prob(torch.randn(16, *VECTOR_SHAPE) * 5)  # training mode: data-dependent init happens here
-    fresh = build_model("glow", VECTOR_SHAPE, backend="reference", **TINY)
+    fresh = build_model("glow", VECTOR_SHAPE, backend="reference", **tiny_sizes("glow", VECTOR_SHAPE))
     fresh.load_state_dict(flow.state_dict())
     x = torch.randn(4, *VECTOR_SHAPE)
     assert torch.equal(fresh.log_prob(x), flow.log_prob(x))  # fresh is in training mode: it must not re-init
@@ -89,7 +89,7 @@ def test_every_backend_gives_the_reference_log_prob(name, shape, backend):
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_backend_is_chosen_per_layer(backend):
-    flow = build_model("realnvp", VECTOR_SHAPE, backend=backend, **TINY)
+    flow = build_model("realnvp", VECTOR_SHAPE, backend=backend, **tiny_sizes("realnvp", VECTOR_SHAPE))
     assert {layer.backend for layer in flow.layers} == {backend}
 
 

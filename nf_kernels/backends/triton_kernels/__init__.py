@@ -38,10 +38,9 @@ class TritonBackend:
                 return None
             return (
                 "Triton compiles for GPUs; CPU tensors run only under the Triton interpreter "
-                "(set TRITON_INTERPRET=1 before importing nf_kernels; slow, meant for tests). "
-                "On the CPU use backend='cpu' or 'reference'"
+                "(set TRITON_INTERPRET=1 before importing nf_kernels; slow, meant for tests)"
             )
-        return f"Triton kernels do not run on {device.type} devices; use backend='reference'"
+        return f"Triton kernels do not run on {device.type} devices"
 
     def forward(self, x, h, mask, config):
         with _on_device(x.device):
