@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import NamedTuple, Optional, Union
+from typing import NamedTuple, Optional
 
 import torch
 
-MASKS = ("half", "checkerboard")
+from ._masks import MaskArg, check_mask, expected_h_shape
+
 SCALES = ("exp", "tanh", "atan", "sigmoid")
 # The config's scale for the additive (NICE) coupling: `h` holds only the shift `t` and the log-det is zero.
 # Only `additive_coupling` makes such a config; `affine_coupling(scale="none")` is an error.
@@ -21,7 +22,6 @@ ADDITIVE = "none"
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 BACKEND_NAMES = ("auto", "reference", "triton", "cuda", "cpu")
 
-MaskArg = Union[str, torch.Tensor]
 
 
 class CouplingConfig(NamedTuple):
@@ -63,37 +63,6 @@ def check_scale_and_clamp(scale: str, clamp: float) -> None:
         raise ValueError(f"clamp must be > 0 and finite, got {clamp}")
 
 
-def expected_h_shape(x_shape: torch.Size, mask_kind: str, additive: bool) -> tuple[int, ...]:
-    """The shape the conditioner output must have for `x` of shape `x_shape` (SPEC mask table)."""
-    shape = list(x_shape)
-    channels = shape[1]
-    if mask_kind == "half":
-        transformed = channels - channels // 2
-        shape[1] = transformed if additive else 2 * transformed
-    elif not additive:
-        shape[1] = 2 * channels
-    return tuple(shape)
-
-
-def _normalize_mask(mask: MaskArg, x: torch.Tensor) -> tuple[str, Optional[torch.Tensor]]:
-    if isinstance(mask, torch.Tensor):
-        if mask.dtype != torch.bool:
-            raise TypeError(f"a mask tensor must have dtype torch.bool, got {mask.dtype}")
-        if tuple(mask.shape) != tuple(x.shape[1:]):
-            raise ValueError(
-                f"a bool mask must have the shape of one sample, x.shape[1:] = {tuple(x.shape[1:])}; "
-                f"got {tuple(mask.shape)}"
-            )
-        if mask.device != x.device:
-            raise ValueError(f"mask is on {mask.device} but x is on {x.device}; put them on one device")
-        return "tensor", mask
-    if not isinstance(mask, str) or mask not in MASKS:
-        raise ValueError(f"unknown mask {mask!r}: valid choices are {', '.join(map(repr, MASKS))} or a bool tensor")
-    if mask == "checkerboard" and x.dim() != 4:
-        raise ValueError(f"mask='checkerboard' needs x of shape [B, C, H, W], got {tuple(x.shape)}")
-    return mask, None
-
-
 def check_backend_name(backend: str) -> None:
     if not isinstance(backend, str) or backend not in BACKEND_NAMES:
         raise ValueError(f"unknown backend {backend!r}: valid choices are {', '.join(map(repr, BACKEND_NAMES))}")
@@ -123,7 +92,8 @@ def check_coupling_args(
         raise ValueError(f"x must have a batch dimension and at least one more, got shape {tuple(x.shape)}")
     if h.device != x.device:
         raise ValueError(f"x is on {x.device} but {h_name} is on {h.device}; put them on one device")
-    mask_kind, mask_tensor = _normalize_mask(mask, x)
+    mask_kind = check_mask(mask, x.shape[1:], x.device)
+    mask_tensor = mask if mask_kind == "tensor" else None
     if not additive:
         check_scale_and_clamp(scale, clamp)
     check_backend_name(backend)

@@ -20,6 +20,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from ._arguments import ADDITIVE, SCALES, CouplingConfig
+from ._masks import checkerboard_kept_parity, half_split_channels, kept_elements
 
 # The kernel interface, defined here once for Python. A scale map's code is its index in SCALE_NAMES, a pattern's
 # its index in PATTERN_NAMES; the C++ ops take the layout packed as ints in LAYOUT_FIELDS order. The Triton
@@ -66,22 +67,20 @@ def flat_layout(x: torch.Tensor, mask: Optional[torch.Tensor], config: CouplingC
     parity = width = plane = 0
     transformed = None
     if config.mask_kind == "half":
-        n_transformed = channels - channels // 2
-        first = 0 if config.flip else channels // 2
-        lo, hi = first * inner, (first + n_transformed) * inner
+        transformed_channels = half_split_channels(channels, config.flip)[1]
+        lo, hi = transformed_channels.start * inner, transformed_channels.stop * inner
         pattern = PATTERN_RANGE
-        s_size = n_transformed * inner
+        s_size = hi - lo
     else:
         lo, hi, s_size = 0, numel, numel
         if config.mask_kind == "checkerboard":
             pattern = PATTERN_CHECKERBOARD
-            # kept where (i + j) % 2 == 1 (flip=False), so transformed where it is 0; flip swaps.
-            parity = 1 if config.flip else 0
+            parity = 1 - checkerboard_kept_parity(config.flip)  # the kernels test for the transformed parity
             width, plane = x.shape[3], x.shape[2] * x.shape[3]
         else:
             assert mask is not None
             pattern = PATTERN_MASK
-            kept = ~mask if config.flip else mask
+            kept = kept_elements(x.shape[1:], mask, config.flip)
             transformed = (~kept).reshape(-1).to(torch.uint8).contiguous()
     if config.additive:
         h_stride, t_offset = s_size, 0

@@ -18,17 +18,13 @@ from ._arguments import CouplingConfig, logdet_dtype
 from ._dispatch import get_backend
 
 
-def _config(mask_kind: str, flip: bool, scale: str, clamp: float, shift_first: bool, reverse: bool) -> CouplingConfig:
-    return CouplingConfig(mask_kind, flip, scale, clamp, shift_first, reverse)
-
-
 def _is_empty(x: Tensor) -> bool:
     """No sample, or no element in a sample: nothing for a kernel to do (and a zero-size grid is invalid)."""
     return x.shape[0] == 0 or math.prod(x.shape[1:]) == 0
 
 
 @torch.library.custom_op("nf_kernels::coupling", mutates_args=())
-def coupling(
+def coupling_op(
     x: Tensor,
     h: Tensor,
     mask: Optional[Tensor],
@@ -44,11 +40,11 @@ def coupling(
         return torch.empty(x.shape, dtype=x.dtype, device=x.device), x.new_zeros(
             x.shape[0], dtype=logdet_dtype(x.dtype)
         )
-    config = _config(mask_kind, flip, scale, clamp, shift_first, reverse)
+    config = CouplingConfig(mask_kind, flip, scale, clamp, shift_first, reverse)
     return get_backend(backend).forward(x, h, mask, config)
 
 
-@coupling.register_fake
+@coupling_op.register_fake
 def _coupling_fake(x, h, mask, mask_kind, flip, scale, clamp, shift_first, reverse, backend):
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     logdet = x.new_empty(x.shape[0], dtype=logdet_dtype(x.dtype))
@@ -56,7 +52,7 @@ def _coupling_fake(x, h, mask, mask_kind, flip, scale, clamp, shift_first, rever
 
 
 @torch.library.custom_op("nf_kernels::coupling_backward", mutates_args=())
-def coupling_backward(
+def coupling_backward_op(
     grad_y: Tensor,
     grad_logdet: Tensor,
     x: Tensor,
@@ -72,11 +68,11 @@ def coupling_backward(
 ) -> tuple[Tensor, Tensor]:
     if _is_empty(x):
         return torch.zeros(x.shape, dtype=x.dtype, device=x.device), torch.zeros(h.shape, dtype=h.dtype, device=h.device)
-    config = _config(mask_kind, flip, scale, clamp, shift_first, reverse)
+    config = CouplingConfig(mask_kind, flip, scale, clamp, shift_first, reverse)
     return get_backend(backend).backward(grad_y, grad_logdet, x, h, mask, config)
 
 
-@coupling_backward.register_fake
+@coupling_backward_op.register_fake
 def _coupling_backward_fake(grad_y, grad_logdet, x, h, mask, mask_kind, flip, scale, clamp, shift_first, reverse, backend):
     return torch.empty(x.shape, dtype=x.dtype, device=x.device), torch.empty(h.shape, dtype=h.dtype, device=h.device)
 
@@ -93,11 +89,11 @@ def _backward(ctx, grad_y: Optional[Tensor], grad_logdet: Optional[Tensor]):
         grad_y = torch.zeros(x.shape, dtype=x.dtype, device=x.device)
     if grad_logdet is None:
         grad_logdet = torch.zeros(x.shape[0], dtype=logdet_dtype(x.dtype), device=x.device)
-    grad_x, grad_h = coupling_backward(grad_y, grad_logdet, x, h, mask, *ctx.scalars)
+    grad_x, grad_h = coupling_backward_op(grad_y, grad_logdet, x, h, mask, *ctx.scalars)
     return grad_x, grad_h, None, None, None, None, None, None, None, None
 
 
-coupling.register_autograd(_backward, setup_context=_setup_context)
+coupling_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _no_double_backward(ctx, grad_grad_x, grad_grad_h):
@@ -107,10 +103,10 @@ def _no_double_backward(ctx, grad_grad_x, grad_grad_h):
     )
 
 
-coupling_backward.register_autograd(_no_double_backward, setup_context=lambda ctx, inputs, output: None)
+coupling_backward_op.register_autograd(_no_double_backward, setup_context=lambda ctx, inputs, output: None)
 
 
-def apply_coupling(x: Tensor, h: Tensor, mask: Optional[Tensor], config: CouplingConfig, backend: str):
-    """Call `nf_kernels::coupling` with a config (the op's schema takes the config's fields one by one)."""
-    c = config
-    return coupling(x, h, mask, c.mask_kind, c.flip, c.scale, c.clamp, c.shift_first, c.reverse, backend)
+# Callers pass a CouplingConfig as the ops' scalar arguments (`coupling_op(x, h, mask, *config, backend)`): the
+# schema's parameters after `mask` are the config's fields, in order. Checked once here, at import.
+_op_parameters = [argument.name for argument in torch.ops.nf_kernels.coupling.default._schema.arguments]
+assert _op_parameters[3:-1] == list(CouplingConfig._fields), (_op_parameters, CouplingConfig._fields)

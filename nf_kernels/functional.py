@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from . import _ops
-from ._arguments import MaskArg, check_coupling_args
+from ._arguments import check_coupling_args
+from ._masks import MaskArg
 from ._dispatch import resolve_backend
 
 
@@ -39,7 +40,7 @@ def affine_coupling(
         x, h, mask=mask, flip=flip, scale=scale, clamp=clamp, shift_first=shift_first, reverse=reverse,
         backend=backend,
     )  # fmt: skip
-    return _ops.apply_coupling(x, h, mask_tensor, config, resolve_backend(backend, x.device))
+    return _ops.coupling_op(x, h, mask_tensor, *config, resolve_backend(backend, x.device))
 
 
 def additive_coupling(
@@ -61,4 +62,4 @@ def additive_coupling(
     mask_tensor, config = check_coupling_args(
         x, t, mask=mask, flip=flip, reverse=reverse, backend=backend, additive=True
     )
-    return _ops.apply_coupling(x, t, mask_tensor, config, resolve_backend(backend, x.device))
+    return _ops.coupling_op(x, t, mask_tensor, *config, resolve_backend(backend, x.device))

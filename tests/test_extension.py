@@ -107,8 +107,8 @@ def test_large_multi_tile_shape_matches_reference(mask, dtype, h_dtype):
     with nf_kernels.poison_outputs():
         y, logdet = CPU_BACKEND.forward(x, h, mask_tensor, config)
         grad_x, grad_h = CPU_BACKEND.backward(grad_y, grad_logdet, x, h, mask_tensor, config)
-    ref_y, ref_logdet = reference.coupling(x.double(), h.double(), mask_tensor, config)
-    ref_gx, ref_gh = reference.coupling_backward(grad_y.double(), grad_logdet.double(), x.double(), h.double(), mask_tensor, config)
+    ref_y, ref_logdet = reference.reference_forward(x.double(), h.double(), mask_tensor, config)
+    ref_gx, ref_gh = reference.reference_backward(grad_y.double(), grad_logdet.double(), x.double(), h.double(), mask_tensor, config)
     tolerance = TOLERANCE[dtype] if h_dtype is None else max(TOLERANCE[dtype], TOLERANCE[h_dtype])
     assert _rel_err(y, ref_y) <= tolerance
     assert _rel_err(logdet, ref_logdet) <= 1e-5
@@ -133,7 +133,7 @@ for mask, scale, shift_first, reverse in itertools.product(
     gy, gl = torch.randn(shape, generator=g), torch.randn(2, generator=g)
     config = CouplingConfig(mask, False, scale, 1.5, shift_first, reverse)
     outs = CPU_BACKEND.forward(x, h, None, config) + CPU_BACKEND.backward(gy, gl, x, h, None, config)
-    refs = reference.coupling(x.double(), h.double(), None, config) + reference.coupling_backward(
+    refs = reference.reference_forward(x.double(), h.double(), None, config) + reference.reference_backward(
         gy.double(), gl.double(), x.double(), h.double(), None, config)
     for out, ref in zip(outs, refs):
         worst = max(worst, ((out.double() - ref).norm() / ref.norm().clamp_min(1e-300)).item())

@@ -1,7 +1,7 @@
 """The "reference" backend: the SPEC written as plain PyTorch, for clarity rather than speed.
 
-It is the oracle every other backend is tested against, so it shares no code with them: it builds the masks
-with tensor ops and applies the formulas literally. Its gradient is written out by hand too (autograd does not
+It is the oracle every other backend is tested against, so it shares no code with them but the SPEC's mask table
+(`nf_kernels._masks`): it builds the masks with tensor ops and applies the formulas literally. Its gradient is written out by hand too (autograd does not
 record inside a custom op's implementation), and the tests hold that gradient to finite differences (gradcheck)
 and to slogdet of the Jacobian.
 """
@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from .._arguments import CouplingConfig, compute_dtype, logdet_dtype
+from .._masks import half_split_channels, kept_elements
 
 
 def scale_map(s: Tensor, scale: str, clamp: float) -> Tensor:
@@ -48,24 +49,14 @@ def scale_map_derivative(s: Tensor, scale: str, clamp: float) -> Tensor:
 
 def _transformed_elements(x: Tensor, mask: Optional[Tensor], config: CouplingConfig) -> Tensor:
     """For checkerboard and bool masks: a bool tensor of shape x.shape[1:], True where transformed."""
-    if config.mask_kind == "checkerboard":
-        height, width = x.shape[2], x.shape[3]
-        i = torch.arange(height, device=x.device).view(height, 1)
-        j = torch.arange(width, device=x.device).view(1, width)
-        kept = (i + j) % 2 == (0 if config.flip else 1)
-        return (~kept).expand(x.shape[1:])
-    assert mask is not None
-    kept = ~mask if config.flip else mask
-    return ~kept
+    mask_arg = mask if config.mask_kind == "tensor" else config.mask_kind
+    return ~kept_elements(x.shape[1:], mask_arg, config.flip, device=x.device)
 
 
 def _half_split(v: Tensor, config: CouplingConfig) -> tuple[Tensor, Tensor]:
     """For the "half" mask: (kept, transformed) channels of v along dim 1."""
-    channels = v.shape[1]
-    n_kept = channels // 2
-    if config.flip:  # the first C - C//2 are transformed, the last C//2 kept
-        return v[:, channels - n_kept :], v[:, : channels - n_kept]
-    return v[:, :n_kept], v[:, n_kept:]
+    kept, transformed = half_split_channels(v.shape[1], config.flip)
+    return v[:, kept], v[:, transformed]
 
 
 def _half_join(kept: Tensor, transformed: Tensor, config: CouplingConfig) -> Tensor:
@@ -95,7 +86,7 @@ def _step(x: Tensor, s: Optional[Tensor], t: Tensor, config: CouplingConfig) -> 
     return out, a
 
 
-def coupling(x: Tensor, h: Tensor, mask: Optional[Tensor], config: CouplingConfig) -> tuple[Tensor, Tensor]:
+def reference_forward(x: Tensor, h: Tensor, mask: Optional[Tensor], config: CouplingConfig) -> tuple[Tensor, Tensor]:
     """(y, logdet) by the SPEC's formulas."""
     ct = compute_dtype(x.dtype)
     # Contiguous first, so that a strided input sums its log-det in the same order as its contiguous copy.
@@ -141,8 +132,8 @@ def _step_grads(g, g_logdet, x, s, t, config: CouplingConfig):
     return grad_x, grad_a * scale_map_derivative(s, config.scale, config.clamp), grad_t
 
 
-def coupling_backward(grad_y, grad_logdet, x, h, mask, config: CouplingConfig) -> tuple[Tensor, Tensor]:
-    """(grad_x, grad_h) of `coupling`, zero at the kept positions of grad_h."""
+def reference_backward(grad_y, grad_logdet, x, h, mask, config: CouplingConfig) -> tuple[Tensor, Tensor]:
+    """(grad_x, grad_h) of :func:`reference_forward`, zero at the kept positions of grad_h."""
     ct = compute_dtype(x.dtype)
     xc, hc, g = x.to(ct).contiguous(), h.to(ct).contiguous(), grad_y.to(ct).contiguous()
     g_logdet = grad_logdet.to(ct).view(-1, *([1] * (x.dim() - 1)))
@@ -172,10 +163,10 @@ class ReferenceBackend:
         return None  # plain PyTorch runs wherever PyTorch does
 
     def forward(self, x, h, mask, config):
-        return coupling(x, h, mask, config)
+        return reference_forward(x, h, mask, config)
 
     def backward(self, grad_y, grad_logdet, x, h, mask, config):
-        return coupling_backward(grad_y, grad_logdet, x, h, mask, config)
+        return reference_backward(grad_y, grad_logdet, x, h, mask, config)
 
 
 BACKEND = ReferenceBackend()

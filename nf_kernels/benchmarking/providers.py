@@ -1,6 +1,6 @@
 """The contenders of an op benchmark, each turning an :class:`OpCase` into a function ``(x, h) -> (y, logdet)``.
 
-* ``eager``: the reference backend's formulas (``nf_kernels.backends.reference.coupling``) in eager PyTorch,
+* ``eager``: the reference backend's formulas (``nf_kernels.backends.reference.reference_forward``) in eager PyTorch,
   with autograd's backward: what a user who writes the coupling in plain PyTorch gets.
 * ``compile``: ``torch.compile`` of that same function. It is compiled directly, not through
   ``nf_kernels.affine_coupling(..., backend="reference")``: the public call goes through a registered custom
@@ -57,7 +57,7 @@ class EagerReference(Provider):
 
 
 def _reference(x: torch.Tensor, h: torch.Tensor, config: CouplingConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    return reference.coupling(x, h, None, config)  # the benchmarked masks are named, never a bool tensor
+    return reference.reference_forward(x, h, None, config)  # the benchmarked masks are named, never a bool tensor
 
 
 class CompiledReference(Provider):

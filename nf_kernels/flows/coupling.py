@@ -14,37 +14,20 @@ import torch
 from torch import Tensor, nn
 
 from .. import functional
-from .._arguments import MASKS, MaskArg, check_backend_name, check_scale_and_clamp, expected_h_shape
+from .._arguments import check_backend_name, check_scale_and_clamp
+from .._masks import MaskArg, check_mask, expected_h_shape, half_split_channels, kept_elements
 from .base import FlowLayer, Shape
 from .conditioners import MLP, ResNetConditioner
 
 
-def _kept_elements(input_shape: Shape, mask: MaskArg, flip: bool) -> Tensor:
-    """Bool tensor of one sample's shape: True where the coupling keeps (passes through) an element."""
-    if isinstance(mask, Tensor):
-        return ~mask if flip else mask.clone()
-    height, width = input_shape[1], input_shape[2]
-    i = torch.arange(height).view(height, 1)
-    j = torch.arange(width).view(1, width)
-    kept = (i + j) % 2 == (0 if flip else 1)  # SPEC: kept where (i + j) % 2 == 1 without flip
-    return kept.expand(input_shape).clone()
-
-
 def _check_mask(input_shape: Shape, mask: MaskArg) -> str:
-    """The mask kind ("half", "checkerboard" or "tensor"); ValueError if `mask` cannot fit `input_shape`."""
-    if isinstance(mask, Tensor):
-        if mask.dtype != torch.bool or tuple(mask.shape) != input_shape:
-            raise ValueError(f"a mask tensor must be torch.bool of the sample shape {input_shape}, "
-                             f"got {mask.dtype} of shape {tuple(mask.shape)}")
-        return "tensor"
-    if mask not in MASKS:
-        raise ValueError(f"unknown mask {mask!r}: valid choices are {', '.join(map(repr, MASKS))} or a bool tensor")
-    if mask == "checkerboard" and len(input_shape) != 3:
-        raise ValueError(f"mask='checkerboard' needs image samples (C, H, W), got sample shape {input_shape}")
-    if mask == "half" and input_shape[0] < 2:
+    """The mask kind for samples of `input_shape` (the op's own checks), and what a layer needs beyond them: a
+    "half" split with something on each side, so the conditioner has an input."""
+    mask_kind = check_mask(mask, input_shape)
+    if mask_kind == "half" and input_shape[0] < 2:
         raise ValueError(f"mask='half' splits dim 1 and needs at least 2 channels/features, got sample shape "
                          f"{input_shape}; use mask='checkerboard' for single-channel images")
-    return mask
+    return mask_kind
 
 
 def default_conditioner(
@@ -90,13 +73,11 @@ class _CouplingLayer(FlowLayer):
         self.mask_kind = _check_mask(self.input_shape, mask)
         self.flip, self.backend, self.context_features = bool(flip), backend, context_features
         if self.mask_kind == "half":
-            channels = self.input_shape[0]
-            kept = channels // 2
-            self._kept_channels = slice(channels - kept, channels) if self.flip else slice(0, kept)
-            conditioner_in: Shape = (kept, *self.input_shape[1:])
+            self._kept_channels = half_split_channels(self.input_shape[0], self.flip)[0]
+            conditioner_in: Shape = (self.input_shape[0] // 2, *self.input_shape[1:])
         else:
             # The conditioner sees the whole sample with transformed elements zeroed.
-            kept_mask = _kept_elements(self.input_shape, mask, self.flip)
+            kept_mask = kept_elements(self.input_shape, mask, self.flip).clone()
             self.register_buffer("_kept_mask", kept_mask, persistent=False)
             conditioner_in = self.input_shape
         self.register_buffer("_mask_tensor", mask.clone() if self.mask_kind == "tensor" else None, persistent=False)
