@@ -128,19 +128,17 @@ def test_checkpoint_mismatches(tmp_path, capsys):
     assert "does not fit realnvp on (2,)" in one_line_error(capsys, "eval", tmp_path / "edited.pt")
 
 
-def damage(path, size=4096):
-    """Zero `size` bytes in the middle of a file, as a bad disk or a broken copy would."""
-    content = path.read_bytes()
-    middle = len(content) // 2
-    path.write_bytes(content[:middle] + bytes(size) + content[middle + size :])
-
-
 def test_a_damaged_checkpoint_stops_eval_and_resume(tmp_path, capsys):
     run = tmp_path / "run"
-    assert cli(capsys, "train", *TINY_MOONS, "--steps", 2, "--out", run, *QUIET, "--plot-samples", 0)[0] == 0
-    damage(run / "checkpoint.pt")
-    for argv in (["eval", run], ["sample", run, "--out", tmp_path / "s.npy"], ["train", "--out", run, "--resume"]):
-        assert f"{run / 'checkpoint.pt'} is damaged" in one_line_error(capsys, *argv, status=1)
+    argv = ["train", *TINY_MOONS, "--hidden", 64, "--steps", 2, "--out", run, *QUIET, "--plot-samples", 0]
+    assert cli(capsys, *argv)[0] == 0
+    path = run / "checkpoint.pt"
+    weights = max(load_checkpoint(path)["model"].values(), key=torch.Tensor.numel)  # 64 x 64 floats: 16 KiB
+    content = path.read_bytes()
+    start = content.index(weights.numpy().tobytes()) + 4096
+    path.write_bytes(content[:start] + bytes(4096) + content[start + 4096 :])  # as a bad disk block would
+    for command in (["eval", run], ["sample", run, "--out", tmp_path / "s.npy"], ["train", "--out", run, "--resume"]):
+        assert f"{path} is damaged" in one_line_error(capsys, *command, status=1)
     assert not (tmp_path / "s.npy").exists() and len((run / "metrics.jsonl").read_text().splitlines()) == 3
 
 
