@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from nf_kernels.cli import main
-from test_training import crash_at_step, trajectory
+from nf_kernels.training import load_checkpoint, save_atomically
+from test_training import crash_at_step, full_disk_at_fsync, trajectory
 
 TINY_MOONS = ["--data", "moons", "--hidden", "8", "--num-layers", "2", "--batch-size", "32"]
 TINY_DIGITS = ["--data", "digits", "--num-scales", "1", "--num-steps", "1", "--hidden", "8", "--depth", "1",
@@ -60,7 +61,7 @@ def test_resumed_cli_run_continues_the_same_trajectory_bitwise(tmp_path, capsys,
     monkeypatch.undo()
     assert cli(capsys, "train", "--out", tmp_path / "split", "--resume", "--no-progress")[0] == 0
     assert trajectory(tmp_path / "whole") == trajectory(tmp_path / "split")
-    whole, split = (torch.load(tmp_path / r / "checkpoint.pt", weights_only=False)["model"] for r in ("whole", "split"))
+    whole, split = (load_checkpoint(tmp_path / r / "checkpoint.pt")["model"] for r in ("whole", "split"))
     assert all(torch.equal(whole[k], split[k]) for k in whole)
 
 
@@ -96,6 +97,11 @@ def one_line_error(capsys, *argv, status=None):
         (["train", "--data", "no/such/file.npy"], "no such data file or folder: no/such/file.npy"),
         (["train", "--data", "mnist"], "unknown data set 'mnist'"),
         (["train", "--data", "moons", "--conditional"], "--conditional needs labelled data"),
+        (["train", "--data", "moons", "--levels", "4", "--steps", "1"], "--levels applies to integer data files"),
+        (["train", "--data", "moons", "--model", "glow", "--num-layers", "4", "--steps", "1"],
+         "--num-layers: not a size of glow on vectors (moons); its sizes are --hidden, --depth, --num-steps"),
+        (["train", "--data", "digits", "--num-layers", "4", "--steps", "1"],
+         "--num-layers: not a size of realnvp on images"),
         (["eval", "nowhere/checkpoint.pt"], "no checkpoint at nowhere/checkpoint.pt"),
         (["sample", "nowhere", "--out", "x.gif"], "--out must end in .png, .npy, .pt"),
         (["bench", "--preset", "huge"], "unknown preset 'huge'"),
@@ -116,10 +122,56 @@ def test_checkpoint_mismatches(tmp_path, capsys):
     assert "nothing to resume" in one_line_error(capsys, "train", "--out", tmp_path / "empty", "--resume")
     torch.save({"weights": torch.ones(2)}, tmp_path / "foreign.pt")
     assert "not an nf_kernels checkpoint" in one_line_error(capsys, "eval", tmp_path / "foreign.pt")
-    payload = torch.load(run / "checkpoint.pt", weights_only=False)
+    payload = load_checkpoint(run / "checkpoint.pt")
     payload["model_spec"]["sizes"]["hidden"] = 16  # a checkpoint whose weights do not fit the model it names
-    torch.save(payload, tmp_path / "edited.pt")
+    save_atomically(payload, tmp_path / "edited.pt")
     assert "does not fit realnvp on (2,)" in one_line_error(capsys, "eval", tmp_path / "edited.pt")
+
+
+def test_a_damaged_checkpoint_stops_eval_and_resume(tmp_path, capsys):
+    run = tmp_path / "run"
+    argv = ["train", *TINY_MOONS, "--hidden", 64, "--steps", 2, "--out", run, *QUIET, "--plot-samples", 0]
+    assert cli(capsys, *argv)[0] == 0
+    path = run / "checkpoint.pt"
+    weights = max(load_checkpoint(path)["model"].values(), key=torch.Tensor.numel)  # 64 x 64 floats: 16 KiB
+    content = path.read_bytes()
+    start = content.index(weights.numpy().tobytes()) + 4096
+    path.write_bytes(content[:start] + bytes(4096) + content[start + 4096 :])  # as a bad disk block would
+    for command in (["eval", run], ["sample", run, "--out", tmp_path / "s.npy"], ["train", "--out", run, "--resume"]):
+        assert f"{path} is damaged" in one_line_error(capsys, *command, status=1)
+    assert not (tmp_path / "s.npy").exists() and len((run / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_resuming_a_complete_run_has_nothing_to_do(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli(capsys, "train", *TINY_MOONS, "--steps", 3, "--out", run, *QUIET, "--plot-samples", 0)[0] == 0
+    before = (run / "metrics.jsonl").read_text()
+    status, out, err = cli(capsys, "train", "--out", run, "--resume")
+    assert status == 0 and "nothing to do: the run in" in out and "complete (3 of 3 steps)" in out, out + err
+    assert "nan" not in out and (run / "metrics.jsonl").read_text() == before
+    assert cli(capsys, "train", "--out", run, "--resume", "--steps", 3)[0] == 0
+    assert "--steps 2 is fewer than the 3 steps the run" in one_line_error(
+        capsys, "train", "--out", run, "--resume", "--steps", 2, status=1)  # fmt: skip
+
+
+def test_a_warm_up_longer_than_the_run_is_warned_about(tmp_path, capsys):
+    argv = ["train", *TINY_MOONS, "--steps", 3, *QUIET, "--plot-samples", 0]
+    status, _, err = cli(capsys, *argv, "--out", tmp_path / "a", "--warmup", 5)
+    assert status == 0 and "warning: the warm-up (--warmup 5) lasts the whole run (3 steps)" in err
+    status, _, err = cli(capsys, *argv, "--out", tmp_path / "b", "--warmup", 2)
+    assert status == 0 and "warning" not in err
+
+
+def test_a_full_disk_names_the_file_it_could_not_write(tmp_path, capsys, monkeypatch):
+    full_disk_at_fsync(monkeypatch)
+    run = tmp_path / "run"
+    err = one_line_error(capsys, "train", *TINY_MOONS, "--steps", 1, "--warmup", 0, "--out", run, *QUIET, status=1)
+    assert "No space left on device" in err and str(run) in err
+
+
+def test_sample_help_shows_the_seed_default(capsys):
+    status, out, _ = cli(capsys, "sample", "--help")
+    assert status == 0 and "sampling seed [0]" in " ".join(out.split())
 
 
 def test_bench_without_the_benchmark_library_says_so(capsys, monkeypatch):

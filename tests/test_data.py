@@ -1,5 +1,7 @@
 """The data sets: seeded toys, the bundled digits, user files, fixed splits, dequantization."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -96,3 +98,19 @@ def test_folder_of_images(tmp_path):
 def test_bad_data_gives_a_clear_error(tmp_path, make, message):
     with pytest.raises(DataError, match=message):
         load_dataset(make(tmp_path))
+
+
+@pytest.mark.parametrize("bad, shown", [(np.nan, "holds nan"), (-np.inf, "holds -inf"),
+                                        (1e300, "holds 1e+300, too large for float32")])  # fmt: skip
+def test_non_finite_float_data_names_the_file_and_the_first_bad_row(tmp_path, bad, shown):
+    points = np.zeros((50, 3))
+    points[17, 1] = points[30, 0] = bad
+    np.save(tmp_path / "points.npy", points)
+    with pytest.raises(DataError, match=rf"points.npy: row 17 \(counting from 0\) {re.escape(shown)}; 2 of 50 rows"):
+        load_dataset(str(tmp_path / "points.npy"))
+
+
+@pytest.mark.parametrize("name", ["moons", "digits"])
+def test_levels_is_refused_for_built_in_data(name):
+    with pytest.raises(DataError, match=f"--levels applies to integer data files; the built-in '{name}'"):
+        load_dataset(name, levels=4)

@@ -1,6 +1,11 @@
 """The trainer and its parts, on a tiny stand-in density model (fast, and independent of nf_kernels.flows)."""
 
+import errno
+import hashlib
 import math
+import os
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,9 +13,10 @@ from torch import nn
 
 from nf_kernels.data import FlowDataset, load_dataset
 from nf_kernels.training import (
-    BatchStream, CheckpointError, DistributedContext, MetricsLog, TrainConfig, Trainer, TrainingDiverged,
-    load_checkpoint, save_atomically, warmup_cosine,
+    BatchStream, CheckpointError, DistributedContext, MetricsError, MetricsLog, TrainConfig, Trainer,
+    TrainingDiverged, load_checkpoint, save_atomically, warmup_cosine,
 )  # fmt: skip
+from nf_kernels.training.checkpoint import FORMAT
 from nf_kernels.training.baselines import independent_pixels_bits_per_dim, kde_nll
 
 
@@ -125,16 +131,20 @@ def test_batch_stream_errors():
         BatchStream(data, batch_size=128, seed=0, context=DistributedContext())
 
 
+def full_disk_at_fsync(monkeypatch):
+    """The next fsync fails as on a full disk, after the data went into the file: an ENOSPC with no file name."""
+
+    def fsync(handle):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
 def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pt"
     save_atomically({"step": 1, "weights": torch.ones(3)}, path)
-
-    def crash_halfway(obj, file, *args, **kwargs):
-        file.write(b"PK\x03\x04 half a zip file")
-        raise OSError("disk full")
-
-    monkeypatch.setattr(torch, "save", crash_halfway)
-    with pytest.raises(OSError, match="disk full"):
+    full_disk_at_fsync(monkeypatch)
+    with pytest.raises(OSError, match="No space left"):
         save_atomically({"step": 2, "weights": torch.zeros(3)}, path)
     monkeypatch.undo()
     saved = load_checkpoint(path)
@@ -142,10 +152,51 @@ def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, mon
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary file left behind
 
 
+def test_a_full_disk_error_names_the_file(tmp_path, monkeypatch):
+    full_disk_at_fsync(monkeypatch)
+    with pytest.raises(OSError, match=re.escape(f"No space left on device: '{tmp_path / 'checkpoint.pt'}'")):
+        save_atomically({"step": 2}, tmp_path / "checkpoint.pt")
+    monkeypatch.undo()
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full to fill")
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    log.path = Path("/dev/full")  # every write to it fails with ENOSPC, as on a full disk
+    with pytest.raises(OSError, match="No space left on device: '/dev/full'"):
+        log.write({"step": 1})
+
+
+def test_checkpoints_honour_the_umask(tmp_path):
+    previous = os.umask(0o027)
+    try:
+        save_atomically({"step": 1}, tmp_path / "checkpoint.pt")
+        (tmp_path / "other").write_text("any other output")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "checkpoint.pt").stat().st_mode & 0o777 == 0o640 == (tmp_path / "other").stat().st_mode & 0o777
+
+
+def test_a_damaged_checkpoint_is_refused(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    save_atomically({"step": 1, "weights": torch.arange(4096.0)}, path)  # 16 KiB of tensor data
+    whole = path.read_bytes()
+    start = whole.index(torch.arange(4096.0)[1024:].numpy().tobytes()[:64])  # inside the tensor's bytes
+    path.write_bytes(whole[:start] + bytes(4096) + whole[start + 4096 :])
+    with pytest.raises(CheckpointError, match=f"^{re.escape(str(path))} is damaged: its contents changed"):
+        load_checkpoint(path)
+    path.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(CheckpointError, match="is damaged: .*truncated"):
+        load_checkpoint(path)
+
+
 def test_unreadable_checkpoints_are_reported(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="cannot read"):
+    with pytest.raises(CheckpointError, match="not an nf_kernels checkpoint"):
         load_checkpoint(tmp_path / "junk.pt")
+    body = b"not a torch file"  # intact, but not something torch.load reads
+    header = f"{FORMAT} sha256={hashlib.sha256(body).hexdigest()} bytes={len(body)}\n".encode()
+    (tmp_path / "odd.pt").write_bytes(header + body)
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        load_checkpoint(tmp_path / "odd.pt")
     torch.save({"weights": torch.ones(1)}, tmp_path / "foreign.pt")
     with pytest.raises(CheckpointError, match="not an nf_kernels checkpoint"):
         load_checkpoint(tmp_path / "foreign.pt")
@@ -159,6 +210,43 @@ def test_metrics_log_drops_lines_past_the_resumed_step(tmp_path):
         log.write({"step": step, "loss": 0.1 * step})
     assert [r["step"] for r in MetricsLog(tmp_path / "m.jsonl", resume_step=2).records()] == [1, 2]
     assert MetricsLog(tmp_path / "m.jsonl").records() == []  # a fresh run starts a fresh file
+
+
+def test_resume_drops_a_torn_last_metrics_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "loss": 0.4}\n{"step": 3, "split": "tr')  # a kill mid-write
+    log = MetricsLog(path, resume_step=2)
+    log.write({"step": 3, "loss": 0.3})
+    assert [r["step"] for r in log.records()] == [1, 2, 3] and path.read_text().endswith("}\n")
+
+
+def test_a_corrupt_metrics_line_names_the_file_and_the_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2, oops}\n{"step": 3}\n')
+    with pytest.raises(MetricsError, match=f"^{re.escape(str(path))}, line 2: not a JSON record"):
+        MetricsLog(path, resume_step=3)
+
+
+def test_start_and_resume_remove_stale_partial_files(tmp_path):
+    data = small_digits()
+
+    def leave_partials():
+        for name in (".checkpoint.pt.1a2b3c4d.partial", ".metrics.jsonl.5e6f7a8b.partial"):  # as a kill -9 leaves
+            (tmp_path / name).write_bytes(b"half")
+
+    leave_partials()
+    train(data, tmp_path, steps=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "metrics.jsonl"]
+    leave_partials()
+    train(data, tmp_path, steps=3, resume=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "metrics.jsonl"]
+
+
+def test_a_run_cannot_be_resumed_shorter_than_its_checkpoint(tmp_path):
+    data = small_digits()
+    train(data, tmp_path, steps=4)
+    with pytest.raises(ValueError, match="is at step 4, past the 2 steps this run is set to"):
+        train(data, tmp_path, steps=2, resume=True)
 
 
 def test_baselines():

@@ -15,6 +15,7 @@ import torch
 from ..training.baselines import independent_pixels_bits_per_dim
 from .bench import speed_summary
 from .parsing import HelpFormatter, positive_int, say
+from .run_directory import claim_run_directory
 from .train import DEFAULTS, train
 
 DESCRIPTION = """\
@@ -52,7 +53,8 @@ def run_demo(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     torch.set_num_threads(args.threads)
     settings = {**DEFAULTS, **DEMO_SETTINGS, "steps": args.steps, "backend": args.backend}
-    result = train(settings, args.out, resume=False, progress=not args.no_progress)
+    with claim_run_directory(args.out, overwrite=True):
+        result = train(settings, args.out, progress=not args.no_progress)
     from ..data import load_dataset
 
     baseline = independent_pixels_bits_per_dim(load_dataset("digits"))

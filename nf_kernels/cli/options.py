@@ -8,10 +8,11 @@ from .._arguments import BACKEND_NAMES
 from ..training.model_spec import MODEL_NAMES
 from .parsing import positive_int
 
-# Model sizes a user can set; each is passed to nf_kernels.flows.build_model only when given.
+# Model sizes a user can set; each is passed to nf_kernels.flows.build_model only when given (and an error where the
+# model does not have it: nf_kernels.training.model_spec.sizes_used).
 SIZE_OPTIONS = {
     "hidden": "conditioner width (hidden units or channels)",
-    "num_layers": "couplings of a vector model (nice, realnvp)",
+    "num_layers": "couplings of nice, or of realnvp on vectors",
     "num_scales": "scales of an image model (realnvp, glow)",
     "num_steps": "steps per scale (realnvp, glow; steps of a vector glow)",
     "depth": "hidden layers / residual blocks per conditioner",

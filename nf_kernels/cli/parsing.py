@@ -23,7 +23,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if action.default in (None, False, argparse.SUPPRESS) or text.rstrip().endswith("]") or "%(default)" in text:
+        # By identity: 0 == False, and a default of 0 is worth showing.
+        unset = action.default is None or action.default is False or action.default is argparse.SUPPRESS
+        if unset or text.rstrip().endswith("]") or "%(default)" in text:
             return text
         return f"{text} [%(default)s]"
 
@@ -51,3 +53,8 @@ non_negative_float = _number(float, lambda v: v >= 0, "a number >= 0")
 def say(message: str) -> None:
     """Progress and results for the user, on stdout."""
     print(message, file=sys.stdout, flush=True)
+
+
+def warn(message: str) -> None:
+    """Something the user may want to change, though the command goes on: on stderr."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 from typing import Any, Optional
 
@@ -12,15 +13,17 @@ from ..data import FlowDataset, describe_choices, load_dataset
 from ..training import (
     Trainer, TrainConfig, TrainResult, init_distributed, load_checkpoint, shutdown_distributed,
 )  # fmt: skip
+from ..training.distributed import will_be_main
 from ..training.metrics import read_metrics
-from ..training.model_spec import ModelSpec
+from ..training.model_spec import ModelSpec, data_kind, sizes_used
 from ..training.precision import PRECISIONS
 from ..training.plots import (
     PlottingUnavailable, save_density_plot, save_image_grid, save_learning_curves, to_displayable,
 )  # fmt: skip
 from .errors import UsageError
 from .options import add_model_options, add_runtime_options, chosen_sizes
-from .parsing import HelpFormatter, non_negative_float, non_negative_int, positive_float, positive_int, say
+from .parsing import HelpFormatter, non_negative_float, non_negative_int, positive_float, positive_int, say, warn
+from .run_directory import claim_run_directory
 from .runs import CHECKPOINT_NAME
 
 DESCRIPTION = """\
@@ -77,7 +80,8 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
     run = parser.add_argument_group("outputs")
     run.add_argument("--out", type=Path, default=None, help="run directory [runs/<data>-<model>]")
     run.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    run.add_argument("--overwrite", action="store_true", help="start afresh even if --out holds a checkpoint")
+    run.add_argument("--overwrite", action="store_true",
+                     help="start afresh: the run in --out is deleted first (only if all it holds is training outputs)")
     run.add_argument("--log-every", type=positive_int, default=None, help="steps between metric lines [10]")
     run.add_argument("--eval-every", type=non_negative_int, default=None, help="steps between test evaluations, 0: at the end [500]")
     run.add_argument("--checkpoint-every", type=non_negative_int, default=None, help="steps between checkpoints, 0: at the end [500]")
@@ -88,30 +92,37 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
     parser.set_defaults(run_command=run_train)
 
 
-def _default_out(settings: dict[str, Any]) -> Path:
+def _given(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: v for k, v in vars(args).items() if k in DEFAULTS and v is not None}
+
+
+def run_directory(args: argparse.Namespace) -> Path:
+    """``--out``, or ``runs/<data>-<model>`` from the data and model on the command line."""
+    if args.out is not None:
+        return args.out
+    settings = {**DEFAULTS, **_given(args)}
     return Path("runs") / f"{Path(str(settings['data'])).stem}-{settings['model']}"
 
 
-def resolve_settings(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
-    """Every setting of the run: given on the command line, else saved in the checkpoint (--resume), else default."""
-    given = {k: v for k, v in vars(args).items() if k in DEFAULTS and v is not None}
-    provisional = {**DEFAULTS, **given}
-    out = args.out or _default_out(provisional)
+def resolve_settings(args: argparse.Namespace, out: Path) -> tuple[dict[str, Any], Optional[int]]:
+    """Every setting of the run in ``out`` (given on the command line, else saved in the checkpoint with --resume,
+    else the default), and the checkpoint's step with --resume (None for a fresh run)."""
+    given = _given(args)
     checkpoint = out / CHECKPOINT_NAME
-    if args.resume and args.overwrite:
-        raise UsageError("--resume and --overwrite contradict each other: choose one")
+    resume_step = None
     if not args.resume:
         if checkpoint.exists() and not args.overwrite:
             raise UsageError(f"{out} already holds a run: add --resume to continue it, --overwrite to start afresh, "
                              f"or choose another --out")  # fmt: skip
-        settings = provisional
+        settings = {**DEFAULTS, **given}
     else:
         if not checkpoint.exists():
             raise UsageError(f"nothing to resume: no {CHECKPOINT_NAME} in {out} (give the run's --out)")
-        saved = load_checkpoint(checkpoint).get("cli")
+        payload = load_checkpoint(checkpoint)
+        saved, resume_step = payload.get("cli"), int(payload["step"])
         if saved is None:
             raise UsageError(f"{checkpoint} was not written by 'nf-kernels train'")
-        clashes = [f"--{k.replace('_', '-')} {given[k]} (the run has {saved.get(k)})" for k in IDENTITY
+        clashes = [f"{_option(k)} {given[k]} (the run has {saved.get(k)})" for k in IDENTITY
                    if k in given and given[k] != saved.get(k)]  # fmt: skip
         if clashes:
             raise UsageError(f"the checkpoint in {out} is from a different run: {'; '.join(clashes)}")
@@ -120,7 +131,7 @@ def resolve_settings(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
             settings["epochs" if "steps" in given else "steps"] = None
     if settings["steps"] is None and settings["epochs"] is None:
         settings["steps"] = DEFAULT_STEPS
-    return settings, out
+    return settings, resume_step
 
 
 def _config(settings: dict[str, Any], progress: bool) -> TrainConfig:
@@ -136,8 +147,21 @@ def _config(settings: dict[str, Any], progress: bool) -> TrainConfig:
 def model_spec(settings: dict[str, Any], data: FlowDataset) -> ModelSpec:
     if settings["conditional"] and not data.num_classes:
         raise UsageError(f"--conditional needs labelled data; {data.name} has no labels")
-    return ModelSpec(settings["model"], data.sample_shape, chosen_sizes(settings),
-                     data.num_classes if settings["conditional"] else None)  # fmt: skip
+    sizes, used = chosen_sizes(settings), sizes_used(settings["model"], data.sample_shape)
+    unused = [name for name in sizes if name not in used]
+    if unused:
+        raise UsageError(f"{', '.join(_option(name) for name in unused)}: not a size of {settings['model']} on "
+                         f"{data_kind(data.sample_shape)} ({data.name}); its sizes are "
+                         f"{', '.join(map(_option, used))}")  # fmt: skip
+    return ModelSpec(settings["model"], data.sample_shape, sizes, data.num_classes if settings["conditional"] else None)
+
+
+def _steps(count: int) -> str:
+    return f"{count} step" + ("" if count == 1 else "s")
+
+
+def _option(name: str) -> str:
+    return f"--{name.replace('_', '-')}"
 
 
 def write_plots(flow: torch.nn.Module, data: FlowDataset, out: Path, count: int, metrics: Optional[Path]) -> list[Path]:
@@ -161,8 +185,10 @@ def write_plots(flow: torch.nn.Module, data: FlowDataset, out: Path, count: int,
     return written
 
 
-def train(settings: dict[str, Any], out: Path, *, resume: bool, progress: bool = True) -> TrainResult:
-    """Run one training job with resolved settings; under torchrun every process calls this."""
+def train(settings: dict[str, Any], out: Path, *, resume_step: Optional[int] = None,
+          progress: bool = True) -> Optional[TrainResult]:  # fmt: skip
+    """Run one training job with resolved settings, continuing the checkpoint at ``resume_step`` if given; None
+    when that run is already complete. Under torchrun every process calls this. The caller holds ``out``."""
     context = init_distributed(settings["device"])
     try:
         data = load_dataset(settings["data"], data_seed=settings["data_seed"], levels=settings["levels"])
@@ -171,10 +197,17 @@ def train(settings: dict[str, Any], out: Path, *, resume: bool, progress: bool =
         flow = spec.build(backend=settings["backend"], memory_saving=settings["memory_saving"])
         trainer = Trainer(flow, data, _config(settings, progress), out_dir=out, context=context,
                           checkpoint_extra={"model_spec": spec.to_dict(), "cli": settings})  # fmt: skip
+        if resume_step is not None and resume_step >= trainer.total_steps:
+            _nothing_to_do(settings, out, resume_step, trainer.total_steps, context.is_main)
+            return None
         if context.is_main:
             say(f"training {spec.describe()} on {data!r}, {trainer.total_steps} steps, "
                 f"backend {settings['backend']}, {context!r}")  # fmt: skip
-        result = trainer.fit(resume=resume)
+            if settings["warmup"] >= trainer.total_steps:
+                warn(f"the warm-up (--warmup {settings['warmup']}) lasts the whole run "
+                     f"({_steps(trainer.total_steps)}): the learning rate climbs throughout and never decays; "
+                     f"give a --warmup below {trainer.total_steps}")  # fmt: skip
+        result = trainer.fit(resume=resume_step is not None)
         if context.is_main:
             try:
                 plots = write_plots(flow, data, out, settings["plot_samples"], result.metrics)
@@ -187,6 +220,18 @@ def train(settings: dict[str, Any], out: Path, *, resume: bool, progress: bool =
         shutdown_distributed(context)
 
 
+def _nothing_to_do(settings: dict[str, Any], out: Path, done: int, total: int, is_main: bool) -> None:
+    """A resumed run that is already as long as asked: say so, or refuse to shorten it."""
+    if done > total:
+        asked = (f"--steps {total}" if settings["steps"] is not None
+                 else f"--epochs {settings['epochs']} ({total} steps)")  # fmt: skip
+        raise UsageError(f"{asked} is fewer than the {done} steps the run in {out} has done: a run cannot be "
+                         f"shortened; give more to extend it")  # fmt: skip
+    if is_main:
+        say(f"nothing to do: the run in {out} is complete ({done} of {total} steps); give a larger --steps or "
+            f"--epochs to extend it")  # fmt: skip
+
+
 def report(result: TrainResult, plots: list[Path]) -> None:
     name = "bits/dim" if result.metric == "bits_per_dim" else "NLL (nats)"
     say(f"step {result.step}: test {name} {result.test_metric:.4f}, train {name} {result.train_loss:.4f}, "
@@ -197,9 +242,13 @@ def report(result: TrainResult, plots: list[Path]) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    settings, out = resolve_settings(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    train(settings, out, resume=args.resume, progress=not args.no_progress)
+    if args.resume and args.overwrite:
+        raise UsageError("--resume and --overwrite contradict each other: choose one")
+    out = run_directory(args)
+    # Rank 0 writes, so rank 0 holds the directory: from before the checkpoint is read to after the last write.
+    with claim_run_directory(out, overwrite=args.overwrite) if will_be_main() else contextlib.nullcontext():
+        settings, resume_step = resolve_settings(args, out)
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        train(settings, out, resume_step=resume_step, progress=not args.no_progress)
     return 0
-

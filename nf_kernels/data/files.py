@@ -11,6 +11,7 @@ Rules, so nothing is guessed silently:
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +67,24 @@ def read_user_data(path: Path) -> torch.Tensor:
     if samples.dim() not in (2, 4):
         raise DataError(f"{path}: expected [N, D], [N, H, W] or [N, C, H, W] samples, got shape {tuple(samples.shape)}")
     if samples.dtype.is_floating_point:
-        return samples.float()
+        return _finite_float32(samples, path)
     if samples.dtype == torch.bool or samples.dtype.is_complex:
         raise DataError(f"{path}: samples must be integers or floats, got {samples.dtype}")
     return samples.long()
+
+
+def _finite_float32(samples: torch.Tensor, path: Path) -> torch.Tensor:
+    """``samples`` as float32; a :class:`DataError` naming the first row with a NaN or an infinity.
+
+    Checked here, at load time: in training, one such value only shows up later as a NaN loss.
+    """
+    converted = samples.float()
+    bad_rows = (~torch.isfinite(converted)).flatten(1).any(1).nonzero().flatten()
+    if len(bad_rows) == 0:
+        return converted
+    row = int(bad_rows[0])
+    column = int((~torch.isfinite(converted[row])).flatten().nonzero()[0])
+    value = samples[row].flatten()[column].item()
+    too_large = ", too large for float32" if math.isfinite(value) else ""
+    raise DataError(f"{path}: row {row} (counting from 0) holds {value}{too_large}; {len(bad_rows)} of {len(samples)} "
+                    f"rows hold values that are not finite in float32, which a flow cannot fit: drop or fix them")

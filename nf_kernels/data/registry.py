@@ -29,6 +29,9 @@ def load_dataset(name: str, *, data_seed: int = 0, levels: Optional[int] = None)
     >>> load_dataset("moons")
     FlowDataset('moons', train=9600, test=2400, sample_shape=(2,), continuous)
     """
+    if name in BUILTIN and levels is not None:
+        kind = "continuous 2-D points" if name in TOYS else f"images with a fixed {DIGIT_LEVELS} levels"
+        raise DataError(f"--levels applies to integer data files; the built-in {name!r} is {kind}")
     if name in TOYS:
         points = make_toy(name, TOY_SIZE, seed=data_seed)
         train, test = split_indices(len(points), TEST_FRACTION, seed=data_seed)

@@ -60,6 +60,11 @@ def choose_device(request: str) -> torch.device:
     return device
 
 
+def will_be_main() -> bool:
+    """Whether this process is (or, once :func:`init_distributed` runs, will be) rank 0: torchrun's ``RANK``."""
+    return int(os.environ.get("WORLD_SIZE", "1")) <= 1 or int(os.environ.get("RANK", "0")) == 0
+
+
 def init_distributed(device_request: str = "auto") -> DistributedContext:
     """Join the torchrun process group if there is one; otherwise a single-process context."""
     device = choose_device(device_request)

@@ -6,11 +6,18 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
+from .files import naming, write_atomically
+
+
+class MetricsError(ValueError):
+    """A metrics file with a line that is not a JSON record (other than a torn last line, which is dropped)."""
+
 
 class MetricsLog:
     """Appends one JSON object per :meth:`write` to ``path``; a disabled log (ranks other than 0) does nothing.
 
-    On resume, lines past the checkpoint's step are dropped, so the file reads as one uninterrupted run.
+    A fresh log starts an empty file. On resume, lines past the checkpoint's step are dropped, and so is a torn
+    last line (a write cut short by a kill or a full disk), so the file reads as one uninterrupted run.
 
     >>> import tempfile; log = MetricsLog(Path(tempfile.mkdtemp()) / "metrics.jsonl")
     >>> log.write({"step": 1, "loss": 0.5}); log.records()
@@ -22,13 +29,13 @@ class MetricsLog:
         self.enabled = enabled
         if not enabled:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
         kept = [r for r in self.records() if r.get("step", 0) <= resume_step] if resume_step is not None else []
-        path.write_text("".join(json.dumps(record) + "\n" for record in kept))
+        # Rewritten whole and atomically: a kill now must not lose the lines up to the checkpoint.
+        write_atomically(path, "".join(json.dumps(record) + "\n" for record in kept).encode())
 
     def write(self, record: dict[str, Any]) -> None:
         if self.enabled:
-            with self.path.open("a") as file:
+            with naming(self.path), self.path.open("a") as file:
                 file.write(json.dumps(record) + "\n")  # json writes floats with repr: they read back exactly
 
     def records(self) -> list[dict[str, Any]]:
@@ -39,7 +46,27 @@ class MetricsLog:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The records of a metrics file, oldest first ([] if there is none yet)."""
+    """The records of a metrics file, oldest first ([] if there is none yet).
+
+    An unterminated last line that does not parse is a write cut short, and is left out; any other line that is
+    not a JSON object is a :class:`MetricsError` naming the file and the line.
+    """
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_bytes().split(b"\n")  # the last item is b"" when the file ends with a newline
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as error:  # JSONDecodeError, or UnicodeDecodeError for binary garbage
+            if number == len(lines):
+                break
+            reason = getattr(error, "msg", None) or type(error).__name__
+            raise MetricsError(f"{path}, line {number}: not a JSON record ({reason}); fix or delete that line"
+                               ) from None
+        if not isinstance(record, dict):
+            raise MetricsError(f"{path}, line {number}: expected a JSON object, found {type(record).__name__}")
+        records.append(record)
+    return records

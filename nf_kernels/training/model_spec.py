@@ -8,6 +8,28 @@ from typing import Any, Optional
 from torch import nn
 
 MODEL_NAMES = ("nice", "realnvp", "glow")
+# The sizes each builder of nf_kernels.flows uses, for vectors (D,) and for images (C, H, W); no others are passed.
+_SIZES_USED = {
+    ("nice", "vectors"): ("hidden", "depth", "num_layers"),
+    ("nice", "images"): ("hidden", "depth", "num_layers"),
+    ("realnvp", "vectors"): ("hidden", "depth", "num_layers"),
+    ("realnvp", "images"): ("hidden", "depth", "num_scales", "num_steps"),
+    ("glow", "vectors"): ("hidden", "depth", "num_steps"),
+    ("glow", "images"): ("hidden", "depth", "num_scales", "num_steps"),
+}
+
+
+def data_kind(sample_shape: tuple[int, ...]) -> str:
+    return "vectors" if len(sample_shape) == 1 else "images"
+
+
+def sizes_used(name: str, sample_shape: tuple[int, ...]) -> tuple[str, ...]:
+    """The size options model ``name`` has for samples of ``sample_shape``.
+
+    >>> sizes_used("glow", (2,))
+    ('hidden', 'depth', 'num_steps')
+    """
+    return _SIZES_USED[name, data_kind(sample_shape)]
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from .files import naming
+
 PLOT_BOX = 4.5  # the 2-D toys live in about [-4, 4]^2
 
 
@@ -55,7 +57,8 @@ def save_image_grid(images: torch.Tensor, path: Path, *, columns: Optional[int] 
     array = canvas[0].numpy() if channels == 1 else canvas[:3].permute(1, 2, 0).numpy()
     plt = _pyplot()
     path.parent.mkdir(parents=True, exist_ok=True)
-    plt.imsave(path, array, cmap="gray" if channels == 1 else None, vmin=0, vmax=1)
+    with naming(path):
+        plt.imsave(path, array, cmap="gray" if channels == 1 else None, vmin=0, vmax=1)
     return path
 
 
@@ -98,6 +101,9 @@ def save_learning_curves(records: Sequence[dict[str, Any]], metric: str, path: P
 def _save(figure: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    _pyplot().close(figure)
+    try:
+        with naming(path):
+            figure.savefig(path, dpi=100)
+    finally:
+        _pyplot().close(figure)
     return path

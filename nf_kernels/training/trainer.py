@@ -26,11 +26,11 @@ from ..data import FlowDataset
 from .batches import BatchStream
 from .checkpoint import CheckpointError, capture_rng, load_checkpoint, restore_rng, save_atomically
 from .distributed import DistributedContext
+from .files import remove_partial_files
 from .metrics import MetricsLog
 from .objective import LogProb, evaluate, loss_from_log_prob, metric_name
 from .precision import PRECISIONS
 from .schedule import make_scheduler
-
 
 
 class _NoBar:
@@ -121,7 +121,8 @@ class Trainer:
     """Trains ``flow`` (anything with ``log_prob(x, context)``) on ``data``; outputs go to ``out_dir``.
 
     ``checkpoint_extra`` is saved in every checkpoint as is (the CLI stores how to rebuild the model and the
-    data there). Only rank 0 writes files.
+    data there). Only rank 0 writes files. Nothing here stops two trainers from sharing ``out_dir``: the caller
+    owns the directory (``nf-kernels train`` holds a lock on it for the whole run).
     """
 
     def __init__(
@@ -219,9 +220,15 @@ class Trainer:
 
     def fit(self, *, resume: bool = False) -> TrainResult:
         """Train up to ``total_steps``; with ``resume``, first continue from this run's checkpoint."""
+        if self.context.is_main:  # what killed checkpoint or metrics writes left behind
+            for path in (self.checkpoint_path, self.metrics_path):
+                remove_partial_files(path)
         torch.manual_seed(self.config.seed)
         if resume:
             self.load_checkpoint()
+            if self.step > self.total_steps:
+                raise ValueError(f"the checkpoint {self.checkpoint_path} is at step {self.step}, past the "
+                                 f"{self.total_steps} steps this run is set to: a run cannot be shortened")  # fmt: skip
         else:
             self._initialize_data_dependent_layers()
         objective = self._wrapped()
