@@ -21,7 +21,7 @@ from ..training.plots import (
     PlottingUnavailable, save_density_plot, save_image_grid, save_learning_curves, to_displayable,
 )  # fmt: skip
 from .errors import UsageError
-from .options import add_model_options, add_runtime_options, chosen_sizes
+from .options import SIZE_OPTIONS, add_model_options, add_runtime_options, chosen_sizes
 from .parsing import HelpFormatter, non_negative_float, non_negative_int, positive_float, positive_int, say, warn
 from .run_directory import claim_run_directory
 from .runs import CHECKPOINT_NAME
@@ -148,6 +148,7 @@ def model_spec(settings: dict[str, Any], data: FlowDataset) -> ModelSpec:
     if settings["conditional"] and not data.num_classes:
         raise UsageError(f"--conditional needs labelled data; {data.name} has no labels")
     sizes, used = chosen_sizes(settings), sizes_used(settings["model"], data.sample_shape)
+    used = [name for name in used if name in SIZE_OPTIONS]  # the ones this command line has
     unused = [name for name in sizes if name not in used]
     if unused:
         raise UsageError(f"{', '.join(_option(name) for name in unused)}: not a size of {settings['model']} on "

@@ -8,15 +8,8 @@ from typing import Any, Optional
 from torch import nn
 
 MODEL_NAMES = ("nice", "realnvp", "glow")
-# The sizes each builder of nf_kernels.flows uses, for vectors (D,) and for images (C, H, W); no others are passed.
-_SIZES_USED = {
-    ("nice", "vectors"): ("hidden", "depth", "num_layers"),
-    ("nice", "images"): ("hidden", "depth", "num_layers"),
-    ("realnvp", "vectors"): ("hidden", "depth", "num_layers"),
-    ("realnvp", "images"): ("hidden", "depth", "num_scales", "num_steps"),
-    ("glow", "vectors"): ("hidden", "depth", "num_steps"),
-    ("glow", "images"): ("hidden", "depth", "num_scales", "num_steps"),
-}
+# What every builder of nf_kernels.flows takes, whatever the model and data (the conditioners' size).
+COMMON_SIZES = ("hidden", "depth")
 
 
 def data_kind(sample_shape: tuple[int, ...]) -> str:
@@ -24,12 +17,15 @@ def data_kind(sample_shape: tuple[int, ...]) -> str:
 
 
 def sizes_used(name: str, sample_shape: tuple[int, ...]) -> tuple[str, ...]:
-    """The size options model ``name`` has for samples of ``sample_shape``.
+    """The size options model ``name`` has for samples of ``sample_shape``: the common ones and those of
+    :func:`nf_kernels.flows.sizes_used`, the builders' own table.
 
     >>> sizes_used("glow", (2,))
     ('hidden', 'depth', 'num_steps')
     """
-    return _SIZES_USED[name, data_kind(sample_shape)]
+    from ..flows import sizes_used as builder_sizes  # the flows import the op layer: only when asked
+
+    return COMMON_SIZES + builder_sizes(name, sample_shape)
 
 
 @dataclass(frozen=True)
