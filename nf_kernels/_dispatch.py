@@ -126,7 +126,10 @@ class BackendReport(list):
 def list_backends() -> BackendReport:
     """Every backend on every device type this machine has, with the reason where it cannot run.
 
-    (Not called `backends`: that name belongs to the `nf_kernels.backends` subpackage.)
+    Returns:
+        A list of ``BackendStatus(name, device, available, reason)``, one per backend and device type ("cpu", and
+        "cuda" when torch sees a GPU), that prints as a table. ``reason`` is None where the backend runs, else a
+        sentence saying why not and what would.
 
     >>> print(nf_kernels.list_backends())  # doctest: +SKIP
     reference  cpu   available

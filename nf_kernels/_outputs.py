@@ -28,7 +28,19 @@ def poisoning() -> bool:
 
 @contextlib.contextmanager
 def poison_outputs(enabled: bool = True) -> Iterator[None]:
-    """Within this block, fused backends fill their outputs with NaN before the kernels write them."""
+    """Within this block, fused backends fill their outputs with NaN before the kernels write them.
+
+    For tests: an output element a kernel forgets to write then shows as NaN instead of passing by luck.
+
+    Args:
+        enabled: poison (default True) or, nested inside a poisoning block, stop poisoning.
+
+    >>> import torch, nf_kernels
+    >>> with nf_kernels.poison_outputs():
+    ...     y, _ = nf_kernels.affine_coupling(torch.randn(2, 4), torch.randn(2, 4))
+    >>> bool(y.isnan().any())
+    False
+    """
     global _poison
     previous, _poison = _poison, enabled
     try:

@@ -22,17 +22,51 @@ def affine_coupling(
     reverse: bool = False,
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """RealNVP affine coupling in one fused pass: returns ``(y, logdet)``.
+    """The affine (RealNVP) coupling and its per-sample log-determinant, in one fused pass.
 
-    Kept elements pass through; transformed ones become ``x * exp(a(s)) + t`` (or ``(x + t) * exp(a(s))`` with
-    ``shift_first``), where ``s, t = h.chunk(2, dim=1)`` and ``a`` is the ``scale`` map. ``reverse=True``
-    computes the inverse with the same ``h``. ``logdet[b] = +-sum a(s)`` over the transformed elements.
-    ``scale`` is one of "exp", "tanh", "atan", "sigmoid"; the additive coupling is :func:`additive_coupling`.
+    Kept elements pass through. Each transformed element ``k`` becomes
+
+        y[k] = x[k] * exp(a(s[k])) + t[k]        (shift_first: y[k] = (x[k] + t[k]) * exp(a(s[k])))
+        logdet[b] = sum over transformed k of a(s[k])
+
+    where ``s`` and ``t`` are the two halves of ``h`` along dim 1 and ``a`` is the ``scale`` map. ``reverse=True``
+    computes the inverse with the same ``h`` (``x = (y - t) * exp(-a(s))``, ``logdet = -sum a(s)``). Differentiable
+    in ``x`` and ``h`` (first order), through a fused backward. The full contract is docs/spec.md, section 1.
+
+    Args:
+        x: ``[B, *sample]``, at least 2-D; float32, float16, bfloat16 or float64; any strides, any device a backend
+            runs on. ``B`` may be 0.
+        h: the conditioner's output: ``s_raw`` then ``t`` along dim 1, on ``x``'s device, any supported floating
+            dtype (autocast may make it lower precision than ``x``). Shape, for ``x`` of shape ``[B, C, ...]``:
+            ``mask="half"``: ``[B, 2 * (C - C // 2), ...]``; ``"checkerboard"`` or a bool mask: ``[B, 2 * C, ...]``
+            (values at kept positions are ignored).
+        mask: which elements are kept. ``"half"`` (default): the first ``C // 2`` entries of dim 1 (features of
+            ``[B, D]`` vectors, or channels); ``"checkerboard"``: ``x`` is ``[B, C, H, W]`` and ``(c, i, j)`` is kept
+            where ``(i + j) % 2 == 1``; or a bool tensor of shape ``x.shape[1:]``, True where kept.
+        flip: swap kept and transformed elements (``"half"``: the last ``C // 2`` are kept). Default False;
+            alternate it between layers so every element is transformed.
+        scale: the map ``a`` from ``s_raw`` to the log-scale: ``"exp"`` (default, ``a(s) = s``), ``"tanh"``
+            (``clamp * tanh(s / clamp)``), ``"atan"`` (``clamp * 2/pi * atan(s / clamp)``) or ``"sigmoid"``
+            (``log sigmoid(s + 2)``, Glow). The additive coupling is :func:`additive_coupling`.
+        clamp: the soft bound of ``"tanh"`` and ``"atan"``, a finite float > 0. Default 2.0.
+        shift_first: ``(x + t) * exp(a(s))`` instead of ``x * exp(a(s)) + t``. Default False.
+        reverse: compute the inverse. Default False.
+        backend: ``"auto"`` (default: the fastest available for ``x``'s device; ``NF_KERNELS_BACKEND`` overrides
+            it), ``"reference"``, ``"triton"``, ``"cuda"`` or ``"cpu"``. :func:`nf_kernels.list_backends` says which
+            run here.
+
+    Returns:
+        ``(y, logdet)``: ``y`` of ``x``'s shape, dtype and device, contiguous, never an alias of an input;
+        ``logdet`` of shape ``[B]``, float32 for half-precision ``x``, else ``x``'s dtype, bitwise reproducible.
+
+    Raises:
+        ValueError or TypeError for the bad inputs of docs/spec.md's error table (shapes, dtypes, devices, names);
+        RuntimeError when the requested backend cannot run here, saying why and what would.
 
     >>> x = torch.randn(8, 6)
     >>> h = torch.randn(8, 6)          # s and t for the 3 transformed features
-    >>> y, logdet = affine_coupling(x, h)
-    >>> x_back, minus_logdet = affine_coupling(y, h, reverse=True)
+    >>> y, logdet = affine_coupling(x, h, scale="tanh")
+    >>> x_back, minus_logdet = affine_coupling(y, h, scale="tanh", reverse=True)
     >>> torch.allclose(x_back, x, atol=1e-5), torch.allclose(minus_logdet, -logdet)
     (True, True)
     """
@@ -52,7 +86,20 @@ def additive_coupling(
     reverse: bool = False,
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """NICE additive coupling: transformed elements become ``x + t`` (``x - t`` with ``reverse``); logdet is 0.
+    """The additive (NICE) coupling: transformed elements become ``x + t`` (``x - t`` with ``reverse``).
+
+    The log-determinant is 0, returned for symmetry with :func:`affine_coupling`. Differentiable in ``x`` and ``t``.
+
+    Args:
+        x: ``[B, *sample]``, at least 2-D; float32, float16, bfloat16 or float64; any strides.
+        t: the shift, on ``x``'s device, any supported floating dtype. Shape, for ``x`` of shape ``[B, C, ...]``:
+            ``mask="half"``: ``[B, C - C // 2, ...]``; ``"checkerboard"`` or a bool mask: ``x``'s shape (values at
+            kept positions are ignored).
+        mask, flip, reverse, backend: as in :func:`affine_coupling`.
+
+    Returns:
+        ``(y, logdet)``: ``y`` like ``x`` (contiguous); ``logdet`` zeros of shape ``[B]`` (float32 for
+        half-precision ``x``, else ``x``'s dtype).
 
     >>> x = torch.randn(4, 5)
     >>> y, logdet = additive_coupling(x, torch.ones(4, 3))   # 5 - 5 // 2 = 3 transformed features

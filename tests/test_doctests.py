@@ -1,0 +1,22 @@
+"""The examples in the package's docstrings run as written (on a CPU), so the documentation cannot rot."""
+
+import doctest
+import importlib
+import pkgutil
+
+import pytest
+
+import nf_kernels
+
+MODULES = sorted(
+    info.name
+    for info in pkgutil.walk_packages(nf_kernels.__path__, prefix="nf_kernels.")
+    if not info.name.endswith("__main__")  # running it is the command line's job (tests/test_cli.py)
+)
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples_run(name):
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0, f"{result.failed} of {result.attempted} docstring examples of {name} failed"
