@@ -30,8 +30,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 from nf_kernels.benchmarking import (  # noqa: E402
-    DIRECTIONS, DTYPES, MASKS, MODELS, OPS, PRESETS, PROVIDERS, check_targets, environment, op_cases, preset,
-    run_preset, write_results,
+    BENCHMARKED_MODELS, DIRECTIONS, DTYPES, MASKS, OPS, PRESETS, PROVIDERS, check_targets, environment, op_cases,
+    preset, run_preset, write_results,
 )  # fmt: skip
 from nf_kernels.benchmarking.environment import load_average  # noqa: E402
 from nf_kernels.benchmarking.cpu_allocator import keep_freed_cpu_memory  # noqa: E402
@@ -61,7 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="measure the providers of each case in turn this many times, keep each one's median "
                        "and report the spread (default: the preset's, 3 for quick and default, 1 for the others)")
     group = parser.add_argument_group("models")
-    group.add_argument("--models", nargs="+", choices=MODELS)
+    group.add_argument("--models", nargs="+", choices=BENCHMARKED_MODELS)
     group.add_argument("--model-batch", type=int, help="default: 64 on CUDA, 16 on the CPU")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help="output folder (pass benchmarks/results to publish a run)")

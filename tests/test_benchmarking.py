@@ -19,13 +19,14 @@ from nf_kernels.benchmarking import (
 )  # fmt: skip
 from nf_kernels.benchmarking import bandwidth, cache
 from nf_kernels.benchmarking.cases import sample_shape
-from nf_kernels.benchmarking.model_runner import ModelResult
+from nf_kernels.benchmarking.model_runner import BENCHMARKED_MODELS, ModelResult
 from nf_kernels.benchmarking.noise import timing_warnings
 from nf_kernels.benchmarking.op_runner import median_round, add_speedups, timed_call
 from nf_kernels.benchmarking.providers import FusedBackend, available_providers, make_provider
 from nf_kernels.benchmarking.report import format_report, format_summary
 from nf_kernels.benchmarking.timing import measure
 from nf_kernels.cli import main as cli_main
+from nf_kernels.flows import MODELS as FLOW_MODELS
 
 CPU = torch.device("cpu")
 TINY = TimingBudget(warmup_ms=1, rep_ms=2, min_run_time_s=0.002)
@@ -152,6 +153,10 @@ def test_tiny_run_writes_markdown_json_and_plot(tmp_path):
     assert record["ops"][0]["gbps"] > 0 and record["models"][0]["samples_per_s"] == 4.0
     summary = next(p for p in paths if p.name.endswith("summary.md")).read_text()
     assert "| affine | forward | half | fp32 | 2^12 |" in summary
+
+
+def test_the_benchmarked_models_are_flow_models():
+    assert set(BENCHMARKED_MODELS) <= set(FLOW_MODELS)
 
 
 def test_model_benchmark_times_a_training_step():

@@ -18,7 +18,7 @@ from .byte_model import backward_bytes, bytes_moved, forward_bytes
 from .cpu_allocator import keep_freed_cpu_memory
 from .cases import DIRECTIONS, DTYPES, MASKS, OPS, OpCase, op_cases
 from .environment import environment
-from .model_runner import MODELS, ModelResult, run_model_benchmarks
+from .model_runner import BENCHMARKED_MODELS, ModelResult, run_model_benchmarks
 from .noise import timing_warnings
 from .op_runner import OpResult, run_cases, run_op_benchmarks
 from .preset_runner import run_preset
@@ -29,7 +29,7 @@ from .targets import TargetCheck, check_targets
 from .timing import TimingBudget
 
 __all__ = [
-    "DIRECTIONS", "DTYPES", "MASKS", "MODELS", "OPS", "PRESETS", "PROVIDERS", "Preset",
+    "BENCHMARKED_MODELS", "DIRECTIONS", "DTYPES", "MASKS", "OPS", "PRESETS", "PROVIDERS", "Preset",
     "CacheSize", "ModelResult", "OpCase", "OpResult", "TargetCheck", "TimingBudget",
     "available_providers", "backward_bytes", "bytes_moved", "cache_reach", "check_targets", "copy_bandwidth",
     "environment", "format_model_table", "format_report", "format_summary", "format_table", "forward_bytes",

@@ -16,7 +16,8 @@ import torch
 from .progress import progress_bar
 from .timing import TimingBudget, measure
 
-MODELS = ("realnvp", "glow")
+# The models of nf_kernels.flows.MODELS whose training step is timed (--models chooses among these).
+BENCHMARKED_MODELS = ("realnvp", "glow")
 # Realistic sizes on a GPU (the 3x32x32 images, batch 64); small enough for 2 CPU cores.
 DEFAULT_SHAPE = {"cuda": (3, 32, 32), "cpu": (3, 16, 16)}
 DEFAULT_BATCH = {"cuda": 64, "cpu": 16}
@@ -88,7 +89,7 @@ def _measure(result: ModelResult, device: torch.device, budget: TimingBudget) ->
 
 def run_model_benchmarks(
     device: Union[str, torch.device],
-    models: Sequence[str] = MODELS,
+    models: Sequence[str] = BENCHMARKED_MODELS,
     backends: Optional[Sequence[str]] = None,
     memory_saving: Sequence[bool] = (False, True),
     *,

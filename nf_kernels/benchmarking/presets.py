@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .cases import DIRECTIONS, DTYPES, MASKS, OPS, OpCase, op_cases
-from .model_runner import MODELS
+from .model_runner import BENCHMARKED_MODELS
 from .timing import TimingBudget
 
 
@@ -28,7 +28,7 @@ class Preset:
     name: str
     cases: tuple[OpCase, ...]
     budget: TimingBudget
-    models: tuple[str, ...] = MODELS
+    models: tuple[str, ...] = BENCHMARKED_MODELS
     model_batch: Optional[int] = None  # None: the device's default (model_runner)
     model_shape: Optional[tuple[int, ...]] = None
     model_sizes: Optional[dict] = field(default=None, hash=False)  # build_model options; None: its defaults
