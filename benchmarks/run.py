@@ -34,7 +34,7 @@ from nf_kernels.benchmarking import (  # noqa: E402
     preset, run_preset, write_results,
 )  # fmt: skip
 from nf_kernels.benchmarking.environment import load_average  # noqa: E402
-from nf_kernels.benchmarking.cpu_allocator import keep_freed_cpu_memory  # noqa: E402
+from nf_kernels.benchmarking.timing import keep_freed_cpu_memory  # noqa: E402
 from nf_kernels.benchmarking.report import format_summary  # noqa: E402
 
 
@@ -68,7 +68,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--system-malloc", action="store_true",
                         help="CPU: leave glibc malloc as it is (by default freed memory is kept, so timings do not "
-                        "include page faults; see nf_kernels/benchmarking/cpu_allocator.py)")
+                        "include page faults; see nf_kernels/benchmarking/timing.py)")
     args = parser.parse_args(argv)
     if args.rounds is not None and args.rounds < 1:
         parser.error(f"--rounds must be at least 1, got {args.rounds}")

@@ -17,13 +17,12 @@ from nf_kernels.benchmarking import (
     OpCase, OpResult, Preset, TimingBudget, backward_bytes, bytes_moved, check_targets, format_table, forward_bytes,
     largest_size, op_cases, preset, run_cases, run_model_benchmarks, run_preset, write_results,
 )  # fmt: skip
-from nf_kernels.benchmarking import bandwidth, cache
+from nf_kernels.benchmarking import machine
 from nf_kernels.benchmarking.cases import sample_shape
 from nf_kernels.benchmarking.model_runner import BENCHMARKED_MODELS, ModelResult
-from nf_kernels.benchmarking.noise import timing_warnings
 from nf_kernels.benchmarking.op_runner import median_round, add_speedups, timed_call
 from nf_kernels.benchmarking.providers import FusedBackend, available_providers, make_provider
-from nf_kernels.benchmarking.report import format_report, format_summary
+from nf_kernels.benchmarking.report import format_report, format_summary, timing_warnings
 from nf_kernels.benchmarking.timing import measure
 from nf_kernels.cli import main as cli_main
 from nf_kernels.flows import MODELS as FLOW_MODELS
@@ -237,34 +236,34 @@ def _fake_sysfs(root, *entries):
 def test_cpu_last_level_cache_is_the_highest_level_in_sysfs(tmp_path):
     sysfs = _fake_sysfs(tmp_path / "cache", (1, "Data", "48K"), (1, "Instruction", "32K"), (2, "Unified", "1024K"),
                         (3, "Unified", "32768K"))  # fmt: skip
-    found = cache.cpu_last_level_cache(sysfs)
+    found = machine.cpu_last_level_cache(sysfs)
     assert found.nbytes == 32 << 20 and found.source.startswith("L3")
     (sysfs / "index3" / "size").write_text("unknown\n")  # an unreadable entry is skipped, the next level counts
-    assert cache.cpu_last_level_cache(sysfs).nbytes == 1 << 20
-    missing = cache.cpu_last_level_cache(tmp_path / "none")
+    assert machine.cpu_last_level_cache(sysfs).nbytes == 1 << 20
+    missing = machine.cpu_last_level_cache(tmp_path / "none")
     assert missing.nbytes == 32 << 20 and "fallback" in missing.source
 
 
 def test_cuda_last_level_cache_is_the_l2(monkeypatch):
     properties = types.SimpleNamespace(L2_cache_size=60 << 20)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: properties)
-    assert cache.last_level_cache(torch.device("cuda")).nbytes == 60 << 20
-    assert cache.cache_reach("cuda", cache.CacheSize(60 << 20, "L2")) == 60 << 20  # do_bench flushes the L2
+    assert machine.last_level_cache(torch.device("cuda")).nbytes == 60 << 20
+    assert machine.cache_reach("cuda", machine.CacheSize(60 << 20, "L2")) == 60 << 20  # do_bench flushes the L2
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: types.SimpleNamespace())
-    assert cache.last_level_cache(torch.device("cuda")).nbytes == cache.FALLBACK_BYTES
+    assert machine.last_level_cache(torch.device("cuda")).nbytes == machine.FALLBACK_BYTES
 
 
 def test_the_copy_that_measures_the_ceiling_is_beyond_the_cache(monkeypatch):
-    monkeypatch.setattr(bandwidth, "last_level_cache", lambda device: cache.CacheSize(96 << 20, "test"))
-    assert bandwidth.default_copy_bytes(CPU) == 192 << 20
-    monkeypatch.setattr(bandwidth, "last_level_cache", lambda device: cache.CacheSize(1 << 20, "test"))
-    assert bandwidth.default_copy_bytes(CPU) == 64 << 20
+    monkeypatch.setattr(machine, "last_level_cache", lambda device: machine.CacheSize(96 << 20, "test"))
+    assert machine.default_copy_bytes(CPU) == 192 << 20
+    monkeypatch.setattr(machine, "last_level_cache", lambda device: machine.CacheSize(1 << 20, "test"))
+    assert machine.default_copy_bytes(CPU) == 64 << 20
 
 
 def test_cases_within_reach_of_the_cache_are_marked_and_make_no_claim(monkeypatch):
     small, large = (OpCase("affine", "forward", "half", "fp32", numel) for numel in (2**10, 2**14))
     monkeypatch.setattr("nf_kernels.benchmarking.op_runner.last_level_cache",
-                        lambda device: cache.CacheSize(bytes_moved(small), "test"))  # fmt: skip
+                        lambda device: machine.CacheSize(bytes_moved(small), "test"))  # fmt: skip
     results = run_cases(CPU, [small, large], ["eager"], progress=False, budget=TINY, copy_bytes=1 << 20)
     assert [r.in_cache for r in results] == [True, False]  # reach on the CPU: twice the cache
     cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in format_table(results).splitlines()]
@@ -287,11 +286,11 @@ def test_the_report_calls_the_copy_bandwidth_a_ceiling_and_explains_in_cache():
     report = format_report(env, 30e9, [_result(case, "eager", 1.0, 30e9)], [], [])
     assert "ceiling" in report and "(floor)" not in report and "% copy" not in report
     assert "in cache" in report and env["last_level_cache"] in report
-    assert env["cache_reach_bytes"] == 2 * cache.last_level_cache(CPU).nbytes
+    assert env["cache_reach_bytes"] == 2 * machine.last_level_cache(CPU).nbytes
 
 
 def test_the_quick_cpu_preset_is_beyond_a_32_mib_cache():
-    reach = cache.cache_reach("cpu", cache.CacheSize(32 << 20, "a common L3"))
+    reach = machine.cache_reach("cpu", machine.CacheSize(32 << 20, "a common L3"))
     assert all(bytes_moved(case) > reach for case in preset("quick", "cpu").cases)
 
 

@@ -12,21 +12,19 @@ of the copy bandwidth (the ceiling) measured in the same run, whether the case f
 speedups over eager and ``torch.compile`` of the reference, and peak memory (CUDA).
 """
 
-from .bandwidth import copy_bandwidth
-from .cache import CacheSize, cache_reach, last_level_cache
 from .byte_model import backward_bytes, bytes_moved, forward_bytes
-from .cpu_allocator import keep_freed_cpu_memory
 from .cases import DIRECTIONS, DTYPES, MASKS, OPS, OpCase, op_cases
 from .environment import environment
+from .machine import CacheSize, cache_reach, copy_bandwidth, last_level_cache
 from .model_runner import BENCHMARKED_MODELS, ModelResult, run_model_benchmarks
-from .noise import timing_warnings
 from .op_runner import OpResult, run_cases, run_op_benchmarks
-from .preset_runner import run_preset
-from .presets import PRESETS, Preset, preset
+from .presets import PRESETS, Preset, preset, run_preset
 from .providers import PROVIDERS, available_providers
-from .report import format_model_table, format_report, format_summary, format_table, largest_size, write_results
+from .report import (
+    format_model_table, format_report, format_summary, format_table, largest_size, timing_warnings, write_results,
+)  # fmt: skip
 from .targets import TargetCheck, check_targets
-from .timing import TimingBudget
+from .timing import TimingBudget, keep_freed_cpu_memory
 
 __all__ = [
     "BENCHMARKED_MODELS", "DIRECTIONS", "DTYPES", "MASKS", "OPS", "PRESETS", "PROVIDERS", "Preset",

@@ -13,8 +13,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
-from .progress import progress_bar
-from .timing import TimingBudget, measure
+from .timing import TimingBudget, measure, progress_bar
 
 # The models of nf_kernels.flows.MODELS whose training step is timed (--models chooses among these).
 BENCHMARKED_MODELS = ("realnvp", "glow")

@@ -17,13 +17,11 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 
 from .._arguments import logdet_dtype
-from .bandwidth import copy_bandwidth
 from .byte_model import bytes_moved
-from .cache import cache_reach, last_level_cache
 from .cases import DIRECTIONS, DTYPES, MASKS, OPS, OpCase, op_cases
-from .progress import progress_bar
+from .machine import cache_reach, copy_bandwidth, last_level_cache
 from .providers import COMPILE, EAGER, CouplingFn, available_providers, make_provider
-from .timing import TimingBudget, measure
+from .timing import TimingBudget, measure, progress_bar
 
 
 @dataclass
@@ -42,7 +40,7 @@ class OpResult:
     error: Optional[str] = None
     speedup_vs_eager: Optional[float] = None
     speedup_vs_compile: Optional[float] = None
-    in_cache: bool = False  # the call's bytes fit in the last-level cache (see cache.py): no share of the ceiling
+    in_cache: bool = False  # the call's bytes fit in the last-level cache (see machine.py): no share of the ceiling
     round_seconds: tuple[float, ...] = ()  # the time of every round, in the order measured
 
     @property
@@ -160,7 +158,7 @@ def run_cases(
     times and each keeps its median round (the lower middle one for an even count) and every round's time: on a
     shared machine, a burst of other work then hits every provider alike instead of whichever was being timed,
     and the spread between rounds shows how far to trust the figures.
-    Cases whose bytes fit in the last-level cache (cache.py) are marked `in_cache`.
+    Cases whose bytes fit in the last-level cache (machine.py) are marked `in_cache`.
     """
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1, got {rounds}")

@@ -1,7 +1,9 @@
-"""Named benchmark plans: which op cases and models to time, and for how long, per device type.
+"""Named benchmark plans: which op cases and models to time, and for how long, per device type; and
+:func:`run_preset`, which runs one start to finish (the common path of ``benchmarks/run.py`` and
+``nf-kernels bench``).
 
 * ``quick``: a handful of cases at one size, seconds (what ``nf-kernels bench`` shows). On the CPU the size is
-  2^23, the smallest whose cases are all beyond the reach of a 32 MiB L3 (cache.py), so its targets are judged.
+  2^23, the smallest whose cases are all beyond the reach of a 32 MiB L3 (machine.py), so its targets are judged.
 * ``default``: on the CPU, the C++ extension issue's matrix (1M and 16M elements, fp32 and bf16, both masks,
   forward, inverse and forward+backward) plus the models; on CUDA, every case from 2^16 to 2^28 elements.
 * ``gpu-suite``: the CUDA plan meant to fit the GPU suite's budget (an estimate of 2 to 4 minutes on an H200,
@@ -9,17 +11,21 @@
   combinations of the rest.
 * ``tiny``: the smallest sizes, to exercise every code path on the CPU (tests and the suite's dry run).
 
-``quick`` and ``default`` measure three interleaved rounds, so every figure comes with its spread (noise.py);
+``quick`` and ``default`` measure three interleaved rounds, so every figure comes with its spread (report.py);
 ``gpu-suite`` and ``tiny`` one, to stay within their time budgets.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional, Sequence, Union
+
+import torch
 
 from .cases import DIRECTIONS, DTYPES, MASKS, OPS, OpCase, op_cases
-from .model_runner import BENCHMARKED_MODELS
+from .model_runner import BENCHMARKED_MODELS, ModelResult, run_model_benchmarks
+from .op_runner import OpResult, run_cases
+from .targets import TargetCheck, check_targets
 from .timing import TimingBudget
 
 
@@ -88,3 +94,47 @@ def preset(name: str, device_type: str) -> Preset:
 
 
 PRESETS = ("quick", "default", "gpu-suite", "tiny")
+
+WHAT = ("all", "ops", "models")
+
+
+def run_preset(
+    name: Union[str, Preset],
+    device: Union[str, torch.device],
+    *,
+    progress: bool = True,
+    time_limit_s: Optional[float] = None,
+    rounds: Optional[int] = None,
+    what: str = "all",
+    cases: Optional[Sequence[OpCase]] = None,
+    providers: Optional[Sequence[str]] = None,
+    compile_dynamic: bool = True,
+    on_case: Optional[Callable[[list[OpResult]], None]] = None,
+    models: Optional[Sequence[str]] = None,
+    model_batch: Optional[int] = None,
+) -> tuple[list[OpResult], list[ModelResult], list[TargetCheck]]:
+    """Run the plan `name` (a preset name, or the :class:`Preset` itself) on `device`.
+
+    Returns ``(op_results, model_results, target_checks)``. `what` limits the run to the op cases or the models.
+    `cases`, `models` and `model_batch` replace the plan's choices (models run only if the plan has any);
+    `providers`, `compile_dynamic`, `on_case`, `time_limit_s` and `rounds` (default: the plan's) go to
+    :func:`run_cases`.
+    """
+    if what not in WHAT:
+        raise ValueError(f"what must be one of {', '.join(map(repr, WHAT))}, got {what!r}")
+    device = torch.device(device)
+    plan = name if isinstance(name, Preset) else preset(name, device.type)
+    op_results: list[OpResult] = []
+    model_results: list[ModelResult] = []
+    if what in ("all", "ops"):
+        op_results = run_cases(
+            device, plan.cases if cases is None else cases, providers, progress, compile_dynamic=compile_dynamic,
+            budget=plan.budget, on_case=on_case, time_limit_s=time_limit_s,
+            rounds=plan.rounds if rounds is None else rounds,
+        )  # fmt: skip
+    if what in ("all", "models") and plan.models:
+        model_results = run_model_benchmarks(
+            device, models or plan.models, memory_saving=plan.memory_saving, batch=model_batch or plan.model_batch,
+            sample_shape=plan.model_shape, sizes=plan.model_sizes, progress=progress, budget=plan.budget,
+        )  # fmt: skip
+    return op_results, model_results, check_targets(device.type, op_results, model_results)
