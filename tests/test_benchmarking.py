@@ -14,8 +14,8 @@ import torch
 
 import nf_kernels
 from nf_kernels.benchmarking import (
-    OpCase, OpResult, Preset, TimingBudget, backward_bytes, bytes_moved, check_targets, format_table, forward_bytes,
-    largest_size, op_cases, preset, run_cases, run_model_benchmarks, run_preset, write_results,
+    OpCase, OpResult, PlanRun, Preset, TimingBudget, backward_bytes, bytes_moved, check_targets, format_table, forward_bytes,
+    largest_size, op_cases, preset, run_cases, run_model_benchmarks, run_plan, write_results,
 )  # fmt: skip
 from nf_kernels.benchmarking import machine
 from nf_kernels.benchmarking.cases import sample_shape
@@ -311,7 +311,8 @@ def test_rounds_report_min_median_and_max():
 def test_a_plan_measures_its_own_number_of_rounds():
     assert preset("quick", "cpu").rounds == preset("default", "cuda").rounds == 3
     plan = Preset("two", (OpCase("additive", "forward", "half", "fp32", 2**8),), TINY, models=(), rounds=2)
-    (result,), _, _ = run_preset(plan, CPU, progress=False, providers=["eager"])
+    run = run_plan(plan, CPU, progress=False, providers=["eager"], keep_freed_memory=False)
+    (result,) = run.op_results
     assert len(result.round_seconds) == 2 and result.spread >= 1.0
 
 
@@ -334,13 +335,11 @@ def test_bench_command_passes_rounds_and_prints_the_warnings(monkeypatch, capsys
     noisy = median_round([_result(case, "cpu", ms) for ms in (1.0, 4.0)])
     calls = []
 
-    def fake_run_preset(plan, device, **options):
+    def fake_run_plan(plan, device, **options):
         calls.append(options)
-        return [noisy], [], []
+        return PlanRun(nf_kernels.benchmarking.environment(CPU), [noisy], [], [], [])
 
-    library = nf_kernels.benchmarking
-    monkeypatch.setattr(library, "run_preset", fake_run_preset)
-    monkeypatch.setattr(library, "keep_freed_cpu_memory", lambda: False)  # the test process's malloc stays as is
+    monkeypatch.setattr("nf_kernels.cli.bench.run_plan", fake_run_plan)
     assert cli_main(["bench", "--preset", "tiny", "--device", "cpu", "--rounds", "2", "--no-progress"]) == 0
     assert calls[0]["rounds"] == 2
     assert "warning: timings varied by more than 1.5x" in capsys.readouterr().out

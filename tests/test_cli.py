@@ -122,11 +122,6 @@ def test_checkpoint_mismatches(tmp_path, capsys):
     assert "does not fit realnvp on (2,)" in one_line_error(capsys, "eval", tmp_path / "edited.pt")
 
 
-def test_bench_without_the_benchmark_library_says_so(capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "nf_kernels.benchmarking", None)  # what a missing module looks like
-    assert "nf_kernels.benchmarking cannot be imported" in one_line_error(capsys, "bench")
-
-
 def test_demo_runs_end_to_end(tmp_path, capsys):
     status, out, err = cli(capsys, "demo", "--out", tmp_path / "demo", "--steps", 2, "--no-bench", "--no-progress")
     assert status == 0, err

@@ -1,6 +1,6 @@
 """Side-by-side speed measurements of the coupling ops and of flow models (SPEC section 4).
 
-The building blocks of ``benchmarks/run.py`` and ``nf-kernels bench`` (both run a plan with :func:`run_preset`):
+The building blocks of ``benchmarks/run.py`` and ``nf-kernels bench`` (both run a plan with :func:`run_plan`):
 
     >>> from nf_kernels.benchmarking import run_op_benchmarks, format_table
     >>> results = run_op_benchmarks("cpu", sizes=[2**20], dtypes=["fp32"], ops=["affine"])  # doctest: +SKIP
@@ -18,7 +18,7 @@ from .environment import environment
 from .machine import CacheSize, cache_reach, copy_bandwidth, last_level_cache
 from .model_runner import BENCHMARKED_MODELS, ModelResult, run_model_benchmarks
 from .op_runner import OpResult, run_cases, run_op_benchmarks
-from .presets import PRESETS, Preset, preset, run_preset
+from .presets import PRESETS, PlanRun, Preset, preset, run_plan
 from .providers import PROVIDERS, available_providers
 from .report import (
     format_model_table, format_report, format_summary, format_table, largest_size, timing_warnings, write_results,
@@ -27,11 +27,11 @@ from .targets import TargetCheck, check_targets
 from .timing import TimingBudget, keep_freed_cpu_memory
 
 __all__ = [
-    "BENCHMARKED_MODELS", "DIRECTIONS", "DTYPES", "MASKS", "OPS", "PRESETS", "PROVIDERS", "Preset",
+    "BENCHMARKED_MODELS", "DIRECTIONS", "DTYPES", "MASKS", "OPS", "PRESETS", "PROVIDERS", "PlanRun", "Preset",
     "CacheSize", "ModelResult", "OpCase", "OpResult", "TargetCheck", "TimingBudget",
     "available_providers", "backward_bytes", "bytes_moved", "cache_reach", "check_targets", "copy_bandwidth",
     "environment", "format_model_table", "format_report", "format_summary", "format_table", "forward_bytes",
     "keep_freed_cpu_memory", "largest_size", "last_level_cache", "op_cases",
-    "preset", "run_cases", "run_model_benchmarks", "run_op_benchmarks", "run_preset", "timing_warnings",
+    "preset", "run_cases", "run_model_benchmarks", "run_op_benchmarks", "run_plan", "timing_warnings",
     "write_results",
 ]  # fmt: skip
