@@ -13,17 +13,19 @@ import pytest
 import torch
 
 import nf_kernels
-from nf_kernels.benchmarking import (
-    OpCase, OpResult, PlanRun, Preset, TimingBudget, backward_bytes, bytes_moved, check_targets, format_table, forward_bytes,
-    largest_size, op_cases, preset, run_cases, run_model_benchmarks, run_plan, write_results,
-)  # fmt: skip
 from nf_kernels.benchmarking import machine
-from nf_kernels.benchmarking.cases import sample_shape
-from nf_kernels.benchmarking.model_runner import BENCHMARKED_MODELS, ModelResult
-from nf_kernels.benchmarking.op_runner import median_round, add_speedups, timed_call
+from nf_kernels.benchmarking.byte_model import backward_bytes, bytes_moved, forward_bytes
+from nf_kernels.benchmarking.cases import OpCase, op_cases, sample_shape
+from nf_kernels.benchmarking.environment import environment
+from nf_kernels.benchmarking.model_runner import BENCHMARKED_MODELS, ModelResult, run_model_benchmarks
+from nf_kernels.benchmarking.op_runner import OpResult, add_speedups, median_round, run_cases, timed_call
+from nf_kernels.benchmarking.presets import PlanRun, Preset, preset, run_plan
 from nf_kernels.benchmarking.providers import FusedBackend, available_providers, make_provider
-from nf_kernels.benchmarking.report import format_report, format_summary, timing_warnings
-from nf_kernels.benchmarking.timing import measure
+from nf_kernels.benchmarking.report import (
+    format_report, format_summary, format_table, largest_size, timing_warnings, write_results,
+)  # fmt: skip
+from nf_kernels.benchmarking.targets import check_targets
+from nf_kernels.benchmarking.timing import TimingBudget, measure
 from nf_kernels.cli import main as cli_main
 from nf_kernels.flows import MODELS as FLOW_MODELS
 
@@ -143,7 +145,7 @@ def test_tiny_run_writes_markdown_json_and_plot(tmp_path):
     results = run_cases(CPU, cases, ["eager"], progress=False, budget=TINY, copy_bytes=1 << 20)
     assert len(results) == 4 and all(r.seconds and r.gbps > 0 and r.copy_fraction > 0 for r in results)
     assert all(r.speedup_vs_eager == 1.0 and r.peak_bytes is None for r in results)
-    env = nf_kernels.benchmarking.environment(CPU)
+    env = environment(CPU)
     models = [ModelResult("realnvp", "reference", False, 2, (3, 8, 8), seconds=0.5)]
     paths = write_results(tmp_path, env, results, models, check_targets("cpu", results, models), "test")
     assert {p.suffix for p in paths} == {".md", ".json", ".png"}
@@ -282,7 +284,7 @@ def test_targets_leave_out_the_cases_that_fit_in_the_cache():
 
 def test_the_report_calls_the_copy_bandwidth_a_ceiling_and_explains_in_cache():
     case = OpCase("affine", "forward", "half", "fp32", 2**20)
-    env = dict(nf_kernels.benchmarking.environment(CPU), commit="test")
+    env = dict(environment(CPU), commit="test")
     report = format_report(env, 30e9, [_result(case, "eager", 1.0, 30e9)], [], [])
     assert "ceiling" in report and "(floor)" not in report and "% copy" not in report
     assert "in cache" in report and env["last_level_cache"] in report
@@ -326,7 +328,7 @@ def test_noisy_rounds_and_a_busy_machine_warn():
     assert "1 of 2" in spread and "affine forward half fp32 2^10 cpu" in spread and "4.0x" in spread
     (load,) = timing_warnings(dict(quiet, load_average_1m_end=5.0), [steady])
     assert "load average reached 5" in load and "2 cores" in load
-    env = dict(nf_kernels.benchmarking.environment(CPU), **quiet)
+    env = dict(environment(CPU), **quiet)
     assert "- warning: timings varied" in format_summary(env, [steady, noisy], [], [])
 
 
@@ -337,7 +339,7 @@ def test_bench_command_passes_rounds_and_prints_the_warnings(monkeypatch, capsys
 
     def fake_run_plan(plan, device, **options):
         calls.append(options)
-        return PlanRun(nf_kernels.benchmarking.environment(CPU), [noisy], [], [], [])
+        return PlanRun(environment(CPU), [noisy], [], [], [])
 
     monkeypatch.setattr("nf_kernels.cli.bench.run_plan", fake_run_plan)
     assert cli_main(["bench", "--preset", "tiny", "--device", "cpu", "--rounds", "2", "--no-progress"]) == 0

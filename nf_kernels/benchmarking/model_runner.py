@@ -13,6 +13,8 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
+from ..flows import build_model
+from .providers import FUSED, make_provider
 from .timing import TimingBudget, measure, progress_bar
 
 # The models of nf_kernels.flows.MODELS whose training step is timed (--models chooses among these).
@@ -51,8 +53,6 @@ class ModelResult:
 
 def model_backends(device: torch.device) -> list[str]:
     """"reference" plus every fused backend that runs compiled code on `device` (not the Triton interpreter)."""
-    from .providers import FUSED, make_provider
-
     return ["reference"] + [name for name in FUSED if make_provider(name).why_unavailable(device) is None]
 
 
@@ -71,8 +71,6 @@ def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: t
 
 def _measure(result: ModelResult, device: torch.device, budget: TimingBudget) -> None:
     def make_step():
-        from nf_kernels.flows import build_model
-
         torch.manual_seed(0)
         model = build_model(result.model, result.sample_shape, backend=result.backend,
                             memory_saving=result.memory_saving, **result.sizes).to(device)  # fmt: skip

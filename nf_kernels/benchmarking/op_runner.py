@@ -1,8 +1,9 @@
 """Running the op benchmarks: every case, every provider, in one process, next to a copy-bandwidth measurement.
 
-    >>> results = run_op_benchmarks("cpu", sizes=[2**10], dtypes=["fp32"], ops=["affine"], providers=["eager"],
-    ...                             progress=False, directions=["forward"], masks=["half"],
-    ...                             budget=TimingBudget(min_run_time_s=0.01), copy_bytes=1 << 20)
+    >>> from nf_kernels.benchmarking.cases import op_cases
+    >>> cases = list(op_cases([2**10], ["fp32"], ["affine"], ["forward"], ["half"]))
+    >>> results = run_cases("cpu", cases, ["eager"], progress=False, budget=TimingBudget(min_run_time_s=0.01),
+    ...                     copy_bytes=1 << 20)
     >>> results  # doctest: +ELLIPSIS
     [OpResult(affine forward half fp32 2^10, eager: ... ms, ... GB/s)]
 """
@@ -18,7 +19,7 @@ import torch
 
 from .._arguments import logdet_dtype
 from .byte_model import bytes_moved
-from .cases import DIRECTIONS, DTYPES, MASKS, OPS, OpCase, op_cases
+from .cases import OpCase
 from .machine import cache_reach, copy_bandwidth, last_level_cache
 from .providers import COMPILE, EAGER, CouplingFn, available_providers, make_provider
 from .timing import TimingBudget, measure, progress_bar
@@ -114,27 +115,6 @@ def add_speedups(results: Sequence[OpResult]) -> None:
             eager, compiled = times.get((r.case, EAGER)), times.get((r.case, COMPILE))
             r.speedup_vs_eager = eager / r.seconds if eager else None
             r.speedup_vs_compile = compiled / r.seconds if compiled else None
-
-
-def run_op_benchmarks(
-    device: Union[str, torch.device],
-    sizes: Sequence[int],
-    dtypes: Sequence[str] = tuple(DTYPES),
-    ops: Sequence[str] = OPS,
-    providers: Optional[Sequence[str]] = None,
-    progress: bool = True,
-    *,
-    directions: Sequence[str] = DIRECTIONS,
-    masks: Sequence[str] = MASKS,
-    **options,
-) -> list[OpResult]:
-    """Time every (op, direction, mask, dtype, size) combination with every provider that runs on `device`.
-
-    `sizes` are element counts of x (powers of two); `providers` defaults to all that are available (see
-    providers.available_providers); `options` are those of :func:`run_cases`.
-    """
-    cases = list(op_cases(sizes, dtypes, ops, directions, masks))
-    return run_cases(device, cases, providers, progress, **options)
 
 
 def run_cases(
