@@ -206,6 +206,23 @@ def test_run_script_options_replace_the_preset_dimensions(tmp_path, capsys, run_
     assert len(list(tmp_path.glob("*.json"))) == 1
 
 
+def test_a_plan_run_announces_itself_then_saves_after_every_case(tmp_path, monkeypatch):
+    cases = tuple(op_cases([2**8, 2**10], ["fp32"], ["additive"], ["forward"], ["half"]))
+    plan = Preset("two cases", cases, TINY, models=())
+    saves, started = [], []
+
+    def recording_write_results(out_dir, env, op_results, *rest, **options):
+        saves.append((len(op_results), options.get("plots", True)))
+        return write_results(out_dir, env, op_results, *rest, **options)
+
+    monkeypatch.setattr("nf_kernels.benchmarking.presets.write_results", recording_write_results)
+    run = run_plan(plan, CPU, progress=False, providers=["eager"], keep_freed_memory=False, out_dir=tmp_path,
+                   command="test", save_each_case=True, on_start=lambda env: started.append(dict(env)))  # fmt: skip
+    assert saves == [(1, False), (2, False), (2, True)]  # after each case without plots, then the whole run
+    assert started[0]["cpu_malloc"] == "system default" and "load_average_1m_end" not in started[0]
+    assert "load_average_1m_end" in run.env and [p.parent for p in run.written] == [tmp_path] * len(run.written)
+
+
 def test_a_failing_case_is_recorded_not_raised():
     def make_call():
         raise RuntimeError("CUDA out of memory. Tried to allocate 8 GiB\n(details)")
@@ -223,7 +240,7 @@ def test_rounds_keep_each_providers_median_round():
     assert median_round(attempts + [_result(case, "eager", None)]).error == "RuntimeError: boom"
 
 
-# Item 18: the copy bandwidth is a ceiling, and cases that fit in the last-level cache make no claim about memory.
+# The copy bandwidth is a ceiling, and cases that fit in the last-level cache make no claim about memory.
 
 
 def _fake_sysfs(root, *entries):
@@ -296,7 +313,7 @@ def test_the_quick_cpu_preset_is_beyond_a_32_mib_cache():
     assert all(bytes_moved(case) > reach for case in preset("quick", "cpu").cases)
 
 
-# Item 19: the spread between interleaved rounds is reported, and noisy rounds or a busy machine warn.
+# The spread between interleaved rounds is reported, and noisy rounds or a busy machine warn.
 
 
 def test_rounds_report_min_median_and_max():
@@ -347,7 +364,7 @@ def test_bench_command_passes_rounds_and_prints_the_warnings(monkeypatch, capsys
     assert "warning: timings varied by more than 1.5x" in capsys.readouterr().out
 
 
-# Item 20: benchmarks/run.py writes into benchmarks/results only when --out names it.
+# benchmarks/run.py writes into benchmarks/results only when --out names it.
 
 
 def test_run_script_writes_outside_the_checkout_unless_told(tmp_path, monkeypatch, capsys, run_script):
