@@ -17,12 +17,12 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from bench_device import DEVICE  # noqa: E402
-from nf_kernels.benchmarking import keep_freed_cpu_memory  # noqa: E402
+from nf_kernels.benchmarking.timing import keep_freed_cpu_memory  # noqa: E402
 
 
 def pytest_configure(config):
     if DEVICE.type == "cpu":
-        keep_freed_cpu_memory()  # timings without page faults (nf_kernels/benchmarking/cpu_allocator.py)
+        keep_freed_cpu_memory()  # timings without page faults (nf_kernels/benchmarking/timing.py)
 
 
 @pytest.fixture

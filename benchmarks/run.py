@@ -29,12 +29,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from nf_kernels.benchmarking import (  # noqa: E402
-    DIRECTIONS, DTYPES, MASKS, MODELS, OPS, PRESETS, PROVIDERS, check_targets, environment, op_cases, preset,
-    run_preset, write_results,
-)  # fmt: skip
-from nf_kernels.benchmarking.environment import load_average  # noqa: E402
-from nf_kernels.benchmarking.cpu_allocator import keep_freed_cpu_memory  # noqa: E402
+from nf_kernels.benchmarking.cases import DIRECTIONS, DTYPES, MASKS, OPS, op_cases  # noqa: E402
+from nf_kernels.benchmarking.model_runner import BENCHMARKED_MODELS  # noqa: E402
+from nf_kernels.benchmarking.presets import PRESETS, WHAT, preset, run_plan  # noqa: E402
+from nf_kernels.benchmarking.providers import PROVIDERS  # noqa: E402
 from nf_kernels.benchmarking.report import format_summary  # noqa: E402
 
 
@@ -46,7 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
     parser.add_argument("--preset", default="default", choices=PRESETS, help="which cases and how long")
-    parser.add_argument("--what", default="all", choices=("all", "ops", "models"))
+    parser.add_argument("--what", default="all", choices=WHAT)
     group = parser.add_argument_group("op cases (each option given replaces the preset's choice for it)")
     group.add_argument("--log2-sizes", type=int, nargs="+", metavar="K", help="sizes 2^K elements of x")
     group.add_argument("--dtypes", nargs="+", choices=tuple(DTYPES))
@@ -61,14 +59,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="measure the providers of each case in turn this many times, keep each one's median "
                        "and report the spread (default: the preset's, 3 for quick and default, 1 for the others)")
     group = parser.add_argument_group("models")
-    group.add_argument("--models", nargs="+", choices=MODELS)
+    group.add_argument("--models", nargs="+", choices=BENCHMARKED_MODELS)
     group.add_argument("--model-batch", type=int, help="default: 64 on CUDA, 16 on the CPU")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help="output folder (pass benchmarks/results to publish a run)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--system-malloc", action="store_true",
                         help="CPU: leave glibc malloc as it is (by default freed memory is kept, so timings do not "
-                        "include page faults; see nf_kernels/benchmarking/cpu_allocator.py)")
+                        "include page faults; see nf_kernels/benchmarking/timing.py)")
     args = parser.parse_args(argv)
     if args.rounds is not None and args.rounds < 1:
         parser.error(f"--rounds must be at least 1, got {args.rounds}")
@@ -110,30 +108,25 @@ def main(argv=None) -> int:
         import torch._inductor.config
 
         torch._inductor.config.compile_threads = 1
-    kept = device.type == "cpu" and not args.system_malloc and keep_freed_cpu_memory()
     plan = preset(args.preset, device.type)
-    env = dict(environment(device), cpu_malloc="freed memory kept (no mmap, no trim)" if kept else "system default")
     command = "python " + " ".join(shlex.quote(a) for a in [str(Path(sys.argv[0]))] + sys.argv[1:])
-    print(f"nf_kernels benchmarks on {env['device_name']}, commit {env['commit']}, preset {plan.name}; "
-          f"results go to {out}", flush=True)
-
-    def save_partial(partial_ops):
-        checks = check_targets(device.type, partial_ops)
-        write_results(out, env, partial_ops, [], checks, command, plots=False)
-
     cases = select_cases(plan, args) if args.what in ("all", "ops") else []
-    op_results, model_results, checks = run_preset(
-        plan, device, progress=not args.no_progress, time_limit_s=args.ops_time_limit, rounds=args.rounds,
-        what=args.what, cases=cases, providers=args.providers, compile_dynamic=not args.compile_static,
-        on_case=save_partial, models=args.models, model_batch=args.model_batch,
+
+    def announce(env: dict) -> None:
+        print(f"nf_kernels benchmarks on {env['device_name']}, commit {env['commit']}, preset {plan.name}; "
+              f"results go to {out}", flush=True)
+
+    run = run_plan(
+        plan, device, what=args.what, cases=cases, providers=args.providers, compile_dynamic=not args.compile_static,
+        time_limit_s=args.ops_time_limit, rounds=args.rounds, models=args.models, model_batch=args.model_batch,
+        progress=not args.no_progress, keep_freed_memory=not args.system_malloc, out_dir=out, command=command,
+        save_each_case=True, on_start=announce,
     )  # fmt: skip
-    measured = len({r.case for r in op_results})
+    measured = len({r.case for r in run.op_results})
     if measured < len(cases):
         print(f"note: the time limit stopped the op benchmarks after {measured} of {len(cases)} cases")
-    env["load_average_1m_end"] = load_average()
-    written = write_results(out, env, op_results, model_results, checks, command, plots=True)
-    print(format_summary(env, op_results, model_results, checks))
-    print("wrote " + ", ".join(str(path) for path in written))
+    print(format_summary(run.env, run.op_results, run.model_results, run.checks))
+    print("wrote " + ", ".join(str(path) for path in run.written))
     return 0
 
 

@@ -5,7 +5,9 @@ import pytest
 import torch
 from bench_device import DEVICE, synchronized
 
-from nf_kernels.benchmarking.model_runner import DEFAULT_BATCH, DEFAULT_SHAPE, MODELS, model_backends, training_step
+from nf_kernels.benchmarking.model_runner import (
+    BENCHMARKED_MODELS, DEFAULT_BATCH, DEFAULT_SHAPE, model_backends, training_step,
+)  # fmt: skip
 from nf_kernels.flows import build_model
 
 BATCH, SHAPE = DEFAULT_BATCH[DEVICE.type], DEFAULT_SHAPE[DEVICE.type]
@@ -13,7 +15,7 @@ BATCH, SHAPE = DEFAULT_BATCH[DEVICE.type], DEFAULT_SHAPE[DEVICE.type]
 
 @pytest.mark.parametrize("memory_saving", [False, True], ids=["standard", "memory-saving"])
 @pytest.mark.parametrize("backend", model_backends(DEVICE))
-@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("model", BENCHMARKED_MODELS)
 def test_training_step(benchmark, device, model, backend, memory_saving):
     torch.manual_seed(0)
     flow = build_model(model, SHAPE, backend=backend, memory_saving=memory_saving).to(device)

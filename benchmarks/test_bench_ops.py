@@ -10,9 +10,10 @@ import pytest
 import torch
 from bench_device import DEVICE, synchronized
 
-from nf_kernels.benchmarking import PROVIDERS, OpCase, bytes_moved
+from nf_kernels.benchmarking.byte_model import bytes_moved
+from nf_kernels.benchmarking.cases import OpCase
 from nf_kernels.benchmarking.op_runner import timed_call
-from nf_kernels.benchmarking.providers import make_provider
+from nf_kernels.benchmarking.providers import PROVIDERS, make_provider
 
 SIZE = 2**24 if DEVICE.type == "cuda" else 2**20
 DTYPES = ["fp32", "bf16"] if DEVICE.type == "cuda" else ["fp32"]

@@ -13,19 +13,21 @@ import pytest
 import torch
 
 import nf_kernels
-from nf_kernels.benchmarking import (
-    OpCase, OpResult, Preset, TimingBudget, backward_bytes, bytes_moved, check_targets, format_table, forward_bytes,
-    largest_size, op_cases, preset, run_cases, run_model_benchmarks, run_preset, write_results,
-)  # fmt: skip
-from nf_kernels.benchmarking import bandwidth, cache
-from nf_kernels.benchmarking.cases import sample_shape
-from nf_kernels.benchmarking.model_runner import ModelResult
-from nf_kernels.benchmarking.noise import timing_warnings
-from nf_kernels.benchmarking.op_runner import median_round, add_speedups, timed_call
+from nf_kernels.benchmarking import machine
+from nf_kernels.benchmarking.byte_model import backward_bytes, bytes_moved, forward_bytes
+from nf_kernels.benchmarking.cases import OpCase, op_cases, sample_shape
+from nf_kernels.benchmarking.environment import environment
+from nf_kernels.benchmarking.model_runner import BENCHMARKED_MODELS, ModelResult, run_model_benchmarks
+from nf_kernels.benchmarking.op_runner import OpResult, add_speedups, median_round, run_cases, timed_call
+from nf_kernels.benchmarking.presets import PlanRun, Preset, preset, run_plan
 from nf_kernels.benchmarking.providers import FusedBackend, available_providers, make_provider
-from nf_kernels.benchmarking.report import format_report, format_summary
-from nf_kernels.benchmarking.timing import measure
+from nf_kernels.benchmarking.report import (
+    format_report, format_summary, format_table, largest_size, timing_warnings, write_results,
+)  # fmt: skip
+from nf_kernels.benchmarking.targets import check_targets
+from nf_kernels.benchmarking.timing import TimingBudget, measure
 from nf_kernels.cli import main as cli_main
+from nf_kernels.flows import MODELS as FLOW_MODELS
 
 CPU = torch.device("cpu")
 TINY = TimingBudget(warmup_ms=1, rep_ms=2, min_run_time_s=0.002)
@@ -143,7 +145,7 @@ def test_tiny_run_writes_markdown_json_and_plot(tmp_path):
     results = run_cases(CPU, cases, ["eager"], progress=False, budget=TINY, copy_bytes=1 << 20)
     assert len(results) == 4 and all(r.seconds and r.gbps > 0 and r.copy_fraction > 0 for r in results)
     assert all(r.speedup_vs_eager == 1.0 and r.peak_bytes is None for r in results)
-    env = nf_kernels.benchmarking.environment(CPU)
+    env = environment(CPU)
     models = [ModelResult("realnvp", "reference", False, 2, (3, 8, 8), seconds=0.5)]
     paths = write_results(tmp_path, env, results, models, check_targets("cpu", results, models), "test")
     assert {p.suffix for p in paths} == {".md", ".json", ".png"}
@@ -152,6 +154,10 @@ def test_tiny_run_writes_markdown_json_and_plot(tmp_path):
     assert record["ops"][0]["gbps"] > 0 and record["models"][0]["samples_per_s"] == 4.0
     summary = next(p for p in paths if p.name.endswith("summary.md")).read_text()
     assert "| affine | forward | half | fp32 | 2^12 |" in summary
+
+
+def test_the_benchmarked_models_are_flow_models():
+    assert set(BENCHMARKED_MODELS) <= set(FLOW_MODELS)
 
 
 def test_model_benchmark_times_a_training_step():
@@ -200,6 +206,23 @@ def test_run_script_options_replace_the_preset_dimensions(tmp_path, capsys, run_
     assert len(list(tmp_path.glob("*.json"))) == 1
 
 
+def test_a_plan_run_announces_itself_then_saves_after_every_case(tmp_path, monkeypatch):
+    cases = tuple(op_cases([2**8, 2**10], ["fp32"], ["additive"], ["forward"], ["half"]))
+    plan = Preset("two cases", cases, TINY, models=())
+    saves, started = [], []
+
+    def recording_write_results(out_dir, env, op_results, *rest, **options):
+        saves.append((len(op_results), options.get("plots", True)))
+        return write_results(out_dir, env, op_results, *rest, **options)
+
+    monkeypatch.setattr("nf_kernels.benchmarking.presets.write_results", recording_write_results)
+    run = run_plan(plan, CPU, progress=False, providers=["eager"], keep_freed_memory=False, out_dir=tmp_path,
+                   command="test", save_each_case=True, on_start=lambda env: started.append(dict(env)))  # fmt: skip
+    assert saves == [(1, False), (2, False), (2, True)]  # after each case without plots, then the whole run
+    assert started[0]["cpu_malloc"] == "system default" and "load_average_1m_end" not in started[0]
+    assert "load_average_1m_end" in run.env and [p.parent for p in run.written] == [tmp_path] * len(run.written)
+
+
 def test_a_failing_case_is_recorded_not_raised():
     def make_call():
         raise RuntimeError("CUDA out of memory. Tried to allocate 8 GiB\n(details)")
@@ -217,7 +240,7 @@ def test_rounds_keep_each_providers_median_round():
     assert median_round(attempts + [_result(case, "eager", None)]).error == "RuntimeError: boom"
 
 
-# Item 18: the copy bandwidth is a ceiling, and cases that fit in the last-level cache make no claim about memory.
+# The copy bandwidth is a ceiling, and cases that fit in the last-level cache make no claim about memory.
 
 
 def _fake_sysfs(root, *entries):
@@ -232,34 +255,34 @@ def _fake_sysfs(root, *entries):
 def test_cpu_last_level_cache_is_the_highest_level_in_sysfs(tmp_path):
     sysfs = _fake_sysfs(tmp_path / "cache", (1, "Data", "48K"), (1, "Instruction", "32K"), (2, "Unified", "1024K"),
                         (3, "Unified", "32768K"))  # fmt: skip
-    found = cache.cpu_last_level_cache(sysfs)
+    found = machine.cpu_last_level_cache(sysfs)
     assert found.nbytes == 32 << 20 and found.source.startswith("L3")
     (sysfs / "index3" / "size").write_text("unknown\n")  # an unreadable entry is skipped, the next level counts
-    assert cache.cpu_last_level_cache(sysfs).nbytes == 1 << 20
-    missing = cache.cpu_last_level_cache(tmp_path / "none")
+    assert machine.cpu_last_level_cache(sysfs).nbytes == 1 << 20
+    missing = machine.cpu_last_level_cache(tmp_path / "none")
     assert missing.nbytes == 32 << 20 and "fallback" in missing.source
 
 
 def test_cuda_last_level_cache_is_the_l2(monkeypatch):
     properties = types.SimpleNamespace(L2_cache_size=60 << 20)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: properties)
-    assert cache.last_level_cache(torch.device("cuda")).nbytes == 60 << 20
-    assert cache.cache_reach("cuda", cache.CacheSize(60 << 20, "L2")) == 60 << 20  # do_bench flushes the L2
+    assert machine.last_level_cache(torch.device("cuda")).nbytes == 60 << 20
+    assert machine.cache_reach("cuda", machine.CacheSize(60 << 20, "L2")) == 60 << 20  # do_bench flushes the L2
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: types.SimpleNamespace())
-    assert cache.last_level_cache(torch.device("cuda")).nbytes == cache.FALLBACK_BYTES
+    assert machine.last_level_cache(torch.device("cuda")).nbytes == machine.FALLBACK_BYTES
 
 
 def test_the_copy_that_measures_the_ceiling_is_beyond_the_cache(monkeypatch):
-    monkeypatch.setattr(bandwidth, "last_level_cache", lambda device: cache.CacheSize(96 << 20, "test"))
-    assert bandwidth.default_copy_bytes(CPU) == 192 << 20
-    monkeypatch.setattr(bandwidth, "last_level_cache", lambda device: cache.CacheSize(1 << 20, "test"))
-    assert bandwidth.default_copy_bytes(CPU) == 64 << 20
+    monkeypatch.setattr(machine, "last_level_cache", lambda device: machine.CacheSize(96 << 20, "test"))
+    assert machine.default_copy_bytes(CPU) == 192 << 20
+    monkeypatch.setattr(machine, "last_level_cache", lambda device: machine.CacheSize(1 << 20, "test"))
+    assert machine.default_copy_bytes(CPU) == 64 << 20
 
 
 def test_cases_within_reach_of_the_cache_are_marked_and_make_no_claim(monkeypatch):
     small, large = (OpCase("affine", "forward", "half", "fp32", numel) for numel in (2**10, 2**14))
     monkeypatch.setattr("nf_kernels.benchmarking.op_runner.last_level_cache",
-                        lambda device: cache.CacheSize(bytes_moved(small), "test"))  # fmt: skip
+                        lambda device: machine.CacheSize(bytes_moved(small), "test"))  # fmt: skip
     results = run_cases(CPU, [small, large], ["eager"], progress=False, budget=TINY, copy_bytes=1 << 20)
     assert [r.in_cache for r in results] == [True, False]  # reach on the CPU: twice the cache
     cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in format_table(results).splitlines()]
@@ -278,19 +301,19 @@ def test_targets_leave_out_the_cases_that_fit_in_the_cache():
 
 def test_the_report_calls_the_copy_bandwidth_a_ceiling_and_explains_in_cache():
     case = OpCase("affine", "forward", "half", "fp32", 2**20)
-    env = dict(nf_kernels.benchmarking.environment(CPU), commit="test")
+    env = dict(environment(CPU), commit="test")
     report = format_report(env, 30e9, [_result(case, "eager", 1.0, 30e9)], [], [])
     assert "ceiling" in report and "(floor)" not in report and "% copy" not in report
     assert "in cache" in report and env["last_level_cache"] in report
-    assert env["cache_reach_bytes"] == 2 * cache.last_level_cache(CPU).nbytes
+    assert env["cache_reach_bytes"] == 2 * machine.last_level_cache(CPU).nbytes
 
 
 def test_the_quick_cpu_preset_is_beyond_a_32_mib_cache():
-    reach = cache.cache_reach("cpu", cache.CacheSize(32 << 20, "a common L3"))
+    reach = machine.cache_reach("cpu", machine.CacheSize(32 << 20, "a common L3"))
     assert all(bytes_moved(case) > reach for case in preset("quick", "cpu").cases)
 
 
-# Item 19: the spread between interleaved rounds is reported, and noisy rounds or a busy machine warn.
+# The spread between interleaved rounds is reported, and noisy rounds or a busy machine warn.
 
 
 def test_rounds_report_min_median_and_max():
@@ -307,7 +330,8 @@ def test_rounds_report_min_median_and_max():
 def test_a_plan_measures_its_own_number_of_rounds():
     assert preset("quick", "cpu").rounds == preset("default", "cuda").rounds == 3
     plan = Preset("two", (OpCase("additive", "forward", "half", "fp32", 2**8),), TINY, models=(), rounds=2)
-    (result,), _, _ = run_preset(plan, CPU, progress=False, providers=["eager"])
+    run = run_plan(plan, CPU, progress=False, providers=["eager"], keep_freed_memory=False)
+    (result,) = run.op_results
     assert len(result.round_seconds) == 2 and result.spread >= 1.0
 
 
@@ -321,7 +345,7 @@ def test_noisy_rounds_and_a_busy_machine_warn():
     assert "1 of 2" in spread and "affine forward half fp32 2^10 cpu" in spread and "4.0x" in spread
     (load,) = timing_warnings(dict(quiet, load_average_1m_end=5.0), [steady])
     assert "load average reached 5" in load and "2 cores" in load
-    env = dict(nf_kernels.benchmarking.environment(CPU), **quiet)
+    env = dict(environment(CPU), **quiet)
     assert "- warning: timings varied" in format_summary(env, [steady, noisy], [], [])
 
 
@@ -330,19 +354,17 @@ def test_bench_command_passes_rounds_and_prints_the_warnings(monkeypatch, capsys
     noisy = median_round([_result(case, "cpu", ms) for ms in (1.0, 4.0)])
     calls = []
 
-    def fake_run_preset(plan, device, **options):
+    def fake_run_plan(plan, device, **options):
         calls.append(options)
-        return [noisy], [], []
+        return PlanRun(environment(CPU), [noisy], [], [], [])
 
-    library = nf_kernels.benchmarking
-    monkeypatch.setattr(library, "run_preset", fake_run_preset)
-    monkeypatch.setattr(library, "keep_freed_cpu_memory", lambda: False)  # the test process's malloc stays as is
+    monkeypatch.setattr("nf_kernels.cli.bench.run_plan", fake_run_plan)
     assert cli_main(["bench", "--preset", "tiny", "--device", "cpu", "--rounds", "2", "--no-progress"]) == 0
     assert calls[0]["rounds"] == 2
     assert "warning: timings varied by more than 1.5x" in capsys.readouterr().out
 
 
-# Item 20: benchmarks/run.py writes into benchmarks/results only when --out names it.
+# benchmarks/run.py writes into benchmarks/results only when --out names it.
 
 
 def test_run_script_writes_outside_the_checkout_unless_told(tmp_path, monkeypatch, capsys, run_script):

@@ -174,11 +174,6 @@ def test_sample_help_shows_the_seed_default(capsys):
     assert status == 0 and "sampling seed [0]" in " ".join(out.split())
 
 
-def test_bench_without_the_benchmark_library_says_so(capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "nf_kernels.benchmarking", None)  # what a missing module looks like
-    assert "nf_kernels.benchmarking cannot be imported" in one_line_error(capsys, "bench")
-
-
 def test_demo_runs_end_to_end(tmp_path, capsys):
     status, out, err = cli(capsys, "demo", "--out", tmp_path / "demo", "--steps", 2, "--no-bench", "--no-progress")
     assert status == 0, err

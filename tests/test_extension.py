@@ -17,7 +17,8 @@ import torch
 
 import nf_kernels
 from nf_kernels import _build
-from nf_kernels._arguments import CouplingConfig, expected_h_shape
+from nf_kernels._arguments import CouplingConfig
+from nf_kernels._masks import expected_h_shape
 from nf_kernels._layout import LAYOUT_FIELDS, PATTERN_NAMES, SCALE_NAMES, flat_layout
 from nf_kernels.backends import reference
 from nf_kernels.backends.extension import CPU_BACKEND, CUDA_BACKEND, _op_arguments
@@ -121,7 +122,8 @@ _VARIANT_CHECK = """
 import itertools, torch
 from nf_kernels.backends import reference
 from nf_kernels.backends.extension import CPU_BACKEND
-from nf_kernels._arguments import CouplingConfig, expected_h_shape
+from nf_kernels._arguments import CouplingConfig
+from nf_kernels._masks import expected_h_shape
 print(torch.ops.nf_kernels_ext.cpu_isa())
 g = torch.Generator().manual_seed(1)
 worst = 0.0

@@ -1,39 +1,29 @@
 """Side-by-side speed measurements of the coupling ops and of flow models (SPEC section 4).
 
-The building blocks of ``benchmarks/run.py`` and ``nf-kernels bench`` (both run a plan with :func:`run_preset`):
+``benchmarks/run.py`` and ``nf-kernels bench`` both run a plan with :func:`presets.run_plan`; the pieces can also be
+used alone, each imported from the module that defines it:
 
-    >>> from nf_kernels.benchmarking import run_op_benchmarks, format_table
-    >>> results = run_op_benchmarks("cpu", sizes=[2**20], dtypes=["fp32"], ops=["affine"])  # doctest: +SKIP
+    >>> from nf_kernels.benchmarking.cases import op_cases
+    >>> from nf_kernels.benchmarking.op_runner import run_cases
+    >>> from nf_kernels.benchmarking.report import format_table
+    >>> results = run_cases("cpu", list(op_cases([2**20], ["fp32"], ["affine"])))  # doctest: +SKIP
     >>> print(format_table(results))  # doctest: +SKIP
     | op | direction | mask | dtype | size | eager ms | compile ms | cpu ms | best | GB/s | % ceiling | ...
 
 Each result carries its median time (and every round's, with ``rounds``), the SPEC byte count, GB/s, the fraction
 of the copy bandwidth (the ceiling) measured in the same run, whether the case fits in the last-level cache,
 speedups over eager and ``torch.compile`` of the reference, and peak memory (CUDA).
+
+The modules, each using only those above it:
+
+* ``cases``: what one op benchmark measures (:class:`~.cases.OpCase`) and the grid of them (``op_cases``).
+* ``byte_model``: the SPEC cost model, the bytes a case moves (which turns a time into GB/s).
+* ``providers``: the contenders: eager and ``torch.compile`` of the reference, and the fused backends.
+* ``timing``: timing one call on each device, its peak memory, CPU memory kept mapped, the progress bar.
+* ``machine``: what the device's memory can do: copy bandwidth (the ceiling) and last-level cache.
+* ``environment``: where and on what a run ran (commit, versions, device, load).
+* ``op_runner`` and ``model_runner``: running op cases and model training steps.
+* ``targets``: the speed targets, judged on a run's results.
+* ``report``: markdown tables, timing warnings, plots, the JSON record and the file names.
+* ``presets``: the named plans, and ``run_plan``, which runs one start to finish.
 """
-
-from .bandwidth import copy_bandwidth
-from .cache import CacheSize, cache_reach, last_level_cache
-from .byte_model import backward_bytes, bytes_moved, forward_bytes
-from .cpu_allocator import keep_freed_cpu_memory
-from .cases import DIRECTIONS, DTYPES, MASKS, OPS, OpCase, op_cases
-from .environment import environment
-from .model_runner import MODELS, ModelResult, run_model_benchmarks
-from .noise import timing_warnings
-from .op_runner import OpResult, run_cases, run_op_benchmarks
-from .preset_runner import run_preset
-from .presets import PRESETS, Preset, preset
-from .providers import PROVIDERS, available_providers
-from .report import format_model_table, format_report, format_summary, format_table, largest_size, write_results
-from .targets import TargetCheck, check_targets
-from .timing import TimingBudget
-
-__all__ = [
-    "DIRECTIONS", "DTYPES", "MASKS", "MODELS", "OPS", "PRESETS", "PROVIDERS", "Preset",
-    "CacheSize", "ModelResult", "OpCase", "OpResult", "TargetCheck", "TimingBudget",
-    "available_providers", "backward_bytes", "bytes_moved", "cache_reach", "check_targets", "copy_bandwidth",
-    "environment", "format_model_table", "format_report", "format_summary", "format_table", "forward_bytes",
-    "keep_freed_cpu_memory", "largest_size", "last_level_cache", "op_cases",
-    "preset", "run_cases", "run_model_benchmarks", "run_op_benchmarks", "run_preset", "timing_warnings",
-    "write_results",
-]  # fmt: skip

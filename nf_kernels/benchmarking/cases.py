@@ -14,7 +14,8 @@ from typing import Iterable, Iterator, Sequence
 
 import torch
 
-from .._arguments import ADDITIVE, CouplingConfig, expected_h_shape
+from .._arguments import ADDITIVE, CouplingConfig
+from .._masks import expected_h_shape
 
 OPS = ("affine", "additive")
 DIRECTIONS = ("forward", "inverse", "forward+backward")

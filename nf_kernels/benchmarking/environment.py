@@ -14,7 +14,7 @@ import torch
 
 import nf_kernels
 
-from .cache import cache_reach, last_level_cache
+from .machine import cache_reach, last_level_cache
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -13,10 +13,12 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
-from .progress import progress_bar
-from .timing import TimingBudget, measure
+from ..flows import build_model
+from .providers import FUSED, make_provider
+from .timing import TimingBudget, measure, progress_bar
 
-MODELS = ("realnvp", "glow")
+# The models of nf_kernels.flows.MODELS whose training step is timed (--models chooses among these).
+BENCHMARKED_MODELS = ("realnvp", "glow")
 # Realistic sizes on a GPU (the issue's 3x32x32 images, batch 64); small enough for 2 CPU cores.
 DEFAULT_SHAPE = {"cuda": (3, 32, 32), "cpu": (3, 16, 16)}
 DEFAULT_BATCH = {"cuda": 64, "cpu": 16}
@@ -51,8 +53,6 @@ class ModelResult:
 
 def model_backends(device: torch.device) -> list[str]:
     """"reference" plus every fused backend that runs compiled code on `device` (not the Triton interpreter)."""
-    from .providers import FUSED, make_provider
-
     return ["reference"] + [name for name in FUSED if make_provider(name).why_unavailable(device) is None]
 
 
@@ -71,8 +71,6 @@ def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: t
 
 def _measure(result: ModelResult, device: torch.device, budget: TimingBudget) -> None:
     def make_step():
-        from nf_kernels.flows import build_model
-
         torch.manual_seed(0)
         model = build_model(result.model, result.sample_shape, backend=result.backend,
                             memory_saving=result.memory_saving, **result.sizes).to(device)  # fmt: skip
@@ -88,7 +86,7 @@ def _measure(result: ModelResult, device: torch.device, budget: TimingBudget) ->
 
 def run_model_benchmarks(
     device: Union[str, torch.device],
-    models: Sequence[str] = MODELS,
+    models: Sequence[str] = BENCHMARKED_MODELS,
     backends: Optional[Sequence[str]] = None,
     memory_saving: Sequence[bool] = (False, True),
     *,

@@ -1,8 +1,9 @@
 """Running the op benchmarks: every case, every provider, in one process, next to a copy-bandwidth measurement.
 
-    >>> results = run_op_benchmarks("cpu", sizes=[2**10], dtypes=["fp32"], ops=["affine"], providers=["eager"],
-    ...                             progress=False, directions=["forward"], masks=["half"],
-    ...                             budget=TimingBudget(min_run_time_s=0.01), copy_bytes=1 << 20)
+    >>> from nf_kernels.benchmarking.cases import op_cases
+    >>> cases = list(op_cases([2**10], ["fp32"], ["affine"], ["forward"], ["half"]))
+    >>> results = run_cases("cpu", cases, ["eager"], progress=False, budget=TimingBudget(min_run_time_s=0.01),
+    ...                     copy_bytes=1 << 20)
     >>> results  # doctest: +ELLIPSIS
     [OpResult(affine forward half fp32 2^10, eager: ... ms, ... GB/s)]
 """
@@ -17,13 +18,11 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 
 from .._arguments import logdet_dtype
-from .bandwidth import copy_bandwidth
 from .byte_model import bytes_moved
-from .cache import cache_reach, last_level_cache
-from .cases import DIRECTIONS, DTYPES, MASKS, OPS, OpCase, op_cases
-from .progress import progress_bar
+from .cases import OpCase
+from .machine import cache_reach, copy_bandwidth, last_level_cache
 from .providers import COMPILE, EAGER, CouplingFn, available_providers, make_provider
-from .timing import TimingBudget, measure
+from .timing import TimingBudget, measure, progress_bar
 
 
 @dataclass
@@ -42,7 +41,7 @@ class OpResult:
     error: Optional[str] = None
     speedup_vs_eager: Optional[float] = None
     speedup_vs_compile: Optional[float] = None
-    in_cache: bool = False  # the call's bytes fit in the last-level cache (see cache.py): no share of the ceiling
+    in_cache: bool = False  # the call's bytes fit in the last-level cache (see machine.py): no share of the ceiling
     round_seconds: tuple[float, ...] = ()  # the time of every round, in the order measured
 
     @property
@@ -118,27 +117,6 @@ def add_speedups(results: Sequence[OpResult]) -> None:
             r.speedup_vs_compile = compiled / r.seconds if compiled else None
 
 
-def run_op_benchmarks(
-    device: Union[str, torch.device],
-    sizes: Sequence[int],
-    dtypes: Sequence[str] = tuple(DTYPES),
-    ops: Sequence[str] = OPS,
-    providers: Optional[Sequence[str]] = None,
-    progress: bool = True,
-    *,
-    directions: Sequence[str] = DIRECTIONS,
-    masks: Sequence[str] = MASKS,
-    **options,
-) -> list[OpResult]:
-    """Time every (op, direction, mask, dtype, size) combination with every provider that runs on `device`.
-
-    `sizes` are element counts of x (powers of two); `providers` defaults to all that are available (see
-    providers.available_providers); `options` are those of :func:`run_cases`.
-    """
-    cases = list(op_cases(sizes, dtypes, ops, directions, masks))
-    return run_cases(device, cases, providers, progress, **options)
-
-
 def run_cases(
     device: Union[str, torch.device],
     cases: Sequence[OpCase],
@@ -160,7 +138,7 @@ def run_cases(
     times and each keeps its median round (the lower middle one for an even count) and every round's time: on a
     shared machine, a burst of other work then hits every provider alike instead of whichever was being timed,
     and the spread between rounds shows how far to trust the figures.
-    Cases whose bytes fit in the last-level cache (cache.py) are marked `in_cache`.
+    Cases whose bytes fit in the last-level cache (machine.py) are marked `in_cache`.
     """
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1, got {rounds}")

@@ -1,7 +1,9 @@
-"""Named benchmark plans: which op cases and models to time, and for how long, per device type.
+"""Named benchmark plans: which op cases and models to time, and for how long, per device type; and
+:func:`run_plan`, which runs one start to finish: the one entry point of ``benchmarks/run.py`` and
+``nf-kernels bench``.
 
 * ``quick``: a handful of cases at one size, seconds (what ``nf-kernels bench`` shows). On the CPU the size is
-  2^23, the smallest whose cases are all beyond the reach of a 32 MiB L3 (cache.py), so its targets are judged.
+  2^23, the smallest whose cases are all beyond the reach of a 32 MiB L3 (machine.py), so its targets are judged.
 * ``default``: on the CPU, the C++ extension issue's matrix (1M and 16M elements, fp32 and bf16, both masks,
   forward, inverse and forward+backward) plus the models; on CUDA, every case from 2^16 to 2^28 elements.
 * ``gpu-suite``: the CUDA plan meant to fit the GPU suite's budget (an estimate of 2 to 4 minutes on an H200,
@@ -9,18 +11,25 @@
   combinations of the rest.
 * ``tiny``: the smallest sizes, to exercise every code path on the CPU (tests and the suite's dry run).
 
-``quick`` and ``default`` measure three interleaved rounds, so every figure comes with its spread (noise.py);
+``quick`` and ``default`` measure three interleaved rounds, so every figure comes with its spread (report.py);
 ``gpu-suite`` and ``tiny`` one, to stay within their time budgets.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
+
+import torch
 
 from .cases import DIRECTIONS, DTYPES, MASKS, OPS, OpCase, op_cases
-from .model_runner import MODELS
-from .timing import TimingBudget
+from .environment import environment, load_average
+from .model_runner import BENCHMARKED_MODELS, ModelResult, run_model_benchmarks
+from .op_runner import OpResult, run_cases
+from .report import write_results
+from .targets import TargetCheck, check_targets
+from .timing import TimingBudget, keep_freed_cpu_memory
 
 
 @dataclass(frozen=True)
@@ -28,7 +37,7 @@ class Preset:
     name: str
     cases: tuple[OpCase, ...]
     budget: TimingBudget
-    models: tuple[str, ...] = MODELS
+    models: tuple[str, ...] = BENCHMARKED_MODELS
     model_batch: Optional[int] = None  # None: the device's default (model_runner)
     model_shape: Optional[tuple[int, ...]] = None
     model_sizes: Optional[dict] = field(default=None, hash=False)  # build_model options; None: its defaults
@@ -88,3 +97,80 @@ def preset(name: str, device_type: str) -> Preset:
 
 
 PRESETS = ("quick", "default", "gpu-suite", "tiny")
+
+WHAT = ("all", "ops", "models")  # what a run measures: the op cases, the models, or both
+
+
+@dataclass
+class PlanRun:
+    """Everything one run of a plan produced."""
+
+    env: dict  # environment(), with the CPU allocator setting and the load average at the end
+    op_results: list[OpResult]
+    model_results: list[ModelResult]
+    checks: list[TargetCheck]  # the targets, judged on both kinds of results
+    written: list[Path]  # the result files, when the run was given a folder
+
+
+def run_plan(
+    plan: Union[str, Preset],
+    device: Union[str, torch.device],
+    *,
+    what: str = "all",
+    cases: Optional[Sequence[OpCase]] = None,
+    providers: Optional[Sequence[str]] = None,
+    compile_dynamic: bool = True,
+    time_limit_s: Optional[float] = None,
+    rounds: Optional[int] = None,
+    models: Optional[Sequence[str]] = None,
+    model_batch: Optional[int] = None,
+    progress: bool = True,
+    keep_freed_memory: bool = True,
+    out_dir: Optional[Path] = None,
+    command: str = "",
+    save_each_case: bool = False,
+    on_start: Optional[Callable[[dict], None]] = None,
+) -> PlanRun:
+    """Run `plan` (a preset name, or the :class:`Preset` itself) on `device`, start to finish: the one path of
+    ``benchmarks/run.py`` and ``nf-kernels bench``.
+
+    1. On the CPU, freed memory is kept in the process (:func:`~.timing.keep_freed_cpu_memory`) unless
+       `keep_freed_memory` is False; the environment says which.
+    2. The environment is recorded and handed to `on_start`, before anything is measured.
+    3. The op cases, then the models, then the targets judged on both. `what` limits the run to the op cases or
+       the models; `cases`, `models` and `model_batch` replace the plan's choices (models run only if the plan
+       has any); `providers`, `compile_dynamic`, `time_limit_s` and `rounds` (default: the plan's) go to
+       :func:`~.op_runner.run_cases`.
+    4. The load average at the end joins the environment (the warnings look at the load during the whole run).
+    5. With `out_dir`, the results are written there (:func:`~.report.write_results`, recording `command`); with
+       `save_each_case` also after every op case, without plots, so a run cut short keeps what it measured.
+    """
+    if what not in WHAT:
+        raise ValueError(f"what must be one of {', '.join(map(repr, WHAT))}, got {what!r}")
+    device = torch.device(device)
+    plan = plan if isinstance(plan, Preset) else preset(plan, device.type)
+    kept = device.type == "cpu" and keep_freed_memory and keep_freed_cpu_memory()
+    env = dict(environment(device), cpu_malloc="freed memory kept (no mmap, no trim)" if kept else "system default")
+    if on_start is not None:
+        on_start(env)
+
+    def save_partial(partial_ops: list[OpResult]) -> None:
+        write_results(out_dir, env, partial_ops, [], check_targets(device.type, partial_ops), command, plots=False)
+
+    op_results: list[OpResult] = []
+    model_results: list[ModelResult] = []
+    if what in ("all", "ops"):
+        op_results = run_cases(
+            device, plan.cases if cases is None else cases, providers, progress, compile_dynamic=compile_dynamic,
+            budget=plan.budget, on_case=save_partial if out_dir is not None and save_each_case else None,
+            time_limit_s=time_limit_s, rounds=plan.rounds if rounds is None else rounds,
+        )  # fmt: skip
+    if what in ("all", "models") and plan.models:
+        model_results = run_model_benchmarks(
+            device, models or plan.models, memory_saving=plan.memory_saving, batch=model_batch or plan.model_batch,
+            sample_shape=plan.model_shape, sizes=plan.model_sizes, progress=progress, budget=plan.budget,
+        )  # fmt: skip
+    checks = check_targets(device.type, op_results, model_results)
+    env["load_average_1m_end"] = load_average()
+    written = [] if out_dir is None else write_results(out_dir, env, op_results, model_results, checks, command)
+    return PlanRun(env, op_results, model_results, checks, written)

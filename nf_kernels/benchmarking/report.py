@@ -1,8 +1,19 @@
-"""Turning results into text and files: markdown tables, the JSON record and the results file names.
+"""What one run tells its reader: markdown tables, the warnings about untrustworthy timings, the bandwidth plots,
+the JSON record and the results' file names.
 
 ``format_table`` prints one row per case with every provider's time side by side, then the fastest fused
 provider's GB/s, share of the copy-bandwidth ceiling ("in cache" when the case fits in the last-level cache),
 speedups and peak memory, and the spread between rounds (the JSON keeps every number of every provider).
+
+**Warnings.** On a shared machine the same benchmark was seen to differ by up to 10x from one run to the next. Two
+signs give it away in the run itself: the interleaved rounds of a case disagree (op_runner.run_cases keeps every
+round's time), or the 1-minute load average exceeds the number of cores, so other processes compete for them.
+
+**The bandwidth plot**: achieved GB/s against size, one line per provider, with the copy bandwidth drawn in. The
+copy bandwidth is the ceiling of a memory-bound op's GB/s (its floor time is bytes / copy bandwidth), so a
+provider's line touching it means the op runs as fast as memory allows. Sizes that fit in the last-level cache
+are drawn as hollow points: they can pass the ceiling without saying anything about memory. One panel per
+(op, direction, mask), one figure per dtype.
 """
 
 from __future__ import annotations
@@ -12,12 +23,12 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .model_runner import ModelResult
-from .noise import SPREAD_LIMIT, timing_warnings
 from .op_runner import OpResult
 from .providers import PROVIDERS
 from .targets import TargetCheck, best_fused
 
 MIB = 1 << 20
+SPREAD_LIMIT = 1.5  # slowest round over fastest round, beyond which a figure is noise rather than a measurement
 
 
 def _num(value: Optional[float], fmt: str = ".3g") -> str:
@@ -105,8 +116,49 @@ def format_targets(checks: Sequence[TargetCheck]) -> str:
     return "\n".join(f"- {check}" for check in checks) or "- no targets for this device"
 
 
+def spread_warning(results: Sequence[OpResult], limit: float = SPREAD_LIMIT) -> Optional[str]:
+    """One line naming how many timings varied by more than `limit` between rounds, and the worst; None if none.
+
+    >>> from nf_kernels.benchmarking.cases import OpCase
+    >>> case = OpCase("affine", "forward", "half", "fp32", 2**10)
+    >>> print(spread_warning([OpResult(case, "eager", 1e-3, 1, 1.0, round_seconds=(1e-3, 2e-3, 1e-3))]))
+    ... # doctest: +ELLIPSIS
+    timings varied by more than 1.5x between rounds in 1 of 1 measurements (worst: affine ... eager, 1 to 2 ms, 2.0x)...
+    """
+    measured = [r for r in results if r.spread is not None]
+    noisy = [r for r in measured if r.spread > limit]
+    if not noisy:
+        return None
+    worst = max(noisy, key=lambda r: r.spread)
+    fastest, slowest = min(worst.round_seconds) * 1e3, max(worst.round_seconds) * 1e3
+    return (f"timings varied by more than {limit:g}x between rounds in {len(noisy)} of {len(measured)} measurements "
+            f"(worst: {worst.case.label()} {worst.provider}, {fastest:.3g} to {slowest:.3g} ms, {worst.spread:.1f}x): "
+            "the machine was busy; rerun it quieter or with more --rounds")  # fmt: skip
+
+
+def load_warning(load_averages: Sequence[Optional[float]], cores: Optional[int]) -> Optional[str]:
+    """One line when the highest of the 1-minute load averages (taken at the start and the end of a run, say)
+    exceeds the core count; None otherwise or when either is unknown.
+
+    >>> load_warning([1.2, 3.5], 2)  # doctest: +ELLIPSIS
+    'the 1-minute load average reached 3.5 on 2 cores: other processes competed with the timed code, ...'
+    """
+    known = [load for load in load_averages if load is not None]
+    if not known or not cores or max(known) <= cores:
+        return None
+    return (f"the 1-minute load average reached {max(known):.2g} on {cores} cores: other processes competed with "
+            "the timed code, so times may be slow and noisy")
+
+
+def timing_warnings(env: dict, op_results: Sequence[OpResult]) -> list[str]:
+    """Every warning for a run described by `env` (environment(), plus ``load_average_1m_end`` once it ended)."""
+    loads = (env.get("load_average_1m"), env.get("load_average_1m_end"))
+    found = (spread_warning(op_results), load_warning(loads, env.get("cores")))
+    return [warning for warning in found if warning]
+
+
 def format_warnings(env: dict, op_results: Sequence[OpResult]) -> list[str]:
-    """A "## Warnings" section when the run's timings are suspect (noise.py), else nothing."""
+    """A "## Warnings" section when the run's timings are suspect (:func:`timing_warnings`), else nothing."""
     warnings = timing_warnings(env, op_results)
     return ["", "## Warnings", "", *(f"- warning: {warning}" for warning in warnings)] if warnings else []
 
@@ -142,7 +194,7 @@ def format_report(
         "- GB/s use the SPEC byte count (nf_kernels/benchmarking/byte_model.py): affine half 3N (fwd) / 5N (bwd), "
         "checkerboard 4N / 7N, additive half 2.5N / 2.5N, additive checkerboard 3N / 3N, times the itemsize.",
         f"- in cache: the case's bytes are at most {_mib(env.get('cache_reach_bytes'))} MiB, within reach of the "
-        f"last-level cache ({env.get('last_level_cache')}; see nf_kernels/benchmarking/cache.py), so it can beat "
+        f"last-level cache ({env.get('last_level_cache')}; see nf_kernels/benchmarking/machine.py), so it can beat "
         "the ceiling: it gets no % ceiling and the targets leave it out.",
         "- peak MiB: memory allocated by one call above its inputs (CUDA); n/a on the CPU.",
         f"- spread: slowest round over fastest round, the least steady provider of the row (above {SPREAD_LIMIT:g}x "
@@ -192,6 +244,54 @@ def write_json(path: Path, env: dict, copy_bytes_per_s, op_results, model_result
     Path(path).write_text(json.dumps(record, indent=1) + "\n")
 
 
+def plot_bandwidth(results: Sequence[OpResult], copy_bytes_per_s: float, path: Path, dtype: str) -> Optional[Path]:
+    """Write the plot of `dtype`'s results to `path` (PNG); None when matplotlib is missing or nothing ran."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only, no display
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rows = [r for r in results if r.case.dtype == dtype and r.seconds]
+    panels = sorted({(r.case.op, r.case.direction, r.case.mask) for r in rows})
+    if not panels:
+        return None
+    columns = min(3, len(panels))
+    lines = -(-len(panels) // columns)
+    figure, axes = plt.subplots(lines, columns, figsize=(5 * columns, 3.6 * lines), squeeze=False)
+    for ax, panel in zip(axes.flat, panels):
+        for provider in PROVIDERS:
+            points = sorted((r.case.numel, r.gbps, r.in_cache) for r in rows if r.provider == provider
+                            and (r.case.op, r.case.direction, r.case.mask) == panel)  # fmt: skip
+            if points:
+                sizes, speeds, _ = zip(*points)
+                (line,) = ax.plot(sizes, speeds, marker="o", label=provider)
+                hollow = [(size, speed) for size, speed, cached in points if cached]
+                if hollow:
+                    ax.plot(*zip(*hollow), linestyle="none", marker="o", markerfacecolor="white",
+                            markeredgecolor=line.get_color())  # fmt: skip
+        ax.axhline(copy_bytes_per_s / 1e9, color="black", linestyle="--", label="copy bandwidth (ceiling)")
+        ax.set_xscale("log", base=2)
+        rates = [r.gbps for r in rows if (r.case.op, r.case.direction, r.case.mask) == panel]
+        if max(rates) > 20 * min(rates):  # launch-bound small sizes next to bandwidth-bound large ones
+            ax.set_yscale("log")
+        ax.set_title(" ".join(panel) + f" ({dtype})", fontsize=10)
+        ax.set_xlabel("elements of x")
+        ax.set_ylabel("GB/s (SPEC byte count)")
+        ax.grid(True, alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    if any(r.in_cache for r in rows):  # the legend (first panel only) explains the hollow points
+        axes.flat[0].plot([], [], linestyle="none", marker="o", markerfacecolor="white", markeredgecolor="black",
+                          label="fits in cache")  # fmt: skip
+    axes.flat[0].legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return Path(path)
+
+
 def write_results(
     out_dir: Path,
     env: dict,
@@ -203,8 +303,6 @@ def write_results(
 ) -> list[Path]:
     """Write `<machine>-<date>.md`, `.json`, `-summary.md` and (with `plots`) one `-<dtype>.png` per dtype under
     `out_dir`; return the paths."""
-    from .plot import plot_bandwidth
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = results_stem(out_dir, env)

@@ -6,14 +6,17 @@ The full tool with every knob is ``python benchmarks/run.py`` in a checkout; thi
 from __future__ import annotations
 
 import argparse
-import importlib
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
 
 import torch
 
+from .._dispatch import why_unavailable
+from ..benchmarking.op_runner import run_cases
+from ..benchmarking.presets import PRESETS, preset, run_plan
+from ..benchmarking.providers import available_providers
+from ..benchmarking.report import format_summary
 from ..training.distributed import choose_device
 from .errors import UsageError
 from .parsing import HelpFormatter, positive_float, positive_int, say
@@ -26,16 +29,6 @@ examples:
   nf-kernels bench                       # the 'quick' preset: seconds
   nf-kernels bench --preset default --out bench-results
 """
-
-
-def benchmarking() -> Any:
-    """The benchmark library, or a clear error if this installation lacks it."""
-    try:
-        library = importlib.import_module("nf_kernels.benchmarking")
-    except ImportError as error:
-        raise UsageError(f"the benchmark library nf_kernels.benchmarking cannot be imported ({error}); "
-                         f"reinstall nf_kernels") from None  # fmt: skip
-    return library
 
 
 def add_parser(subcommands: argparse._SubParsersAction) -> None:
@@ -54,28 +47,17 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    library = benchmarking()
-    if args.preset not in library.PRESETS:
-        raise UsageError(f"unknown preset {args.preset!r}: valid choices are {', '.join(library.PRESETS)}")
+    if args.preset not in PRESETS:
+        raise UsageError(f"unknown preset {args.preset!r}: valid choices are {', '.join(PRESETS)}")
     device = choose_device(args.device)
-    plan = library.preset(args.preset, device.type)
-    # Freed CPU memory stays mapped, so timings do not include page faults (as benchmarks/run.py does).
-    kept = device.type == "cpu" and library.keep_freed_cpu_memory()
-    env = library.environment(device)
-    if kept:
-        env = dict(env, cpu_malloc="freed memory kept (no mmap, no trim)")
-    say(f"nf_kernels benchmarks on {env['device_name']}, preset {plan.name}")
-    ops, models, checks = library.run_preset(plan, device, progress=not args.no_progress, time_limit_s=args.time_limit,
-                                             rounds=args.rounds)  # fmt: skip
-    from ..benchmarking.environment import load_average
-    from ..benchmarking.report import format_summary
-
-    env["load_average_1m_end"] = load_average()  # the warnings look at the load during the whole run
-    say(format_summary(env, ops, models, checks))
-    if args.out is not None:
-        command = shlex.join(["nf-kernels", *sys.argv[1:]]) if sys.argv else "nf-kernels bench"
-        for path in library.write_results(args.out, env, ops, models, checks, command):
-            say(f"  wrote {path}")
+    plan = preset(args.preset, device.type)
+    command = shlex.join(["nf-kernels", *sys.argv[1:]]) if sys.argv else "nf-kernels bench"
+    run = run_plan(plan, device, time_limit_s=args.time_limit, rounds=args.rounds, progress=not args.no_progress,
+                   out_dir=args.out, command=command,
+                   on_start=lambda env: say(f"nf_kernels benchmarks on {env['device_name']}, preset {plan.name}"))
+    say(format_summary(run.env, run.op_results, run.model_results, run.checks))
+    for path in run.written:
+        say(f"  wrote {path}")
     return 0
 
 
@@ -85,16 +67,12 @@ def speed_summary(device: torch.device, budget_seconds: float = 20.0) -> str:
     Used by ``demo``; the quick preset's cases with only the eager and fused providers (no torch.compile: its
     compile time would dominate a short demo).
     """
-    library = benchmarking()
-    fused = [name for name in library.available_providers(device) if name not in ("eager", "compile")]
+    fused = [name for name in available_providers(device) if name not in ("eager", "compile")]
     if not fused:
-        from .._dispatch import why_unavailable
-
         reasons = "; ".join(f"{name}: {why_unavailable(name, device)}" for name in ("cpu", "cuda", "triton"))
         return f"no fused backend runs on this {device.type} machine, so there is nothing to compare ({reasons})"
-    plan = library.preset("quick", device.type)
-    results = library.run_cases(device, plan.cases, ["eager", *fused], False, budget=plan.budget,
-                                time_limit_s=budget_seconds)  # fmt: skip
+    plan = preset("quick", device.type)
+    results = run_cases(device, plan.cases, ["eager", *fused], False, budget=plan.budget, time_limit_s=budget_seconds)
     lines = []
     for case in dict.fromkeys(r.case for r in results):
         row = {r.provider: r for r in results if r.case == case}

@@ -1,8 +1,16 @@
-"""The device's last-level cache, and which op cases are small enough to run from it.
+"""What the device's memory can do: its copy bandwidth, the ceiling of a memory-bound op's GB/s, and its
+last-level cache, within whose reach that ceiling does not hold.
 
-A call whose data stay in cache between timed calls is not limited by memory: its GB/s can exceed the copy
-bandwidth (the ceiling a memory-bound op can reach), so "% of ceiling" would claim more than 100% of what memory
-allows. Such rows are marked "in cache" and left out of share-of-ceiling claims and the speed targets.
+**Copy bandwidth**, measured in the same run as the ops. A large device-to-device copy (``dst.copy_(src)``) moves
+``2 * nbytes`` (every byte read once and written once); its rate is the best a memory-bound op can hope for. A
+case's floor is a time, its SPEC bytes over this ceiling, and a fused op's GB/s divided by the ceiling (its floor
+over its time) is the share of it it reaches. The buffers must be far larger than the last-level cache, or the
+copy measures the cache: 1 GiB on CUDA (the H200's L2 is 60 MB); on the CPU 64 MiB, or twice the last-level cache
+where that is larger.
+
+**Last-level cache.** A call whose data stay in cache between timed calls is not limited by memory: its GB/s can
+exceed the copy bandwidth, so "% of ceiling" would claim more than 100% of what memory allows. Such rows are
+marked "in cache" and left out of share-of-ceiling claims and the speed targets. The size comes from:
 
 * CPU: the highest-level cache of CPU 0 in Linux's sysfs (the one CPU 0 shares with its neighbours: an L3 slice
   on most machines); 32 MiB, a common L3 size, where sysfs says nothing (macOS, Windows, some containers).
@@ -14,12 +22,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
+
+from .timing import TimingBudget, median_seconds
 
 FALLBACK_BYTES = 32 << 20
 SYSFS_CPU0_CACHE = Path("/sys/devices/system/cpu/cpu0/cache")
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+DEFAULT_COPY_BYTES = {"cuda": 1 << 30, "cpu": 1 << 26}
 
 
 @dataclass(frozen=True)
@@ -83,3 +95,26 @@ def cache_reach(device_type: str, cache: CacheSize) -> int:
     True
     """
     return cache.nbytes if device_type == "cuda" else 2 * cache.nbytes
+
+
+def default_copy_bytes(device: torch.device) -> int:
+    """The size of the copied buffer on `device`: the default, and at least twice the last-level cache (source
+    and destination together then hold four times the cache).
+
+    >>> default_copy_bytes(torch.device("cpu")) >= 1 << 26
+    True
+    """
+    return max(DEFAULT_COPY_BYTES.get(device.type, 1 << 26), 2 * last_level_cache(device).nbytes)
+
+
+def copy_bandwidth(device: torch.device, nbytes: Optional[int] = None, budget: TimingBudget = TimingBudget()) -> float:
+    """Bytes per second (read + write) of a large copy on `device`.
+
+    >>> copy_bandwidth(torch.device("cpu"), nbytes=1 << 20, budget=TimingBudget(min_run_time_s=0.01)) > 0
+    True
+    """
+    nbytes = nbytes or default_copy_bytes(device)
+    src = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    seconds = median_seconds(lambda: dst.copy_(src), device, budget)
+    return 2 * src.nbytes / seconds
