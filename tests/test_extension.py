@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import cancelling_terms
 
 import nf_kernels
 from nf_kernels import _build
@@ -84,11 +85,13 @@ def test_direct_call_with_grad_says_autograd_is_not_here():
 @needs_extension
 @pytest.mark.parametrize("mask", ["half", "checkerboard"])
 def test_logdet_bits_do_not_depend_on_thread_count(mask):
-    x, h, _, config = _case((3, 4, 80, 96), mask, "tanh")  # 30720 elements a sample: two tiles each
+    # 76800 elements a sample: five tiles each, whose sums are added pairwise, and the threads' ranges of tiles
+    # start and end inside samples.
+    x, h, _, config = _case((3, 4, 96, 200), mask, "tanh")
     threads = torch.get_num_threads()
     results = []
     try:
-        for count in (1, 2, 3):
+        for count in (1, 2, 3, 4):
             torch.set_num_threads(count)
             results.append(CPU_BACKEND.forward(x, h, None, config))
     finally:
@@ -96,6 +99,25 @@ def test_logdet_bits_do_not_depend_on_thread_count(mask):
     for y, logdet in results[1:]:
         assert torch.equal(logdet, results[0][1])
         assert torch.equal(y, results[0][0])
+
+
+@needs_extension
+@pytest.mark.parametrize("signs", ["alternating", "halves", "random"])
+@pytest.mark.parametrize("count", [5000, 65536 + 4321, 2**20])
+def test_cpu_logdet_is_as_accurate_as_torch_sum(count, signs):
+    """With scale="exp" the log-det is the plain sum of s_raw, so its float32 error is the summation's alone: the
+    CPU kernels' must be within 2x of torch.sum's on the same values (summed over about 2M elements in all)."""
+    config = CouplingConfig("half", False, "exp", 1.5, False, False)
+    batch = max(2, 2**20 // count)
+    cpu_error = torch_error = 0.0
+    for seed in range(2):
+        s = cancelling_terms(batch, count, signs, seed, low=10.0, high=20.0).float()
+        h = torch.stack([s, torch.zeros_like(s)], 1)  # [s_raw | t] of the one transformed channel
+        _, logdet = CPU_BACKEND.forward(torch.zeros(batch, 2, count), h, None, config)
+        exact = s.double().sum(1)
+        cpu_error += (logdet.double() - exact).abs().sum().item()
+        torch_error += (s.sum(1).double() - exact).abs().sum().item()
+    assert cpu_error <= 2 * torch_error, f"cpu log-det error {cpu_error:.3g}, torch.sum's {torch_error:.3g}"
 
 
 @needs_extension

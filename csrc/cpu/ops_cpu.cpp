@@ -1,6 +1,6 @@
 // Torch glue of the CPU kernels: allocate outputs, cut the batch into tiles, run them on at::parallel_for and
-// add each sample's tile partial sums of the log-det in tile order (so the result does not depend on the
-// thread count).
+// add each sample's tile partial sums of the log-det pairwise in tile order (so the result does not depend on
+// the thread count).
 #include <algorithm>
 #include <vector>
 
@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include "../ops/op_arguments.h"
+#include "pairwise_sum.h"
 #include "tile_kernels.h"
 
 namespace nf_kernels {
@@ -42,14 +43,12 @@ void for_each_tile(const FlatLayout& layout, const Body& body) {
   });
 }
 
+// Overwrites `partials` (the tile sums, sample by sample).
 template <class T>
-void sum_partials(const std::vector<double>& partials, int64_t per_sample, at::Tensor& logdet) {
+void sum_partials(std::vector<double>& partials, int64_t per_sample, at::Tensor& logdet) {
   T* out = logdet.mutable_data_ptr<T>();
-  for (int64_t b = 0; b < logdet.numel(); ++b) {
-    double total = 0;
-    for (int64_t i = 0; i < per_sample; ++i) total += partials[b * per_sample + i];
-    out[b] = static_cast<T>(total);
-  }
+  for (int64_t b = 0; b < logdet.numel(); ++b)
+    out[b] = static_cast<T>(pairwise_sum(partials.data() + b * per_sample, per_sample));
 }
 
 std::tuple<at::Tensor, at::Tensor> coupling_forward(const at::Tensor& x, const at::Tensor& h,

@@ -1,9 +1,9 @@
 // The CPU kernels' torch-free interface: one function call computes one tile (a run of elements of one sample).
 //
 // The torch glue (ops_cpu.cpp) cuts the batch into tiles, runs them with at::parallel_for and adds the tiles'
-// log-det partial sums in a fixed order. Tile boundaries depend only on the shapes, so the log-det is the same
-// bits whatever the thread count. The tile code is compiled once per instruction set (AVX-512, AVX2, baseline;
-// tile_kernels_*.cpp) and the best one this CPU runs is picked at load time.
+// log-det partial sums pairwise (pairwise_sum.h), in a fixed order. Tile boundaries depend only on the shapes,
+// so the log-det is the same bits whatever the thread count. The tile code is compiled once per instruction set
+// (AVX-512, AVX2, baseline; tile_kernels_*.cpp) and the best one this CPU runs is picked at load time.
 #pragma once
 
 #include <cstdint>

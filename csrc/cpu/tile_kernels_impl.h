@@ -9,6 +9,7 @@
 
 #include "../coupling_math.h"
 #include "half_bits.h"
+#include "pairwise_sum.h"
 #include "tile_kernels.h"
 
 namespace nf_kernels {
@@ -17,9 +18,7 @@ namespace NF_ISA_NAME {
 namespace {
 
 constexpr int64_t kChunk = 256;
-// The tile's log-det is summed in kLanes interleaved partial sums, then pairwise: a fixed order that vectorizes
-// and is the same whatever the vector width.
-constexpr int kLanes = 16;
+constexpr int64_t kChunksPerTile = (kTileElements + kChunk - 1) / kChunk;
 
 template <class CT>
 void load(const void* base, DType dtype, int64_t offset, int64_t len, CT* dst) {
@@ -118,21 +117,6 @@ inline const uint8_t* selection(const FlatLayout& layout, int64_t n0, int64_t le
 }
 
 template <class CT>
-void accumulate(CT (&lanes)[kLanes], const CT* values, int64_t len) {
-  int64_t k = 0;
-  for (; k + kLanes <= len; k += kLanes)
-    for (int l = 0; l < kLanes; ++l) lanes[l] += values[k + l];
-  for (int l = 0; k + l < len; ++l) lanes[l] += values[k + l];
-}
-
-template <class CT>
-CT sum_lanes(CT (&lanes)[kLanes]) {
-  for (int width = kLanes / 2; width >= 1; width /= 2)
-    for (int l = 0; l < width; ++l) lanes[l] += lanes[l + width];
-  return lanes[0];
-}
-
-template <class CT>
 constexpr DType native_dtype() {
   return sizeof(CT) == sizeof(double) ? DType::kFloat64 : DType::kFloat32;
 }
@@ -216,7 +200,12 @@ struct ForwardTile {
     copy_elements<CT>(io.x, io.x_dtype, io.y, io.x_dtype, x_base + start, span.first - start);
     copy_elements<CT>(io.x, io.x_dtype, io.y, io.x_dtype, x_base + span.last, end - span.last);
     const CT clamp = static_cast<CT>(config.clamp);
-    CT lanes[kLanes] = {};
+    // The log-det (pairwise_sum.h): each chunk's terms are summed pairwise in the compute type, then the chunk
+    // sums pairwise in double. The chunk sums of a run of same-sign terms are large, and rounding them in
+    // float32 would cost more than all the rest when the terms cancel later. Chunks start at span.first, so
+    // the order is fixed by the shapes.
+    double chunk_sums[kChunksPerTile];
+    int64_t chunks = 0;
     ForwardStage<CT> st;
     for (int64_t n0 = span.first; n0 < span.last; n0 += kChunk) {
       const int64_t len = std::min(kChunk, span.last - n0);
@@ -234,11 +223,11 @@ struct ForwardTile {
           a[k] = selected[k] ? a[k] : CT(0);
         }
       }
-      if constexpr (kScale != kAdditive) accumulate(lanes, a, len);
       commit(y, io.y, io.x_dtype, x_base + n0, len);
+      if constexpr (kScale != kAdditive) chunk_sums[chunks++] = pairwise_sum(a, len);
     }
-    const CT total = sum_lanes(lanes);
-    return static_cast<double>(kReverse ? -total : total);
+    const double total = pairwise_sum(chunk_sums, chunks);
+    return kReverse ? -total : total;
   }
 };
 
