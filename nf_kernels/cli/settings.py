@@ -12,12 +12,15 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
 from .._arguments import BACKEND_NAMES
 from ..data import describe_choices
 from ..data.registry import DEFAULT_FILE_LEVELS
 from ..training import TrainConfig
 from ..training.model_spec import MODEL_NAMES
 from ..training.precision import PRECISIONS
+from .errors import UsageError
 from .options import Option
 from .parsing import non_negative_float, non_negative_int, positive_float, positive_int
 
@@ -124,3 +127,16 @@ def chosen_sizes(settings: dict[str, Any]) -> dict[str, Any]:
     """The model sizes set explicitly (the others stay at the builder's defaults)."""
     return {name: settings[name] for name in SIZE_OPTIONS if settings.get(name) is not None}
 
+
+def check_backend(backend: str, device: torch.device) -> None:
+    """Refuse, before any work, a backend (or an ``NF_KERNELS_BACKEND``) that cannot run on ``device``.
+
+    The op layer raises the SPEC's RuntimeError or ValueError for it at the first coupling call; on the command
+    line that is the user's choice to change, so it becomes a :class:`UsageError` with the same message.
+    """
+    from .._dispatch import resolve_backend  # loads the backends: only once a command runs
+
+    try:
+        resolve_backend(backend, device)
+    except (RuntimeError, ValueError) as error:
+        raise UsageError(str(error)) from error

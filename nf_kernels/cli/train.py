@@ -23,7 +23,7 @@ from .parsing import HelpFormatter, say, warn
 from .run_directory import claim_run_directory
 from .runs import CHECKPOINT_NAME
 from .settings import (
-    DEFAULT_STEPS, IDENTITY, SIZE_OPTIONS, TRAIN_OPTIONS, chosen_sizes, default_settings, train_config,
+    DEFAULT_STEPS, IDENTITY, SIZE_OPTIONS, TRAIN_OPTIONS, check_backend, chosen_sizes, default_settings, train_config,
 )  # fmt: skip
 
 DESCRIPTION = """\
@@ -128,6 +128,7 @@ def train(settings: dict[str, Any], out: Path, *, resume_step: Optional[int] = N
     when that run is already complete. Under torchrun every process calls this. The caller holds ``out``."""
     context = init_distributed(settings["device"])
     try:
+        check_backend(settings["backend"], context.device)
         data = load_dataset(settings["data"], data_seed=settings["data_seed"], levels=settings["levels"])
         spec = model_spec(settings, data)
         torch.manual_seed(settings["seed"])  # the same initial weights for the same seed, on every rank

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..data import FlowDataset
+from ..errors import UserError
 from ..progress import progress_bar
 from .batches import BatchStream
 from .checkpoint import CheckpointError, capture_rng, load_checkpoint, restore_rng, save_atomically
@@ -28,8 +29,12 @@ from .precision import PRECISIONS
 from .schedule import make_scheduler
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(UserError, RuntimeError):
     """The loss became NaN or infinite; the message suggests what to change."""
+
+
+class TrainConfigError(UserError, ValueError):
+    """A :class:`TrainConfig` with values that cannot work; the message lists every one of them."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +82,7 @@ class TrainConfig:
         if self.dtype not in PRECISIONS:
             problems.append(f"dtype must be one of {', '.join(PRECISIONS)}, got {self.dtype!r}")
         if problems:
-            raise ValueError("; ".join(problems))
+            raise TrainConfigError("; ".join(problems))
 
     def total_steps(self, steps_per_epoch: int) -> int:
         return self.steps if self.steps is not None else self.epochs * steps_per_epoch
@@ -206,8 +211,8 @@ class Trainer:
         if resume:
             self.load_checkpoint()
             if self.step > self.total_steps:
-                raise ValueError(f"the checkpoint {self.checkpoint_path} is at step {self.step}, past the "
-                                 f"{self.total_steps} steps this run is set to: a run cannot be shortened")  # fmt: skip
+                raise CheckpointError(f"the checkpoint {self.checkpoint_path} is at step {self.step}, past the "
+                                      f"{self.total_steps} steps this run is set to: a run cannot be shortened")  # fmt: skip
         else:
             self._initialize_data_dependent_layers()
         objective = self._wrapped()
