@@ -1,5 +1,6 @@
 """The nf-kernels command line, in process through main(argv): smoke runs, resume, and bad-argument messages."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -9,7 +10,18 @@ import pytest
 import torch
 
 from nf_kernels.cli import main
-from nf_kernels.training import load_checkpoint, save_atomically
+from nf_kernels.cli.errors import UsageError
+from nf_kernels.cli.run_directory import RunInUse
+from nf_kernels.cli.settings import SETTINGS, default_settings, train_config
+from nf_kernels.data import DataError
+from nf_kernels.errors import UserError
+from nf_kernels.training import (
+    CheckpointError, MetricsError, TrainConfig, TrainConfigError, TrainingDiverged, load_checkpoint, save_atomically,
+)  # fmt: skip
+from nf_kernels.training.baselines import BaselineUnavailable
+from nf_kernels.training.distributed import DeviceUnavailable
+from nf_kernels.training.model_spec import ModelError
+from nf_kernels.training.plots import PlottingUnavailable
 from test_training import crash_at_step, full_disk_at_fsync, trajectory
 
 TINY_MOONS = ["--data", "moons", "--hidden", "8", "--num-layers", "2", "--batch-size", "32"]
@@ -213,3 +225,58 @@ def test_float64_two_dimensional_run_plots_its_density(tmp_path, capsys):
     assert status == 0, err
     assert (run / "density.png").is_file()
     assert cli(capsys, "sample", run, "-n", 4, "--out", tmp_path / "s.png")[0] == 0
+
+
+USER_ERRORS = [
+    (DataError, ValueError), (CheckpointError, ValueError), (MetricsError, ValueError), (ModelError, ValueError),
+    (TrainConfigError, ValueError), (UsageError, ValueError), (TrainingDiverged, RuntimeError),
+    (RunInUse, RuntimeError), (DeviceUnavailable, RuntimeError), (PlottingUnavailable, RuntimeError),
+    (BaselineUnavailable, RuntimeError),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("error, builtin", USER_ERRORS, ids=[e.__name__ for e, _ in USER_ERRORS])
+def test_user_facing_errors_are_user_errors_and_keep_their_builtin(error, builtin):
+    assert issubclass(error, UserError) and issubclass(error, builtin)
+
+
+def run_cli(code):
+    """(exit status, stderr) of `python -c code`, where code ends by running the CLI."""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    return done.returncode, done.stderr
+
+
+def test_a_user_error_is_one_line_and_a_bug_keeps_its_traceback(tmp_path):
+    train = f"from nf_kernels.cli import main; sys.exit(main(['train', '--steps', '1', '--out', {str(tmp_path)!r}"
+    status, err = run_cli(f"import sys; {train}, '--device', 'gpu']))")
+    assert status == 1 and err == "nf-kernels train: error: --device 'gpu' is not a device: use 'auto', 'cpu', " \
+                                  "'cuda' or 'cuda:N'\n"  # fmt: skip
+    bug = ("import sys, nf_kernels.data.registry as registry\n"
+           "def broken(*args, **kwargs): raise ValueError('a bug inside nf_kernels')\n"
+           "registry.make_toy = broken\n")  # fmt: skip
+    status, err = run_cli(f"{bug}{train}]))")
+    assert status == 1 and "Traceback (most recent call last)" in err and "in load_dataset" in err
+    assert err.rstrip().splitlines()[-1] == "ValueError: a bug inside nf_kernels" and "error:" not in err
+
+
+def test_every_train_config_field_is_a_train_option_with_the_same_default():
+    """TrainConfig is where a training option's default lives; the CLI's --steps default is its own."""
+    fields = {option.config_field for option in SETTINGS if option.config_field}
+    assert fields == {f.name for f in dataclasses.fields(TrainConfig)} - {"eval_batch_size", "progress"}
+    assert train_config(default_settings(steps=7), progress=False) == TrainConfig(steps=7, progress=False)
+
+
+def test_resume_keeps_the_saved_settings_unless_given_even_at_their_default(tmp_path, capsys):
+    run = tmp_path / "run"
+    argv = ["train", *TINY_MOONS, "--out", run, "--no-progress", "--plot-samples", 0, "--warmup", 0]
+    assert cli(capsys, *argv, "--steps", 2, "--log-every", 2, "--lr", 5e-3)[0] == 0
+    assert cli(capsys, "train", "--out", run, "--resume", "--steps", 3, "--lr", 1e-3)[0] == 0  # 1e-3: the default
+    settings = load_checkpoint(run / "checkpoint.pt")["cli"]
+    assert settings["lr"] == 1e-3 and settings["log_every"] == 2 and settings["steps"] == 3
+
+
+def test_train_help_shows_the_declared_defaults(capsys):
+    status, out, _ = cli(capsys, "train", "--help")
+    text = " ".join(out.split())
+    assert status == 0 and "peak learning rate (Adam) [0.001]" in text and "optimizer steps [2000]" in text
+    assert "linear warm-up steps [100]" in text and "[None]" not in text and "NotGiven" not in text

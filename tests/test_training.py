@@ -5,6 +5,7 @@ import hashlib
 import math
 import os
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 from nf_kernels.data import FlowDataset, load_dataset
+from nf_kernels.progress import REDIRECTED_REDRAW_S, progress_bar
 from nf_kernels.training import (
     BatchStream, CheckpointError, DistributedContext, MetricsError, MetricsLog, TrainConfig, Trainer,
     TrainingDiverged, load_checkpoint, save_atomically, warmup_cosine,
@@ -255,3 +257,26 @@ def test_baselines():
     small = FlowDataset("moons", moons.train[:1000], moons.test[:300])
     result = kde_nll(small, bandwidths=(0.05, 0.2, 1.0))
     assert result.bandwidth == 0.2 and 1.5 < result.nll < 3.5
+
+
+def test_progress_bar_disabled_or_without_tqdm_draws_nothing_but_still_writes(capsys, monkeypatch):
+    def use(bar):
+        bar.update(1)
+        bar.set_postfix_str("nll=1.0", refresh=False)
+        bar.write("step 3: test nll 1.0")
+        bar.close()
+
+    use(progress_bar(5, "train", enabled=False))
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # what a missing tqdm looks like to an import
+    use(progress_bar(5, "train", initial=2))
+    out, err = capsys.readouterr()
+    assert out == "step 3: test nll 1.0\n" * 2 and err == ""
+
+
+def test_progress_bar_redraws_rarely_when_stderr_is_not_a_terminal(capsys):
+    pytest.importorskip("tqdm")
+    bar = progress_bar(5, "train", unit="step")  # pytest's captured stderr is not a terminal
+    try:
+        assert bar.mininterval == REDIRECTED_REDRAW_S and bar.unit == "step"
+    finally:
+        bar.close()

@@ -14,9 +14,11 @@ import torch
 
 from ..training.baselines import independent_pixels_bits_per_dim
 from .bench import speed_summary
-from .parsing import HelpFormatter, positive_int, say
+from .options import Option, add_options
+from .parsing import HelpFormatter, say
 from .run_directory import claim_run_directory
-from .train import DEFAULTS, train
+from .settings import BACKEND, NO_PROGRESS, OUT, STEPS, THREADS, default_settings
+from .train import train
 
 DESCRIPTION = """\
 Train a small RealNVP on scikit-learn's 8x8 digits (about 2 minutes on 2 CPU cores), report the test bits/dim
@@ -34,25 +36,29 @@ DEMO_SETTINGS = {
 }  # fmt: skip
 DEMO_STEPS = 1000
 
+# train's options where the demo has them too, with the demo's defaults
+DEMO_OPTIONS = (
+    OUT.but(default=Path("runs") / "demo", help="run directory (overwritten)"),
+    STEPS.but(default=DEMO_STEPS, help="training steps"),
+    BACKEND,
+    THREADS.but(default=1, help="CPU threads for training: the demo's small convolutions gain little from more, "
+                "and lose badly when other programs share the cores"),  # fmt: skip
+    Option("no_bench", "skip the speed summary", bool),
+    NO_PROGRESS.but(help="no progress bar"),
+)
+
 
 def add_parser(subcommands: argparse._SubParsersAction) -> None:
     parser = subcommands.add_parser("demo", help="train RealNVP on digits, sample, and time the kernels (minutes)",
                                     description=DESCRIPTION, formatter_class=HelpFormatter)  # fmt: skip
-    parser.add_argument("--out", type=Path, default=Path("runs") / "demo", help="run directory (overwritten)")
-    parser.add_argument("--steps", type=positive_int, default=DEMO_STEPS, help="training steps")
-    parser.add_argument("--backend", default="auto", help="coupling backend used for training")
-    parser.add_argument("--threads", type=positive_int, default=1,
-                        help="CPU threads for training: the demo's small convolutions gain little from more, and "
-                             "lose badly when other programs share the cores")  # fmt: skip
-    parser.add_argument("--no-bench", action="store_true", help="skip the speed summary")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_options(parser, DEMO_OPTIONS, grouped=False)
     parser.set_defaults(run_command=run_demo)
 
 
 def run_demo(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     torch.set_num_threads(args.threads)
-    settings = {**DEFAULTS, **DEMO_SETTINGS, "steps": args.steps, "backend": args.backend}
+    settings = default_settings(**DEMO_SETTINGS, steps=args.steps, backend=args.backend)
     with claim_run_directory(args.out, overwrite=True):
         result = train(settings, args.out, progress=not args.no_progress)
     from ..data import load_dataset

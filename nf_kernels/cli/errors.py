@@ -1,4 +1,9 @@
-"""Turning expected failures (bad input, a missing file, an unusable backend) into one clear line, no traceback."""
+"""Which failures the command line reports as one clear line, and which keep their traceback (bugs).
+
+One line: a :class:`nf_kernels.errors.UserError` (bad options, data, checkpoints, devices, missing optional
+packages...) and what the machine refuses (a full disk, a permission, GPU memory). Anything else is a bug in
+nf_kernels: it propagates with its full traceback, whatever its type (a ``ValueError`` from deep inside included).
+"""
 
 from __future__ import annotations
 
@@ -6,28 +11,29 @@ import os
 import sys
 from typing import Callable
 
-from ..data import DataError
-from ..training import CheckpointError, TrainingDiverged
+import torch
+
+from ..errors import UserError
 
 DEBUG_VARIABLE = "NF_KERNELS_DEBUG"  # set to 1 to see the full traceback of an error the CLI would summarize
 
 
-class UsageError(ValueError):
+class UsageError(UserError, ValueError):
     """A combination of options that cannot work; the message says what to change."""
 
 
-# What a user can cause: shown as a message. Anything else is a bug, and keeps its traceback.
-EXPECTED_ERRORS = (UsageError, DataError, CheckpointError, TrainingDiverged, ValueError, TypeError, OSError, RuntimeError)
+# Neither the user's mistake nor a bug: the fix is on the machine, and the message names the file or the size.
+MACHINE_ERRORS = (OSError, torch.OutOfMemoryError)
 
 
 def run_reporting_errors(prog: str, command: Callable[[], int]) -> int:
-    """Run ``command``; on an expected error print ``prog: error: message`` and return a non-zero status."""
+    """Run ``command``; on a user's or the machine's error print ``prog: error: message`` and return 1."""
     try:
         return command()
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
-    except EXPECTED_ERRORS as error:
+    except (UserError, *MACHINE_ERRORS) as error:
         if os.environ.get(DEBUG_VARIABLE) == "1":
             raise
         message = str(error).strip() or type(error).__name__

@@ -8,9 +8,10 @@ from pathlib import Path
 
 from ..training import evaluate
 from ..training.baselines import baseline_for
-from .options import add_runtime_options
+from .options import add_options
 from .parsing import HelpFormatter, positive_int, say
 from .runs import flow_device, open_run
+from .settings import RUNTIME_OPTIONS
 
 DESCRIPTION = """\
 Evaluate a trained flow on its data set's fixed test split (the same split training reported on).
@@ -25,7 +26,7 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
     parser = subcommands.add_parser("eval", help="test-set bits/dim or NLL of a checkpoint", description=DESCRIPTION,
                                     formatter_class=HelpFormatter)  # fmt: skip
     parser.add_argument("run", type=Path, help="a run directory (its checkpoint.pt) or a checkpoint file")
-    add_runtime_options(parser)
+    add_options(parser, RUNTIME_OPTIONS)
     parser.add_argument("--batch-size", type=positive_int, default=1024, help="evaluation batch size")
     parser.add_argument("--baseline", action="store_true",
                         help="also fit the simple baseline (per-pixel categorical / KDE) and report it")  # fmt: skip

@@ -1,46 +1,94 @@
-"""Options several subcommands share: where to run (backend, device) and how big the model is."""
+"""Command-line options as data: each :class:`Option` is declared once and becomes its argparse argument here.
+
+A subcommand lists its options (``nf_kernels.cli.settings`` holds those of a training run) and calls
+:func:`add_options`. For ``train --resume`` the parser must also tell "given" from "left at its default": a
+setting that was not given comes from the checkpoint, and only then from its default. So on a ``resumable``
+parser a saved setting's default is wrapped in :class:`NotGiven`, which the help still shows as the value and
+:func:`given_settings` leaves out.
+"""
 
 from __future__ import annotations
 
 import argparse
-
-from .._arguments import BACKEND_NAMES
-from ..training.model_spec import MODEL_NAMES
-from .parsing import positive_int
-
-# Model sizes a user can set; each is passed to nf_kernels.flows.build_model only when given (and an error where the
-# model does not have it: nf_kernels.training.model_spec.sizes_used).
-SIZE_OPTIONS = {
-    "hidden": "conditioner width (hidden units or channels)",
-    "num_layers": "couplings of nice, or of realnvp on vectors",
-    "num_scales": "scales of an image model (realnvp, glow)",
-    "num_steps": "steps per scale (realnvp, glow; steps of a vector glow)",
-    "depth": "hidden layers / residual blocks per conditioner",
-}
+import dataclasses
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 
-def add_runtime_options(parser: argparse.ArgumentParser, *, with_defaults: bool = True) -> None:
-    """``--backend`` and ``--device``; without defaults (None) when the value may come from a checkpoint."""
-    group = parser.add_argument_group("where to run")
-    group.add_argument("--backend", choices=BACKEND_NAMES, default="auto" if with_defaults else None,
-                       help="coupling kernels: 'auto' picks the fastest fused backend available, 'reference' is "
-                            "plain PyTorch (env NF_KERNELS_BACKEND overrides 'auto') [auto]")  # fmt: skip
-    group.add_argument("--device", default="auto" if with_defaults else None,
-                       help="'auto' (the GPU if there is one), 'cpu', 'cuda' or 'cuda:N' [auto]")
+def flag(name: str) -> str:
+    """The option of setting ``name``: ``data_seed`` is ``--data-seed``."""
+    return "--" + name.replace("_", "-")
 
 
-def add_model_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("model")
-    group.add_argument("--model", choices=MODEL_NAMES, default=None, help="flow architecture [realnvp]")
-    for name, text in SIZE_OPTIONS.items():
-        group.add_argument(f"--{name.replace('_', '-')}", type=positive_int, default=None, metavar="N",
-                           help=f"{text} [model default]")  # fmt: skip
-    group.add_argument("--conditional", action="store_true", default=None,
-                       help="class-conditional model, labels as context (data with labels: digits)")  # fmt: skip
-    group.add_argument("--memory-saving", action="store_true", default=None,
-                       help="memory-saving backprop: keep no activations, rebuild them by inversion")  # fmt: skip
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """One option: its name (the setting's key and argparse's ``dest``), help, parser and default.
+
+    ``type=bool`` makes a flag (present: True). ``saved`` settings describe the run and are kept in its
+    checkpoint; ``identity`` ones make it what it is, so ``--resume`` refuses a different value;
+    ``config_field`` names the :class:`nf_kernels.training.TrainConfig` field the setting fills.
+    """
+
+    name: str
+    help: str
+    type: Callable[[str], Any] = str
+    default: Any = None
+    group: str = ""  # the section of --help
+    choices: Optional[Sequence[str]] = None
+    metavar: Optional[str] = None
+    exclusive: str = ""  # options with the same non-empty key cannot be given together
+    saved: bool = False
+    identity: bool = False
+    config_field: str = ""
+
+    @property
+    def flag(self) -> str:
+        return flag(self.name)
+
+    def but(self, **changes: Any) -> "Option":
+        """This option with some attributes changed (another command's default or help, say)."""
+        return dataclasses.replace(self, **changes)
 
 
-def chosen_sizes(settings: dict) -> dict:
-    """The model sizes set explicitly (the others stay at the builder's defaults)."""
-    return {name: settings[name] for name in SIZE_OPTIONS if settings.get(name) is not None}
+class NotGiven:
+    """The default of a setting on a resumable parser: --help shows ``value``, and it is known not to be typed."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __str__(self) -> str:  # what --help's [%(default)s] shows
+        return str(self.value)
+
+    def __repr__(self) -> str:
+        return f"NotGiven({self.value!r})"
+
+
+def add_options(parser: argparse.ArgumentParser, options: Iterable[Option], *, resumable: bool = False,
+                grouped: bool = True) -> None:  # fmt: skip
+    """Add ``options`` to ``parser`` in their order, each in its --help section unless not ``grouped``.
+
+    With ``resumable``, saved settings default to :class:`NotGiven` (see :func:`given_settings`).
+    """
+    sections: dict[str, Any] = {}  # argument groups by --help section
+    exclusive: dict[str, Any] = {}  # mutually exclusive groups by key
+    for option in options:
+        section: Any = parser
+        if grouped and option.group:
+            if option.group not in sections:
+                sections[option.group] = parser.add_argument_group(option.group)
+            section = sections[option.group]
+        if option.exclusive:
+            if option.exclusive not in exclusive:
+                exclusive[option.exclusive] = section.add_mutually_exclusive_group()
+            section = exclusive[option.exclusive]
+        default = NotGiven(option.default) if resumable and option.saved else option.default
+        if option.type is bool:
+            section.add_argument(option.flag, action="store_true", default=default, help=option.help)
+        else:
+            section.add_argument(option.flag, type=option.type, default=default, choices=option.choices,
+                                 metavar=option.metavar, help=option.help)  # fmt: skip
+
+
+def given_settings(args: argparse.Namespace, options: Iterable[Option]) -> dict[str, Any]:
+    """The saved settings among ``options`` that the command line gave (``args`` of a ``resumable`` parser)."""
+    values = {option.name: getattr(args, option.name) for option in options if option.saved}
+    return {name: value for name, value in values.items() if not isinstance(value, NotGiven)}

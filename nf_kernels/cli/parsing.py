@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Callable, NoReturn
 
+from .options import NotGiven
+
 
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are a single line (no usage dump) pointing at ``--help``."""
@@ -15,16 +17,18 @@ class Parser(argparse.ArgumentParser):
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps the examples in descriptions as written and shows each option's default.
+    """Keeps the examples in descriptions as written and shows each option's default, as ``[value]``.
 
-    Options whose default is resolved later (None on the parser, e.g. a value --resume takes from the
-    checkpoint) state it in their help as ``[value]``; they get no misleading "(default: None)".
+    (argparse's ArgumentDefaultsHelpFormatter, in brackets.) A :class:`NotGiven` default, a setting that
+    ``--resume`` may take from the checkpoint, shows the value it wraps. An option whose default is None (decided
+    later, like ``--out``'s ``runs/<data>-<model>``) says what it will be in its help, ``[...]``, not ``[None]``.
     """
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
+        default = action.default.value if isinstance(action.default, NotGiven) else action.default
         # By identity: 0 == False, and a default of 0 is worth showing.
-        unset = action.default is None or action.default is False or action.default is argparse.SUPPRESS
+        unset = default is None or default is False or default is argparse.SUPPRESS
         if unset or text.rstrip().endswith("]") or "%(default)" in text:
             return text
         return f"{text} [%(default)s]"

@@ -24,6 +24,7 @@ try:
 except ImportError:  # Windows: no flock; runs there are not protected from sharing a directory
     fcntl = None
 
+from ..errors import UserError
 from .errors import UsageError
 
 LOCK_NAME = ".lock"
@@ -33,7 +34,7 @@ RUN_OUTPUTS = ("checkpoint.pt", "metrics.jsonl", "curves.png", "samples.png", "d
 _ASIDE = ".{name}.overwritten-"  # the old run's name while it is being deleted, beside the run directory
 
 
-class RunInUse(RuntimeError):
+class RunInUse(UserError, RuntimeError):
     """Another process holds the run directory's lock."""
 
 

@@ -14,6 +14,7 @@ from ..training import CheckpointError, load_checkpoint
 from ..training.distributed import choose_device
 from ..training.model_spec import ModelSpec
 from ..training.precision import PRECISIONS, Precision
+from .settings import check_backend
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -53,13 +54,15 @@ def open_run(run: Path, *, backend: str, device: str) -> LoadedRun:
         raise CheckpointError(f"{path} was not written by 'nf-kernels train' (no model description in it)")
     spec = ModelSpec.from_dict(payload["model_spec"])
     settings = payload["cli"]
+    target = choose_device(device)
+    check_backend(backend, target)
     data = load_dataset(settings["data"], data_seed=settings["data_seed"], levels=settings["levels"])
     flow = spec.build(backend=backend)
     try:
         flow.load_state_dict(payload["model"])
     except RuntimeError as error:
         raise CheckpointError(f"{path} does not fit {spec.describe()}: {str(error).splitlines()[0]}") from None
-    flow.to(choose_device(device), PRECISIONS[settings["dtype"]].parameters).eval()
+    flow.to(target, PRECISIONS[settings["dtype"]].parameters).eval()
     return LoadedRun(path, flow, spec, data, settings, int(payload["step"]))
 
 

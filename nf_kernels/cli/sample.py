@@ -11,9 +11,10 @@ import torch
 
 from ..training.plots import save_density_plot, save_image_grid, to_displayable
 from .errors import UsageError
-from .options import add_runtime_options
+from .options import add_options
 from .parsing import HelpFormatter, positive_int, say
 from .runs import LoadedRun, flow_device, open_run
+from .settings import RUNTIME_OPTIONS
 
 DESCRIPTION = """\
 Draw samples from a trained flow. A .png gets a sample grid (images) or the density with the samples over the
@@ -34,7 +35,7 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, default=None, help="output .png, .npy or .pt [<run>/samples-<step>.png]")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.add_argument("--label", type=int, default=None, help="class to draw (class-conditional models)")
-    add_runtime_options(parser)
+    add_options(parser, RUNTIME_OPTIONS)
     parser.set_defaults(run_command=run_sample)
 
 

@@ -8,10 +8,11 @@ from typing import Optional
 
 import torch
 
+from ..errors import UserError
 from ..flows.dequantize import dequantize as flows_dequantize
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A data set that cannot be loaded or used; the message says what is wrong and what would work."""
 
 

@@ -11,10 +11,10 @@ from .distributed import DistributedContext, init_distributed, shutdown_distribu
 from .metrics import MetricsError, MetricsLog
 from .objective import LogProb, evaluate, loss_from_log_prob, metric_name
 from .schedule import make_scheduler, warmup_cosine
-from .trainer import TrainConfig, Trainer, TrainingDiverged, TrainResult
+from .trainer import TrainConfig, TrainConfigError, Trainer, TrainingDiverged, TrainResult
 
 __all__ = [
     "BatchStream", "CheckpointError", "DistributedContext", "LogProb", "MetricsError", "MetricsLog", "TrainConfig",
-    "TrainResult", "Trainer", "TrainingDiverged", "evaluate", "init_distributed", "load_checkpoint",
+    "TrainConfigError", "TrainResult", "Trainer", "TrainingDiverged", "evaluate", "init_distributed", "load_checkpoint",
     "loss_from_log_prob", "make_scheduler", "metric_name", "save_atomically", "shutdown_distributed", "warmup_cosine",
 ]  # fmt: skip

@@ -14,7 +14,12 @@ from typing import Sequence
 
 import torch
 
-from ..data import FlowDataset, split_indices
+from ..data import DataError, FlowDataset, split_indices
+from ..errors import UserError
+
+
+class BaselineUnavailable(UserError, RuntimeError):
+    """scikit-learn, which the KDE baseline needs, is not installed."""
 
 
 def independent_pixels_bits_per_dim(data: FlowDataset, smoothing: float = 1.0) -> float:
@@ -25,7 +30,7 @@ def independent_pixels_bits_per_dim(data: FlowDataset, smoothing: float = 1.0) -
     2.42
     """
     if not data.discrete:
-        raise ValueError(f"{data.name} is continuous: the per-pixel baseline is for discrete (image) data")
+        raise DataError(f"{data.name} is continuous: the per-pixel baseline is for discrete (image) data")
     train = data.train.reshape(len(data.train), -1)
     counts = torch.zeros(train.shape[1], data.levels, dtype=torch.float64)
     counts.scatter_add_(1, train.T, torch.ones(train.T.shape, dtype=torch.float64))
@@ -46,11 +51,11 @@ def kde_nll(data: FlowDataset, bandwidths: Sequence[float] = tuple(0.02 * 1.25**
     try:
         from sklearn.neighbors import KernelDensity  # heavy import: only for this measurement
     except ImportError:
-        raise RuntimeError("the KDE baseline needs scikit-learn, which is not installed "
-                           "(pip install scikit-learn)") from None
+        raise BaselineUnavailable("the KDE baseline needs scikit-learn, which is not installed "
+                                  "(pip install scikit-learn)") from None
 
     if data.discrete:
-        raise ValueError(f"{data.name} is discrete: the KDE baseline is for continuous data")
+        raise DataError(f"{data.name} is discrete: the KDE baseline is for continuous data")
     fit_indices, validation_indices = split_indices(len(data.train), validation_fraction, seed=1)
     fit = data.train[fit_indices[:max_points]].double().numpy()
     validation = data.train[validation_indices].double().numpy()
@@ -73,6 +78,7 @@ def baseline_for(data: FlowDataset) -> tuple[str, float]:
     if data.discrete:
         return "independent per-pixel categorical, fitted on train", independent_pixels_bits_per_dim(data)
     if data.sample_shape != (2,):
-        raise ValueError(f"baselines exist for images and 2-D data; {data.name} has samples of shape {data.sample_shape}")
+        raise DataError(f"baselines exist for images and 2-D data; {data.name} has samples of shape "
+                        f"{data.sample_shape}")
     kde = kde_nll(data)
     return f"Gaussian KDE, bandwidth {kde.bandwidth:.3g} chosen on a validation split", kde.nll

@@ -18,13 +18,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import UserError
 from .files import write_atomically
 
 FORMAT = "nf_kernels.checkpoint/2"
 _HEADER = re.compile(rb"sha256=([0-9a-f]{64}) bytes=([0-9]+)\n")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that is missing, unreadable, damaged, or does not fit what it is loaded into."""
 
 

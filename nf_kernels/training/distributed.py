@@ -13,6 +13,12 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
+from ..errors import UserError
+
+
+class DeviceUnavailable(UserError, RuntimeError):
+    """A requested device that is not a device name, or that this machine does not have."""
+
 
 @dataclass(frozen=True)
 class DistributedContext:
@@ -51,12 +57,21 @@ class DistributedContext:
 
 
 def choose_device(request: str) -> torch.device:
-    """``"auto"`` is the GPU when there is one; ``"cuda"`` without a GPU is an error that says so."""
+    """``"auto"`` is the GPU when there is one; a device this machine lacks is a :class:`DeviceUnavailable`."""
     if request == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(request)
+    try:
+        device = torch.device(request)
+    except RuntimeError:  # torch's message lists twenty device types; ours names the ones a run can use
+        raise DeviceUnavailable(f"--device {request!r} is not a device: use 'auto', 'cpu', 'cuda' or "
+                                f"'cuda:N'") from None  # fmt: skip
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for, but this machine has no usable CUDA GPU; use --device cpu")
+        raise DeviceUnavailable("--device cuda was asked for, but this machine has no usable CUDA GPU; "
+                                "use --device cpu")  # fmt: skip
+    count = torch.cuda.device_count() if device.type == "cuda" else 0
+    if device.index is not None and device.index >= count > 0:
+        raise DeviceUnavailable(f"--device {request} was asked for, but this machine has only {count} CUDA GPU(s) "
+                                f"(cuda:0 to cuda:{count - 1})")  # fmt: skip
     return device
 
 

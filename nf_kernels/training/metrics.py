@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
+from ..errors import UserError
 from .files import naming, write_atomically
 
 
-class MetricsError(ValueError):
+class MetricsError(UserError, ValueError):
     """A metrics file with a line that is not a JSON record (other than a torn last line, which is dropped)."""
 
 

@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from torch import nn
+
+from ..errors import UserError
 
 MODEL_NAMES = ("nice", "realnvp", "glow")
 # What every builder of nf_kernels.flows takes, whatever the model and data (the conditioners' size).
 COMMON_SIZES = ("hidden", "depth")
+
+
+class ModelError(UserError, ValueError):
+    """A model that cannot be built for this data with these sizes; the message says why and what would fit."""
+
+
+@contextlib.contextmanager
+def _as_model_error() -> Iterator[None]:
+    """The ValueErrors of nf_kernels.flows' builders are their checks of the model, sizes and sample shape given."""
+    try:
+        yield
+    except ValueError as error:
+        raise ModelError(str(error)) from error
 
 
 def data_kind(sample_shape: tuple[int, ...]) -> str:
@@ -25,7 +41,8 @@ def sizes_used(name: str, sample_shape: tuple[int, ...]) -> tuple[str, ...]:
     """
     from ..flows import sizes_used as builder_sizes  # the flows import the op layer: only when asked
 
-    return COMMON_SIZES + builder_sizes(name, sample_shape)
+    with _as_model_error():
+        return COMMON_SIZES + builder_sizes(name, sample_shape)
 
 
 @dataclass(frozen=True)
@@ -45,8 +62,9 @@ class ModelSpec:
     def build(self, *, backend: str = "auto", memory_saving: bool = False) -> nn.Module:
         from ..flows import build_model  # the flows import the op layer: only when a model is needed
 
-        return build_model(self.name, self.sample_shape, backend=backend, memory_saving=memory_saving,
-                           num_classes=self.num_classes, **self.sizes)  # fmt: skip
+        with _as_model_error():
+            return build_model(self.name, self.sample_shape, backend=backend, memory_saving=memory_saving,
+                               num_classes=self.num_classes, **self.sizes)  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "sample_shape": list(self.sample_shape), "sizes": dict(self.sizes),

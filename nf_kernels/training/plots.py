@@ -9,12 +9,13 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from ..errors import UserError
 from .files import naming
 
 PLOT_BOX = 4.5  # the 2-D toys live in about [-4, 4]^2
 
 
-class PlottingUnavailable(RuntimeError):
+class PlottingUnavailable(UserError, RuntimeError):
     """matplotlib is not installed: pictures cannot be written (everything else works)."""
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -17,12 +16,9 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-try:
-    from tqdm.auto import tqdm
-except ImportError:  # optional at run time: without it, no bar (evaluation lines still print)
-    tqdm = None
-
 from ..data import FlowDataset
+from ..errors import UserError
+from ..progress import progress_bar
 from .batches import BatchStream
 from .checkpoint import CheckpointError, capture_rng, load_checkpoint, restore_rng, save_atomically
 from .distributed import DistributedContext
@@ -33,24 +29,12 @@ from .precision import PRECISIONS
 from .schedule import make_scheduler
 
 
-class _NoBar:
-    """What the loop uses of a tqdm bar, when tqdm is not installed."""
-
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def set_postfix(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def write(self, text: str) -> None:
-        print(text, flush=True)
-
-    def close(self) -> None:
-        pass
-
-
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(UserError, RuntimeError):
     """The loss became NaN or infinite; the message suggests what to change."""
+
+
+class TrainConfigError(UserError, ValueError):
+    """A :class:`TrainConfig` with values that cannot work; the message lists every one of them."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +82,7 @@ class TrainConfig:
         if self.dtype not in PRECISIONS:
             problems.append(f"dtype must be one of {', '.join(PRECISIONS)}, got {self.dtype!r}")
         if problems:
-            raise ValueError("; ".join(problems))
+            raise TrainConfigError("; ".join(problems))
 
     def total_steps(self, steps_per_epoch: int) -> int:
         return self.steps if self.steps is not None else self.epochs * steps_per_epoch
@@ -227,18 +211,14 @@ class Trainer:
         if resume:
             self.load_checkpoint()
             if self.step > self.total_steps:
-                raise ValueError(f"the checkpoint {self.checkpoint_path} is at step {self.step}, past the "
-                                 f"{self.total_steps} steps this run is set to: a run cannot be shortened")  # fmt: skip
+                raise CheckpointError(f"the checkpoint {self.checkpoint_path} is at step {self.step}, past the "
+                                      f"{self.total_steps} steps this run is set to: a run cannot be shortened")  # fmt: skip
         else:
             self._initialize_data_dependent_layers()
         objective = self._wrapped()
         log = MetricsLog(self.metrics_path, enabled=self.context.is_main, resume_step=self.step if resume else None)
-        # Redirected to a file or a CI log, the bar redraws every few seconds rather than many times a second.
-        bar = _NoBar() if tqdm is None else tqdm(
-            total=self.total_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
-            mininterval=0.1 if sys.stderr.isatty() else 5.0,
-            disable=not (self.context.is_main and self.config.progress),
-        )  # fmt: skip
+        bar = progress_bar(self.total_steps, "train", self.context.is_main and self.config.progress,
+                           initial=self.step, unit="step")  # fmt: skip
         # steps/s count training steps only, not evaluations and checkpoints. Times are taken at log steps, where
         # .item() waits for the device, so asynchronous GPU work is counted where it happens.
         loop_start = window_start = time.perf_counter()
@@ -262,7 +242,7 @@ class Trainer:
                 log.write({"step": self.step, "split": "train", self.metric: mean_loss, "lr": lr,
                            "grad_norm": grad_norm.item(), "steps_per_s": rate})  # fmt: skip
                 window_start, window_steps, window_overhead = now, 0, 0.0
-                bar.set_postfix({self.metric: f"{mean_loss:.4f}"}, refresh=False)
+                bar.set_postfix_str(f"{self.metric}={mean_loss:.4f}", refresh=False)
             started = time.perf_counter()
             every = self.config.eval_every
             if self.context.is_main and ((every and self.step % every == 0) or self.step == self.total_steps):
