@@ -1,4 +1,8 @@
-"""`Flow`: the sequential container that turns invertible layers and a base distribution into a density model."""
+"""`Flow`: the sequential container that turns invertible layers and a base distribution into a density model.
+
+Also the standard path through a stack of layers (:func:`forward_layers`, :func:`inverse_layers`), which `Flow` and
+the inner stack of a :class:`MultiScaleSplit` both run; memory-saving backprop (memory_saving.py) is an option of it.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,34 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import check_num_samples, propagate_shapes
-from .memory_saving import inverse_layers, run_layers
+from .base import check_num_samples, propagate_shapes, zero_logdet
+from .memory_saving import forward_keeping_no_activations
+
+
+def forward_layers(
+    layers: Sequence[nn.Module], x: Tensor, context: Optional[Tensor], memory_saving: bool = False
+) -> tuple[Tensor, Tensor]:
+    """Apply `layers` in order, summing their log-dets.
+
+    The standard path keeps every layer's activations for backward; with `memory_saving`, the stack is one
+    autograd node that keeps only its output and rebuilds the rest during backward (memory_saving.py).
+    """
+    if memory_saving:
+        return forward_keeping_no_activations(forward_layers, layers, x, context)
+    logdet = zero_logdet(x)
+    for layer in layers:
+        x, layer_logdet = layer(x, context)
+        logdet = logdet + layer_logdet
+    return x, logdet
+
+
+def inverse_layers(layers: Sequence[nn.Module], y: Tensor, context: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    """Apply the layers' inverses, last layer first, summing their log-dets."""
+    logdet = zero_logdet(y)
+    for layer in reversed(layers):
+        y, layer_logdet = layer.inverse(y, context)
+        logdet = logdet + layer_logdet
+    return y, logdet
 
 
 class Flow(nn.Module):
@@ -110,7 +140,7 @@ class Flow(nn.Module):
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         """(z, logdet): the latent of each sample and log|det dz/dx|, shape [B]."""
         self._check_batch(x, "x", self.sample_shape)
-        return run_layers(self.layers, x, self._context_for(context, x.shape[0]), self.memory_saving)
+        return forward_layers(self.layers, x, self._context_for(context, x.shape[0]), self.memory_saving)
 
     def inverse(self, z: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         """(x, logdet): data for each latent and log|det dx/dz|, shape [B]."""

@@ -16,7 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from .base import FlowLayer, propagate_shapes
-from .memory_saving import GradientSink, backward_through, inverse_layers, run_layers
+from .flow import forward_layers, inverse_layers
+from .memory_saving import GradientSink, backward_through
 
 
 class MultiScaleSplit(FlowLayer):
@@ -54,7 +55,7 @@ class MultiScaleSplit(FlowLayer):
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         self.check_input(x)
         kept, factored = x[:, : self.kept_channels], x[:, self.kept_channels :]
-        z_inner, logdet = run_layers(self.layers, kept, context, self.memory_saving)
+        z_inner, logdet = forward_layers(self.layers, kept, context, self.memory_saving)
         return torch.cat([factored.flatten(1), z_inner.flatten(1)], dim=1), logdet
 
     def _unflatten(self, z: Tensor) -> tuple[Tensor, Tensor]:
