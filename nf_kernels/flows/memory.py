@@ -18,8 +18,6 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .memory_saving import hooks_for_recompute
-
 
 class _Ledger:
     """Live bytes of saved tensors, keyed by storage, with the peak seen."""
@@ -90,10 +88,10 @@ def activation_memory(flow: nn.Module, x: Tensor, context: Optional[Tensor] = No
     tensors = list(flow.parameters()) + list(flow.buffers())
     ledger = _Ledger({t.untyped_storage().data_ptr() for t in tensors})
     params = [p for p in flow.parameters() if p.requires_grad]
+    # The hooks stay on during backward too: memory-saving backprop saves tensors there, in the graphs it rebuilds.
     with torch.autograd.graph.saved_tensors_hooks(ledger.pack, ledger.unpack):
         loss = -flow.log_prob(x, context).mean()
-    after_forward = ledger.current
-    with hooks_for_recompute(ledger.pack, ledger.unpack):
+        after_forward = ledger.current
         torch.autograd.grad(loss, params, allow_unused=True)
     del loss
     return ActivationMemory(after_forward, ledger.peak)

@@ -12,36 +12,10 @@ This is exact up to the rounding of `inverse(forward(x))`: inputs are reconstruc
 
 from __future__ import annotations
 
-import contextlib
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
-
-# Saved-tensor hooks for the one-layer graphs rebuilt during backward (see :func:`hooks_for_recompute`).
-_recompute_hooks: Optional[tuple[Callable, Callable]] = None
-
-
-@contextlib.contextmanager
-def hooks_for_recompute(pack: Callable, unpack: Callable) -> Iterator[None]:
-    """Apply saved-tensor hooks to the graphs memory-saving backward rebuilds, and only to those.
-
-    Measuring tools use this to see the rebuilt graphs: hooks cannot simply stay on for the whole backward,
-    because autograd formulas that use torch.func (as the reference backend's does) refuse to run under them.
-    """
-    global _recompute_hooks
-    previous, _recompute_hooks = _recompute_hooks, (pack, unpack)
-    try:
-        yield
-    finally:
-        _recompute_hooks = previous
-
-
-def _recompute_context():
-    if _recompute_hooks is None:
-        return contextlib.nullcontext()
-    return torch.autograd.graph.saved_tensors_hooks(*_recompute_hooks)
-
 
 class GradientSink:
     """Collects what the rebuilt graphs give to the parameters and to the context, summed over layers."""
@@ -69,7 +43,7 @@ def _recompute_layer_backward(
     x = x.detach().requires_grad_(True)
     params = [p for p in layer.parameters() if p.requires_grad]
     with_context = context is not None and context.requires_grad
-    with torch.enable_grad(), _recompute_context():
+    with torch.enable_grad():
         y_again, logdet = layer(x, context)
     outputs, grads_out = [y_again], [grad_y]
     if logdet.requires_grad:  # parameter-free layers with a constant log-det have nothing to add
