@@ -72,13 +72,6 @@ def propagate_shapes(layers: Iterable[nn.Module], input_shape: Sequence[int]) ->
     return shape
 
 
-def channels_of(input_shape: Sequence[int], layer: str) -> int:
-    """Dim 1 of a batch (the channel or feature count) from a sample shape, with a clear error if there is none."""
-    if len(input_shape) == 0:
-        raise ValueError(f"{layer} needs samples with at least one dimension, got shape {tuple(input_shape)}")
-    return int(input_shape[0])
-
-
 def check_num_samples(num_samples: int) -> int:
     """`num_samples` as an int; TypeError unless it is an integer, ValueError if it is negative (0 is fine)."""
     if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral):
