@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .base import FlowLayer
+from .base import FlowLayer, check_batch_channels, check_channel_count
 
 
 def _channel_statistics(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -50,9 +50,7 @@ class ActNorm(FlowLayer):
         self._initialized_known = False
 
     def output_shape(self, input_shape):
-        if len(input_shape) == 0 or input_shape[0] != self.num_channels:
-            raise ValueError(f"ActNorm({self.num_channels}) got samples of shape {tuple(input_shape)}")
-        return tuple(input_shape)
+        return check_channel_count("ActNorm", self.num_channels, input_shape)
 
     @torch.no_grad()
     def initialize(self, x: Tensor) -> None:
@@ -75,13 +73,8 @@ class ActNorm(FlowLayer):
         total = sign * per_channel * self.log_scale.sum()
         return total.to(torch.promote_types(x.dtype, torch.float32)).expand(x.shape[0])
 
-    def _check(self, x: Tensor) -> None:
-        if x.dim() < 2 or x.shape[1] != self.num_channels:
-            raise ValueError(f"ActNorm({self.num_channels}) expects a batch with {self.num_channels} channels "
-                             f"in dim 1, got shape {tuple(x.shape)}")
-
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-        self._check(x)
+        check_batch_channels("ActNorm", self.num_channels, x)
         if self.training and not self._initialized_known and x.shape[0] > 0:
             if bool(self.initialized):
                 self._initialized_known = True
@@ -91,7 +84,7 @@ class ActNorm(FlowLayer):
         return y, self._logdet(x, 1.0)
 
     def inverse(self, y: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-        self._check(y)
+        check_batch_channels("ActNorm", self.num_channels, y)
         x = y * torch.exp(-self._broadcast(self.log_scale, y)) - self._broadcast(self.bias, y)
         return x, self._logdet(y, -1.0)
 

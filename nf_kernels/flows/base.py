@@ -72,6 +72,22 @@ def propagate_shapes(layers: Iterable[nn.Module], input_shape: Sequence[int]) ->
     return shape
 
 
+def check_channel_count(layer: str, count: int, input_shape: Sequence[int]) -> Shape:
+    """`input_shape` unchanged, for a layer built for `count` channels (or features); else a ValueError.
+
+    The `output_shape` of the layers that keep shapes but fix dim 1 at construction (ActNorm, 1x1 conv, permutations).
+    """
+    if len(input_shape) == 0 or input_shape[0] != count:
+        raise ValueError(f"{layer}({count}) got samples of shape {tuple(input_shape)}")
+    return tuple(input_shape)
+
+
+def check_batch_channels(layer: str, count: int, x: Tensor, entries: str = "channels") -> None:
+    """ValueError unless the batch `x` has `count` `entries` (channels, features) in dim 1."""
+    if x.dim() < 2 or x.shape[1] != count:
+        raise ValueError(f"{layer}({count}) expects {count} {entries} in dim 1, got shape {tuple(x.shape)}")
+
+
 def check_num_samples(num_samples: int) -> int:
     """`num_samples` as an int; TypeError unless it is an integer, ValueError if it is negative (0 is fine)."""
     if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral):

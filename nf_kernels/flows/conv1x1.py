@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .base import FlowLayer
+from .base import FlowLayer, check_batch_channels, check_channel_count
 
 
 class Invertible1x1Conv(FlowLayer):
@@ -42,9 +42,7 @@ class Invertible1x1Conv(FlowLayer):
         self.log_s = nn.Parameter(torch.log(diagonal.abs()).float())
 
     def output_shape(self, input_shape):
-        if len(input_shape) == 0 or input_shape[0] != self.num_channels:
-            raise ValueError(f"Invertible1x1Conv({self.num_channels}) got samples of shape {tuple(input_shape)}")
-        return tuple(input_shape)
+        return check_channel_count("Invertible1x1Conv", self.num_channels, input_shape)
 
     def _factors(self) -> tuple[Tensor, Tensor]:
         eye = torch.eye(self.num_channels, device=self.lower.device, dtype=self.lower.dtype)
@@ -66,9 +64,7 @@ class Invertible1x1Conv(FlowLayer):
         return inverse.to(self.lower.dtype)
 
     def _mix(self, x: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
-        if x.dim() < 2 or x.shape[1] != self.num_channels:
-            raise ValueError(f"Invertible1x1Conv({self.num_channels}) expects {self.num_channels} channels "
-                             f"in dim 1, got shape {tuple(x.shape)}")
+        check_batch_channels("Invertible1x1Conv", self.num_channels, x)
         # Not under autocast: low-precision factors or mixing would make the inverse inexact and turn the data
         # stream itself into float16/bfloat16 for every later layer. C x C matmuls are cheap in any precision.
         with torch.autocast(x.device.type, enabled=False):

@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .base import FlowLayer, zero_logdet
+from .base import FlowLayer, check_batch_channels, check_channel_count, zero_logdet
 
 
 class Permutation(FlowLayer):
@@ -24,14 +24,10 @@ class Permutation(FlowLayer):
         self.register_buffer("inverse_permutation", torch.argsort(permutation))
 
     def output_shape(self, input_shape):
-        if len(input_shape) == 0 or input_shape[0] != self.num_features:
-            raise ValueError(f"{type(self).__name__}({self.num_features}) got samples of shape {tuple(input_shape)}")
-        return tuple(input_shape)
+        return check_channel_count(type(self).__name__, self.num_features, input_shape)
 
     def _permute(self, x: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
-        if x.dim() < 2 or x.shape[1] != self.num_features:
-            raise ValueError(f"{type(self).__name__}({self.num_features}) expects {self.num_features} entries "
-                             f"in dim 1, got shape {tuple(x.shape)}")
+        check_batch_channels(type(self).__name__, self.num_features, x, entries="entries")
         return x.index_select(1, index), zero_logdet(x)
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
