@@ -76,7 +76,19 @@ class _SavedHandle:
 
 @dataclass(frozen=True)
 class ActivationMemory:
-    """Bytes of activations autograd held: after the forward pass, and at the peak over forward and backward."""
+    """Bytes of activations autograd held during one training step, as :func:`activation_memory` measures them.
+
+    Args:
+        after_forward: bytes held right after the forward pass (int >= 0).
+        peak: the most bytes held at once over forward and backward (int >= `after_forward`).
+
+    Returns:
+        ``str()`` gives both in MiB, as the report prints them.
+
+    Example:
+        >>> print(ActivationMemory(after_forward=2**20, peak=3 * 2**20))
+        after forward 1.00 MiB, peak 3.00 MiB
+    """
 
     after_forward: int
     peak: int
@@ -86,14 +98,26 @@ class ActivationMemory:
 
 
 def activation_memory(flow: nn.Module, x: Tensor, context: Optional[Tensor] = None) -> ActivationMemory:
-    """Activation bytes of one training step of `flow` on `x` (loss: mean negative log-likelihood).
+    """Activation bytes of one training step of `flow` on `x`, with the loss ``-flow.log_prob(x, context).mean()``.
 
-    Gradients are computed with `torch.autograd.grad`, so `.grad` of the parameters is left untouched.
+    Counts the storages of the tensors autograd saves for backward (parameters and buffers excluded), including
+    those of the graphs memory-saving backprop rebuilds during backward. Gradients are computed with
+    ``torch.autograd.grad``, so the parameters' ``.grad`` is left untouched.
 
-    >>> from nf_kernels.flows import build_model
-    >>> flow = build_model("realnvp", (4,), hidden=8)
-    >>> activation_memory(flow, torch.randn(16, 4)).after_forward > 0
-    True
+    Args:
+        flow: the model, a :class:`Flow` (anything with ``log_prob(x, context)`` and parameters); its
+            `memory_saving` setting decides which path is measured.
+        x: a batch of its data ``[B, *sample_shape]``, in its dtype and on its device.
+        context: the conditioning, as for :meth:`Flow.log_prob`; default None.
+
+    Returns:
+        An :class:`ActivationMemory` with the bytes held after forward and at the peak.
+
+    Example:
+        >>> from nf_kernels.flows import build_model
+        >>> flow = build_model("realnvp", (4,), hidden=8)
+        >>> activation_memory(flow, torch.randn(16, 4)).after_forward > 0
+        True
     """
     tensors = list(flow.parameters()) + list(flow.buffers())
     ledger = _Ledger({t.untyped_storage().data_ptr() for t in tensors})
