@@ -17,6 +17,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+
 class GradientSink:
     """Collects what the rebuilt graphs give to the parameters and to the context, summed over layers."""
 
@@ -79,7 +80,7 @@ StandardForward = Callable[[Sequence[nn.Module], Tensor, Optional[Tensor]], tupl
 
 
 class _InvertibleStack(torch.autograd.Function):
-    """Autograd node for a whole stack; inputs are (x, context, *parameters) so all of them get gradients."""
+    """Autograd node for a whole stack; its tensor inputs are (x, context, *parameters): all of them get gradients."""
 
     @staticmethod
     def forward(ctx, standard_forward, layers, x, context, *params):
