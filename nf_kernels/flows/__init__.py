@@ -19,7 +19,6 @@ from .dequantize import bits_per_dim, dequantize
 from .distributions import StandardLogistic, StandardNormal
 from .flow import Flow
 from .labels import LabelEmbedding
-from .memory import ActivationMemory, activation_memory
 from .models import MODEL_SIZES, MODELS, build_model, glow, nice, realnvp, sizes_used
 from .permutations import Permutation, RandomPermutation, ReversePermutation
 from .scaling import Scaling
@@ -34,3 +33,13 @@ __all__ = [
     "StandardNormal", "activation_memory", "bits_per_dim", "build_model", "dequantize", "glow", "nice", "realnvp",
     "sizes_used",
 ]  # fmt: skip
+
+
+def __getattr__(name: str):
+    # The memory tools are loaded on first use: they live in the module `python -m nf_kernels.flows.memory_report`
+    # runs, and a module the package had already imported would make runpy warn (and run its code twice).
+    if name in ("ActivationMemory", "activation_memory"):
+        from . import memory_report
+
+        return getattr(memory_report, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .base import FlowLayer
+from .base import FlowLayer, check_batch_channels, check_channel_count
 
 
 def _channel_statistics(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -26,16 +26,34 @@ def _channel_statistics(x: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class ActNorm(FlowLayer):
-    """y = (x + bias) * exp(log_scale) per channel (dim 1); logdet = (elements per channel) * sum(log_scale).
+    """Glow's activation normalization: a learned per-channel affine map, initialized from the first batch.
 
-    The first call to `forward` in training mode sets bias and log_scale so that the batch comes out with zero
+    Per channel ``c`` of dim 1, with ``P`` the elements per channel of one sample (``H * W`` for images, 1 for
+    vectors)::
+
+        y[:, c] = (x[:, c] + bias[c]) * exp(log_scale[c])
+        logdet = P * sum_c log_scale[c]
+
+    The first call to `forward` in training mode sets `bias` and `log_scale` so that the batch comes out with zero
     mean and unit variance per channel (data-dependent initialization), pooled across processes under
     torch.distributed. The `initialized` flag is part of the state_dict, so a loaded model is not re-initialized.
 
-    >>> layer = ActNorm(2)
-    >>> y, logdet = layer(torch.randn(64, 2) * 3 + 1)
-    >>> torch.allclose(y.mean(0), torch.zeros(2), atol=1e-5), torch.allclose(y.std(0, unbiased=False), torch.ones(2))
-    (True, True)
+    Args:
+        num_channels: the size of dim 1 of the data (int >= 1).
+        eps: added to each channel's standard deviation before the log at initialization, so a constant channel
+            does not give an infinite scale; default 1e-6.
+
+    Returns:
+        Called as ``layer(x)`` with ``x`` of shape ``[B, num_channels, ...]``: ``(y, logdet)``, ``y`` of ``x``'s
+        shape and dtype, ``logdet`` of shape ``[B]`` (float32 for float16 and bfloat16 data, else ``x``'s dtype).
+        ``layer.inverse(y)`` returns ``(x, -logdet)``.
+
+    Example:
+        >>> layer = ActNorm(2)
+        >>> y, logdet = layer(torch.randn(64, 2) * 3 + 1)
+        >>> mean, std = y.mean(0), y.std(0, unbiased=False)
+        >>> torch.allclose(mean, torch.zeros(2), atol=1e-5), torch.allclose(std, torch.ones(2))
+        (True, True)
     """
 
     def __init__(self, num_channels: int, eps: float = 1e-6):
@@ -50,13 +68,16 @@ class ActNorm(FlowLayer):
         self._initialized_known = False
 
     def output_shape(self, input_shape):
-        if len(input_shape) == 0 or input_shape[0] != self.num_channels:
-            raise ValueError(f"ActNorm({self.num_channels}) got samples of shape {tuple(input_shape)}")
-        return tuple(input_shape)
+        return check_channel_count("ActNorm", self.num_channels, input_shape)
 
     @torch.no_grad()
     def initialize(self, x: Tensor) -> None:
-        """Set the parameters from the batch `x` (called automatically on the first training forward)."""
+        """Set `bias` and `log_scale` from the batch `x` (called by the first `forward` in training mode).
+
+        Args:
+            x: a batch ``[B, num_channels, ...]`` with ``B >= 1``; its statistics are pooled over all processes
+                when torch.distributed is initialized (each process calls this with its own batch).
+        """
         mean, std = _channel_statistics(x)
         self.bias.copy_(-mean)
         self.log_scale.copy_(-torch.log(std + self.eps))
@@ -75,13 +96,8 @@ class ActNorm(FlowLayer):
         total = sign * per_channel * self.log_scale.sum()
         return total.to(torch.promote_types(x.dtype, torch.float32)).expand(x.shape[0])
 
-    def _check(self, x: Tensor) -> None:
-        if x.dim() < 2 or x.shape[1] != self.num_channels:
-            raise ValueError(f"ActNorm({self.num_channels}) expects a batch with {self.num_channels} channels "
-                             f"in dim 1, got shape {tuple(x.shape)}")
-
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-        self._check(x)
+        check_batch_channels("ActNorm", self.num_channels, x)
         if self.training and not self._initialized_known and x.shape[0] > 0:
             if bool(self.initialized):
                 self._initialized_known = True
@@ -91,7 +107,7 @@ class ActNorm(FlowLayer):
         return y, self._logdet(x, 1.0)
 
     def inverse(self, y: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-        self._check(y)
+        check_batch_channels("ActNorm", self.num_channels, y)
         x = y * torch.exp(-self._broadcast(self.log_scale, y)) - self._broadcast(self.bias, y)
         return x, self._logdet(y, -1.0)
 

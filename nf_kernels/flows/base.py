@@ -19,23 +19,61 @@ Shape = tuple[int, ...]
 
 
 class FlowLayer(nn.Module):
-    """Base class of the invertible layers.
+    """Base class of the invertible layers: `forward` maps data towards the latent, `inverse` maps back.
 
-    Subclasses implement ``forward(x, context=None) -> (y, logdet)`` and ``inverse(y, context=None) -> (x, logdet)``.
-    A layer that knows the sample shape it accepts stores it as ``input_shape`` (else ``None``); a layer that
-    changes shapes overrides :meth:`output_shape`.
+    Subclasses implement :meth:`forward` and :meth:`inverse`. A layer that knows the sample shape it accepts
+    stores it as ``input_shape`` (else ``None``); a layer that changes shapes overrides :meth:`output_shape`.
+    Models walk these at construction (:func:`propagate_shapes`), so a layer that does not fit fails there.
+
+    Returns:
+        Called as ``layer(x, context=None)``: ``(y, logdet)``, as :meth:`forward`.
+
+    Example:
+        >>> from nf_kernels.flows import Squeeze
+        >>> layer = Squeeze()
+        >>> y, logdet = layer(torch.zeros(2, 1, 4, 4))
+        >>> isinstance(layer, FlowLayer), layer.output_shape((1, 4, 4)), y.shape, logdet.shape
+        (True, (4, 2, 2), torch.Size([2, 4, 2, 2]), torch.Size([2]))
     """
 
     input_shape: Optional[Shape] = None
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:  # pragma: no cover
+        """Map a batch towards the latent: ``y = f(x)``, with ``logdet[b] = log|det df/dx|`` at sample ``b``.
+
+        Args:
+            x: a batch ``[B, *input_shape]`` of floating-point samples.
+            context: per-sample conditioning ``[B, context_features]`` for layers that read one (the couplings
+                of a conditional model); default None. Other layers ignore it.
+
+        Returns:
+            ``(y, logdet)``: ``y`` of shape ``[B, *output_shape(input_shape)]`` in ``x``'s dtype, and ``logdet``
+            of shape ``[B]`` (float32 for float16 and bfloat16 data, else ``x``'s dtype).
+        """
         raise NotImplementedError
 
     def inverse(self, y: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:  # pragma: no cover
+        """Map a batch back towards the data: ``x = f^-1(y)``, with ``logdet[b] = log|det df^-1/dy|``.
+
+        Args:
+            y: a batch ``[B, *output_shape(input_shape)]`` of floating-point samples.
+            context: the conditioning that `forward` got; default None.
+
+        Returns:
+            ``(x, logdet)``: ``x`` of shape ``[B, *input_shape]`` in ``y``'s dtype, and ``logdet`` of shape ``[B]``,
+            the negative of the forward log-det at ``x``.
+        """
         raise NotImplementedError
 
     def output_shape(self, input_shape: Shape) -> Shape:
-        """The shape of one output sample for one input sample of `input_shape` (identity by default)."""
+        """The shape of one output sample for one input sample of `input_shape` (identity by default).
+
+        Args:
+            input_shape: one sample's shape, without the batch dim.
+
+        Returns:
+            One output sample's shape, a tuple of ints; a ValueError if the layer does not take `input_shape`.
+        """
         return tuple(input_shape)
 
     def check_input(self, x: Tensor) -> None:
@@ -72,11 +110,20 @@ def propagate_shapes(layers: Iterable[nn.Module], input_shape: Sequence[int]) ->
     return shape
 
 
-def channels_of(input_shape: Sequence[int], layer: str) -> int:
-    """Dim 1 of a batch (the channel or feature count) from a sample shape, with a clear error if there is none."""
-    if len(input_shape) == 0:
-        raise ValueError(f"{layer} needs samples with at least one dimension, got shape {tuple(input_shape)}")
-    return int(input_shape[0])
+def check_channel_count(layer: str, count: int, input_shape: Sequence[int]) -> Shape:
+    """`input_shape` unchanged, for a layer built for `count` channels (or features); else a ValueError.
+
+    The `output_shape` of the layers that keep shapes but fix dim 1 at construction (ActNorm, 1x1 conv, permutations).
+    """
+    if len(input_shape) == 0 or input_shape[0] != count:
+        raise ValueError(f"{layer}({count}) got samples of shape {tuple(input_shape)}")
+    return tuple(input_shape)
+
+
+def check_batch_channels(layer: str, count: int, x: Tensor, entries: str = "channels") -> None:
+    """ValueError unless the batch `x` has `count` `entries` (channels, features) in dim 1."""
+    if x.dim() < 2 or x.shape[1] != count:
+        raise ValueError(f"{layer}({count}) expects {count} {entries} in dim 1, got shape {tuple(x.shape)}")
 
 
 def check_num_samples(num_samples: int) -> int:

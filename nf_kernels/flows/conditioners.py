@@ -40,11 +40,26 @@ def _check_context(module: nn.Module, context: Optional[Tensor], batch: int) -> 
 
 
 class MLP(nn.Module):
-    """A fully connected conditioner for vector data: [B, in_features] -> [B, out_features].
+    """A fully connected conditioner for vector data: ``[B, in_features] -> [B, out_features]``.
 
-    >>> net = MLP(3, 8, hidden=16)
-    >>> net(torch.randn(5, 3)).abs().max().item()    # zero-initialized output layer
-    0.0
+    ``num_hidden_layers`` times (linear, ReLU), then a linear output layer that starts at zero, so the coupling it
+    feeds starts as the identity. A context, when there is one, is concatenated to the input.
+
+    Args:
+        in_features: width of the input, the kept elements (int >= 1).
+        out_features: width of the output, the coupling's ``h`` (int >= 1).
+        hidden: width of the hidden layers (int >= 1); default 64.
+        num_hidden_layers: how many hidden layers (int >= 1); default 2.
+        context_features: width of the per-sample context (int >= 1), or None (the default) for no context.
+
+    Returns:
+        Called as ``net(x, context=None)`` with ``x`` of shape ``[B, in_features]`` (and ``context`` of shape
+        ``[B, context_features]`` exactly when `context_features` is set): ``h`` of shape ``[B, out_features]``.
+
+    Example:
+        >>> net = MLP(3, 8, hidden=16)
+        >>> net(torch.randn(5, 3)).abs().max().item()    # zero-initialized output layer
+        0.0
     """
 
     def __init__(
@@ -89,13 +104,29 @@ class _ResidualBlock(nn.Module):
 
 
 class ResNetConditioner(nn.Module):
-    """A small residual CNN for images: [B, in_channels, H, W] -> [B, out_channels, H, W].
+    """A small residual CNN conditioner for images: ``[B, in_channels, H, W] -> [B, out_channels, H, W]``.
 
-    The context, if any, is projected to a per-channel bias of the first feature map.
+    A 3x3 convolution to `hidden` channels, `num_blocks` residual blocks ``x + conv(relu(conv(relu(x))))``, then
+    ReLU and a 3x3 output convolution that starts at zero (so the coupling it feeds starts as the identity). No
+    batch norm: its batch statistics would make ``inverse`` differ from ``forward^-1``. The context, if any, is
+    projected to a per-channel bias of the first feature map.
 
-    >>> net = ResNetConditioner(2, 6, hidden=8, num_blocks=1)
-    >>> net(torch.randn(1, 2, 4, 4)).shape
-    torch.Size([1, 6, 4, 4])
+    Args:
+        in_channels: channels of the input, the kept elements (int >= 1).
+        out_channels: channels of the output, the coupling's ``h`` (int >= 1).
+        hidden: channels of the feature maps (int >= 1); default 64.
+        num_blocks: how many residual blocks (int >= 0); default 2.
+        context_features: width of the per-sample context (int >= 1), or None (the default) for no context.
+
+    Returns:
+        Called as ``net(x, context=None)`` with ``x`` of shape ``[B, in_channels, H, W]`` (and ``context`` of
+        shape ``[B, context_features]`` exactly when `context_features` is set): ``h`` of shape
+        ``[B, out_channels, H, W]``.
+
+    Example:
+        >>> net = ResNetConditioner(2, 6, hidden=8, num_blocks=1)
+        >>> net(torch.randn(1, 2, 4, 4)).shape
+        torch.Size([1, 6, 4, 4])
     """
 
     def __init__(

@@ -7,23 +7,38 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .base import FlowLayer
+from .base import FlowLayer, check_batch_channels, check_channel_count
 
 
 class Invertible1x1Conv(FlowLayer):
-    """y[:, i] = sum_j W[i, j] x[:, j] at every position, with W = P L (U + diag(sign * exp(log_s))).
+    """Glow's invertible 1x1 convolution: a learned mixing of dim 1 at every position, LU-parameterized.
 
-    P is a fixed permutation, L unit lower triangular, U strictly upper triangular (both learned), and the
-    diagonal is learned as signs and log-magnitudes, so ``log|det W| = sum(log_s)`` without ever taking the
-    log of a determinant: ``logdet = (H * W) * sum(log_s)`` for images (1 spatial position for vectors).
-    Initialized from a random rotation, as in Glow.
+    At every position (every pixel of an image; the one position of a vector)::
 
-    >>> layer = Invertible1x1Conv(4)
-    >>> x = torch.randn(2, 4, 3, 3)
-    >>> y, logdet = layer(x)
-    >>> x_back, _ = layer.inverse(y)
-    >>> torch.allclose(x_back, x, atol=1e-5)
-    True
+        y[:, i] = sum_j W[i, j] * x[:, j],    W = P @ L @ (U + diag(sign_s * exp(log_s)))
+        logdet = (H * W) * sum(log_s)         (1 position for vectors)
+
+    P is a fixed permutation, L unit lower triangular and U strictly upper triangular (both learned), and the
+    diagonal is learned as fixed signs and learned log-magnitudes, so ``log|det W| = sum(log_s)`` without ever
+    taking the log of a determinant. Initialized from a random rotation, as in Glow. The mixing runs in the data's
+    precision, also under autocast, so that the inverse stays exact.
+
+    Args:
+        num_channels: the size of dim 1 of the data (int >= 1).
+        generator: the random generator that draws the initial rotation; default None (torch's global one).
+
+    Returns:
+        Called as ``layer(x)`` with ``x`` of shape ``[B, num_channels, ...]``: ``(y, logdet)``, ``y`` of ``x``'s
+        shape and dtype, ``logdet`` of shape ``[B]`` (float32 for float16 and bfloat16 data, else ``x``'s dtype).
+        ``layer.inverse(y)`` returns ``(x, -logdet)``.
+
+    Example:
+        >>> layer = Invertible1x1Conv(4)
+        >>> x = torch.randn(2, 4, 3, 3)
+        >>> y, logdet = layer(x)
+        >>> x_back, _ = layer.inverse(y)
+        >>> torch.allclose(x_back, x, atol=1e-5)
+        True
     """
 
     def __init__(self, num_channels: int, generator: Optional[torch.Generator] = None):
@@ -42,9 +57,7 @@ class Invertible1x1Conv(FlowLayer):
         self.log_s = nn.Parameter(torch.log(diagonal.abs()).float())
 
     def output_shape(self, input_shape):
-        if len(input_shape) == 0 or input_shape[0] != self.num_channels:
-            raise ValueError(f"Invertible1x1Conv({self.num_channels}) got samples of shape {tuple(input_shape)}")
-        return tuple(input_shape)
+        return check_channel_count("Invertible1x1Conv", self.num_channels, input_shape)
 
     def _factors(self) -> tuple[Tensor, Tensor]:
         eye = torch.eye(self.num_channels, device=self.lower.device, dtype=self.lower.dtype)
@@ -53,12 +66,15 @@ class Invertible1x1Conv(FlowLayer):
         return lower, upper
 
     def weight(self) -> Tensor:
-        """The C x C mixing matrix W."""
+        """The mixing matrix ``W = P @ L @ (U + diag(sign_s * exp(log_s)))``, ``[C, C]`` in the parameters' dtype."""
         lower, upper = self._factors()
         return self.permutation @ lower @ upper
 
     def inverse_weight(self) -> Tensor:
-        """W^-1 = U^-1 L^-1 P^T by two triangular solves (stabler than inverting W), in float64."""
+        """``W^-1 = U^-1 @ L^-1 @ P^T``, ``[C, C]`` in the parameters' dtype.
+
+        Computed in float64 by two triangular solves, which is stabler than inverting `W`.
+        """
         lower, upper = (f.double() for f in self._factors())
         eye = torch.eye(self.num_channels, dtype=torch.float64, device=lower.device)
         lower_inv = torch.linalg.solve_triangular(lower, eye, upper=False, unitriangular=True)
@@ -66,9 +82,7 @@ class Invertible1x1Conv(FlowLayer):
         return inverse.to(self.lower.dtype)
 
     def _mix(self, x: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
-        if x.dim() < 2 or x.shape[1] != self.num_channels:
-            raise ValueError(f"Invertible1x1Conv({self.num_channels}) expects {self.num_channels} channels "
-                             f"in dim 1, got shape {tuple(x.shape)}")
+        check_batch_channels("Invertible1x1Conv", self.num_channels, x)
         # Not under autocast: low-precision factors or mixing would make the inverse inexact and turn the data
         # stream itself into float16/bfloat16 for every later layer. C x C matmuls are cheap in any precision.
         with torch.autocast(x.device.type, enabled=False):

@@ -44,12 +44,8 @@ def default_conditioner(
 
 
 class _CouplingLayer(FlowLayer):
-    """What the affine and additive couplings share: the mask, the conditioner and its checks.
-
-    `conditioner`: any module mapping the kept elements (and the context, when one is given) to `h`; by default
-    an MLP (vectors) or a ResNet-style CNN (images), `hidden` wide and `depth` deep. `mask` and `flip` as in
-    SPEC section 1. `backend` is the fused op's backend for this layer.
-    """
+    """What the affine and additive couplings share: the mask, the conditioner and its checks (their arguments are
+    documented on :class:`AffineCoupling` and :class:`AdditiveCoupling`)."""
 
     _additive: bool
 
@@ -143,14 +139,52 @@ class _CouplingLayer(FlowLayer):
 class AffineCoupling(_CouplingLayer):
     """RealNVP/Glow affine coupling over samples of `input_shape`, through the fused op.
 
-    `scale`, `clamp`, `shift_first` as in SPEC section 1; `coupling_options` (mask, flip, hidden, depth,
-    context_features, backend) as for :class:`AdditiveCoupling`.
+    The conditioner reads the kept elements, ``h = (s_raw, t) = conditioner(x_kept)``; kept elements pass
+    through and, at each transformed element ``k`` (SPEC section 1)::
 
-    >>> layer = AffineCoupling((4,), hidden=16, scale="tanh")
-    >>> x = torch.randn(3, 4)
-    >>> y, logdet = layer(x)          # identity at init: the conditioner's last layer is zero
-    >>> torch.equal(y, x), logdet.tolist()
-    (True, [0.0, 0.0, 0.0])
+        y[k] = x[k] * exp(a(s_raw[k])) + t[k]        (shift_first: y[k] = (x[k] + t[k]) * exp(a(s_raw[k])))
+        logdet = sum_k a(s_raw[k])
+
+    where ``a`` is the `scale` map. `inverse` undoes it with the same ``h``, since the kept elements are unchanged.
+
+    Args:
+        input_shape: one sample's shape, without the batch dim: ``(D,)`` for vectors, ``(C, H, W)`` for images
+            (any non-empty shape with your own `conditioner`; ``"half"`` needs ``C >= 2``).
+        conditioner: any ``nn.Module`` that maps the kept elements (and the context, when one is given) to
+            ``h`` of shape ``[B, 2 * (C - C // 2), *rest]`` for ``"half"``,
+            ``[B, 2 * C, *rest]`` otherwise. It gets ``[B, C // 2, *rest]``, the kept half of dim 1, for
+            ``mask="half"``, and the whole sample ``[B, *input_shape]`` with the transformed elements zeroed for
+            the other masks. Default None: an :class:`MLP` for vectors, a :class:`ResNetConditioner` for images,
+            both with a zero output layer (the layer starts as the identity). A dry run at construction checks
+            the output shape.
+        mask: which elements are kept (SPEC section 1): ``"half"`` (the default; the first ``C // 2`` of dim 1),
+            ``"checkerboard"`` (images; where ``(i + j) % 2 == 1``) or a bool tensor of shape `input_shape` (True
+            where kept).
+        flip: swap the roles of kept and transformed elements (for ``"half"``, the last ``C // 2`` are kept);
+            default False. Alternating it between layers transforms every element.
+        scale: the map ``a`` from ``s_raw`` to the log-scale: ``"exp"`` (the default; ``a(s) = s``), ``"tanh"``
+            (``clamp * tanh(s / clamp)``), ``"atan"`` (``clamp * (2 / pi) * atan(s / clamp)``) or ``"sigmoid"``
+            (``log(sigmoid(s + 2))``, Glow's).
+        clamp: the bound of the ``"tanh"`` and ``"atan"`` log-scales, a finite float > 0; default 2.0.
+        shift_first: shift before scaling, as the original RealNVP and Glow code do; default False.
+        hidden: width of the default conditioner (int >= 1); default 64. Not used with `conditioner`.
+        depth: hidden layers (MLP) or residual blocks (CNN) of the default conditioner; default 2.
+        context_features: width of the context the default conditioner reads (int >= 1), or None (the default)
+            for none. When set, every call takes a ``context`` of shape ``[B, context_features]``.
+        backend: the fused op's backend for this layer: ``"auto"`` (the default), ``"reference"``, ``"triton"``,
+            ``"cuda"`` or ``"cpu"``.
+
+    Returns:
+        Called as ``layer(x, context=None)`` with ``x`` of shape ``[B, *input_shape]``: ``(y, logdet)``, ``y`` of
+        ``x``'s shape and dtype, ``logdet`` of shape ``[B]`` (float32 for float16 and bfloat16 data, else ``x``'s
+        dtype). ``layer.inverse(y, context=None)`` returns ``(x, -logdet)``.
+
+    Example:
+        >>> layer = AffineCoupling((4,), hidden=16, scale="tanh")
+        >>> x = torch.randn(3, 4)
+        >>> y, logdet = layer(x)          # identity at init: the conditioner's last layer is zero
+        >>> torch.equal(y, x), logdet.tolist()
+        (True, [0.0, 0.0, 0.0])
     """
 
     _additive = False
@@ -180,16 +214,44 @@ class AffineCoupling(_CouplingLayer):
 
 
 class AdditiveCoupling(_CouplingLayer):
-    """NICE additive coupling (log-det 0) over samples of `input_shape`, through the fused op.
+    """NICE additive coupling over samples of `input_shape`, through the fused op: volume-preserving.
 
-    ``AdditiveCoupling(input_shape, conditioner=None, *, mask="half", flip=False, hidden=64, depth=2,
-    context_features=None, backend="auto")``; see the base class for the arguments.
+    The conditioner reads the kept elements, ``t = conditioner(x_kept)``; kept elements pass through and, at each
+    transformed element ``k``, ``y[k] = x[k] + t[k]`` (SPEC section 1), so ``logdet = 0``.
 
-    >>> layer = AdditiveCoupling((1, 4, 4), mask="checkerboard", hidden=8)
-    >>> x = torch.randn(2, 1, 4, 4)
-    >>> y, logdet = layer(x)
-    >>> torch.equal(layer.inverse(y)[0], x), logdet.abs().sum().item()
-    (True, 0.0)
+    Args:
+        input_shape: one sample's shape, without the batch dim: ``(D,)`` for vectors, ``(C, H, W)`` for images
+            (any non-empty shape with your own `conditioner`; ``"half"`` needs ``C >= 2``).
+        conditioner: any ``nn.Module`` that maps the kept elements (and the context, when one is given) to
+            ``t`` of shape ``[B, C - C // 2, *rest]`` for ``"half"``,
+            ``[B, *input_shape]`` otherwise. It gets ``[B, C // 2, *rest]``, the kept half of dim 1, for
+            ``mask="half"``, and the whole sample ``[B, *input_shape]`` with the transformed elements zeroed for
+            the other masks. Default None: an :class:`MLP` for vectors, a :class:`ResNetConditioner` for images,
+            both with a zero output layer (the layer starts as the identity). A dry run at construction checks
+            the output shape.
+        mask: which elements are kept (SPEC section 1): ``"half"`` (the default; the first ``C // 2`` of dim 1),
+            ``"checkerboard"`` (images; where ``(i + j) % 2 == 1``) or a bool tensor of shape `input_shape` (True
+            where kept).
+        flip: swap the roles of kept and transformed elements (for ``"half"``, the last ``C // 2`` are kept);
+            default False. Alternating it between layers transforms every element.
+        hidden: width of the default conditioner (int >= 1); default 64. Not used with `conditioner`.
+        depth: hidden layers (MLP) or residual blocks (CNN) of the default conditioner; default 2.
+        context_features: width of the context the default conditioner reads (int >= 1), or None (the default)
+            for none. When set, every call takes a ``context`` of shape ``[B, context_features]``.
+        backend: the fused op's backend for this layer: ``"auto"`` (the default), ``"reference"``, ``"triton"``,
+            ``"cuda"`` or ``"cpu"``.
+
+    Returns:
+        Called as ``layer(x, context=None)`` with ``x`` of shape ``[B, *input_shape]``: ``(y, logdet)``, ``y`` of
+        ``x``'s shape and dtype, ``logdet`` zeros of shape ``[B]`` (float32 for float16 and bfloat16 data, else
+        ``x``'s dtype). ``layer.inverse(y, context=None)`` returns ``(x, logdet)``.
+
+    Example:
+        >>> layer = AdditiveCoupling((1, 4, 4), mask="checkerboard", hidden=8)
+        >>> x = torch.randn(2, 1, 4, 4)
+        >>> y, logdet = layer(x)
+        >>> torch.equal(layer.inverse(y)[0], x), logdet.abs().sum().item()
+        (True, 0.0)
     """
 
     _additive = True

@@ -15,20 +15,36 @@ def dequantize(
     generator: Optional[torch.Generator] = None,
     noise: Optional[Tensor] = None,
 ) -> Tensor:
-    """Uniform dequantization: integer levels {0, ..., levels-1} -> (x_int + u) / levels in [0, 1), u ~ U[0, 1).
+    """Uniform dequantization: integer levels to continuous values in ``[0, 1)``.
+
+    ::
+
+        x = (x_int + u) / levels,    u ~ U[0, 1) elementwise
 
     A continuous density fitted to these values lower-bounds the discrete model's log-likelihood, once
-    corrected by ``-D * log(levels)`` (see :func:`bits_per_dim`).
+    corrected by ``-D * log(levels)`` (see :func:`bits_per_dim`). Values are kept strictly below 1, also where
+    float32 rounding of ``(levels - 1 + u) / levels`` would give 1.
 
-    ``noise`` gives ``u`` instead of drawing it (from ``generator``): the result then has ``noise``'s dtype. That
-    lets a caller decide which generator makes the noise, e.g. so that a resumed or a distributed run sees exactly
-    the noise of an uninterrupted single-process run (see :class:`nf_kernels.training.BatchStream`).
+    Args:
+        x_int: the levels, any shape: an integer tensor, or a floating one holding integers, with values in
+            ``[0, levels - 1]``.
+        levels: how many levels there are (int >= 2); default 256 (8-bit images).
+        generator: the random generator that draws ``u``; default None (torch's global one). Not used with `noise`.
+        noise: ``u`` itself instead of drawing it: a floating tensor of `x_int`'s shape with values in
+            ``[0, 1)``; default None. That lets a caller decide which generator makes the noise, e.g. so that a
+            resumed or a distributed run sees exactly the noise of an uninterrupted single-process run (see
+            :class:`nf_kernels.training.BatchStream`).
 
-    >>> x = dequantize(torch.tensor([[0, 255]]), 256)
-    >>> bool((x >= 0).all() and (x < 1).all())
-    True
-    >>> dequantize(torch.tensor([0, 16]), 17, noise=torch.tensor([0.5, 0.5]))
-    tensor([0.0294, 0.9706])
+    Returns:
+        ``x`` of `x_int`'s shape and device, in `noise`'s dtype when it is given, else `x_int`'s floating dtype or
+        torch's default dtype (float32 unless changed) for integer levels.
+
+    Example:
+        >>> x = dequantize(torch.tensor([[0, 255]]), 256)
+        >>> bool((x >= 0).all() and (x < 1).all())
+        True
+        >>> dequantize(torch.tensor([0, 16]), 17, noise=torch.tensor([0.5, 0.5]))
+        tensor([0.0294, 0.9706])
     """
     if levels < 2:
         raise ValueError(f"levels must be >= 2, got {levels}")
@@ -49,12 +65,27 @@ def dequantize(
 
 
 def bits_per_dim(log_prob: Tensor, num_dims: int, levels: int = 256) -> Tensor:
-    """-(log_prob - D log(levels)) / (D log 2): bits per dimension of data dequantized from `levels` into [0, 1).
+    """Bits per dimension of data dequantized from `levels` levels into ``[0, 1)`` (SPEC section 5).
 
-    `log_prob` is the natural-log density of the dequantized [0, 1) data (e.g. ``flow.log_prob(x)``), per sample.
+    ::
 
-    >>> bits_per_dim(torch.tensor([0.0]), num_dims=3)   # a uniform density on [0, 1)^3 costs 8 bits a dim
-    tensor([8.])
+        bits_per_dim = -(log_prob - D * log(levels)) / (D * log(2))
+
+    The ``D * log(levels)`` term turns the density of the ``[0, 1)`` values back into one on the discrete levels'
+    scale, so the result is the discrete model's cost in bits (an upper bound, by dequantization).
+
+    Args:
+        log_prob: the natural-log density of each dequantized sample, e.g. ``flow.log_prob(x)``: any shape,
+            typically ``[B]``, floating point.
+        num_dims: ``D``, the number of dimensions of one sample, e.g. ``C * H * W`` (int >= 1).
+        levels: the number of levels the data were dequantized from; default 256.
+
+    Returns:
+        The bits per dimension, of `log_prob`'s shape and dtype.
+
+    Example:
+        >>> bits_per_dim(torch.tensor([0.0]), num_dims=3)   # a uniform density on [0, 1)^3 costs 8 bits a dim
+        tensor([8.])
     """
     if num_dims <= 0:
         raise ValueError(f"num_dims must be positive, got {num_dims}")

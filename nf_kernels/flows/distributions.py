@@ -16,7 +16,13 @@ from .base import check_num_samples
 
 
 class _FactorizedStandard(nn.Module):
-    """A distribution of independent, identically distributed elements over samples of `shape`."""
+    """A distribution of independent, identically distributed elements over samples of `shape`.
+
+    Subclasses give the density of one element and a sampler; the arguments and methods are documented here.
+
+    Args:
+        shape: one sample's shape, without the batch dim (positive sizes), e.g. a flow's latent shape.
+    """
 
     def __init__(self, shape: Sequence[int]):
         super().__init__()
@@ -33,13 +39,37 @@ class _FactorizedStandard(nn.Module):
         raise NotImplementedError  # pragma: no cover
 
     def log_prob(self, z: Tensor) -> Tensor:
-        """Natural-log density of each sample of the batch `z`, shape [B]."""
+        """Natural-log density of each sample: the sum of the elements' log-densities.
+
+        Args:
+            z: a batch ``[B, *shape]``, floating point.
+
+        Returns:
+            ``log p(z[b])`` for each sample ``b``, shape ``[B]``, in ``z``'s dtype.
+
+        Example:
+            >>> StandardNormal((2, 3)).log_prob(torch.zeros(4, 2, 3)).shape
+            torch.Size([4])
+        """
         if tuple(z.shape[1:]) != self.shape:
             raise ValueError(f"{type(self).__name__} is over samples of shape {self.shape}, got a batch {tuple(z.shape)}")
         return self._element_log_density(z).flatten(1).sum(1)
 
     def sample(self, num_samples: int, generator: Optional[torch.Generator] = None) -> Tensor:
-        """`num_samples` samples, shape [num_samples, *shape], on this module's device and dtype."""
+        """Draw `num_samples` independent samples.
+
+        Args:
+            num_samples: how many (int >= 0).
+            generator: the random generator to draw from; default None (torch's global one).
+
+        Returns:
+            A tensor ``[num_samples, *shape]`` on this module's device and in its dtype (float32 unless moved
+            with ``.to``).
+
+        Example:
+            >>> StandardNormal((2, 3)).double().sample(4, generator=torch.Generator().manual_seed(0)).dtype
+            torch.float64
+        """
         return self._standard_sample((check_num_samples(num_samples), *self.shape), generator)
 
     def extra_repr(self) -> str:
@@ -47,11 +77,20 @@ class _FactorizedStandard(nn.Module):
 
 
 class StandardNormal(_FactorizedStandard):
-    """N(0, I) over samples of `shape`.
+    """The standard normal N(0, I) over samples of `shape`: ``log p(z) = sum_i -z_i^2 / 2 - log(2 pi) / 2``.
 
-    >>> base = StandardNormal((2,))
-    >>> base.log_prob(torch.zeros(1, 2))
-    tensor([-1.8379])
+    Args:
+        shape: one sample's shape, without the batch dim (positive sizes).
+
+    Returns:
+        ``log_prob(z)`` of a batch ``[B, *shape]`` is ``[B]``; ``sample(n, generator=None)`` is ``[n, *shape]``.
+
+    Example:
+        >>> base = StandardNormal((2,))
+        >>> base.log_prob(torch.zeros(1, 2))
+        tensor([-1.8379])
+        >>> base.sample(5).shape
+        torch.Size([5, 2])
     """
 
     def _element_log_density(self, z: Tensor) -> Tensor:
@@ -62,10 +101,21 @@ class StandardNormal(_FactorizedStandard):
 
 
 class StandardLogistic(_FactorizedStandard):
-    """Independent standard logistic elements (NICE's prior): log p(z) = -softplus(z) - softplus(-z).
+    """Independent standard logistic elements over samples of `shape`, NICE's prior.
 
-    >>> StandardLogistic((1,)).log_prob(torch.zeros(1, 1))   # log(1/4)
-    tensor([-1.3863])
+    ``log p(z) = sum_i -softplus(z_i) - softplus(-z_i)``; samples are ``log(u) - log(1 - u)``, ``u ~ U(0, 1)``.
+
+    Args:
+        shape: one sample's shape, without the batch dim (positive sizes).
+
+    Returns:
+        ``log_prob(z)`` of a batch ``[B, *shape]`` is ``[B]``; ``sample(n, generator=None)`` is ``[n, *shape]``.
+
+    Example:
+        >>> StandardLogistic((1,)).log_prob(torch.zeros(1, 1))   # log(1/4)
+        tensor([-1.3863])
+        >>> StandardLogistic((3,)).sample(2).shape
+        torch.Size([2, 3])
     """
 
     def _element_log_density(self, z: Tensor) -> Tensor:

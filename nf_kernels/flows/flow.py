@@ -1,4 +1,8 @@
-"""`Flow`: the sequential container that turns invertible layers and a base distribution into a density model."""
+"""`Flow`: the sequential container that turns invertible layers and a base distribution into a density model.
+
+Also the standard path through a stack of layers (:func:`forward_layers`, :func:`inverse_layers`), which `Flow` and
+the inner stack of a :class:`MultiScaleSplit` both run; memory-saving backprop (memory_saving.py) is an option of it.
+"""
 
 from __future__ import annotations
 
@@ -8,28 +12,72 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import check_num_samples, propagate_shapes
-from .memory_saving import inverse_layers, run_layers
+from .base import check_num_samples, propagate_shapes, zero_logdet
+from .memory_saving import forward_keeping_no_activations
+
+
+def forward_layers(
+    layers: Sequence[nn.Module], x: Tensor, context: Optional[Tensor], memory_saving: bool = False
+) -> tuple[Tensor, Tensor]:
+    """Apply `layers` in order, summing their log-dets.
+
+    The standard path keeps every layer's activations for backward; with `memory_saving`, the stack is one
+    autograd node that keeps only its output and rebuilds the rest during backward (memory_saving.py).
+    """
+    if memory_saving:
+        return forward_keeping_no_activations(forward_layers, layers, x, context)
+    logdet = zero_logdet(x)
+    for layer in layers:
+        x, layer_logdet = layer(x, context)
+        logdet = logdet + layer_logdet
+    return x, logdet
+
+
+def inverse_layers(layers: Sequence[nn.Module], y: Tensor, context: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    """Apply the layers' inverses, last layer first, summing their log-dets."""
+    logdet = zero_logdet(y)
+    for layer in reversed(layers):
+        y, layer_logdet = layer.inverse(y, context)
+        logdet = logdet + layer_logdet
+    return y, logdet
 
 
 class Flow(nn.Module):
-    """A normalizing flow: `layers` map data `x` to a latent `z` distributed as `base`.
+    """A normalizing flow: invertible `layers` map data `x` to a latent `z` distributed as `base`.
 
-    ``log_prob(x) = base.log_prob(f(x)) + log|det df/dx|`` (natural log, shape [B]); ``sample(n)`` draws
-    ``z ~ base`` and returns ``f^-1(z)``. With ``memory_saving=True`` the forward pass keeps no intermediate
-    activations for backward (each layer's input is rebuilt from its output; see ``memory_saving.py``).
+    With ``f`` the layers applied in order::
 
-    `context` (optional) is passed to every layer, after `context_encoder` if one is given (for example a
-    :class:`LabelEmbedding` that turns class labels into the conditioners' context vectors). It holds one entry
-    per sample, or a single one (a 0-d tensor, or a batch of 1) for all of them.
-    `sample_shape` defaults to the base distribution's shape; give it when the layers change shapes. `base` is
-    any module with ``log_prob(z) -> [B]`` and ``sample(num_samples, generator=None)``, such as
-    :class:`StandardNormal`; its ``shape`` attribute, if it has one, is checked against the layers'.
+        log p(x) = base.log_prob(f(x)) + log|det df/dx|        (natural log)
+        sample:   z ~ base,  x = f^-1(z)
 
-    >>> from nf_kernels.flows import AffineCoupling, StandardNormal
-    >>> flow = Flow([AffineCoupling((2,), hidden=8), AffineCoupling((2,), hidden=8, flip=True)], StandardNormal((2,)))
-    >>> flow.log_prob(torch.zeros(3, 2)).shape, flow.sample(5).shape
-    (torch.Size([3]), torch.Size([5, 2]))
+    Every method checks its batch: the model's sample (or latent) shape, its dtype and its device. A `context`
+    is passed to every layer, after `context_encoder` if one is given; it holds one entry per sample, or a single
+    one (a 0-d tensor, or a batch of 1) for all of them.
+
+    Args:
+        layers: the flow layers (:class:`FlowLayer` or any ``nn.Module`` with ``forward(x, context)`` and
+            ``inverse(y, context)`` returning ``(output, logdet)``), data side first. Their shapes are checked
+            against each other and against `base` at construction.
+        base: the latent distribution, any module with ``log_prob(z) -> [B]`` and ``sample(num_samples,
+            generator=None)``, such as :class:`StandardNormal`; its ``shape`` attribute, if it has one, is checked
+            against the layers' output.
+        memory_saving: run the layers with memory-saving backprop, which keeps no intermediate activations for
+            backward (each layer's input is rebuilt from its output; see memory_saving.py); default False. It is
+            also an attribute that can be set at any time.
+        sample_shape: one data sample's shape; default None, the base distribution's shape. Give it when the
+            layers change shapes (a multi-scale model's latent is flat).
+        context_encoder: a module applied to the context before the layers see it, e.g. a :class:`LabelEmbedding`
+            that turns class labels into the conditioners' context vectors; default None.
+
+    Returns:
+        Called as ``flow(x, context=None)``: ``(z, logdet)``, as :meth:`forward`.
+
+    Example:
+        >>> from nf_kernels.flows import AffineCoupling, StandardNormal
+        >>> layers = [AffineCoupling((2,), hidden=8), AffineCoupling((2,), hidden=8, flip=True)]
+        >>> flow = Flow(layers, StandardNormal((2,)))
+        >>> flow.log_prob(torch.zeros(3, 2)).shape, flow.sample(5).shape
+        (torch.Size([3]), torch.Size([5, 2]))
     """
 
     def __init__(
@@ -58,6 +106,7 @@ class Flow(nn.Module):
 
     @property
     def memory_saving(self) -> bool:
+        """Whether the forward pass runs with memory-saving backprop (settable; nested stacks follow it)."""
         return self._memory_saving
 
     @memory_saving.setter
@@ -108,26 +157,90 @@ class Flow(nn.Module):
             raise ValueError(f"{what} is on {x.device} but the model is on {like.device}: move one to the other")
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-        """(z, logdet): the latent of each sample and log|det dz/dx|, shape [B]."""
+        """Map data to the latent: ``z = f(x)`` and ``logdet = log|det df/dx|`` per sample.
+
+        Args:
+            x: a batch ``[B, *sample_shape]`` in the model's floating dtype and on its device (integer data:
+                :func:`dequantize` first).
+            context: the conditioning, one entry per sample or a single one for all (for a class-conditional
+                model, integer labels such as ``torch.tensor([0, 2])`` or ``torch.tensor(3)``); default None.
+
+        Returns:
+            ``(z, logdet)``: ``z`` of shape ``[B, *latent_shape]`` (the base distribution's shape) in ``x``'s dtype,
+            ``logdet`` of shape ``[B]`` (float32 for float16 and bfloat16 data, else ``x``'s dtype).
+
+        Example:
+            >>> from nf_kernels.flows import build_model
+            >>> flow = build_model("realnvp", (1, 4, 4), num_scales=2, num_steps=1, hidden=8, depth=1)
+            >>> z, logdet = flow(torch.rand(2, 1, 4, 4))
+            >>> z.shape, logdet.shape
+            (torch.Size([2, 16]), torch.Size([2]))
+        """
         self._check_batch(x, "x", self.sample_shape)
-        return run_layers(self.layers, x, self._context_for(context, x.shape[0]), self.memory_saving)
+        return forward_layers(self.layers, x, self._context_for(context, x.shape[0]), self.memory_saving)
 
     def inverse(self, z: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-        """(x, logdet): data for each latent and log|det dx/dz|, shape [B]."""
+        """Map latents to data: ``x = f^-1(z)`` and ``logdet = log|det df^-1/dz|`` per sample.
+
+        Args:
+            z: a batch ``[B, *latent_shape]`` (the base distribution's shape) in the model's floating dtype and
+                on its device.
+            context: the conditioning, as for :meth:`forward`; default None.
+
+        Returns:
+            ``(x, logdet)``: ``x`` of shape ``[B, *sample_shape]`` in ``z``'s dtype, ``logdet`` of shape ``[B]``,
+            minus the forward log-det at ``x``.
+
+        Example:
+            >>> from nf_kernels.flows import build_model
+            >>> flow = build_model("realnvp", (2,), hidden=8)
+            >>> x, logdet = flow.inverse(torch.randn(3, 2))
+            >>> x.shape, logdet.shape
+            (torch.Size([3, 2]), torch.Size([3]))
+        """
         self._check_batch(z, "z", tuple(getattr(self.base, "shape", ())))
         return inverse_layers(self.layers, z, self._context_for(context, z.shape[0]))
 
     def log_prob(self, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
-        """Natural-log density of each sample, shape [B]."""
+        """Natural-log density of each sample: ``log p(x) = base.log_prob(f(x)) + log|det df/dx|``.
+
+        Args:
+            x: a batch ``[B, *sample_shape]`` in the model's floating dtype and on its device (integer data:
+                :func:`dequantize` first).
+            context: the conditioning, as for :meth:`forward`; default None.
+
+        Returns:
+            ``log p(x[b])`` for each sample, shape ``[B]``; ``-log_prob(x).mean()`` is the usual training loss.
+
+        Example:
+            >>> from nf_kernels.flows import build_model
+            >>> flow = build_model("nice", (2,), hidden=8)
+            >>> flow.log_prob(torch.randn(4, 2)).shape
+            torch.Size([4])
+        """
         z, logdet = self(x, context)
         return self.base.log_prob(z) + logdet
 
     def sample(
         self, num_samples: int, context: Optional[Tensor] = None, generator: Optional[torch.Generator] = None
     ) -> Tensor:
-        """`num_samples` (an int >= 0) draws from the model, shape [num_samples, *sample_shape].
+        """Draw from the model: ``z ~ base``, then ``x = f^-1(z)``.
 
-        A conditional model takes one context per sample, or a single one (e.g. a 0-d label) for all of them.
+        Args:
+            num_samples: how many samples (int >= 0).
+            context: the conditioning of a conditional model, one entry per sample or a single one for all (e.g.
+                a 0-d label, ``torch.tensor(3)``); default None.
+            generator: the random generator the base distribution draws from; default None (torch's global one).
+
+        Returns:
+            Samples of shape ``[num_samples, *sample_shape]``, on the model's device and in its dtype. Gradients
+            flow to the parameters unless called under ``torch.no_grad()``.
+
+        Example:
+            >>> from nf_kernels.flows import build_model
+            >>> flow = build_model("glow", (2,), num_steps=1, hidden=8, num_classes=3)
+            >>> flow.sample(4, torch.tensor(1), generator=torch.Generator().manual_seed(0)).shape
+            torch.Size([4, 2])
         """
         z = self.base.sample(check_num_samples(num_samples), generator=generator)
         return self.inverse(z, context)[0]

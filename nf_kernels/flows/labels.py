@@ -7,15 +7,25 @@ from torch import Tensor, nn
 
 
 class LabelEmbedding(nn.Embedding):
-    """`num_classes` labels -> `features`-wide context vectors; labels that are not classes are a clear error.
+    """Class labels to context vectors: ``labels -> weight[labels]``, an ``nn.Embedding`` that checks its labels.
 
     A plain ``nn.Embedding`` answers a float label with a dtype error about "indices" and an out-of-range one with
-    an IndexError (on a GPU, a device-side assert that ends the process). Parameters and state_dict keys are those
-    of ``nn.Embedding``.
+    an IndexError (on a GPU, a device-side assert that ends the process); here a label that is not a class is a
+    TypeError (not an integer) or a ValueError (outside ``[0, num_classes)``). Parameters and state_dict keys are
+    those of ``nn.Embedding``.
 
-    >>> embed = LabelEmbedding(3, 4)
-    >>> embed(torch.tensor([0, 2])).shape
-    torch.Size([2, 4])
+    Args:
+        num_classes: how many classes (int >= 1); labels lie in ``[0, num_classes)``.
+        features: the width of each context vector (int >= 1), the conditioners' `context_features`.
+
+    Returns:
+        Called as ``embed(labels)`` with an integer tensor of any shape (any integer dtype): the vectors, of shape
+        ``[*labels.shape, features]`` in the weight's dtype.
+
+    Example:
+        >>> embed = LabelEmbedding(3, 4)
+        >>> embed(torch.tensor([0, 2])).shape
+        torch.Size([2, 4])
     """
 
     def __init__(self, num_classes: int, features: int):

@@ -12,56 +12,10 @@ This is exact up to the rounding of `inverse(forward(x))`: inputs are reconstruc
 
 from __future__ import annotations
 
-import contextlib
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
-
-from .base import zero_logdet
-
-
-def forward_layers(layers: Sequence[nn.Module], x: Tensor, context: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-    """Apply `layers` in order, summing their log-dets (the standard, activation-keeping path)."""
-    logdet = zero_logdet(x)
-    for layer in layers:
-        x, layer_logdet = layer(x, context)
-        logdet = logdet + layer_logdet
-    return x, logdet
-
-
-def inverse_layers(layers: Sequence[nn.Module], y: Tensor, context: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-    """Apply the layers' inverses, last layer first, summing their log-dets."""
-    logdet = zero_logdet(y)
-    for layer in reversed(layers):
-        y, layer_logdet = layer.inverse(y, context)
-        logdet = logdet + layer_logdet
-    return y, logdet
-
-
-# Saved-tensor hooks for the one-layer graphs rebuilt during backward (see :func:`hooks_for_recompute`).
-_recompute_hooks: Optional[tuple[Callable, Callable]] = None
-
-
-@contextlib.contextmanager
-def hooks_for_recompute(pack: Callable, unpack: Callable) -> Iterator[None]:
-    """Apply saved-tensor hooks to the graphs memory-saving backward rebuilds, and only to those.
-
-    Measuring tools use this to see the rebuilt graphs: hooks cannot simply stay on for the whole backward,
-    because autograd formulas that use torch.func (as the reference backend's does) refuse to run under them.
-    """
-    global _recompute_hooks
-    previous, _recompute_hooks = _recompute_hooks, (pack, unpack)
-    try:
-        yield
-    finally:
-        _recompute_hooks = previous
-
-
-def _recompute_context():
-    if _recompute_hooks is None:
-        return contextlib.nullcontext()
-    return torch.autograd.graph.saved_tensors_hooks(*_recompute_hooks)
 
 
 class GradientSink:
@@ -90,7 +44,7 @@ def _recompute_layer_backward(
     x = x.detach().requires_grad_(True)
     params = [p for p in layer.parameters() if p.requires_grad]
     with_context = context is not None and context.requires_grad
-    with torch.enable_grad(), _recompute_context():
+    with torch.enable_grad():
         y_again, logdet = layer(x, context)
     outputs, grads_out = [y_again], [grad_y]
     if logdet.requires_grad:  # parameter-free layers with a constant log-det have nothing to add
@@ -120,12 +74,17 @@ def backward_through(
     return y, grad_y
 
 
+# The standard path, `forward_layers(layers, x, context) -> (y, logdet)`, which flow.py owns (and imports this
+# module, so it is passed in rather than imported).
+StandardForward = Callable[[Sequence[nn.Module], Tensor, Optional[Tensor]], tuple[Tensor, Tensor]]
+
+
 class _InvertibleStack(torch.autograd.Function):
-    """Autograd node for a whole stack; inputs are (x, context, *parameters) so all of them get gradients."""
+    """Autograd node for a whole stack; its tensor inputs are (x, context, *parameters): all of them get gradients."""
 
     @staticmethod
-    def forward(ctx, layers, x, context, *params):
-        y, logdet = forward_layers(layers, x, context)  # autograd is off inside Function.forward
+    def forward(ctx, standard_forward, layers, x, context, *params):
+        y, logdet = standard_forward(layers, x, context)  # autograd is off inside Function.forward
         ctx.layers = layers
         # Backward runs outside autocast; the rebuilt graphs must see the precision the forward pass had.
         device_type = x.device.type
@@ -137,13 +96,13 @@ class _InvertibleStack(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y, grad_logdet):
         y, context = ctx.saved_tensors
-        context_leaf = None if context is None else context.detach().requires_grad_(ctx.needs_input_grad[2])
+        context_leaf = None if context is None else context.detach().requires_grad_(ctx.needs_input_grad[3])
         sink = GradientSink(context_leaf)
         device_type, enabled, dtype = ctx.autocast
         with torch.autocast(device_type, dtype=dtype, enabled=enabled):
             _, grad_x = backward_through(ctx.layers, y, grad_y, grad_logdet, sink)
         param_grads = [sink.param_grads.get(id(p)) for p in _parameters(ctx.layers)]
-        return (None, grad_x.to(ctx.x_dtype), sink.context_grad, *param_grads)
+        return (None, None, grad_x.to(ctx.x_dtype), sink.context_grad, *param_grads)
 
 
 def _parameters(layers: Sequence[nn.Module]) -> list[nn.Parameter]:
@@ -155,18 +114,18 @@ def _parameters(layers: Sequence[nn.Module]) -> list[nn.Parameter]:
     return list(seen.values())
 
 
-def run_layers(
-    layers: Sequence[nn.Module], x: Tensor, context: Optional[Tensor], memory_saving: bool
+def forward_keeping_no_activations(
+    standard_forward: StandardForward, layers: Sequence[nn.Module], x: Tensor, context: Optional[Tensor]
 ) -> tuple[Tensor, Tensor]:
-    """Forward through `layers`; with `memory_saving`, through one node that stores only the output.
+    """`standard_forward(layers, x, context)` as one autograd node that stores only the stack's output.
 
-    Falls back to the standard path when there is nothing to differentiate (no_grad, or no input or
-    parameter that requires a gradient), where the two are the same computation.
+    Runs `standard_forward` itself when there is nothing to differentiate (no_grad, or no input or parameter
+    that requires a gradient): the two are then the same computation.
     """
-    if not memory_saving or not torch.is_grad_enabled() or len(layers) == 0:
-        return forward_layers(layers, x, context)
+    if not torch.is_grad_enabled() or len(layers) == 0:
+        return standard_forward(layers, x, context)
     params = _parameters(layers)
     needs_grad = x.requires_grad or bool(params) or (context is not None and context.requires_grad)
     if not needs_grad:
-        return forward_layers(layers, x, context)
-    return _InvertibleStack.apply(layers, x, context, *params)
+        return standard_forward(layers, x, context)
+    return _InvertibleStack.apply(standard_forward, layers, x, context, *params)

@@ -46,10 +46,21 @@ def _data_kind(shape: Shape) -> str:
 
 
 def sizes_used(model: str, sample_shape: Sequence[int]) -> tuple[str, ...]:
-    """The size options (of `MODEL_SIZES`) that `model` uses for samples of `sample_shape`; others are errors.
+    """The size options (of `MODEL_SIZES`) that `model` uses for samples of `sample_shape`.
 
-    >>> sizes_used("glow", (3, 32, 32)), sizes_used("nice", (2,))
-    (('num_scales', 'num_steps'), ('num_layers',))
+    The builders reject the others (a ValueError naming them), so a caller that holds one set of sizes for several
+    models passes each model only these.
+
+    Args:
+        model: ``"nice"``, ``"realnvp"`` or ``"glow"`` (one of `MODELS`).
+        sample_shape: one data sample's shape, vectors ``(D,)`` with ``D >= 2`` or images ``(C, H, W)``.
+
+    Returns:
+        The option names, a tuple of strings in `MODEL_SIZES` order.
+
+    Example:
+        >>> sizes_used("glow", (3, 32, 32)), sizes_used("nice", (2,))
+        (('num_scales', 'num_steps'), ('num_layers',))
     """
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}: valid choices are {', '.join(map(repr, MODELS))}")
@@ -156,14 +167,33 @@ def _multi_scale(
 
 
 def nice(sample_shape: Sequence[int], *, num_layers: int = 4, **options: Any) -> Flow:
-    """NICE: `num_layers` additive couplings with alternating masks (halves for vectors, checkerboards for
-    images), then a learned diagonal scaling; logistic prior, as in the paper.
+    """NICE (Dinh et al. 2014): additive couplings, then a learned diagonal scaling, on a logistic prior.
 
-    `options`: hidden=64, depth=2, num_classes=None, context_features=16, backend="auto", memory_saving=False.
+    ``num_layers`` :class:`AdditiveCoupling` layers with alternating masks (halves with :class:`MLP` conditioners
+    for vectors, checkerboards with :class:`ResNetConditioner` conditioners for images), then :class:`Scaling`;
+    the base is :class:`StandardLogistic`, as in the paper. NICE has no other size: `num_scales`, `num_steps`,
+    `final_steps`, `scale` and `clamp` are ValueErrors, any other unknown option a TypeError.
 
-    >>> flow = nice((2,), num_layers=2, hidden=8)
-    >>> [type(layer).__name__ for layer in flow.layers]
-    ['AdditiveCoupling', 'AdditiveCoupling', 'Scaling']
+    Args:
+        sample_shape: one data sample's shape: vectors ``(D,)`` with ``D >= 2``, or images ``(C, H, W)``.
+        num_layers: how many couplings (int >= 1); default 4.
+        hidden: the conditioners' width (int >= 1); default 64.
+        depth: the conditioners' hidden layers (MLP, vectors) or residual blocks (CNN, images), int >= 1; default 2.
+        num_classes: make the model class-conditional on this many classes (int >= 1): every call then takes
+            integer labels in ``[0, num_classes)`` as `context`. Default None (unconditional).
+        context_features: the width of the embedded labels the conditioners read (int >= 1); default 16. Used
+            only with `num_classes`.
+        backend: the fused coupling ops' backend: ``"auto"`` (the default), ``"reference"``, ``"triton"``,
+            ``"cuda"`` or ``"cpu"``.
+        memory_saving: train with memory-saving backprop (see :class:`Flow`); default False.
+
+    Returns:
+        A :class:`Flow` over samples of `sample_shape`, latent of the same shape.
+
+    Example:
+        >>> flow = nice((2,), num_layers=2, hidden=8)
+        >>> [type(layer).__name__ for layer in flow.layers]
+        ['AdditiveCoupling', 'AdditiveCoupling', 'Scaling']
     """
     shape = _sample_shape(sample_shape, "nice")
     common = _Common.parse("nice", shape, options, {})
@@ -187,17 +217,45 @@ def realnvp(
     clamp: float = 2.0,
     **options: Any,
 ) -> Flow:
-    """RealNVP. Vectors: `num_layers` (default 4) affine couplings on alternating halves, with MLP conditioners.
+    """RealNVP (Dinh et al. 2016): affine couplings, multi-scale on images, on a standard normal base.
 
-    Images: `num_scales` (default 2) scales; per scale, `num_steps` (default 3) checkerboard couplings, a squeeze,
-    `num_steps` channel-half couplings, then half the channels are factored out and the next scale continues on
-    the rest; the last scale has `final_steps` (default ``num_steps + 1``) checkerboard couplings, as in the paper.
-    Masks alternate. The default soft-clamped scale (``scale="tanh"``) trains more stably than the paper's plain
-    ``"exp"``. Sizes of the other data kind are rejected. `options` as for :func:`nice`.
+    Vectors: `num_layers` :class:`AffineCoupling` layers on alternating halves, with :class:`MLP` conditioners.
+    Images: `num_scales` scales; per scale, `num_steps` checkerboard couplings, a :class:`Squeeze`, `num_steps`
+    channel-half couplings, then half the channels are factored out (:class:`MultiScaleSplit`) and the next scale
+    continues on the rest; the last scale has `final_steps` checkerboard couplings, as in the paper. Masks
+    alternate; conditioners are :class:`ResNetConditioner`. Sizes of the other data kind are ValueErrors (see
+    :func:`sizes_used`), any other unknown option a TypeError.
 
-    >>> flow = realnvp((1, 4, 4), num_scales=2, num_steps=1, hidden=8, depth=1)
-    >>> flow.sample(2).shape, flow.base.shape
-    (torch.Size([2, 1, 4, 4]), (16,))
+    Args:
+        sample_shape: one data sample's shape: vectors ``(D,)`` with ``D >= 2``, or images ``(C, H, W)`` with
+            ``H`` and ``W`` divisible by ``2 ** (num_scales - 1)``.
+        num_layers: vectors only: how many couplings (int >= 1); default None, meaning 4.
+        num_scales: images only: how many scales (int >= 1); default None, meaning 2.
+        num_steps: images only: couplings of each kind per scale (int >= 1); default None, meaning 3.
+        final_steps: images only: checkerboard couplings of the last scale (int >= 1); default None, meaning
+            ``num_steps + 1``.
+        scale: the couplings' log-scale map, ``"exp"``, ``"tanh"``, ``"atan"`` or ``"sigmoid"`` (see
+            :class:`AffineCoupling`); default ``"tanh"``, a soft clamp that trains more stably than the paper's
+            plain ``"exp"``.
+        clamp: the bound of the ``"tanh"`` and ``"atan"`` log-scales, a finite float > 0; default 2.0.
+        hidden: the conditioners' width (int >= 1); default 64.
+        depth: the conditioners' hidden layers (MLP, vectors) or residual blocks (CNN, images), int >= 1; default 2.
+        num_classes: make the model class-conditional on this many classes (int >= 1): every call then takes
+            integer labels in ``[0, num_classes)`` as `context`. Default None (unconditional).
+        context_features: the width of the embedded labels the conditioners read (int >= 1); default 16. Used
+            only with `num_classes`.
+        backend: the fused coupling ops' backend: ``"auto"`` (the default), ``"reference"``, ``"triton"``,
+            ``"cuda"`` or ``"cpu"``.
+        memory_saving: train with memory-saving backprop (see :class:`Flow`); default False.
+
+    Returns:
+        A :class:`Flow` over samples of `sample_shape`; its latent is of the same shape for vectors, a flat
+        ``(C * H * W,)`` vector for images.
+
+    Example:
+        >>> flow = realnvp((1, 4, 4), num_scales=2, num_steps=1, hidden=8, depth=1)
+        >>> flow.sample(2).shape, flow.base.shape
+        (torch.Size([2, 1, 4, 4]), (16,))
     """
     shape = _sample_shape(sample_shape, "realnvp")
     sizes = dict(num_layers=num_layers, num_scales=num_scales, num_steps=num_steps, final_steps=final_steps)
@@ -232,15 +290,38 @@ def realnvp(
 def glow(
     sample_shape: Sequence[int], *, num_scales: Optional[int] = None, num_steps: int = 4, **options: Any
 ) -> Flow:
-    """Glow: `num_scales` (default 2) levels of (squeeze, `num_steps` x [ActNorm, invertible 1x1 conv, affine
-    coupling]), with half the channels factored out between levels. Couplings use Glow's form: sigmoid scale,
-    shift first, on channel halves (so there is no `scale` or `clamp` to choose). Vectors get `num_steps` such
-    steps without squeezes or splits (and no `num_scales`). `options` as for :func:`nice`.
+    """Glow (Kingma and Dhariwal 2018): steps of ActNorm, 1x1 conv and coupling, on a standard normal base.
 
-    >>> import torch
-    >>> flow = glow((1, 4, 4), num_scales=2, num_steps=1, hidden=8, depth=1)
-    >>> flow.log_prob(torch.rand(3, 1, 4, 4)).shape
-    torch.Size([3])
+    Images: `num_scales` levels of (:class:`Squeeze`, `num_steps` x [:class:`ActNorm`,
+    :class:`Invertible1x1Conv`, :class:`AffineCoupling`]), with half the channels factored out between levels
+    (:class:`MultiScaleSplit`). Vectors: `num_steps` such steps without squeezes or splits. Couplings use Glow's
+    form, sigmoid scale and shift first on channel halves, so there is no `scale` or `clamp` to choose; those,
+    `num_layers`, `final_steps` and `num_scales` on vectors are ValueErrors, any other unknown option a TypeError.
+
+    Args:
+        sample_shape: one data sample's shape: vectors ``(D,)`` with ``D >= 2``, or images ``(C, H, W)`` with
+            ``H`` and ``W`` divisible by ``2 ** num_scales``.
+        num_scales: images only: how many levels (int >= 1); default None, meaning 2.
+        num_steps: steps per level (images) or in all (vectors), int >= 1; default 4.
+        hidden: the conditioners' width (int >= 1); default 64.
+        depth: the conditioners' hidden layers (MLP, vectors) or residual blocks (CNN, images), int >= 1; default 2.
+        num_classes: make the model class-conditional on this many classes (int >= 1): every call then takes
+            integer labels in ``[0, num_classes)`` as `context`. Default None (unconditional).
+        context_features: the width of the embedded labels the conditioners read (int >= 1); default 16. Used
+            only with `num_classes`.
+        backend: the fused coupling ops' backend: ``"auto"`` (the default), ``"reference"``, ``"triton"``,
+            ``"cuda"`` or ``"cpu"``.
+        memory_saving: train with memory-saving backprop (see :class:`Flow`); default False.
+
+    Returns:
+        A :class:`Flow` over samples of `sample_shape`; its latent is of the same shape for vectors, a flat
+        ``(C * H * W,)`` vector for images.
+
+    Example:
+        >>> import torch
+        >>> flow = glow((1, 4, 4), num_scales=2, num_steps=1, hidden=8, depth=1)
+        >>> flow.log_prob(torch.rand(3, 1, 4, 4)).shape
+        torch.Size([3])
     """
     shape = _sample_shape(sample_shape, "glow")
     common = _Common.parse("glow", shape, options, dict(num_scales=num_scales))
@@ -282,11 +363,25 @@ def build_model(
     num_classes: Optional[int] = None,
     **sizes: Any,
 ) -> Flow:
-    """Build the model called `name` ("nice", "realnvp" or "glow") for samples of `sample_shape`.
+    """Build the model called `name` for samples of `sample_shape`: :func:`nice`, :func:`realnvp` or :func:`glow`.
 
-    >>> flow = build_model("glow", (2,), num_steps=2, hidden=8)
-    >>> flow.sample(4).shape
-    torch.Size([4, 2])
+    Args:
+        name: ``"nice"``, ``"realnvp"`` or ``"glow"`` (one of `MODELS`).
+        sample_shape: one data sample's shape: vectors ``(D,)`` with ``D >= 2``, or images ``(C, H, W)``.
+        backend: the fused coupling ops' backend: ``"auto"`` (the default), ``"reference"``, ``"triton"``,
+            ``"cuda"`` or ``"cpu"``.
+        memory_saving: train with memory-saving backprop (see :class:`Flow`); default False.
+        num_classes: make the model class-conditional on this many classes (int >= 1); default None.
+        sizes: the builder's other options, by keyword: its sizes (:func:`sizes_used` lists those this model
+            takes for this data; others are ValueErrors) and `hidden`, `depth`, `context_features`.
+
+    Returns:
+        The :class:`Flow` the builder returns.
+
+    Example:
+        >>> flow = build_model("glow", (2,), num_steps=2, hidden=8)
+        >>> flow.sample(4).shape
+        torch.Size([4, 2])
     """
     if name not in _BUILDERS:
         raise ValueError(f"unknown model {name!r}: valid choices are {', '.join(map(repr, MODELS))}")

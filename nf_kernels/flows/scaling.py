@@ -11,14 +11,28 @@ from .base import FlowLayer
 
 
 class Scaling(FlowLayer):
-    """y = x * exp(log_scale), one learned log-scale per element of a sample; logdet = sum(log_scale).
+    """NICE's learned diagonal scaling: one log-scale per element of a sample.
 
-    Starts as the identity (log_scale = 0).
+    ::
 
-    >>> layer = Scaling((3,))
-    >>> with torch.no_grad(): _ = layer.log_scale.fill_(1.0)
-    >>> layer(torch.ones(2, 3))[1].tolist()
-    [3.0, 3.0]
+        y = x * exp(log_scale)        (log_scale of shape input_shape, broadcast over the batch)
+        logdet = sum(log_scale)
+
+    Starts as the identity (``log_scale = 0``).
+
+    Args:
+        input_shape: one sample's shape, without the batch dim.
+
+    Returns:
+        Called as ``layer(x)`` with ``x`` of shape ``[B, *input_shape]``: ``(y, logdet)``, ``y`` of ``x``'s shape
+        and dtype, ``logdet`` of shape ``[B]`` (float32 for float16 and bfloat16 data, else ``x``'s dtype).
+        ``layer.inverse(y)`` returns ``(x, -logdet)``.
+
+    Example:
+        >>> layer = Scaling((3,))
+        >>> with torch.no_grad(): _ = layer.log_scale.fill_(1.0)
+        >>> layer(torch.ones(2, 3))[1].tolist()
+        [3.0, 3.0]
     """
 
     def __init__(self, input_shape: Sequence[int]):

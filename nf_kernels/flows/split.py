@@ -16,17 +16,36 @@ import torch
 from torch import Tensor, nn
 
 from .base import FlowLayer, propagate_shapes
-from .memory_saving import GradientSink, backward_through, inverse_layers, run_layers
+from .flow import forward_layers, inverse_layers
+from .memory_saving import GradientSink, backward_through
 
 
 class MultiScaleSplit(FlowLayer):
-    """Factor out half the channels of image samples of `input_shape`; apply `layers` to the other half.
+    """Multi-scale split: factor the last ``C // 2`` channels out to the latent, run `layers` on the others.
 
-    >>> from nf_kernels.flows import Squeeze
-    >>> split = MultiScaleSplit((4, 4, 4), [Squeeze()])
-    >>> z, logdet = split(torch.randn(2, 4, 4, 4))
-    >>> z.shape, split.inner_input_shape, split.inner_output_shape
-    (torch.Size([2, 64]), (2, 4, 4), (8, 2, 2))
+    With ``K = C - C // 2``::
+
+        z = concat(flatten(x[:, K:]), flatten(layers(x[:, :K])))      (shape [B, prod(input_shape)])
+        logdet = the summed log-det of `layers`
+
+    Args:
+        input_shape: one sample's shape ``(C, ...)`` with ``C >= 2``, e.g. an image's ``(C, H, W)``.
+        layers: the flow layers for the kept channels, samples of shape ``(C - C // 2, ...)``
+            (:meth:`kept_shape`); default ``()``, which passes them through. Their shapes are checked here.
+        memory_saving: run `layers` with memory-saving backprop; default False. A :class:`Flow` sets it on every
+            split inside it when its own `memory_saving` is set.
+
+    Returns:
+        Called as ``split(x, context=None)`` with ``x`` of shape ``[B, *input_shape]``: ``(z, logdet)``, ``z`` of
+        shape ``[B, prod(input_shape)]`` in ``x``'s dtype and ``logdet`` of shape ``[B]``. ``split.inverse(z,
+        context=None)`` takes such a ``z`` back to ``(x, -logdet)``. `context` goes to `layers`.
+
+    Example:
+        >>> from nf_kernels.flows import Squeeze
+        >>> split = MultiScaleSplit((4, 4, 4), [Squeeze()])
+        >>> z, logdet = split(torch.randn(2, 4, 4, 4))
+        >>> z.shape, split.inner_input_shape, split.inner_output_shape
+        (torch.Size([2, 64]), (2, 4, 4), (8, 2, 2))
     """
 
     def __init__(self, input_shape: Sequence[int], layers: Sequence[nn.Module] = (), memory_saving: bool = False):
@@ -44,7 +63,14 @@ class MultiScaleSplit(FlowLayer):
 
     @staticmethod
     def kept_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
-        """The sample shape the inner layers get: the first ``C - C // 2`` channels."""
+        """The sample shape the inner layers get, the first ``C - C // 2`` channels: ``(C - C // 2, *rest)``.
+
+        Args:
+            input_shape: the split's sample shape ``(C, *rest)``.
+
+        Returns:
+            The inner layers' sample shape, a tuple of ints.
+        """
         channels = int(input_shape[0])
         return (channels - channels // 2, *(int(s) for s in input_shape[1:]))
 
@@ -54,7 +80,7 @@ class MultiScaleSplit(FlowLayer):
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         self.check_input(x)
         kept, factored = x[:, : self.kept_channels], x[:, self.kept_channels :]
-        z_inner, logdet = run_layers(self.layers, kept, context, self.memory_saving)
+        z_inner, logdet = forward_layers(self.layers, kept, context, self.memory_saving)
         return torch.cat([factored.flatten(1), z_inner.flatten(1)], dim=1), logdet
 
     def _unflatten(self, z: Tensor) -> tuple[Tensor, Tensor]:

@@ -20,13 +20,25 @@ def _check_image_shape(shape: Sequence[int], factor: int) -> None:
 
 
 class Squeeze(FlowLayer):
-    """[B, C, H, W] -> [B, C * f * f, H / f, W / f]: each f x f patch becomes f*f channels (logdet 0).
+    """Space-to-depth: each ``f x f`` patch of an image becomes ``f * f`` channels, with ``logdet = 0``.
 
-    Give `input_shape` to have an odd size rejected at construction.
+    ``[B, C, H, W] -> [B, C * f * f, H / f, W / f]``, with ``y[:, c * f * f + i * f + j, h, w] =
+    x[:, c, h * f + i, w * f + j]`` for ``0 <= i, j < f``.
 
-    >>> import torch
-    >>> Squeeze()(torch.zeros(1, 3, 4, 6))[0].shape
-    torch.Size([1, 12, 2, 3])
+    Args:
+        factor: the patch side ``f`` (int >= 1); default 2.
+        input_shape: the image shape ``(C, H, W)`` the layer is for, or None (the default) for any. When given,
+            ``H`` and ``W`` not divisible by `factor` are a ValueError at construction rather than at the first call.
+
+    Returns:
+        Called as ``layer(x)`` with ``x`` of shape ``[B, C, H, W]``: ``(y, logdet)``, ``y`` of shape
+        ``[B, C * f * f, H / f, W / f]`` in ``x``'s dtype, ``logdet`` zeros of shape ``[B]`` (float32 for float16
+        and bfloat16 data, else ``x``'s dtype). ``layer.inverse(y)`` maps back.
+
+    Example:
+        >>> import torch
+        >>> Squeeze()(torch.zeros(1, 3, 4, 6))[0].shape
+        torch.Size([1, 12, 2, 3])
     """
 
     def __init__(self, factor: int = 2, input_shape: Optional[Sequence[int]] = None):
