@@ -15,7 +15,8 @@ import torch
 
 from ..flows import build_model
 from .providers import FUSED, make_provider
-from .timing import TimingBudget, measure, progress_bar
+from ..progress import progress_bar
+from .timing import TimingBudget, measure
 
 # The models of nf_kernels.flows.MODELS whose training step is timed (--models chooses among these).
 BENCHMARKED_MODELS = ("realnvp", "glow")

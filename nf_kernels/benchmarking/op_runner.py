@@ -22,7 +22,8 @@ from .byte_model import bytes_moved
 from .cases import OpCase
 from .machine import cache_reach, copy_bandwidth, last_level_cache
 from .providers import COMPILE, EAGER, CouplingFn, available_providers, make_provider
-from .timing import TimingBudget, measure, progress_bar
+from ..progress import progress_bar
+from .timing import TimingBudget, measure
 
 
 @dataclass

@@ -15,17 +15,14 @@ elements that cost more than the op itself, and it hits every provider different
 temporaries). On CUDA, PyTorch's caching allocator keeps freed blocks, so GPU timings never see this.
 :func:`keep_freed_cpu_memory` asks glibc to do the same: no ``mmap`` for big blocks, no trimming of the heap, so
 after the warm-up call every allocation reuses memory already mapped.
-
-The op and model runners time many calls in a row; :func:`progress_bar` shows how far they are.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -129,27 +126,3 @@ def keep_freed_cpu_memory() -> bool:
     except (OSError, AttributeError):
         return False
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
-
-
-class _SilentBar:
-    """What the runners use of a tqdm bar, printing nothing: no bar wanted, or tqdm not installed."""
-
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def set_postfix_str(self, text: str) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def progress_bar(total: int, description: str, enabled: bool = True) -> Any:
-    """A bar on stderr with `total` steps; `enabled=False`, or no tqdm, gives one that prints nothing."""
-    if not enabled:
-        return _SilentBar()
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return _SilentBar()
-    return tqdm(total=total, desc=description, file=sys.stderr, dynamic_ncols=True)
