@@ -5,7 +5,9 @@
 #      while the Triton GPU tests run; a failed build is reported and the suite goes on without "cuda";
 #   2. runs the GPU tests (tests/gpu: triton and cuda backends against the float64 reference at big sizes);
 #   3. runs the op and model benchmarks (benchmarks/run.py --preset gpu-suite);
-#   4. prints a short table last.
+#   4. prints a short table last, with the compiled-code summary of the kernels next to the benchmark table
+#      (nf_kernels.benchmarking.gpu_code: their sm_90 SASS, compiled in the background while steps 1-2 run, and a
+#      check that the kernels it read are the ones the real launches compiled on this GPU).
 # Everything goes under OUT_DIR/all while it runs: one log per step, steps.tsv (step, exit code, seconds), junit
 # XML, and the benchmark results (<machine>-<date>.md/.json/-summary.md/-<dtype>.png). At the end all/ is packed
 # into OUT_DIR/gpu_suite_all.tar.gz and the results and steps.tsv are copied up: eight files at most, what a
@@ -86,6 +88,23 @@ BUILD_START=$SECONDS
 timeout --kill-after=10 "$BUILD_LIMIT" "${BUILD_CMD[@]}" > "$OUT/build.log" 2>&1 &
 BUILD_PID=$!
 
+# The compiled-code report: CPU work (Triton's and nvcc's compilers) plus a few small launches on the GPU to check
+# it read the kernels that run; in the background, done before the benchmarks start. Its files go to a folder
+# of their own (packed in the tarball, not copied up).
+mkdir -p "$OUT/gpu_code"
+if [ "$DRY_RUN" = 1 ]; then
+  CODE_ARGS=(--arch 90)
+else
+  CODE_ARGS=(--arch 90 --verify-on-gpu)
+fi
+CODE_LIMIT=240
+echo "== gpu-code (limit ${CODE_LIMIT}s, background): $PYTHON -m nf_kernels.benchmarking.gpu_code ${CODE_ARGS[*]}"
+CODE_START=$SECONDS
+timeout --kill-after=10 "$CODE_LIMIT" "$PYTHON" -m nf_kernels.benchmarking.gpu_code "${CODE_ARGS[@]}" \
+  --markdown "$OUT/gpu_code/gpu_code.md" --summary "$OUT/gpu_code/summary.md" --json "$OUT/gpu_code/gpu_code.json" \
+  > "$OUT/gpu_code/gpu_code.log" 2>&1 &
+CODE_PID=$!
+
 run_step tests-triton "$(left 260)" "$PYTHON" -m pytest tests/gpu -k triton -q -rs --junitxml="$OUT/tests-triton.xml"
 
 wait "$BUILD_PID"
@@ -96,6 +115,11 @@ run_step backends 30 "$PYTHON" -c "import nf_kernels; print(nf_kernels.list_back
 
 
 run_step tests-cuda "$(left 200)" "$PYTHON" -m pytest tests/gpu -k cuda -q -rs --junitxml="$OUT/tests-cuda.xml"
+
+wait "$CODE_PID"
+CODE_CODE=$?
+printf 'gpu-code\t%s\t%s\n' "$CODE_CODE" "$((SECONDS - CODE_START))" >> "$OUT/steps.tsv"
+echo "   gpu-code exit code $CODE_CODE after $((SECONDS - CODE_START))s (log: $OUT/gpu_code/gpu_code.log)"
 
 # 2. Benchmarks: ops (stopping new cases in time to leave room for the models), then models.
 BENCH_LIMIT=$(left 15)
@@ -117,6 +141,14 @@ if [ -n "$SUMMARY" ]; then
   cat "$SUMMARY"
 else
   echo "no benchmark summary: see $OUT/benchmarks.log"
+fi
+echo
+if [ -s "$OUT/gpu_code/summary.md" ]; then
+  echo "== compiled code of the kernels (full report: gpu_code/gpu_code.md in the tarball)"
+  cat "$OUT/gpu_code/summary.md"
+else
+  echo "no compiled-code summary: see $OUT/gpu_code/gpu_code.log"
+  tail -n 20 "$OUT/gpu_code/gpu_code.log" 2>/dev/null
 fi
 echo
 if tar czf "$TOP/gpu_suite_all.tar.gz" -C "$TOP" all; then
