@@ -59,7 +59,8 @@ def check_scale_and_clamp(scale: str, clamp: float) -> None:
     if isinstance(clamp, bool) or not isinstance(clamp, numbers.Real):
         raise TypeError(f"clamp must be a real number, got {type(clamp).__name__}")
     # inf would make tanh/atan's clamp * f(s / clamp) inf * 0 = NaN; NaN fails every comparison.
-    if not (math.isfinite(clamp) and clamp > 0):
+    # Comparisons only (no math.isfinite): under torch.compile(dynamic=True) clamp can be a symbolic float.
+    if not 0.0 < clamp < math.inf:
         raise ValueError(f"clamp must be > 0 and finite, got {clamp}")
 
 
