@@ -1,6 +1,8 @@
 """Every backend against the float64 reference: values, log-dets and gradients, over the whole matrix of
 masks x flip x scales x shift_first x direction x dtypes (SPEC sections 1 and 3)."""
 
+import itertools
+
 import pytest
 import torch
 
@@ -146,3 +148,40 @@ def test_mixed_input_dtypes_gradients(x_dtype, h_dtype, backend):
         assert grad_x.dtype == x_dtype and grad_h.dtype == h_dtype
         assert rel_err(grad_x, ref_x) <= 4 * TOLERANCE[x_dtype]
         assert rel_err(grad_h, ref_h) <= 4 * max(TOLERANCE[x_dtype], TOLERANCE[h_dtype])
+
+
+# Conditioner outputs of every magnitude a training run produces: ~1e-6 from zero-initialized last layers at the
+# start, ordinary values, and large ones up to the edge where exp(80) still fits in float32.
+MAGNITUDES = [1e-6, 1e-4, 1e-2, 1.0, 5.0, 80.0]
+MAGNITUDE_MASKS = [MaskCase("half", (3, 37)), MaskCase("checkerboard", (2, 3, 6, 7))]
+
+
+@pytest.mark.parametrize("backend", FUSED_CPU_BACKENDS)
+@pytest.mark.parametrize("magnitude", MAGNITUDES, ids=lambda m: f"s{m:g}")
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("mask", MAGNITUDE_MASKS, ids=str)
+def test_scale_maps_are_accurate_at_every_magnitude(mask, scale, magnitude, backend):
+    """y, the log-det and both gradients against the float64 reference, with s_raw of one magnitude (random
+    signs, between half of it and all of it), both directions, float32 and float64 (SPEC section 3). The loss is
+    linear, so that at the overflow edge the gradients (of size exp(80)) still fit in float32."""
+    for seed, (dtype, reverse) in enumerate(itertools.product([torch.float32, torch.float64], [False, True])):
+        case = Coupling(mask, scale, flip=seed % 2 == 1, shift_first=seed >= 2, reverse=reverse)
+        x, h = case.inputs(torch.float64, seed=seed)
+        g = torch.Generator().manual_seed(50 + seed)
+        half = h.shape[1] // 2
+        sign = torch.randint(0, 2, h[:, :half].shape, generator=g) * 2.0 - 1.0
+        s = sign * magnitude * (0.5 + 0.5 * torch.rand(h[:, :half].shape, generator=g, dtype=torch.float64))
+        h = torch.cat([s, h[:, half:]], 1)
+        x, h = x.to(dtype), h.to(dtype)
+        weights = torch.randn(x.shape, generator=g, dtype=torch.float64)
+
+        def loss(y, logdet):
+            return (y * weights.to(y.dtype)).sum() + logdet.sum()
+
+        y, logdet, grad_x, grad_h = run_with_grads(case, x, h, backend, loss)
+        ref = run_with_grads(case, x.double(), h.double(), "reference", loss)
+        label = f"{dtype} reverse={reverse}"
+        assert rel_err(y, ref[0]) <= TOLERANCE[dtype], label
+        assert_logdet_within_bound(logdet, ref[1], case.logdet_condition(h), dtype)
+        assert rel_err(grad_x, ref[2]) <= 10 * TOLERANCE[dtype], label
+        assert rel_err(grad_h, ref[3]) <= 10 * TOLERANCE[dtype], label

@@ -59,8 +59,8 @@ def main() -> int:
         ct = tl.float64 if dtype == "float64" else tl.float32
         gh_via = tl.float32 if h_ty in ("fp16", "bf16") else ct  # as backward.py rounds grad_h
         constexprs = dict(
-            PATTERN=pattern, PARITY=1, SCALE=SCALE_CODES[scale], CLAMP=2.0,
-            SHIFT_FIRST=shift_first, REVERSE=reverse, CT=ct, BLOCK=1024,
+            PATTERN=pattern, PARITY=1, SCALE=SCALE_CODES[scale], CLAMP=2.0, INV_CLAMP=0.5,
+            SHIFT_FIRST=shift_first, REVERSE=reverse, CT=ct, BLOCK=1024, ROWS=1 if reverse else 2,
         )  # fmt: skip
         jobs = [
             ("forward", _coupling_forward_kernel,

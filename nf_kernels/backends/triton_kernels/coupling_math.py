@@ -2,7 +2,8 @@
 coupling step and its local gradient. Written once here; the kernels only load, mask, reduce and store.
 
 No libdevice: the Triton interpreter (TRITON_INTERPRET=1, used by the CPU tests) cannot run it, so tanh, atan
-and softplus are built from exp, log, sqrt and a polynomial, accurate to a few ulps in float32 and float64.
+and log-sigmoid are built from exp, log, sqrt and polynomials, accurate to a few ulps in float32 and float64 over
+the whole range, including near 0 (zero-initialized conditioners start there) and at the overflow edge.
 """
 
 import triton
@@ -20,10 +21,35 @@ SIGMOID: tl.constexpr = tl.constexpr(SCALE_CODES["sigmoid"])
 
 @triton.jit
 def tanh(u):
-    # exp of a non-positive argument never overflows; the sign is restored last.
-    e = tl.exp(-2.0 * tl.abs(u))
-    r = (1.0 - e) / (1.0 + e)
+    w = tl.abs(u)
+    # Away from 0: (1 - e) / (1 + e) with e = exp(-2|u|) <= exp(-1.1), so 1 - e does not cancel (and exp of a
+    # non-positive argument never overflows).
+    e = tl.exp(-2.0 * w)
+    far = (1.0 - e) / (1.0 + e)
+    # Near 0, where 1 - e would cancel: tanh(w / 4) by its odd Taylor series (w / 4 < 0.1375: 9 terms are exact to
+    # float64 rounding), then twice tanh(2v) = 2 tanh(v) / (1 + tanh(v)^2), which loses nothing.
+    v = 0.25 * tl.minimum(w, 0.55)
+    v2 = v * v
+    p = 6404582.0 / 10854718875.0
+    p = p * v2 - 929569.0 / 638512875.0
+    p = p * v2 + 21844.0 / 6081075.0
+    p = p * v2 - 1382.0 / 155925.0
+    p = p * v2 + 62.0 / 2835.0
+    p = p * v2 - 17.0 / 315.0
+    p = p * v2 + 2.0 / 15.0
+    p = p * v2 - 1.0 / 3.0
+    r = v + v * v2 * p
+    r = 2.0 * r / (1.0 + r * r)
+    r = 2.0 * r / (1.0 + r * r)
+    r = tl.where(w < 0.55, r, far)
     return tl.where(u < 0, -r, r)
+
+
+@triton.jit
+def tanh_derivative(u):
+    """1 - tanh(u)^2, as 4e / (1 + e)^2 with e = exp(-2|u|): no cancellation where tanh(u) is near +-1."""
+    e = tl.exp(-2.0 * tl.abs(u))
+    return 4.0 * e / ((1.0 + e) * (1.0 + e))
 
 
 @triton.jit
@@ -54,18 +80,36 @@ def atan(u):
 
 
 @triton.jit
-def log_sigmoid(v):
-    # log(sigmoid(v)) = -softplus(-v) = min(v, 0) - log(1 + exp(-|v|)): no overflow, no log(0).
-    return tl.minimum(v, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(v)))
+def log1p_small(e):
+    """log(1 + e) for 0 <= e <= 1. Below 0.1, where 1 + e would round e away: 2 atanh(z) with z = e / (2 + e)
+    <= 0.048, 7 terms of its series (exact to float64 rounding); above, log(1 + e) itself loses nothing."""
+    z = e / (2.0 + e)
+    z2 = z * z
+    p = 1.0 / 13.0
+    p = p * z2 + 1.0 / 11.0
+    p = p * z2 + 1.0 / 9.0
+    p = p * z2 + 1.0 / 7.0
+    p = p * z2 + 1.0 / 5.0
+    p = p * z2 + 1.0 / 3.0
+    p = p * z2 + 1.0
+    return tl.where(e < 0.1, 2.0 * z * p, tl.log(1.0 + e))
 
 
 @triton.jit
-def log_scale(s, SCALE: tl.constexpr, CLAMP: tl.constexpr):
-    """a(s_raw) of the SPEC's scale table."""
+def log_sigmoid(v):
+    # log(sigmoid(v)) = -softplus(-v) = min(v, 0) - log1p(exp(-|v|)): no overflow, no log(0), and for large v the
+    # tiny result -exp(-v) keeps its relative accuracy.
+    return tl.minimum(v, 0.0) - log1p_small(tl.exp(-tl.abs(v)))
+
+
+@triton.jit
+def log_scale(s, SCALE: tl.constexpr, CLAMP: tl.constexpr, INV_CLAMP: tl.constexpr):
+    """a(s_raw) of the SPEC's scale table. INV_CLAMP is 1 / CLAMP, computed once by the launcher: a
+    multiplication per element instead of a division."""
     if SCALE == TANH:
-        a = CLAMP * tanh(s / CLAMP)
+        a = CLAMP * tanh(s * INV_CLAMP)
     elif SCALE == ATAN:
-        a = CLAMP * 0.6366197723675814 * atan(s / CLAMP)
+        a = CLAMP * 0.6366197723675814 * atan(s * INV_CLAMP)
     elif SCALE == SIGMOID:
         a = log_sigmoid(s + 2.0)
     else:
@@ -74,13 +118,12 @@ def log_scale(s, SCALE: tl.constexpr, CLAMP: tl.constexpr):
 
 
 @triton.jit
-def log_scale_grad(s, SCALE: tl.constexpr, CLAMP: tl.constexpr):
+def log_scale_grad(s, SCALE: tl.constexpr, INV_CLAMP: tl.constexpr):
     """a'(s_raw)."""
     if SCALE == TANH:
-        th = tanh(s / CLAMP)
-        d = 1.0 - th * th
+        d = tanh_derivative(s * INV_CLAMP)
     elif SCALE == ATAN:
-        q = s / CLAMP
+        q = s * INV_CLAMP
         d = 0.6366197723675814 / (1.0 + q * q)
     elif SCALE == SIGMOID:
         d = tl.sigmoid(-(s + 2.0))  # d/dv log(sigmoid(v)) = 1 - sigmoid(v)

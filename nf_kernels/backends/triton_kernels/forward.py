@@ -16,34 +16,49 @@ from ..._arguments import logdet_dtype
 from ..._layout import FlatLayout
 from ..._outputs import new_output
 from .coupling_math import ADDITIVE, coupling_step, log_scale
-from .indexing import block_indices, transformed_elements
-from .launch import LaunchShape, compute_tl_dtype
+from .indexing import program_tile, transformed_elements
+from .launch import LaunchShape, compute_tl_dtype, mask_argument
 
 
 @triton.jit
 def _coupling_forward_kernel(
     x_ptr, h_ptr, mask_ptr, y_ptr, partial_ptr,
-    N, nblk, lo, hi, h_stride, t_offset, W, PLANE,
-    PATTERN: tl.constexpr, PARITY: tl.constexpr, SCALE: tl.constexpr, CLAMP: tl.constexpr,
-    SHIFT_FIRST: tl.constexpr, REVERSE: tl.constexpr, CT: tl.constexpr, BLOCK: tl.constexpr,
+    B, N, nblk, lo, hi, h_stride, t_offset, W, PLANE,
+    PATTERN: tl.constexpr, PARITY: tl.constexpr, SCALE: tl.constexpr, CLAMP: tl.constexpr, INV_CLAMP: tl.constexpr,
+    SHIFT_FIRST: tl.constexpr, REVERSE: tl.constexpr, CT: tl.constexpr, BLOCK: tl.constexpr, ROWS: tl.constexpr,
 ):  # fmt: skip
-    b, n, in_bounds = block_indices(N, nblk, BLOCK)
-    x = tl.load(x_ptr + b * N + n, mask=in_bounds, other=0.0).to(CT)
-    sel = transformed_elements(n, in_bounds & (n >= lo) & (n < hi), mask_ptr, W, PLANE, PATTERN, PARITY)
-    h_index = b * h_stride + (n - lo)
-    t = tl.load(h_ptr + h_index + t_offset, mask=sel, other=0.0).to(CT)
-    if SCALE != ADDITIVE:
-        s = tl.load(h_ptr + h_index, mask=sel, other=0.0).to(CT)
-        a = tl.where(sel, log_scale(s, SCALE, CLAMP), 0.0)
+    """y and the per-(sample, block) partial log-det of a tile of ROWS samples by BLOCK elements.
+
+    x_ptr, y_ptr: [B, N], x's dtype. h_ptr: [B, h_stride], s_raw at n - lo and t at n - lo + t_offset for n in
+    [lo, hi). mask_ptr: [N] integers (launch.MASK_DTYPES), nonzero where transformed (PATTERN_MASK only). partial_ptr: [B, nblk], the compute
+    type CT (never written for the additive coupling).
+    Every load is masked by ranges only (bounds, [lo, hi)), so it vectorizes; which elements are transformed is
+    applied to the values afterwards. A tile that lies wholly outside [lo, hi) copies x and adds nothing.
+    """
+    rows, n, in_bounds, blk = program_tile(B, N, nblk, BLOCK, ROWS)
+    x = tl.load(x_ptr + rows * N + n, mask=in_bounds, other=0.0).to(CT)
+    if (blk * BLOCK < hi) & (blk * BLOCK + BLOCK > lo):
+        n_range = (n >= lo) & (n < hi)
+        in_range = in_bounds & n_range
+        sel = transformed_elements(n, n_range, in_range, mask_ptr, W, PLANE, PATTERN, PARITY)
+        h_at = h_ptr + rows * h_stride + (n - lo)
+        t = tl.load(h_at + t_offset, mask=in_range, other=0.0).to(CT)
+        if SCALE != ADDITIVE:
+            s = tl.load(h_at, mask=in_range, other=0.0).to(CT)
+            a = tl.where(sel, log_scale(s, SCALE, CLAMP, INV_CLAMP), 0.0)
+        else:
+            a = tl.zeros_like(x)
+        y = tl.where(sel, coupling_step(x, a, t, SCALE, SHIFT_FIRST, REVERSE), x)
+        total = tl.sum(a, axis=1)
     else:
-        a = tl.zeros_like(x)
-    y = tl.where(sel, coupling_step(x, a, t, SCALE, SHIFT_FIRST, REVERSE), x)
-    tl.store(y_ptr + b * N + n, y.to(y_ptr.dtype.element_ty), mask=in_bounds)
+        y = x
+        total = tl.zeros([ROWS], dtype=CT)
+    tl.store(y_ptr + rows * N + n, y.to(y_ptr.dtype.element_ty), mask=in_bounds)
     if SCALE != ADDITIVE:
-        total = tl.sum(a, axis=0)
         if REVERSE:
             total = -total
-        tl.store(partial_ptr + tl.program_id(0).to(tl.int64), total)
+        sample = tl.reshape(rows, [ROWS])
+        tl.store(partial_ptr + sample * nblk + blk, total, mask=sample < B)
 
 
 @triton.jit
@@ -59,7 +74,7 @@ def _sum_partials_kernel(partial_ptr, out_ptr, nblk, BLOCK: tl.constexpr):
 
 def launch_forward(x: torch.Tensor, h: torch.Tensor, layout: FlatLayout) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the forward (or inverse, per layout.reverse) kernel on contiguous x and h; returns (y, logdet)."""
-    shape = LaunchShape.for_numel(layout.numel)
+    shape = LaunchShape.for_layout(layout, x.element_size())
     ct = torch.float64 if x.dtype == torch.float64 else torch.float32
     y = new_output(x.shape, x.dtype, x.device)
     logdet = new_output((layout.batch,), logdet_dtype(x.dtype), x.device)
@@ -68,13 +83,14 @@ def launch_forward(x: torch.Tensor, h: torch.Tensor, layout: FlatLayout) -> tupl
         partial = logdet  # never written by the kernel
     else:
         partial = new_output((layout.batch, shape.nblk), ct, x.device)
-    mask = layout.transformed if layout.transformed is not None else x  # dummy pointer when no mask is read
-    _coupling_forward_kernel[(layout.batch * shape.nblk,)](
+    mask = mask_argument(layout, x)
+    _coupling_forward_kernel[(shape.programs,)](
         x, h, mask, y, partial,
-        layout.numel, shape.nblk, layout.lo, layout.hi, layout.h_stride, layout.t_offset, layout.width, layout.plane,
+        layout.batch, layout.numel, shape.nblk, layout.lo, layout.hi, layout.h_stride, layout.t_offset, layout.width,
+        layout.plane,
         PATTERN=layout.pattern, PARITY=layout.parity, SCALE=layout.scale_code, CLAMP=layout.clamp,
-        SHIFT_FIRST=layout.shift_first, REVERSE=layout.reverse, CT=compute_tl_dtype(x.dtype), BLOCK=shape.block,
-        num_warps=shape.num_warps,
+        INV_CLAMP=1.0 / layout.clamp, SHIFT_FIRST=layout.shift_first, REVERSE=layout.reverse,
+        CT=compute_tl_dtype(x.dtype), BLOCK=shape.block, ROWS=shape.rows, num_warps=shape.num_warps,
     )  # fmt: skip
     if not layout.additive:
         if shape.nblk == 1:

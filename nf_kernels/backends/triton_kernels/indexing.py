@@ -11,23 +11,32 @@ PATTERN_MASK: tl.constexpr = tl.constexpr(_layout.PATTERN_MASK)
 
 
 @triton.jit
-def block_indices(N, nblk, BLOCK: tl.constexpr):
-    """(sample b, flat indices n of this program's block, in-bounds mask); int64 so huge tensors index safely."""
-    pid = tl.program_id(0).to(tl.int64)
-    b = pid // nblk
-    n = (pid % nblk) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
-    return b, n, n < N
+def program_tile(B, N, nblk, BLOCK: tl.constexpr, ROWS: tl.constexpr):
+    """This program's tile: ROWS samples by BLOCK elements of each (programs are numbered block-fastest).
+
+    Returns the sample indices `rows` ([ROWS, 1], int64: `rows * N` can pass 2^31), the in-sample indices `n`
+    ([1, BLOCK], int32: a sample has fewer than 2^31 elements, the launcher checks), the in-bounds mask
+    ([ROWS, BLOCK]) and the block number `blk` along the samples. Only one remainder and one division per
+    program, both 32-bit.
+    """
+    pid = tl.program_id(0)
+    blk = pid % nblk
+    rows = (pid // nblk).to(tl.int64) * ROWS + tl.arange(0, ROWS)[:, None]
+    n = blk * BLOCK + tl.arange(0, BLOCK)[None, :]
+    return rows, n, (rows < B) & (n < N), blk
 
 
 @triton.jit
-def transformed_elements(n, in_range, mask_ptr, W, PLANE, PATTERN: tl.constexpr, PARITY: tl.constexpr):
-    """True where element n is transformed. The checkerboard parity comes from the indices: no mask is read."""
+def transformed_elements(n, n_range, in_range, mask_ptr, W, PLANE, PATTERN: tl.constexpr, PARITY: tl.constexpr):
+    """True where element n is transformed, over the tile (`in_range`: in bounds and in [lo, hi); `n_range`: the
+    same along the sample only). The checkerboard parity comes from the indices, 32-bit, once per column of the
+    tile; a bool mask is read once per column and shared by the tile's samples."""
     if PATTERN == PATTERN_CHECKERBOARD:
         r = n % PLANE
         on = ((r // W + r % W) % 2) == PARITY
         sel = in_range & on
     elif PATTERN == PATTERN_MASK:
-        m = tl.load(mask_ptr + n, mask=in_range, other=0)
+        m = tl.load(mask_ptr + n, mask=n_range, other=0)
         sel = in_range & (m != 0)
     else:
         sel = in_range
