@@ -628,10 +628,12 @@ def slots_per_thread(ttgir: str, threads: int) -> int:
 # A program's own scalars: the accesses of a main kernel that are one value per program, not per element, and
 # so need not be 128-bit. Counted as in the kernels' source (instruction sites in the SASS):
 OWN_SCALARS = {
-    # tl.store(partial_ptr + program_id, total): the program's log-det partial.
+    # tl.store(partial_ptr + ..., total): the tile's log-det partials, one store (a scalar for one sample).
     "_coupling_forward_kernel": {"loads": 0, "stores": 1},
-    # tl.load(grad_logdet_ptr + b): the sample's log-det gradient.
-    "_coupling_backward_kernel": {"loads": 1, "stores": 0},
+    # tl.load(grad_logdet_ptr + samples): the tile's log-det gradients, grad_logdet[b], one value a sample: a
+    # scalar for one sample; for a tile of 32 vector samples the compiler spreads the 32 values over two
+    # instruction sites (each thread holds two rows' values).
+    "_coupling_backward_kernel": {"loads": 2, "stores": 0},
     # Thread 0 stores logdet[b] (one block a sample) or partials[blockIdx.x]: two sites.
     "coupling_forward_kernel": {"loads": 0, "stores": 2},
     # grad_logdet[b], read once in each of the five scale-map instantiations the kernel switches between.

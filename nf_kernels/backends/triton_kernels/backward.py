@@ -42,7 +42,9 @@ def _coupling_backward_kernel(
         if SCALE != ADDITIVE:
             s = tl.load(h_at, mask=in_range, other=0.0).to(CT)
             a = log_scale(s, SCALE, CLAMP, INV_CLAMP)
-            g_logdet = tl.load(grad_logdet_ptr + rows, mask=rows < B, other=0.0).to(CT)
+            # The tile's ROWS log-det gradients as one contiguous vector (one wide load), then one a row.
+            sample = tl.reshape(rows, [ROWS])
+            g_logdet = tl.load(grad_logdet_ptr + sample, mask=sample < B, other=0.0).to(CT)[:, None]
         else:
             s = tl.zeros_like(x)
             a = tl.zeros_like(x)
