@@ -73,4 +73,146 @@ NF_HOST_DEVICE bool is_transformed(const FlatLayout& layout, int64_t n) {
   return true;
 }
 
+
+// ---- Index arithmetic without division, for the CUDA kernels (csrc/tests/test_coupling.cpp checks it) ----------
+
+// The high half of a 32 x 32-bit and of a 64 x 64-bit unsigned product.
+NF_HOST_DEVICE uint32_t mul_hi_u32(uint32_t a, uint32_t b) {
+#if defined(__CUDA_ARCH__)
+  return __umulhi(a, b);
+#else
+  return static_cast<uint32_t>((static_cast<uint64_t>(a) * b) >> 32);
+#endif
+}
+
+NF_HOST_DEVICE uint64_t mul_hi_u64(uint64_t a, uint64_t b) {
+#if defined(__CUDA_ARCH__)
+  return __umul64hi(a, b);
+#else
+  const uint64_t a_lo = a & 0xffffffffu, a_hi = a >> 32, b_lo = b & 0xffffffffu, b_hi = b >> 32;
+  const uint64_t lo_lo = a_lo * b_lo, hi_lo = a_hi * b_lo, lo_hi = a_lo * b_hi;
+  const uint64_t cross = (lo_lo >> 32) + (hi_lo & 0xffffffffu) + lo_hi;  // < 2^64
+  return a_hi * b_hi + (hi_lo >> 32) + (cross >> 32);
+#endif
+}
+
+NF_HOST_DEVICE uint32_t mul_hi(uint32_t a, uint32_t b) { return mul_hi_u32(a, b); }
+NF_HOST_DEVICE uint64_t mul_hi(uint64_t a, uint64_t b) { return mul_hi_u64(a, b); }
+
+// n / d for a divisor fixed per launch, as a multiply-high, a subtraction and two shifts (Granlund and Montgomery's
+// round-up method with an (N+1)-bit multiplier): exact for every N-bit n and every 1 <= d < 2^N. U is uint32_t or
+// uint64_t; make_fast_div runs on the host, fast_div anywhere.
+template <class U>
+struct FastDiv {
+  U divisor;
+  U magic;     // floor(2^N (2^l - d) / d) + 1, l = ceil(log2 d)
+  int shift1;  // min(l, 1)
+  int shift2;  // max(l - 1, 0)
+};
+
+template <class U>
+inline FastDiv<U> make_fast_div(U d) {
+  constexpr int kBits = static_cast<int>(sizeof(U) * 8);
+  int l = 0;
+  while (l < kBits && (U(1) << l) < d) ++l;
+  const U excess = l == kBits ? U(0) - d : (U(1) << l) - d;  // 2^l - d, in [0, d)
+  // floor(excess * 2^N / d) by long division: the remainder stays below d, the quotient below 2^N.
+  U quotient = 0, remainder = excess;
+  for (int bit = 0; bit < kBits; ++bit) {
+    const bool carry = (remainder >> (kBits - 1)) != 0;
+    remainder = static_cast<U>(remainder << 1);
+    quotient = static_cast<U>(quotient << 1);
+    if (carry || remainder >= d) {
+      remainder = static_cast<U>(remainder - d);
+      quotient |= 1;
+    }
+  }
+  return {d, static_cast<U>(quotient + 1), l < 1 ? l : 1, l > 1 ? l - 1 : 0};
+}
+
+template <class U>
+NF_HOST_DEVICE U fast_div(const FastDiv<U>& f, U n) {
+  const U t = mul_hi(f.magic, n);
+  return (t + ((n - t) >> f.shift1)) >> f.shift2;
+}
+
+// The checkerboard selection of G consecutive flat elements n0 .. n0 + G - 1 (bit k: element n0 + k is at an
+// (i + j) parity equal to `parity`, the pattern part of is_transformed, range not included). The row i and column j
+// of n0 come from one fast division by the plane and one by the width, in 32 bits when the numbers fit (`narrow_*`)
+// and in 64 otherwise; the G elements then walk along the row, wrapping to the next row and plane: no division per
+// element, and no limit on H * W.
+struct CheckerboardIndex {
+  FastDiv<uint32_t> plane32, width32;  // valid when narrow_flat / narrow_plane
+  FastDiv<uint64_t> plane64, width64;
+  int64_t width, height;  // W, H
+  int parity;
+  bool narrow_flat;   // every flat index of a sample and the plane below 2^32: n / plane in 32 bits
+  bool narrow_plane;  // the plane below 2^32: r / W in 32 bits for r = n mod plane
+};
+
+// For a kPatternCheckerboard layout (width >= 1, plane a positive multiple of width); host only.
+inline CheckerboardIndex make_checkerboard_index(const FlatLayout& layout) {
+  CheckerboardIndex c{};
+  const uint64_t plane = static_cast<uint64_t>(layout.plane), width = static_cast<uint64_t>(layout.width);
+  c.narrow_plane = plane < (uint64_t(1) << 32);
+  c.narrow_flat = c.narrow_plane && static_cast<uint64_t>(layout.numel) <= (uint64_t(1) << 32);
+  if (c.narrow_plane) {
+    c.plane32 = make_fast_div(static_cast<uint32_t>(plane));
+    c.width32 = make_fast_div(static_cast<uint32_t>(width));
+  }
+  c.plane64 = make_fast_div(plane);
+  c.width64 = make_fast_div(width);
+  c.width = layout.width;
+  c.height = layout.plane / layout.width;
+  c.parity = layout.parity;
+  return c;
+}
+
+template <int G>
+NF_HOST_DEVICE uint32_t checkerboard_bits(const CheckerboardIndex& c, int64_t n0) {
+  uint64_t i, j;  // row and column of element n0 in its plane
+  if (c.narrow_flat) {
+    const uint32_t n = static_cast<uint32_t>(n0);
+    const uint32_t r = n - fast_div(c.plane32, n) * c.plane32.divisor;
+    const uint32_t row = fast_div(c.width32, r);
+    i = row, j = r - row * c.width32.divisor;
+  } else {
+    const uint64_t n = static_cast<uint64_t>(n0);
+    const uint64_t r = n - fast_div(c.plane64, n) * c.plane64.divisor;
+    if (c.narrow_plane) {
+      const uint32_t r32 = static_cast<uint32_t>(r), row = fast_div(c.width32, r32);
+      i = row, j = r32 - row * c.width32.divisor;
+    } else {
+      i = fast_div(c.width64, r), j = r - i * c.width64.divisor;
+    }
+  }
+  // Elements left in this row and rows left in this plane, counting the current one; at most G - 1 steps follow,
+  // so both are clamped to G and fit in an int.
+  const uint64_t w = static_cast<uint64_t>(c.width), h = static_cast<uint64_t>(c.height);
+  int in_row = w - j < uint64_t(G) ? static_cast<int>(w - j) : G;
+  int rows = h - i < uint64_t(G) ? static_cast<int>(h - i) : G;
+  const int full_row = w < uint64_t(G) ? static_cast<int>(w) : G, full_plane = h < uint64_t(G) ? static_cast<int>(h) : G;
+  int row_parity = static_cast<int>(i & 1), p = static_cast<int>((i + j) & 1);
+  uint32_t bits = 0;
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+  for (int k = 0; k < G; ++k) {
+    bits |= static_cast<uint32_t>(p == c.parity) << k;
+    if (--in_row == 0) {  // on to the next row, or the first row of the next plane
+      in_row = full_row;
+      if (--rows == 0) {
+        rows = full_plane;
+        row_parity = 0;
+      } else {
+        row_parity ^= 1;
+      }
+      p = row_parity;
+    } else {
+      p ^= 1;
+    }
+  }
+  return bits;
+}
+
 }  // namespace nf_kernels

@@ -1,18 +1,32 @@
 // Fused coupling forward/inverse and backward on CUDA, torch-free (see coupling_kernels.cuh).
 //
-// Grid: `nblk` blocks per sample, flattened on x (blockIdx.x = b * nblk + block), each striding over its sample
-// (grid-stride loop). A thread handles groups of G consecutive elements, G = 16 bytes of x: one 16-byte vector
-// load when the tensors allow it (checked per launch), element by element otherwise, with the same assignment of
-// elements to threads either way, so the log-det's summation order never depends on alignment. Offsets are
-// int64. Arithmetic runs in float (double for float64 x) through the shared math of coupling_math.h.
+// Work split. A thread handles groups of G consecutive elements of a sample, G = 16 bytes of x. A *team* of T
+// threads (a power of two, at most a warp) owns a *chunk*: `rounds` passes over T * U consecutive groups, thread m
+// of the team taking groups m, m + T, ..., m + (U - 1) T of each pass (consecutive threads, consecutive 16 bytes).
+// Each pass issues all its loads (U = 2 groups of x, and of s and t) before using any, so a thread has U
+// independent 16-byte loads of each tensor in flight. Small samples ([65536, 64] vectors) get a team of fewer than 32 threads
+// per sample, several samples a warp; large ones are cut into chunks of a warp each. A sample is `chunks` chunks,
+// the grid's work items are the batch * chunks (sample, chunk) pairs, and a grid of one whole wave (the occupancy
+// of the kernel times the multiprocessors, fewer blocks only when there are fewer items) strides over them.
 //
-// Log-det: each thread sums its elements in order, a block adds its threads with warp shuffles then shared
-// memory, in a fixed tree; with several blocks per sample a second kernel adds the block partials in order.
-// No atomics, so the same inputs on the same device give the same bits.
+// Memory access. When every tensor and offset allows it (checked per launch) a group of x is one 128-bit load and
+// a group of y one 128-bit store of a value built in registers (h and grad_h: G * sizeof(h) bytes, one to four
+// vector instructions); otherwise the same groups are read and written element by element, one group at a time in
+// the same order, so the log-det's summation order never depends on alignment. Offsets in a sample are int64, sample and chunk numbers 32-bit (checked). Arithmetic runs in float
+// (double for float64 x) through the shared math of coupling_math.h.
+//
+// Selection. The half split is the range [lo, hi); the checkerboard parity comes from checkerboard_bits
+// (coupling_layout.h): two multiply-high divisions per group, none per element; a bool mask is read from memory.
+//
+// Log-det: each thread sums its elements in order, the team adds its threads with warp shuffles in a fixed tree,
+// and the team's first thread writes the sample's log-det (one chunk a sample) or the chunk's partial sum, which a
+// second kernel adds in a fixed order. No atomics, and an order that depends on the shapes only (not on the grid
+// or the device), so the same inputs give the same bits.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 #include <type_traits>
 
@@ -25,112 +39,195 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr int64_t kBlocksPerSm = 4;  // enough resident blocks to hide memory latency
+constexpr int64_t kMaxChunks = 4096;  // chunks of one sample: bounds the partials the second kernel adds
+
+// Resident blocks a multiprocessor must hold (__launch_bounds__), which caps the registers ptxas may use at
+// 65536 / (256 * blocks): without a bound ptxas settles on 80 registers and spills a few. 4 blocks (64 registers, half
+// the threads an SM holds) for the forward of 16- and 32-bit x with h no wider than x; one block fewer for the
+// backward, which holds four inputs, and for a wider h; 2 (128 registers) for double arithmetic and the backward with
+// a wider h. With these no kernel spills (the SASS has no STL/LDL).
+template <class XT, class HT, bool kBackward>
+constexpr int min_blocks() {
+  if (sizeof(XT) == 8) return 2;
+  if (sizeof(HT) > sizeof(XT)) return kBackward ? 2 : 3;
+  return kBackward ? 3 : 4;
+}
 
 template <class T>
 using compute_t = typename std::conditional<std::is_same<T, double>::value, double, float>::type;
 
-// Elements a thread handles at once: 16 bytes of x.
-template <class XT>
-constexpr int kGroup = static_cast<int>(16 / sizeof(XT));
+// Elements in a group: 16 bytes of x.
+__host__ __device__ constexpr int group_elements(int x_size) { return 16 / x_size; }
 
-// G elements of one tensor, aligned so that a load is one (or a few) 16-byte vector instructions.
-template <class T, int G>
-struct alignas(sizeof(T) * G < 16 ? sizeof(T) * G : 16) Pack {
-  T v[G];
+// Groups a thread loads in one pass on the vector path (U): two, so that a pass has two independent 16-byte loads
+// of x (grad_y) in flight and as many of s and t (and x in the backward); one when a group of h is 32 bytes or more
+// (x 16-bit, h float or double), which is already 2 to 4 loads of s and as many of t.
+__host__ __device__ constexpr int unroll_groups(int x_size, int h_size) {
+  return group_elements(x_size) * h_size <= 16 ? 2 : 1;
+}
+
+// The raw bits of G elements (a group of one tensor), as 32-bit words in registers.
+template <int kBytes>
+struct Words {
+  static_assert(kBytes % 4 == 0 && kBytes >= 4, "groups are whole 32-bit words");
+  uint32_t w[kBytes / 4];
 };
 
-template <class CT, class T>
-__device__ __forceinline__ CT to_compute(T v) {
-  if constexpr (std::is_same<T, __half>::value) {
-    return static_cast<CT>(__half2float(v));
-  } else if constexpr (std::is_same<T, __nv_bfloat16>::value) {
-    return static_cast<CT>(__bfloat162float(v));
+template <class T>
+using bits_t = typename std::conditional<sizeof(T) == 2, uint16_t,
+                                         typename std::conditional<sizeof(T) == 4, uint32_t, uint64_t>::type>::type;
+
+template <class T, int kBytes>
+__device__ __forceinline__ bits_t<T> get_bits(const Words<kBytes>& g, int k) {
+  if constexpr (sizeof(T) == 2) {
+    return static_cast<uint16_t>(g.w[k >> 1] >> ((k & 1) * 16));
+  } else if constexpr (sizeof(T) == 4) {
+    return g.w[k];
   } else {
-    return static_cast<CT>(v);
+    return (static_cast<uint64_t>(g.w[2 * k + 1]) << 32) | g.w[2 * k];
+  }
+}
+
+template <class T, int kBytes>
+__device__ __forceinline__ void set_bits(Words<kBytes>& g, int k, bits_t<T> v) {
+  if constexpr (sizeof(T) == 2) {
+    uint32_t& word = g.w[k >> 1];
+    word = (k & 1) ? (word & 0xffffu) | (static_cast<uint32_t>(v) << 16) : (word & 0xffff0000u) | v;
+  } else if constexpr (sizeof(T) == 4) {
+    g.w[k] = v;
+  } else {
+    g.w[2 * k] = static_cast<uint32_t>(v);
+    g.w[2 * k + 1] = static_cast<uint32_t>(v >> 32);
+  }
+}
+
+template <class CT, class T>
+__device__ __forceinline__ CT decode(bits_t<T> v) {
+  if constexpr (std::is_same<T, __half>::value) {
+    return static_cast<CT>(__half2float(__ushort_as_half(v)));
+  } else if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+    return static_cast<CT>(__bfloat162float(__ushort_as_bfloat16(v)));
+  } else if constexpr (std::is_same<T, float>::value) {
+    return static_cast<CT>(__uint_as_float(v));
+  } else {
+    return static_cast<CT>(__longlong_as_double(static_cast<long long>(v)));
   }
 }
 
 template <class T, class CT>
-__device__ __forceinline__ T from_compute(CT v) {
+__device__ __forceinline__ bits_t<T> encode(CT v) {
   if constexpr (std::is_same<T, __half>::value) {
-    return __float2half_rn(static_cast<float>(v));
+    return __half_as_ushort(__float2half_rn(static_cast<float>(v)));
   } else if constexpr (std::is_same<T, __nv_bfloat16>::value) {
-    return __float2bfloat16_rn(static_cast<float>(v));
+    return __bfloat16_as_ushort(__float2bfloat16_rn(static_cast<float>(v)));
+  } else if constexpr (std::is_same<T, float>::value) {
+    return __float_as_uint(static_cast<float>(v));
   } else {
-    return static_cast<T>(v);
+    return static_cast<uint64_t>(__double_as_longlong(static_cast<double>(v)));
   }
 }
 
-// out[k] = src[at + k] for the G elements of a group; `count` of them exist (fewer only at a ragged tail, and
-// only on the element-by-element path).
-template <int G, class CT, class T>
-__device__ __forceinline__ void load_group(const T* src, int64_t at, int count, bool vector, CT (&out)[G]) {
-  if (vector) {
-    const Pack<T, G> pack = *reinterpret_cast<const Pack<T, G>*>(src + at);
+// The elements of a group named by bit k of `present` (bits 0 .. G-1). On the vector path a group is all present or
+// all absent, and is one to four vector loads / stores of 4, 8 or 16 bytes (the address is aligned to
+// min(kBytes, 16), checked per launch); element by element otherwise. Inputs are read through the read-only path
+// (they never alias an output).
+template <bool kVector, class T, int G>
+__device__ __forceinline__ Words<sizeof(T) * G> load_group(const T* src, int64_t at, uint32_t present) {
+  constexpr int kBytes = sizeof(T) * G;
+  Words<kBytes> g;
+  if constexpr (kVector) {
+    const void* p = src + at;
+    if constexpr (kBytes == 4) {
+      g.w[0] = __ldg(static_cast<const unsigned int*>(p));
+    } else if constexpr (kBytes == 8) {
+      const uint2 v = __ldg(static_cast<const uint2*>(p));
+      g.w[0] = v.x, g.w[1] = v.y;
+    } else {
 #pragma unroll
-    for (int k = 0; k < G; ++k) out[k] = to_compute<CT>(pack.v[k]);
+      for (int q = 0; q < kBytes / 16; ++q) {
+        const uint4 v = __ldg(static_cast<const uint4*>(p) + q);
+        g.w[4 * q] = v.x, g.w[4 * q + 1] = v.y, g.w[4 * q + 2] = v.z, g.w[4 * q + 3] = v.w;
+      }
+    }
   } else {
+    const bits_t<T>* p = reinterpret_cast<const bits_t<T>*>(src) + at;
 #pragma unroll
-    for (int k = 0; k < G; ++k) out[k] = k < count ? to_compute<CT>(src[at + k]) : CT(0);
+    for (int q = 0; q < kBytes / 4; ++q) g.w[q] = 0;
+#pragma unroll
+    for (int k = 0; k < G; ++k)
+      if ((present >> k) & 1) set_bits<T>(g, k, p[k]);
+  }
+  return g;
+}
+
+template <bool kVector, class T, int G>
+__device__ __forceinline__ void store_group(T* dst, int64_t at, uint32_t present, const Words<sizeof(T) * G>& g) {
+  constexpr int kBytes = sizeof(T) * G;
+  if constexpr (kVector) {
+    void* p = dst + at;
+    // __stwb: a plain (write-back) store, but one vector instruction; a struct assignment may be split.
+    if constexpr (kBytes == 4) {
+      __stwb(static_cast<unsigned int*>(p), g.w[0]);
+    } else if constexpr (kBytes == 8) {
+      __stwb(static_cast<uint2*>(p), make_uint2(g.w[0], g.w[1]));
+    } else {
+#pragma unroll
+      for (int q = 0; q < kBytes / 16; ++q)
+        __stwb(static_cast<uint4*>(p) + q, make_uint4(g.w[4 * q], g.w[4 * q + 1], g.w[4 * q + 2], g.w[4 * q + 3]));
+    }
+  } else {
+    bits_t<T>* p = reinterpret_cast<bits_t<T>*>(dst) + at;
+#pragma unroll
+    for (int k = 0; k < G; ++k)
+      if ((present >> k) & 1) p[k] = get_bits<T>(g, k);
   }
 }
 
-template <int G, class CT, class T>
-__device__ __forceinline__ void store_group(T* dst, int64_t at, int count, bool vector, const CT (&in)[G]) {
-  if (vector) {
-    Pack<T, G> pack;
+// Bits k < G of the elements n0 + k inside [begin, end).
+template <int G>
+__device__ __forceinline__ uint32_t span_bits(int64_t n0, int64_t begin, int64_t end) {
+  const int64_t from = begin - n0, to = end - n0;
+  const int lo = from <= 0 ? 0 : (from >= G ? G : static_cast<int>(from));
+  const int hi = to <= 0 ? 0 : (to >= G ? G : static_cast<int>(to));
+  return ((1u << hi) - 1u) & ~((1u << lo) - 1u);
+}
+
+// Everything a kernel needs besides the op's arguments, computed on the host per launch.
+struct LaunchParams {
+  int team_log2;            // T = 1 << team_log2 threads a chunk
+  int rounds;               // passes of T * U groups a chunk
+  uint32_t chunks;          // a sample
+  uint32_t items;           // batch * chunks
+  FastDiv<uint32_t> by_chunks;
+  CheckerboardIndex checkerboard;  // pattern kPatternCheckerboard only
+};
+
+// Which elements of a group are transformed: `inside` (those in [lo, hi)) filtered by the pattern. The mask
+// pattern reads G bytes (one load of G bytes on the vector path: the mask is aligned to G, checked per launch).
+template <bool kVector, int G>
+__device__ __forceinline__ uint32_t group_selection(const FlatLayout& layout, const CheckerboardIndex& checkerboard,
+                                                    int64_t n0, uint32_t inside) {
+  if (inside == 0 || layout.pattern == kPatternRange) return inside;
+  if (layout.pattern == kPatternCheckerboard) return inside & checkerboard_bits<G>(checkerboard, n0);
+  uint32_t bits = 0;
+  if constexpr (kVector) {
+    const uint8_t* p = layout.transformed + n0;
+    uint64_t bytes;
+    if constexpr (G == 2) {
+      bytes = __ldg(reinterpret_cast<const unsigned short*>(p));
+    } else if constexpr (G == 4) {
+      bytes = __ldg(reinterpret_cast<const unsigned int*>(p));
+    } else {
+      bytes = __ldg(reinterpret_cast<const unsigned long long*>(p));
+    }
 #pragma unroll
-    for (int k = 0; k < G; ++k) pack.v[k] = from_compute<T>(in[k]);
-    *reinterpret_cast<Pack<T, G>*>(dst + at) = pack;
+    for (int k = 0; k < G; ++k) bits |= static_cast<uint32_t>(((bytes >> (8 * k)) & 0xffu) != 0) << k;
   } else {
 #pragma unroll
     for (int k = 0; k < G; ++k)
-      if (k < count) dst[at + k] = from_compute<T>(in[k]);
+      if ((inside >> k) & 1) bits |= static_cast<uint32_t>(layout.transformed[n0 + k] != 0) << k;
   }
-}
-
-// Which of the group's elements n0 .. n0 + G - 1 are transformed (see is_transformed in coupling_layout.h); the
-// checkerboard position is found with one 64-bit division per group, then 32-bit arithmetic (plane < 2^31).
-template <int G>
-__device__ __forceinline__ void group_selection(const FlatLayout& layout, int64_t n0, int count, bool (&sel)[G]) {
-  if (layout.pattern == kPatternCheckerboard) {
-    const int plane = static_cast<int>(layout.plane), width = static_cast<int>(layout.width);
-    int r = static_cast<int>(n0 % layout.plane);
-#pragma unroll
-    for (int k = 0; k < G; ++k) {
-      const int i = r / width;
-      sel[k] = k < count && ((i + (r - i * width)) & 1) == layout.parity;
-      if (++r == plane) r = 0;
-    }
-  } else {
-#pragma unroll
-    for (int k = 0; k < G; ++k) {
-      const int64_t n = n0 + k;
-      sel[k] = k < count && n >= layout.lo && n < layout.hi &&
-               (layout.pattern != kPatternMask || layout.transformed[n] != 0);
-    }
-  }
-}
-
-// s_raw and t of a group's elements (zeros where h has none). h exists for [lo, hi) only: on the vector path lo
-// and hi are multiples of G, so a group is entirely inside (callers only ask then); element by element, each
-// read is checked.
-template <int kScale, int G, class CT, class HT>
-__device__ __forceinline__ void load_h_group(const HT* h, int64_t h_base, const FlatLayout& layout, int64_t n0,
-                                             int count, bool vector, CT (&sv)[G], CT (&tv)[G]) {
-  if (vector) {
-    load_group(h, h_base + n0 + layout.t_offset, G, true, tv);
-    if (kScale != kAdditive) load_group(h, h_base + n0, G, true, sv);
-    return;
-  }
-#pragma unroll
-  for (int k = 0; k < G; ++k) {
-    const int64_t n = n0 + k;
-    const bool inside = k < count && n >= layout.lo && n < layout.hi;
-    tv[k] = inside ? to_compute<CT>(h[h_base + n + layout.t_offset]) : CT(0);
-    sv[k] = inside && kScale != kAdditive ? to_compute<CT>(h[h_base + n]) : CT(0);
-  }
+  return inside & bits;
 }
 
 template <int kScale, class T>
@@ -149,158 +246,289 @@ __device__ __forceinline__ StepGrad<T> step_grad(const CouplingConfig& c, T g, T
                        : coupling_step_grad<kScale, false, false>(g, g_logdet, x, a, t);
 }
 
+// The sum of v over the aligned team of `team` lanes (a power of two, at most 32), in a fixed tree; valid in the
+// team's first lane. Every lane of the warp calls it.
+template <class T>
+__device__ __forceinline__ T team_sum(T v, int team) {
+  for (int offset = team >> 1; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset, team);
+  return v;
+}
+
 // The sum of v over the block, in a fixed order; valid in thread 0.
 template <class T>
 __device__ __forceinline__ T block_sum(T v) {
   __shared__ T warp_sums[kWarps];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-#pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
+  v = team_sum(v, 32);
   if (lane == 0) warp_sums[warp] = v;
   __syncthreads();
-  if (warp == 0) {
-    v = lane < kWarps ? warp_sums[lane] : T(0);
-#pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
-  }
+  if (warp == 0) v = team_sum(lane < kWarps ? warp_sums[lane] : T(0), 32);
   return v;
 }
 
-// The part of sample b that block `blk` of `nblk` owns; returns this thread's sum of log-scales.
-template <class XT, class HT, int kScale>
-__device__ compute_t<XT> forward_blocks(const ForwardArgs& args, bool vector, int64_t b, int64_t blk, int64_t nblk) {
+// Where this thread's team starts and strides. The loops run warp by warp: every lane of a warp runs the same
+// iterations (team_sum's shuffles need them all), a team past the last item with `valid` false.
+struct TeamCursor {
+  int team, member;
+  uint32_t first, step;  // the warp's first item and the stride of the grid, in items
+  int in_warp;           // the team's index in its warp
+};
+
+__device__ __forceinline__ TeamCursor team_cursor(const LaunchParams& lp) {
+  const int lane = threadIdx.x & 31;
+  const uint32_t teams_per_warp = 32u >> lp.team_log2;
+  const uint32_t warp = blockIdx.x * kWarps + (threadIdx.x >> 5);
+  return {1 << lp.team_log2, lane & ((1 << lp.team_log2) - 1), warp * teams_per_warp,
+          gridDim.x * kWarps * teams_per_warp, lane >> lp.team_log2};
+}
+
+// y for one group of x (and of s and t where `inside`), added to the log-scale sum in element order.
+template <class XT, class HT, int kScale, bool kVector, int G, class CT>
+__device__ __forceinline__ void forward_group(const CouplingConfig& config, CT clamp, XT* y, int64_t n0, uint32_t live,
+                                              uint32_t inside, uint32_t sel, const Words<16>& xg,
+                                              const Words<sizeof(HT) * G>& sg, const Words<sizeof(HT) * G>& tg,
+                                              CT& acc) {
+  if (!inside) {  // nothing of h here: y = x, bit for bit
+    store_group<kVector, XT, G>(y, n0, live, xg);
+    return;
+  }
+  Words<16> yg;
+#pragma unroll
+  for (int k = 0; k < G; ++k) {
+    const bits_t<XT> x_bits = get_bits<XT>(xg, k);
+    const CT xv = decode<CT, XT>(x_bits);
+    const CT tv = decode<CT, HT>(get_bits<HT>(tg, k));
+    const CT a = kScale == kAdditive ? CT(0) : log_scale<kScale>(decode<CT, HT>(get_bits<HT>(sg, k)), clamp);
+    const bool on = (sel >> k) & 1;
+    set_bits<XT>(yg, k, on ? encode<XT>(step<kScale>(config, xv, a, tv)) : x_bits);
+    acc += on ? a : CT(0);
+  }
+  store_group<kVector, XT, G>(y, n0, live, yg);
+}
+
+// Forward of the items of this thread's team. The vector path issues the pass's loads (U groups of x, s, t) before
+// using any; the element path, the fallback, takes the same groups one at a time in the same order.
+template <class XT, class HT, int kScale, bool kVector>
+__device__ __forceinline__ void forward_items(const ForwardArgs& args, const LaunchParams& lp,
+                                              compute_t<XT>* partials) {
   using CT = compute_t<XT>;
-  constexpr int G = kGroup<XT>;
+  using HWords = Words<sizeof(HT) * group_elements(sizeof(XT))>;
+  constexpr int G = group_elements(sizeof(XT));
+  constexpr int U = unroll_groups(sizeof(XT), sizeof(HT));
+  constexpr bool kAdd = kScale == kAdditive;
   const FlatLayout& layout = args.layout;
   const int64_t numel = layout.numel;
-  const XT* x = static_cast<const XT*>(args.x) + b * numel;
-  XT* y = static_cast<XT*>(args.y) + b * numel;
-  const HT* h = static_cast<const HT*>(args.h);
-  const int64_t h_base = b * layout.h_stride - layout.lo;  // h index of element n's s_raw: h_base + n
   const CT clamp = static_cast<CT>(args.config.clamp);
-  CT acc = CT(0);
-  for (int64_t n0 = (blk * kThreads + threadIdx.x) * G; n0 < numel; n0 += nblk * kThreads * G) {
-    const int count = numel - n0 < G ? static_cast<int>(numel - n0) : G;
-    CT xv[G], sv[G], tv[G], yv[G];
-    bool sel[G];
-    load_group(x, n0, count, vector, xv);
-    group_selection(layout, n0, count, sel);
-    bool any = false;
+  const TeamCursor tc = team_cursor(lp);
+  const int64_t pass = static_cast<int64_t>(tc.team) * U * G;  // elements of one pass
+  const int64_t group_step = static_cast<int64_t>(tc.team) * G;
+  for (uint32_t base = tc.first; base < lp.items; base += tc.step) {
+    const uint32_t item = base + tc.in_warp;
+    const bool valid = item < lp.items;
+    const uint32_t b = valid ? fast_div(lp.by_chunks, item) : 0, chunk = valid ? item - b * lp.chunks : 0;
+    const int64_t end = valid ? numel : 0;  // elements of the sample this team may touch
+    const XT* x = static_cast<const XT*>(args.x) + static_cast<int64_t>(b) * numel;
+    XT* y = static_cast<XT*>(args.y) + static_cast<int64_t>(b) * numel;
+    const HT* h = static_cast<const HT*>(args.h) + (static_cast<int64_t>(b) * layout.h_stride - layout.lo);
+    CT acc = CT(0);
+    int64_t start = static_cast<int64_t>(chunk) * lp.rounds * pass + static_cast<int64_t>(tc.member) * G;
+    for (int round = 0; round < lp.rounds; ++round, start += pass) {
+      if constexpr (kVector) {
+        Words<16> xg[U];
+        HWords sg[U], tg[U];
+        uint32_t live[U], inside[U], sel[U];
 #pragma unroll
-    for (int k = 0; k < G; ++k) any |= sel[k];
-    if (any) {
-      load_h_group<kScale>(h, h_base, layout, n0, count, vector, sv, tv);
+        for (int u = 0; u < U; ++u) {
+          const int64_t n0 = start + u * group_step;
+          live[u] = span_bits<G>(n0, 0, end);
+          inside[u] = live[u] & span_bits<G>(n0, layout.lo, layout.hi);
+          if (live[u]) xg[u] = load_group<true, XT, G>(x, n0, live[u]);
+          if (inside[u]) {
+            tg[u] = load_group<true, HT, G>(h, n0 + layout.t_offset, inside[u]);
+            if (!kAdd) sg[u] = load_group<true, HT, G>(h, n0, inside[u]);
+          }
+          sel[u] = group_selection<true, G>(layout, lp.checkerboard, n0, inside[u]);
+        }
 #pragma unroll
-      for (int k = 0; k < G; ++k) {
-        const CT a = kScale == kAdditive ? CT(0) : log_scale<kScale>(sv[k], clamp);
-        yv[k] = sel[k] ? step<kScale>(args.config, xv[k], a, tv[k]) : xv[k];
-        acc += sel[k] ? a : CT(0);
+        for (int u = 0; u < U; ++u)
+          if (live[u])
+            forward_group<XT, HT, kScale, true, G>(args.config, clamp, y, start + u * group_step, live[u],
+                                                   inside[u], sel[u], xg[u], sg[u], tg[u], acc);
+      } else {
+#pragma unroll 1
+        for (int u = 0; u < U; ++u) {
+          const int64_t n0 = start + u * group_step;
+          const uint32_t live = span_bits<G>(n0, 0, end);
+          if (!live) continue;
+          const uint32_t inside = live & span_bits<G>(n0, layout.lo, layout.hi);
+          const Words<16> xg = load_group<false, XT, G>(x, n0, live);
+          const HWords tg = load_group<false, HT, G>(h, n0 + layout.t_offset, inside);
+          const HWords sg = kAdd ? HWords{} : load_group<false, HT, G>(h, n0, inside);
+          const uint32_t sel = group_selection<false, G>(layout, lp.checkerboard, n0, inside);
+          forward_group<XT, HT, kScale, false, G>(args.config, clamp, y, n0, live, inside, sel, xg, sg, tg, acc);
+        }
       }
-    } else {
-#pragma unroll
-      for (int k = 0; k < G; ++k) yv[k] = xv[k];
     }
-    store_group(y, n0, count, vector, yv);
+    acc = team_sum(acc, tc.team);
+    if (valid && tc.member == 0) {
+      const CT total = args.config.reverse ? -acc : acc;
+      if (lp.chunks == 1)
+        static_cast<CT*>(args.logdet)[b] = total;
+      else
+        partials[item] = total;
+    }
   }
-  return acc;
 }
 
-template <class XT, class HT>
-__global__ void __launch_bounds__(kThreads)
-    coupling_forward_kernel(ForwardArgs args, bool vector, int64_t nblk, compute_t<XT>* partials) {
-  using CT = compute_t<XT>;
-  const int64_t b = blockIdx.x / nblk, blk = blockIdx.x % nblk;
-  CT acc;
+template <class XT, class HT, bool kVector>
+__global__ void __launch_bounds__(kThreads, (min_blocks<XT, HT, false>()))
+    coupling_forward_kernel(ForwardArgs args, LaunchParams lp, compute_t<XT>* partials) {
   switch (args.config.scale) {
-    case kExp: acc = forward_blocks<XT, HT, kExp>(args, vector, b, blk, nblk); break;
-    case kTanh: acc = forward_blocks<XT, HT, kTanh>(args, vector, b, blk, nblk); break;
-    case kAtan: acc = forward_blocks<XT, HT, kAtan>(args, vector, b, blk, nblk); break;
-    case kSigmoid: acc = forward_blocks<XT, HT, kSigmoid>(args, vector, b, blk, nblk); break;
-    default: acc = forward_blocks<XT, HT, kAdditive>(args, vector, b, blk, nblk); break;
-  }
-  acc = block_sum(acc);
-  if (threadIdx.x == 0) {
-    const CT total = args.config.reverse ? -acc : acc;
-    if (nblk == 1)
-      static_cast<CT*>(args.logdet)[b] = total;
-    else
-      partials[blockIdx.x] = total;
+    case kExp: forward_items<XT, HT, kExp, kVector>(args, lp, partials); break;
+    case kTanh: forward_items<XT, HT, kTanh, kVector>(args, lp, partials); break;
+    case kAtan: forward_items<XT, HT, kAtan, kVector>(args, lp, partials); break;
+    case kSigmoid: forward_items<XT, HT, kSigmoid, kVector>(args, lp, partials); break;
+    default: forward_items<XT, HT, kAdditive, kVector>(args, lp, partials); break;
   }
 }
 
-// logdet[b] = the nblk partials of sample b, added in a fixed order.
-template <class CT>
-__global__ void __launch_bounds__(kThreads) sum_partials_kernel(const CT* partials, CT* logdet, int64_t nblk) {
-  const int64_t b = blockIdx.x;
+// logdet[b] = the `chunks` partials of sample b, added in a fixed order, by a team of kTeam threads a sample
+// (a warp, or the block for many partials).
+template <class CT, int kTeam>
+__global__ void __launch_bounds__(kThreads)
+    sum_partials_kernel(const CT* partials, CT* logdet, int64_t batch, int64_t chunks) {
+  const int64_t b = static_cast<int64_t>(blockIdx.x) * (kThreads / kTeam) + threadIdx.x / kTeam;
+  const int member = threadIdx.x % kTeam;
   CT acc = CT(0);
-  for (int64_t i = threadIdx.x; i < nblk; i += kThreads) acc += partials[b * nblk + i];
-  acc = block_sum(acc);
-  if (threadIdx.x == 0) logdet[b] = acc;
+  if (b < batch) {
+    const CT* p = partials + b * chunks;
+#pragma unroll 4
+    for (int64_t i = member; i < chunks; i += kTeam) acc += p[i];
+  }
+  acc = kTeam == 32 ? team_sum(acc, 32) : block_sum(acc);
+  if (member == 0 && b < batch) logdet[b] = acc;
 }
 
-template <class XT, class HT, int kScale>
-__device__ void backward_blocks(const BackwardArgs& args, bool vector, int64_t b, int64_t blk, int64_t nblk) {
+// grad_x and grad_h of one group. Kept elements: the gradient passes through and grad_h is zero (whatever h holds
+// there, even NaN). The additive coupling needs neither x nor h (grad_t = +-grad_y).
+template <class XT, class HT, int kScale, bool kVector, int G, class CT>
+__device__ __forceinline__ void backward_group(const CouplingConfig& config, CT clamp, CT g_logdet, XT* grad_x,
+                                               HT* grad_h, int64_t t_offset, int64_t n0, uint32_t live,
+                                               uint32_t inside, uint32_t sel, const Words<16>& gg,
+                                               const Words<16>& xg, const Words<sizeof(HT) * G>& sg,
+                                               const Words<sizeof(HT) * G>& tg) {
+  if (!inside) {  // passed through: the gradient too
+    store_group<kVector, XT, G>(grad_x, n0, live, gg);
+    return;
+  }
+  Words<16> gxg;
+  Words<sizeof(HT) * G> gsg, gtg;
+#pragma unroll
+  for (int k = 0; k < G; ++k) {
+    const bits_t<XT> g_bits = get_bits<XT>(gg, k);
+    const CT g = decode<CT, XT>(g_bits);
+    const bool on = (sel >> k) & 1;
+    if constexpr (kScale == kAdditive) {
+      const StepGrad<CT> grad = step_grad<kScale>(config, g, g_logdet, CT(0), CT(0), CT(0));
+      set_bits<XT>(gxg, k, g_bits);
+      set_bits<HT>(gtg, k, on ? encode<HT>(grad.t) : bits_t<HT>(0));
+    } else {
+      const CT xv = decode<CT, XT>(get_bits<XT>(xg, k));
+      const CT sv = decode<CT, HT>(get_bits<HT>(sg, k));
+      const CT tv = decode<CT, HT>(get_bits<HT>(tg, k));
+      const CT a = log_scale<kScale>(sv, clamp);
+      const StepGrad<CT> grad = step_grad<kScale>(config, g, g_logdet, xv, a, tv);
+      set_bits<XT>(gxg, k, on ? encode<XT>(grad.x) : g_bits);
+      set_bits<HT>(gtg, k, on ? encode<HT>(grad.t) : bits_t<HT>(0));
+      set_bits<HT>(gsg, k, on ? encode<HT>(grad.a * log_scale_grad<kScale>(sv, clamp)) : bits_t<HT>(0));
+    }
+  }
+  store_group<kVector, XT, G>(grad_x, n0, live, gxg);
+  store_group<kVector, HT, G>(grad_h, n0 + t_offset, inside, gtg);
+  if (kScale != kAdditive) store_group<kVector, HT, G>(grad_h, n0, inside, gsg);
+}
+
+template <class XT, class HT, int kScale, bool kVector>
+__device__ __forceinline__ void backward_items(const BackwardArgs& args, const LaunchParams& lp) {
   using CT = compute_t<XT>;
-  constexpr int G = kGroup<XT>;
+  using HWords = Words<sizeof(HT) * group_elements(sizeof(XT))>;
+  constexpr int G = group_elements(sizeof(XT));
+  constexpr int U = unroll_groups(sizeof(XT), sizeof(HT));
+  constexpr bool kAdd = kScale == kAdditive;
   const FlatLayout& layout = args.layout;
   const int64_t numel = layout.numel;
-  const XT* grad_y = static_cast<const XT*>(args.grad_y) + b * numel;
-  const XT* x = static_cast<const XT*>(args.x) + b * numel;
-  XT* grad_x = static_cast<XT*>(args.grad_x) + b * numel;
-  const HT* h = static_cast<const HT*>(args.h);
-  HT* grad_h = static_cast<HT*>(args.grad_h);
-  const int64_t h_base = b * layout.h_stride - layout.lo;
   const CT clamp = static_cast<CT>(args.config.clamp);
-  const CT g_logdet = static_cast<const CT*>(args.grad_logdet)[b];
-  for (int64_t n0 = (blk * kThreads + threadIdx.x) * G; n0 < numel; n0 += nblk * kThreads * G) {
-    const int count = numel - n0 < G ? static_cast<int>(numel - n0) : G;
-    CT gv[G], xv[G], sv[G], tv[G], gxv[G], gsv[G], gtv[G];
-    bool sel[G];
-    load_group(grad_y, n0, count, vector, gv);
-    // The part of the group inside [lo, hi), where h and grad_h exist: all or nothing on the vector path.
-    const int64_t first = n0 < layout.lo ? layout.lo : n0;
-    const int64_t last = n0 + count > layout.hi ? layout.hi : n0 + count;
-    if (first >= last) {
-      store_group(grad_x, n0, count, vector, gv);  // passed through: the gradient too
-      continue;
-    }
-    group_selection(layout, n0, count, sel);
-    load_group(x, n0, count, vector, xv);
-    load_h_group<kScale>(h, h_base, layout, n0, count, vector, sv, tv);
+  const TeamCursor tc = team_cursor(lp);
+  const int64_t pass = static_cast<int64_t>(tc.team) * U * G;
+  const int64_t group_step = static_cast<int64_t>(tc.team) * G;
+  for (uint32_t base = tc.first; base < lp.items; base += tc.step) {
+    const uint32_t item = base + tc.in_warp;
+    const bool valid = item < lp.items;
+    const uint32_t b = valid ? fast_div(lp.by_chunks, item) : 0, chunk = valid ? item - b * lp.chunks : 0;
+    const int64_t end = valid ? numel : 0;
+    const int64_t x_offset = static_cast<int64_t>(b) * numel;
+    const XT* grad_y = static_cast<const XT*>(args.grad_y) + x_offset;
+    const XT* x = static_cast<const XT*>(args.x) + x_offset;
+    XT* grad_x = static_cast<XT*>(args.grad_x) + x_offset;
+    const int64_t h_offset = static_cast<int64_t>(b) * layout.h_stride - layout.lo;
+    const HT* h = static_cast<const HT*>(args.h) + h_offset;
+    HT* grad_h = static_cast<HT*>(args.grad_h) + h_offset;
+    const CT g_logdet = valid ? static_cast<const CT*>(args.grad_logdet)[b] : CT(0);
+    int64_t start = static_cast<int64_t>(chunk) * lp.rounds * pass + static_cast<int64_t>(tc.member) * G;
+    for (int round = 0; round < lp.rounds; ++round, start += pass) {
+      if constexpr (kVector) {
+        Words<16> gg[U], xg[U];
+        HWords sg[U], tg[U];
+        uint32_t live[U], inside[U], sel[U];
 #pragma unroll
-    for (int k = 0; k < G; ++k) {
-      const CT a = kScale == kAdditive ? CT(0) : log_scale<kScale>(sv[k], clamp);
-      const StepGrad<CT> grad = step_grad<kScale>(args.config, gv[k], g_logdet, xv[k], a, tv[k]);
-      // Kept elements: the gradient passes through and grad_h is zero (whatever h holds there, even NaN).
-      gxv[k] = sel[k] ? grad.x : gv[k];
-      gtv[k] = sel[k] ? grad.t : CT(0);
-      gsv[k] = sel[k] && kScale != kAdditive ? grad.a * log_scale_grad<kScale>(sv[k], clamp) : CT(0);
-    }
-    store_group(grad_x, n0, count, vector, gxv);
-    if (vector) {
-      store_group(grad_h, h_base + n0 + layout.t_offset, G, true, gtv);
-      if (kScale != kAdditive) store_group(grad_h, h_base + n0, G, true, gsv);
-    } else {
+        for (int u = 0; u < U; ++u) {
+          const int64_t n0 = start + u * group_step;
+          live[u] = span_bits<G>(n0, 0, end);
+          inside[u] = live[u] & span_bits<G>(n0, layout.lo, layout.hi);
+          if (live[u]) gg[u] = load_group<true, XT, G>(grad_y, n0, live[u]);
+          if (!kAdd && inside[u]) {
+            xg[u] = load_group<true, XT, G>(x, n0, inside[u]);
+            tg[u] = load_group<true, HT, G>(h, n0 + layout.t_offset, inside[u]);
+            sg[u] = load_group<true, HT, G>(h, n0, inside[u]);
+          }
+          sel[u] = group_selection<true, G>(layout, lp.checkerboard, n0, inside[u]);
+        }
 #pragma unroll
-      for (int k = 0; k < G; ++k) {
-        if (n0 + k >= first && n0 + k < last) {
-          grad_h[h_base + n0 + k + layout.t_offset] = from_compute<HT>(gtv[k]);
-          if (kScale != kAdditive) grad_h[h_base + n0 + k] = from_compute<HT>(gsv[k]);
+        for (int u = 0; u < U; ++u)
+          if (live[u])
+            backward_group<XT, HT, kScale, true, G>(args.config, clamp, g_logdet, grad_x, grad_h, layout.t_offset,
+                                                    start + u * group_step, live[u], inside[u], sel[u], gg[u],
+                                                    xg[u], sg[u], tg[u]);
+      } else {
+#pragma unroll 1
+        for (int u = 0; u < U; ++u) {
+          const int64_t n0 = start + u * group_step;
+          const uint32_t live = span_bits<G>(n0, 0, end);
+          if (!live) continue;
+          const uint32_t inside = live & span_bits<G>(n0, layout.lo, layout.hi);
+          const uint32_t needed = kAdd ? 0u : inside;
+          const Words<16> gg = load_group<false, XT, G>(grad_y, n0, live);
+          const Words<16> xg = load_group<false, XT, G>(x, n0, needed);
+          const HWords tg = load_group<false, HT, G>(h, n0 + layout.t_offset, needed);
+          const HWords sg = load_group<false, HT, G>(h, n0, needed);
+          const uint32_t sel = group_selection<false, G>(layout, lp.checkerboard, n0, inside);
+          backward_group<XT, HT, kScale, false, G>(args.config, clamp, g_logdet, grad_x, grad_h, layout.t_offset, n0,
+                                                   live, inside, sel, gg, xg, sg, tg);
         }
       }
     }
   }
 }
 
-template <class XT, class HT>
-__global__ void __launch_bounds__(kThreads) coupling_backward_kernel(BackwardArgs args, bool vector, int64_t nblk) {
-  const int64_t b = blockIdx.x / nblk, blk = blockIdx.x % nblk;
+template <class XT, class HT, bool kVector>
+__global__ void __launch_bounds__(kThreads, (min_blocks<XT, HT, true>()))
+    coupling_backward_kernel(BackwardArgs args, LaunchParams lp) {
   switch (args.config.scale) {
-    case kExp: backward_blocks<XT, HT, kExp>(args, vector, b, blk, nblk); break;
-    case kTanh: backward_blocks<XT, HT, kTanh>(args, vector, b, blk, nblk); break;
-    case kAtan: backward_blocks<XT, HT, kAtan>(args, vector, b, blk, nblk); break;
-    case kSigmoid: backward_blocks<XT, HT, kSigmoid>(args, vector, b, blk, nblk); break;
-    default: backward_blocks<XT, HT, kAdditive>(args, vector, b, blk, nblk); break;
+    case kExp: backward_items<XT, HT, kExp, kVector>(args, lp); break;
+    case kTanh: backward_items<XT, HT, kTanh, kVector>(args, lp); break;
+    case kAtan: backward_items<XT, HT, kAtan, kVector>(args, lp); break;
+    case kSigmoid: backward_items<XT, HT, kSigmoid, kVector>(args, lp); break;
+    default: backward_items<XT, HT, kAdditive, kVector>(args, lp); break;
   }
 }
 
@@ -330,15 +558,15 @@ cudaError_t with_types(DType x_dtype, DType h_dtype, F&& f) {
   return cudaErrorInvalidValue;
 }
 
-int64_t element_size(DType dtype) { return dtype == DType::kFloat64 ? 8 : dtype == DType::kFloat32 ? 4 : 2; }
+int element_size(DType dtype) { return dtype == DType::kFloat64 ? 8 : dtype == DType::kFloat32 ? 4 : 2; }
 
 bool aligned_to(const void* p, int64_t bytes) { return reinterpret_cast<uintptr_t>(p) % static_cast<uintptr_t>(bytes) == 0; }
 
-// The vector path needs every group to start on a vector boundary, in x and in h, and to lie entirely inside
-// or outside [lo, hi).
+// The vector path needs every group to start on a vector boundary, in x, in h and in the mask, and to lie
+// entirely inside or outside [lo, hi).
 bool vector_path(const FlatLayout& layout, DType x_dtype, DType h_dtype, const void* const* x_like, int nx,
                  const void* const* h_like, int nh) {
-  const int64_t group = 16 / element_size(x_dtype);
+  const int64_t group = group_elements(element_size(x_dtype));
   if (layout.numel % group || layout.lo % group || layout.hi % group || layout.h_stride % group ||
       layout.t_offset % group)
     return false;
@@ -347,29 +575,82 @@ bool vector_path(const FlatLayout& layout, DType x_dtype, DType h_dtype, const v
     if (!aligned_to(x_like[i], 16)) return false;
   for (int i = 0; i < nh; ++i)
     if (!aligned_to(h_like[i], h_bytes)) return false;
-  return true;
+  return layout.pattern != kPatternMask || aligned_to(layout.transformed, group);
 }
 
-cudaError_t check_grid(const FlatLayout& layout, int64_t nblk) {
-  return layout.batch * nblk > 0x7fffffff ? cudaErrorInvalidConfiguration : cudaSuccess;
+// How a launch cuts the batch into work items (see the top of this file); a function of the shapes alone.
+struct Plan {
+  int team_log2;
+  int rounds;
+  int64_t chunks;  // a sample
+  int64_t items;   // batch * chunks
+};
+
+Plan make_plan(const FlatLayout& layout, DType x_dtype, DType h_dtype) {
+  const int64_t group = group_elements(element_size(x_dtype));
+  const int64_t unroll = unroll_groups(element_size(x_dtype), element_size(h_dtype));
+  const int64_t groups = (layout.numel + group - 1) / group;
+  Plan plan{5, 1, 1, layout.batch};
+  if (groups <= 32 * unroll) {  // one team of at most a warp a sample, one pass
+    plan.team_log2 = 0;
+    while ((int64_t(1) << plan.team_log2) * unroll < groups) ++plan.team_log2;
+  } else {  // chunks of a warp, as few passes as keep the chunks below kMaxChunks
+    const int64_t per_pass = 32 * unroll;
+    plan.rounds = static_cast<int>((groups + per_pass * kMaxChunks - 1) / (per_pass * kMaxChunks));
+    plan.chunks = (groups + per_pass * plan.rounds - 1) / (per_pass * plan.rounds);
+    plan.items = layout.batch * plan.chunks;
+  }
+  return plan;
+}
+
+// The kernel's launch: checks the 32-bit item numbering, fills `lp`, and sizes the grid to at most one wave (the
+// kernel's occupancy, cached per device, times the multiprocessors).
+cudaError_t prepare(const FlatLayout& layout, const Plan& plan, const void* kernel, std::atomic<int>* occupancy_cache,
+                    int sm_count, LaunchParams& lp, unsigned& blocks) {
+  if (plan.items > 0x7fffffff || plan.rounds > 0x7fffffff) return cudaErrorInvalidConfiguration;
+  if (layout.pattern == kPatternCheckerboard && (layout.width < 1 || layout.plane < layout.width))
+    return cudaErrorInvalidValue;
+  lp = LaunchParams{};
+  lp.team_log2 = plan.team_log2;
+  lp.rounds = plan.rounds;
+  lp.chunks = static_cast<uint32_t>(plan.chunks);
+  lp.items = static_cast<uint32_t>(plan.items);
+  lp.by_chunks = make_fast_div(lp.chunks);
+  if (layout.pattern == kPatternCheckerboard) lp.checkerboard = make_checkerboard_index(layout);
+  int device = 0;
+  if (cudaError_t error = cudaGetDevice(&device)) return error;
+  int per_sm = device < 64 ? occupancy_cache[device].load(std::memory_order_relaxed) : 0;
+  if (per_sm == 0) {
+    if (cudaError_t error = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, 0)) return error;
+    if (per_sm < 1) per_sm = 1;
+    if (device < 64) occupancy_cache[device].store(per_sm, std::memory_order_relaxed);
+  }
+  const int64_t teams_per_block = kThreads >> plan.team_log2;
+  const int64_t needed = (plan.items + teams_per_block - 1) / teams_per_block;
+  const int64_t wave = static_cast<int64_t>(sm_count > 0 ? sm_count : 1) * per_sm;
+  blocks = static_cast<unsigned>(needed < wave ? needed : wave);
+  return cudaSuccess;
+}
+
+// Blocks a multiprocessor holds, per device: one cache per kernel instantiation.
+template <class XT, class HT, bool kBackward, bool kVector>
+std::atomic<int>* occupancy_cache() {
+  static std::atomic<int> cache[64];
+  return cache;
 }
 
 }  // namespace
 
-int64_t blocks_per_sample(const FlatLayout& layout, DType x_dtype, int sm_count) {
-  const int64_t group = 16 / element_size(x_dtype);
-  const int64_t groups = (layout.numel + group - 1) / group;
-  const int64_t most = (groups + kThreads - 1) / kThreads;  // beyond this a block would have no work
-  const int64_t wanted = (static_cast<int64_t>(sm_count) * kBlocksPerSm + layout.batch - 1) / layout.batch;
-  return wanted < 1 ? 1 : (wanted > most ? most : wanted);
+int64_t forward_partials(const FlatLayout& layout, DType x_dtype, DType h_dtype) {
+  const Plan plan = make_plan(layout, x_dtype, h_dtype);
+  return plan.chunks > 1 ? plan.items : 0;
 }
 
 cudaError_t launch_forward(const ForwardArgs& args, void* workspace, int sm_count, cudaStream_t stream) {
   const FlatLayout& layout = args.layout;
   if (layout.batch == 0 || layout.numel == 0) return cudaSuccess;
-  const int64_t nblk = blocks_per_sample(layout, args.x_dtype, sm_count);
-  if (cudaError_t error = check_grid(layout, nblk)) return error;
-  if (nblk > 1 && workspace == nullptr) return cudaErrorInvalidValue;
+  const Plan plan = make_plan(layout, args.x_dtype, args.h_dtype);
+  if (plan.chunks > 1 && workspace == nullptr) return cudaErrorInvalidValue;
   const void* x_like[] = {args.x, args.y};
   const void* h_like[] = {args.h};
   const bool vector = vector_path(layout, args.x_dtype, args.h_dtype, x_like, 2, h_like, 1);
@@ -377,12 +658,24 @@ cudaError_t launch_forward(const ForwardArgs& args, void* workspace, int sm_coun
     using XT = typename decltype(xt)::type;
     using HT = typename decltype(ht)::type;
     using CT = compute_t<XT>;
+    auto kernel = vector ? coupling_forward_kernel<XT, HT, true> : coupling_forward_kernel<XT, HT, false>;
+    LaunchParams lp;
+    unsigned blocks = 0;
+    std::atomic<int>* cache =
+        vector ? occupancy_cache<XT, HT, false, true>() : occupancy_cache<XT, HT, false, false>();
+    if (cudaError_t error = prepare(layout, plan, reinterpret_cast<const void*>(kernel), cache, sm_count, lp, blocks))
+      return error;
     CT* partials = static_cast<CT*>(workspace);
-    coupling_forward_kernel<XT, HT><<<static_cast<unsigned>(layout.batch * nblk), kThreads, 0, stream>>>(
-        args, vector, nblk, partials);
-    if (nblk > 1) {
-      sum_partials_kernel<CT><<<static_cast<unsigned>(layout.batch), kThreads, 0, stream>>>(
-          partials, static_cast<CT*>(args.logdet), nblk);
+    kernel<<<blocks, kThreads, 0, stream>>>(args, lp, partials);
+    if (plan.chunks > 1) {
+      CT* logdet = static_cast<CT*>(args.logdet);
+      if (plan.chunks <= 32 * 16) {  // a warp a sample
+        const auto sum_blocks = static_cast<unsigned>((layout.batch + kWarps - 1) / kWarps);
+        sum_partials_kernel<CT, 32><<<sum_blocks, kThreads, 0, stream>>>(partials, logdet, layout.batch, plan.chunks);
+      } else {
+        sum_partials_kernel<CT, kThreads><<<static_cast<unsigned>(layout.batch), kThreads, 0, stream>>>(
+            partials, logdet, layout.batch, plan.chunks);
+      }
     }
     return cudaGetLastError();
   });
@@ -391,16 +684,21 @@ cudaError_t launch_forward(const ForwardArgs& args, void* workspace, int sm_coun
 cudaError_t launch_backward(const BackwardArgs& args, int sm_count, cudaStream_t stream) {
   const FlatLayout& layout = args.layout;
   if (layout.batch == 0 || layout.numel == 0) return cudaSuccess;
-  const int64_t nblk = blocks_per_sample(layout, args.x_dtype, sm_count);
-  if (cudaError_t error = check_grid(layout, nblk)) return error;
+  const Plan plan = make_plan(layout, args.x_dtype, args.h_dtype);
   const void* x_like[] = {args.grad_y, args.x, args.grad_x};
   const void* h_like[] = {args.h, args.grad_h};
   const bool vector = vector_path(layout, args.x_dtype, args.h_dtype, x_like, 3, h_like, 2);
   return with_types(args.x_dtype, args.h_dtype, [&](auto xt, auto ht) -> cudaError_t {
     using XT = typename decltype(xt)::type;
     using HT = typename decltype(ht)::type;
-    coupling_backward_kernel<XT, HT><<<static_cast<unsigned>(layout.batch * nblk), kThreads, 0, stream>>>(
-        args, vector, nblk);
+    auto kernel = vector ? coupling_backward_kernel<XT, HT, true> : coupling_backward_kernel<XT, HT, false>;
+    LaunchParams lp;
+    unsigned blocks = 0;
+    std::atomic<int>* cache =
+        vector ? occupancy_cache<XT, HT, true, true>() : occupancy_cache<XT, HT, true, false>();
+    if (cudaError_t error = prepare(layout, plan, reinterpret_cast<const void*>(kernel), cache, sm_count, lp, blocks))
+      return error;
+    kernel<<<blocks, kThreads, 0, stream>>>(args, lp);
     return cudaGetLastError();
   });
 }

@@ -35,10 +35,11 @@ struct BackwardArgs {
   void* grad_h;  // h_dtype
 };
 
-// Blocks per sample of the grid (forward and backward) on a device with `sm_count` multiprocessors. When it is
-// above 1 the forward needs a workspace of batch * blocks elements of the compute type for the per-block log-det partial sums
-// (added in a fixed order by a second kernel: no atomics, so the log-det is reproducible bit for bit).
-int64_t blocks_per_sample(const FlatLayout& layout, DType x_dtype, int sm_count);
+// Log-det partial sums the forward writes: 0 when every sample's log-det comes from a single chunk (the kernel
+// writes it directly), else batch * chunks, and launch_forward then needs a workspace of that many elements of the
+// compute type (added in a fixed order by a second kernel: no atomics, so the log-det is reproducible bit for bit).
+// A function of the layout and the dtypes only.
+int64_t forward_partials(const FlatLayout& layout, DType x_dtype, DType h_dtype);
 
 cudaError_t launch_forward(const ForwardArgs& args, void* workspace, int sm_count, cudaStream_t stream);
 cudaError_t launch_backward(const BackwardArgs& args, int sm_count, cudaStream_t stream);

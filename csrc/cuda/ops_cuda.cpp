@@ -34,9 +34,9 @@ std::tuple<at::Tensor, at::Tensor> coupling_forward(const at::Tensor& x, const a
   const CouplingCall& call = out.call;
   const FlatLayout& layout = call.layout;
   const int sms = sm_count(op);
-  const int64_t blocks = blocks_per_sample(layout, dtype_code(x.scalar_type()), sms);
+  const int64_t partials = forward_partials(layout, dtype_code(x.scalar_type()), dtype_code(h.scalar_type()));
   at::Tensor workspace;
-  if (blocks > 1) workspace = at::empty({layout.batch * blocks}, out.logdet.options());
+  if (partials > 0) workspace = at::empty({partials}, out.logdet.options());
   const ForwardArgs args{layout,
                          call.config,
                          call.x.const_data_ptr(),

@@ -7,6 +7,7 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <limits>
@@ -14,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "../coupling_layout.h"
 #include "../cpu/half_bits.h"
 #include "../cpu/tile_kernels.h"
 #include "../vector_math.h"
@@ -220,6 +222,92 @@ void test_logdet_summation() {
   }
 }
 
+
+// The division-free index helpers of the CUDA kernels (coupling_layout.h): fast_div against the / operator, and
+// checkerboard_bits against is_transformed, on its 32- and 64-bit paths, for planes smaller than a group, odd and
+// even sides, groups that start anywhere (the element path's misaligned ones too) and flat indices past 2^32.
+template <class U>
+void check_fast_div(U d, U n, int& bad) {
+  bad += nf_kernels::fast_div(nf_kernels::make_fast_div(d), n) != n / d;
+}
+
+void test_fast_div() {
+  std::mt19937_64 rng(1);
+  int bad = 0;
+  const uint32_t max32 = 0xffffffffu;
+  const uint64_t max64 = ~uint64_t(0);
+  for (uint32_t d = 1; d < 2000; ++d)
+    for (uint32_t n : {0u, 1u, d - 1, d, d + 1, 2 * d - 1, 2 * d, 12345u * d + 7, max32 - 1, max32}) check_fast_div(d, n, bad);
+  for (int shift = 0; shift < 32; ++shift)
+    for (uint32_t d : {uint32_t(1) << shift, (uint32_t(1) << shift) + 1, (uint32_t(1) << shift) - 1, max32})
+      if (d != 0)
+        for (uint32_t n : {0u, d, max32, max32 / 2, max32 - d}) check_fast_div(d, n, bad);
+  for (int shift = 0; shift < 63; ++shift)
+    for (uint64_t d : {uint64_t(1) << shift, (uint64_t(1) << shift) + 1, (uint64_t(1) << shift) - 1})
+      if (d != 0)
+        for (uint64_t n : {uint64_t(0), d, d - 1, max64, max64 / 3, max64 - d, uint64_t(1) << 62}) check_fast_div(d, n, bad);
+  for (int i = 0; i < 200000; ++i) {
+    const uint64_t d64 = rng() >> (rng() % 64), n64 = rng() >> (rng() % 64);
+    if (d64 != 0) check_fast_div(d64, n64, bad);
+    const uint32_t d32 = static_cast<uint32_t>(rng() >> (32 + rng() % 32)), n32 = static_cast<uint32_t>(rng());
+    if (d32 != 0) check_fast_div(d32, n32, bad);
+  }
+  check(bad == 0, "fast_div equals integer division (" + std::to_string(bad) + " mismatches)");
+}
+
+template <int G>
+int checkerboard_mismatches(const nf_kernels::FlatLayout& layout, nf_kernels::CheckerboardIndex index, int64_t n0) {
+  int bad = 0;
+  // The helper's selection on each of its paths (a wide path must agree on small numbers too).
+  for (int path = 0; path < 3; ++path) {
+    if (path == 1 && !index.narrow_flat) continue;
+    index.narrow_flat = path == 1;
+    index.narrow_plane = path != 0 && layout.plane < (int64_t(1) << 32);
+    const uint32_t bits = nf_kernels::checkerboard_bits<G>(index, n0);
+    for (int k = 0; k < G; ++k) bad += static_cast<bool>((bits >> k) & 1) != nf_kernels::is_transformed(layout, n0 + k);
+  }
+  return bad;
+}
+
+void test_checkerboard_index() {
+  int bad = 0;
+  auto layout_of = [](int64_t channels, int64_t height, int64_t width, int parity) {
+    const int64_t numel = channels * height * width;
+    return nf_kernels::FlatLayout{1, numel, 0, numel, 2 * numel, numel, nf_kernels::kPatternCheckerboard, parity,
+                                  width, height * width, nullptr};
+  };
+  const int64_t sides[] = {1, 2, 3, 4, 5, 7, 8, 9, 16, 33};
+  for (int64_t height : sides)
+    for (int64_t width : sides)
+      for (int parity = 0; parity < 2; ++parity) {
+        const nf_kernels::FlatLayout layout = layout_of(3, height, width, parity);
+        const nf_kernels::CheckerboardIndex index = nf_kernels::make_checkerboard_index(layout);
+        for (int64_t n0 = 0; n0 + 8 <= layout.numel; ++n0) {
+          bad += checkerboard_mismatches<2>(layout, index, n0);
+          bad += checkerboard_mismatches<4>(layout, index, n0);
+          bad += checkerboard_mismatches<8>(layout, index, n0);
+        }
+      }
+  // Flat indices beyond 2^32 (the 64-bit division by the plane), and a plane of 2^32 elements or more (64 bits for the
+  // row too): groups at random starts, near plane and row ends.
+  std::mt19937_64 rng(2);
+  for (auto [channels, height, width] : {std::array<int64_t, 3>{3, 65536, 32771}, std::array<int64_t, 3>{2, 70001, 65537},
+                                         std::array<int64_t, 3>{5, 3, (int64_t(1) << 31) + 11}}) {
+    const nf_kernels::FlatLayout layout = layout_of(channels, height, width, 1);
+    const nf_kernels::CheckerboardIndex index = nf_kernels::make_checkerboard_index(layout);
+    for (int i = 0; i < 20000; ++i) {
+      int64_t n0 = static_cast<int64_t>(rng() % static_cast<uint64_t>(layout.numel - 8));
+      if (i % 4 == 1) n0 = (n0 / layout.plane + 1) * layout.plane - static_cast<int64_t>(rng() % 9);
+      if (i % 4 == 2) n0 = (n0 / width + 1) * width - static_cast<int64_t>(rng() % 9);
+      if (n0 < 0 || n0 + 8 > layout.numel) continue;
+      bad += checkerboard_mismatches<2>(layout, index, n0);
+      bad += checkerboard_mismatches<4>(layout, index, n0);
+      bad += checkerboard_mismatches<8>(layout, index, n0);
+    }
+  }
+  check(bad == 0, "checkerboard_bits agrees with is_transformed (" + std::to_string(bad) + " mismatches)");
+}
+
 }  // namespace
 
 int main() {
@@ -228,6 +316,8 @@ int main() {
   test_ops();
   test_instruction_sets_agree();
   test_logdet_summation();
+  test_fast_div();
+  test_checkerboard_index();
   std::printf(failures ? "%d check(s) failed\n" : "all checks passed\n", failures);
   return failures ? 1 : 0;
 }

@@ -31,6 +31,8 @@ CASES = [
     Coupling(MaskCase("checkerboard", BIG), "tanh", flip=True, reverse=True),
     Coupling(MaskCase("bool", (16, 3, 128, 128)), "atan"),
     Coupling(MaskCase("half", (4096, 1024)), "exp", shift_first=True),  # vectors: a feature split
+    Coupling(MaskCase("half", (65536, 64)), "tanh"),  # small vectors: several samples a warp in the CUDA kernels
+    Coupling(MaskCase("checkerboard", (8, 3, 1024, 1024)), "atan", reverse=True),  # several passes a chunk (CUDA)
     Coupling(MaskCase("half", BIG), None),  # additive
     Coupling(MaskCase("checkerboard", BIG), None, reverse=True),
 ]
@@ -141,6 +143,30 @@ def test_offsets_beyond_2_to_the_31(backend):
 
 
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_checkerboard_beyond_2_to_the_31(backend):
+    """A checkerboard on more than 2^31 fp16 elements in all, with odd H and W (rows and planes never line up with
+    the kernels' groups): the last sample's far end against the reference on that slice (the coupling is elementwise
+    and the parity depends only on the position in the plane)."""
+    backend = _backend(backend)
+    free, _ = torch.cuda.mem_get_info()
+    if free < 48 * 2**30:
+        pytest.skip(f"needs about 48 GiB of free GPU memory, {free / 2**30:.0f} GiB free")
+    shape = (9, 3, 8191, 9743)  # 2_154_732_651 elements
+    case = Coupling(MaskCase("checkerboard", shape), "tanh")
+    x = torch.randn(shape, device=DEVICE, dtype=torch.float16)
+    h = torch.randn(case.h_shape(), device=DEVICE, dtype=torch.float16)
+    grad_y = torch.randn(shape, device=DEVICE, dtype=torch.float16)
+    grad_logdet = torch.randn(shape[0], device=DEVICE, dtype=torch.float64)
+    y, logdet, grad_x, grad_h = _forward_backward(case, backend, x, h, grad_y, grad_logdet, "checkerboard")
+    rows = slice(8128, None)  # the last 63 rows of each channel of the last sample, from an even row: same parity
+    ref = _forward_backward(case, "reference", x[8:, :, rows].double(), h[8:, :, rows].double(),
+                            grad_y[8:, :, rows].double(), grad_logdet[8:], "checkerboard")  # fmt: skip
+    assert rel_err(y[8:, :, rows], ref[0]) <= TOLERANCE[torch.float16]
+    assert rel_err(grad_x[8:, :, rows], ref[2]) <= TOLERANCE[torch.float16]
+    assert rel_err(grad_h[8:, :, rows], ref[3]) <= TOLERANCE[torch.float16]
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
 def test_conditioner_output_in_another_dtype(backend):
     """Under autocast a conditioner returns bf16 `h` for float32 `x`: the result has x's dtype and precision."""
     backend = _backend(backend)
@@ -179,6 +205,9 @@ ODD_CASES = [
     Coupling(MaskCase("checkerboard", (2, 5, 7, 9)), "tanh", flip=True, reverse=True),
     Coupling(MaskCase("bool", (3, 37)), "atan"),
     Coupling(MaskCase("half", (5, 4099)), "sigmoid", flip=True, shift_first=True, reverse=True),
+    Coupling(MaskCase("checkerboard", (6, 2, 3, 1)), "exp"),  # planes smaller than a 16-byte group, W = 1
+    Coupling(MaskCase("checkerboard", (64, 3, 2, 2)), "sigmoid", flip=True),  # aligned, a plane of 4 elements
+    Coupling(MaskCase("half", (1000, 6)), None),  # a sample smaller than one group of float16
 ]
 
 
