@@ -17,8 +17,8 @@ sm_80) GPU: Triton itself derives the signature and the specialization (i32 or i
 constants, `tt.divisibility=16` for pointers and ints divisible by 16) exactly as at a launch, and compiles.
 
 **CUDA**: `csrc/cuda/coupling_kernels.cu` is compiled with nvcc and the build's flags, every kernel function read
-from the SASS; the launch geometry of the representative problems comes from the file's own
-`blocks_per_sample`, linked into a small host program (it calls no CUDA API, so it runs without a GPU).
+from the SASS; the launchers size their grid to one wave (occupancy times multiprocessors, blocks striding over
+the work), which the report computes from each kernel's registers for the representative problems.
 
 The rules a main kernel (not the tiny log-det sum) must meet are RULES, checked by `rule_checks`;
 tests/test_gpu_code.py asserts them. Run without TRITON_INTERPRET (it compiles for the GPU):
@@ -640,8 +640,14 @@ OWN_SCALARS = {
     "coupling_backward_kernel": {"loads": 5, "stores": 0},
 }
 # A CUDA kernel instantiated for the element-by-element fallback (unaligned tensors, sizes not a multiple of the
-# vector width) is exempt from rule (a) when its name says so; it must still meet rules (b) and (c).
-UNALIGNED_MARK = "unaligned"
+# vector width: `coupling_forward_kernel<XT, HT, false>`, its last template argument kVector false) is exempt from
+# rule (a); it must still meet rules (b) and (c).
+
+
+def is_cuda_fallback(kernel: str) -> bool:
+    inside = kernel[kernel.find("<") + 1 : kernel.rfind(">")]
+    return inside.split(",")[-1].strip() == "false"
+
 
 RULES = {
     "a": "every global load/store 128-bit, except the program's own scalars",
@@ -698,7 +704,7 @@ class Row:
 
 def kernel_family(kernel: str) -> str:
     """The OWN_SCALARS key of a kernel (its element-by-element fallback included), or "" for an unknown one."""
-    base = kernel.split("<")[0].replace("_" + UNALIGNED_MARK, "")
+    base = kernel.split("<")[0]
     return base if base in OWN_SCALARS else ""
 
 
@@ -714,7 +720,7 @@ class Check:
 
 
 def _check_widths(row: Row) -> tuple[bool, str]:
-    if row.backend == "cuda" and UNALIGNED_MARK in row.kernel.lower():
+    if row.backend == "cuda" and is_cuda_fallback(row.kernel):
         return True, "exempt: the element-by-element fallback"
     allowed = OWN_SCALARS.get(row.family, {"loads": 0, "stores": 0})
     why = []
@@ -833,21 +839,6 @@ NVCC_FLAGS = [
     "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__", "-Xcompiler", "-fPIC",
 ]  # fmt: skip
 
-# Prints blocks_per_sample for each "numel batch dtype_code sm_count" line of stdin: the launch geometry the CUDA
-# launchers use, from their own code.
-_GEOMETRY_MAIN = r"""
-#include <cstdio>
-#include "coupling_kernels.cuh"
-int main() {
-  long long numel, batch, sms; int dtype;
-  while (std::scanf("%lld %lld %d %lld", &numel, &batch, &dtype, &sms) == 4) {
-    nf_kernels::FlatLayout layout{};
-    layout.batch = batch; layout.numel = numel; layout.hi = numel;
-    std::printf("%lld\n", (long long)nf_kernels::cuda::blocks_per_sample(layout, (nf_kernels::DType)dtype, (int)sms));
-  }
-  return 0;
-}
-"""
 CUDA_THREADS = 256  # kThreads of coupling_kernels.cu
 _CUDA_TYPE_BYTES = {"float": 4, "double": 8, "half": 2, "bf16": 2}
 
@@ -863,35 +854,6 @@ def start_cuda_build(archs: Sequence[int], workdir: pathlib.Path) -> subprocess.
         command += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
     command += ["--threads", str(len(archs))]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def _dtype_codes() -> dict[str, int]:
-    """The C++ DType enum's values, read from csrc/coupling_layout.h (kFloat32, ...)."""
-    header = (REPO / "csrc" / "coupling_layout.h").read_text()
-    body = re.search(r"enum class DType[^{]*\{([^}]*)\}", header)
-    codes, value = {}, -1
-    for item in (body.group(1) if body else "").split(","):
-        item = item.split("//")[0].strip()
-        if not item:
-            continue
-        name, _, explicit = item.partition("=")
-        value = int(explicit.strip(), 0) if explicit.strip() else value + 1
-        codes[name.strip()] = value
-    return codes
-
-
-def cuda_geometry(workdir: pathlib.Path, queries: Sequence[tuple[int, int, str, int]]) -> list[int]:
-    """blocks_per_sample(numel, batch, x dtype, sm_count) for each query, from the compiled launchers."""
-    names = {"fp32": "kFloat32", "bf16": "kBFloat16", "fp16": "kFloat16", "fp64": "kFloat64"}
-    codes = _dtype_codes()
-    main = workdir / "geometry_main.cpp"
-    main.write_text(_GEOMETRY_MAIN)
-    program = workdir / "geometry"
-    _run_tool([nvcc(), "-std=c++17", f"-I{CUDA_SOURCE.parent}", str(main), str(workdir / "coupling_kernels.o"),
-               "-o", str(program)])  # fmt: skip
-    stdin = "\n".join(f"{n} {b} {codes[names[d]]} {s}" for n, b, d, s in queries)
-    result = subprocess.run([str(program)], input=stdin, capture_output=True, text=True, timeout=60, check=True)
-    return [int(v) for v in result.stdout.split()]
 
 
 def extract_cubins(obj: pathlib.Path, workdir: pathlib.Path) -> dict[int, pathlib.Path]:
@@ -936,7 +898,6 @@ def cuda_rows(archs: Sequence[int], workdir: pathlib.Path) -> list[Row]:
     rows = []
     for arch in archs:
         limits = ARCH_LIMITS[arch]
-        nblks = cuda_geometry(workdir, [(math.prod(s[1:]), s[0], d, limits.sms) for _, s, d in problem_list])
         functions, usage = read_cubin(cubins[arch])
         readable = demangle(sorted(functions))
         for mangled in sorted(functions, key=lambda m: readable[m]):
@@ -951,12 +912,16 @@ def cuda_rows(archs: Sequence[int], workdir: pathlib.Path) -> list[Row]:
             launches = []
             if main:
                 x_dtype = {"float": "fp32", "bf16": "bf16", "half": "fp16", "double": "fp64"}.get(x_type)
-                for (label, shape, dtype), nblk in zip(problem_list, nblks):
+                for label, shape, dtype in problem_list:
                     if dtype != x_dtype:
                         continue
-                    grid = shape[0] * nblk
-                    launches.append(dict(problem=label, elements=math.prod(shape), grid=grid,
-                                         per_thread=math.prod(shape) / (grid * CUDA_THREADS),
+                    # The launchers size the grid to one wave: the kernel's occupancy (cudaOccupancyMax-
+                    # ActiveBlocksPerMultiprocessor, here from its registers) times the multiprocessors, and the
+                    # blocks stride over the work. A launch this large fills the wave.
+                    elements = math.prod(shape)
+                    grid = min(per_sm * limits.sms, -(-elements // (width * CUDA_THREADS)))
+                    launches.append(dict(problem=label, elements=elements, grid=grid,
+                                         per_thread=elements / (grid * CUDA_THREADS),
                                          waves=grid / max(per_sm * limits.sms, 1)))  # fmt: skip
             rows.append(
                 Row(
