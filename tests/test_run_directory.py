@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from nf_kernels.cli import run_directory
 from nf_kernels.cli.run_directory import LOCK_NAME, RunInUse, claim_run_directory
 from test_cli import QUIET, TINY_MOONS, cli, one_line_error
 from test_training import crash_at_step
@@ -65,6 +66,39 @@ def test_an_interrupted_overwrite_leaves_only_the_new_run(tmp_path, capsys, monk
     assert steps == [1] and not (run / "checkpoint.pt").exists()  # the new run's metrics, none of the old run
     assert "nothing to resume" in one_line_error(capsys, "train", "--out", run, "--resume")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # the old run is gone, not parked beside it
+
+
+def test_an_old_run_set_aside_is_restored_if_the_new_run_never_started(tmp_path, capsys, monkeypatch):
+    """Killed between moving the old run aside and locking the fresh directory (or beaten to it by another run):
+    --out is empty and the old run lies beside it. The next claim puts the old run back instead of deleting it."""
+    run = tmp_path / "run"
+    assert cli(capsys, *TINY, "--steps", 4, "--out", run)[0] == 0
+    before = sorted(p.name for p in run.iterdir())
+    monkeypatch.setattr(run_directory, "_lock", _fail_after(run_directory._lock, 1))
+    with pytest.raises(KeyboardInterrupt):
+        with run_directory.claim_run_directory(run, overwrite=True):
+            pass
+    monkeypatch.undo()
+    assert [p.name for p in run.iterdir() if p.name != ".lock"] == []  # the kill window: --out empty
+    with run_directory.claim_run_directory(run):
+        pass
+    assert sorted(p.name for p in run.iterdir()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert "complete (4 of 4 steps)" in cli(capsys, "train", "--out", run, "--resume")[1]
+
+
+def _fail_after(function, calls):
+    """`function`, but raising KeyboardInterrupt (a kill) once it has been called `calls` times."""
+    count = 0
+
+    def wrapped(*args, **kwargs):
+        nonlocal count
+        count += 1
+        if count > calls:
+            raise KeyboardInterrupt
+        return function(*args, **kwargs)
+
+    return wrapped
 
 
 def test_overwrite_replaces_a_run_and_never_deletes_other_files(tmp_path, capsys, monkeypatch):

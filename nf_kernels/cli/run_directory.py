@@ -4,8 +4,10 @@ The lock is ``fcntl.flock`` on ``<out>/.lock``, taken before anything in the dir
 held to the end of the run; the operating system drops it when the process ends, even by ``kill -9``, so a crash
 never leaves a directory locked. The file holds the pid of its holder, for the message a second run gets.
 
-``--overwrite`` moves the old directory aside in one rename, starts the new run in a fresh directory, and then
-deletes the old one: whenever the process is killed, ``--out`` holds either the whole old run or only the new one.
+``--overwrite`` moves the old directory aside in one rename, locks a fresh directory for the new run, and only then
+deletes the old one. Killed in between, ``--out`` is left empty with the old run beside it; the next claim of
+``--out`` finds it empty and moves the old run back. So ``--out`` never mixes two runs, and an old run is only
+deleted once a new one holds the directory.
 """
 
 from __future__ import annotations
@@ -51,13 +53,13 @@ def claim_run_directory(out: Path, *, overwrite: bool = False) -> Iterator[None]
     created = not out.exists()
     lock = _lock(out)
     try:
-        _remove_leftover_asides(out)
+        _settle_leftover_asides(out)
         if overwrite and _previous_outputs(out):
             aside = _move_aside(out)  # the old lock goes along, still held, until the fresh directory is locked
-            try:
-                fresh = _lock(out)
-            finally:
-                shutil.rmtree(aside, ignore_errors=True)
+            # Only once the fresh directory is ours is the old run deleted: if another run locked it first, the
+            # old run stays beside it (and is restored into it by the next claim that finds it empty).
+            fresh = _lock(out)
+            shutil.rmtree(aside, ignore_errors=True)
             os.close(lock)
             lock = fresh
         yield
@@ -123,9 +125,20 @@ def _move_aside(out: Path) -> Path:
     return aside
 
 
-def _remove_leftover_asides(out: Path) -> None:
-    """Old runs an --overwrite was killed while deleting (safe: only the lock holder creates or deletes them)."""
+def _settle_leftover_asides(out: Path) -> None:
+    """Old runs an --overwrite set aside and did not get to delete (it was killed, or lost the fresh directory to
+    another run). Safe: only the lock holder creates, restores or deletes them. If ``out`` holds no run output,
+    the new run never started: the newest old run is moved back into ``out``. The others are deleted.
+    """
     real = out.resolve()
-    for leftover in real.parent.glob(_ASIDE.format(name=glob.escape(real.name)) + "*"):
+    leftovers = sorted(real.parent.glob(_ASIDE.format(name=glob.escape(real.name)) + "*"), key=os.path.getmtime)
+    if leftovers and all(p.name == LOCK_NAME for p in out.iterdir()):
+        kept = leftovers.pop()
+        for entry in kept.iterdir():
+            if entry.name != LOCK_NAME:
+                entry.rename(real / entry.name)
+        leftovers.append(kept)
+    for leftover in leftovers:
         shutil.rmtree(leftover, ignore_errors=True)
+
 

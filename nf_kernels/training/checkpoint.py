@@ -48,7 +48,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"cannot read checkpoint {path}: {error.strerror or error}") from None
     body = _verified_body(content, path)
     try:
-        # weights_only=False: checkpoints hold RNG states and plain config dicts, and are our own (verified) files.
+        # weights_only=False: checkpoints hold RNG states and plain config dicts. The SHA-256 detects damage, not
+        # who wrote the file: like any pickle, load only checkpoints from a source you trust.
         payload = torch.load(io.BytesIO(body), map_location="cpu", weights_only=False)
     except Exception as error:
         raise CheckpointError(f"cannot read checkpoint {path}: {type(error).__name__}: {error}") from None

@@ -27,6 +27,14 @@ def _on_device(device: torch.device):
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
+def _aligned(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` contiguous and 16-byte aligned. Triton compiles another variant for a pointer that is not (a view
+    at an odd offset), with narrower loads and so, possibly, another order of the log-det's additions: a copy keeps
+    the log-det's bits a function of the values and shapes alone, and the loads 128-bit."""
+    tensor = tensor.contiguous()
+    return tensor if tensor.data_ptr() % 16 == 0 else tensor.clone()
+
+
 class TritonBackend:
     name = "triton"
 
@@ -44,13 +52,13 @@ class TritonBackend:
 
     def forward(self, x, h, mask, config):
         with _on_device(x.device):
-            x, h = x.contiguous(), h.contiguous()
+            x, h = _aligned(x), _aligned(h)
             return launch_forward(x, h, flat_layout(x, mask, config))
 
     def backward(self, grad_y, grad_logdet, x, h, mask, config):
         with _on_device(x.device):
-            x, h = x.contiguous(), h.contiguous()
-            return launch_backward(grad_y.contiguous(), grad_logdet.contiguous(), x, h, flat_layout(x, mask, config))
+            x, h = _aligned(x), _aligned(h)
+            return launch_backward(_aligned(grad_y), grad_logdet.contiguous(), x, h, flat_layout(x, mask, config))
 
 
 BACKEND = TritonBackend()

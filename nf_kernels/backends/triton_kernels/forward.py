@@ -1,9 +1,9 @@
 """Fused coupling forward/inverse in Triton: one pass reads x and h once, writes y and the log-det once.
 
-Grid: one program per (sample, block of BLOCK elements of that sample), flattened on axis 0 (axis 1 would cap
-the batch at 65535). Each program writes its block of y and the partial log-det sum of its block. When a sample
-spans more than one block, a second tiny kernel adds the partials of each sample in a fixed order: no atomics,
-so the log-det is bitwise reproducible.
+Grid: one program per tile of ROWS samples by BLOCK elements (launch.LaunchShape), flattened on axis 0 (axis 1
+would cap the batch at 65535). Each program writes its tile of y and one partial log-det sum per sample of the
+tile. When a sample spans more than one block, a second tiny kernel adds the partials of each sample in a fixed
+order: no atomics, so the log-det is bitwise reproducible.
 """
 
 from __future__ import annotations
