@@ -16,7 +16,7 @@ from ..._arguments import logdet_dtype
 from ..._layout import FlatLayout
 from ..._outputs import new_output
 from .coupling_math import ADDITIVE, coupling_step, log_scale
-from .indexing import program_tile, transformed_elements
+from .indexing import program_tile, tile_touches_range, transformed_elements
 from .launch import LaunchShape, compute_tl_dtype, mask_argument
 
 
@@ -37,10 +37,8 @@ def _coupling_forward_kernel(
     """
     rows, n, in_bounds, blk = program_tile(B, N, nblk, BLOCK, ROWS)
     x = tl.load(x_ptr + rows * N + n, mask=in_bounds, other=0.0).to(CT)
-    if (blk * BLOCK < hi) & (blk * BLOCK + BLOCK > lo):
-        n_range = (n >= lo) & (n < hi)
-        in_range = in_bounds & n_range
-        sel = transformed_elements(n, n_range, in_range, mask_ptr, W, PLANE, PATTERN, PARITY)
+    if tile_touches_range(blk, lo, hi, BLOCK):
+        in_range, sel = transformed_elements(n, in_bounds, lo, hi, mask_ptr, W, PLANE, PATTERN, PARITY)
         h_at = h_ptr + rows * h_stride + (n - lo)
         t = tl.load(h_at + t_offset, mask=in_range, other=0.0).to(CT)
         if SCALE != ADDITIVE:

@@ -27,10 +27,19 @@ def program_tile(B, N, nblk, BLOCK: tl.constexpr, ROWS: tl.constexpr):
 
 
 @triton.jit
-def transformed_elements(n, n_range, in_range, mask_ptr, W, PLANE, PATTERN: tl.constexpr, PARITY: tl.constexpr):
-    """True where element n is transformed, over the tile (`in_range`: in bounds and in [lo, hi); `n_range`: the
-    same along the sample only). The checkerboard parity comes from the indices, 32-bit, once per column of the
-    tile; a bool mask is read once per column and shared by the tile's samples."""
+def tile_touches_range(blk, lo, hi, BLOCK: tl.constexpr):
+    """Whether block `blk` of the samples overlaps [lo, hi), the elements that may be transformed (one scalar test a
+    program; a tile that does not only passes its input through)."""
+    return (blk * BLOCK < hi) & (blk * BLOCK + BLOCK > lo)
+
+
+@triton.jit
+def transformed_elements(n, in_bounds, lo, hi, mask_ptr, W, PLANE, PATTERN: tl.constexpr, PARITY: tl.constexpr):
+    """(in_range, sel) over the tile: in bounds and in [lo, hi), the mask of every load of h; and True where the
+    element is transformed. The checkerboard parity comes from the indices, 32-bit, once per column of the tile; a
+    bool mask is read once per column and shared by the tile's samples."""
+    n_range = (n >= lo) & (n < hi)
+    in_range = in_bounds & n_range
     if PATTERN == PATTERN_CHECKERBOARD:
         r = n % PLANE
         on = ((r // W + r % W) % 2) == PARITY
@@ -40,4 +49,4 @@ def transformed_elements(n, n_range, in_range, mask_ptr, W, PLANE, PATTERN: tl.c
         sel = in_range & (m != 0)
     else:
         sel = in_range
-    return sel
+    return in_range, sel
