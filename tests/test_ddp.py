@@ -1,4 +1,5 @@
-"""DistributedDataParallel on the CPU: `nf-kernels train` under torchrun with 2 gloo processes.
+"""DistributedDataParallel on the CPU: `nf-kernels train` under torchrun with 2 gloo processes, on one node and
+on two node groups of one process each (`--nnodes 2`, rendezvous on localhost, as a cluster would run it).
 
 After every step the parameters must be identical on both ranks, and equal (within 1e-5) to a single process
 trained with the same global batch. This file is also the torchrun worker: run as a script, it trains and records.
@@ -10,6 +11,7 @@ rounding, not a bug; in float64 the comparison is exact enough to catch any real
 """
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -60,13 +62,20 @@ def worker(out_dir: Path) -> None:
         torch.save(torch.stack(history), out_dir / "ddp_parameters.pt")
 
 
-def test_two_gloo_processes_match_one_process(tmp_path, monkeypatch):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__, str(tmp_path)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "world_size=2, device=cpu, backend=gloo" in done.stdout  # only rank 0 prints
-    assert done.stdout.count("outputs:") == 1
+def _torchrun_env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _check_against_one_process(tmp_path, monkeypatch, stdout: str) -> None:
+    """The distributed run in tmp_path/ddp against one process trained with the same global batch."""
+    assert "world_size=2, device=cpu, backend=gloo" in stdout  # only rank 0 prints
+    assert stdout.count("outputs:") == 1
     distributed = torch.load(tmp_path / "ddp_parameters.pt")
     assert (tmp_path / "ddp" / "checkpoint.pt").is_file()
 
@@ -81,6 +90,35 @@ def test_two_gloo_processes_match_one_process(tmp_path, monkeypatch):
         assert torch.allclose(a, b, rtol=0, atol=1e-5), f"step {step}: max difference {(a - b).abs().max():.3g}"
     assert not torch.allclose(single[0], single[-1])  # the parameters did move
     print(f"largest difference, DDP vs one process: {(distributed - single).abs().max():.3g}")
+
+
+def test_two_gloo_processes_match_one_process(tmp_path, monkeypatch):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__, str(tmp_path)]
+    done = subprocess.run(command, env=_torchrun_env(), capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    _check_against_one_process(tmp_path, monkeypatch, done.stdout)
+
+
+def test_two_node_groups_match_one_process(tmp_path, monkeypatch):
+    """`torchrun --nnodes 2`: two launchers, one per node, meeting at a rendezvous on localhost (docs/cli.md)."""
+    port = _free_port()
+    nodes = []
+    for node_rank in range(2):
+        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={node_rank}",
+                   "--nproc_per_node=1", "--master_addr=127.0.0.1", f"--master_port={port}", __file__, str(tmp_path)]  # fmt: skip
+        nodes.append(subprocess.Popen(command, env=_torchrun_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))  # fmt: skip
+    outputs = []
+    try:
+        for node in nodes:
+            outputs.append(node.communicate(timeout=240))
+    finally:
+        for node in nodes:
+            node.kill()
+    for node, (stdout, stderr) in zip(nodes, outputs):
+        assert node.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    assert "world_size=2" not in outputs[1][0]  # the second node's process is rank 1: it prints nothing
+    _check_against_one_process(tmp_path, monkeypatch, outputs[0][0])
 
 
 if __name__ == "__main__":
