@@ -29,7 +29,8 @@ from .model_runner import BENCHMARKED_MODELS, ModelResult, run_model_benchmarks
 from .op_runner import OpResult, run_cases
 from .report import write_results
 from .targets import TargetCheck, check_targets
-from .timing import TimingBudget, keep_freed_cpu_memory
+from ..cpu_memory import keep_freed_cpu_memory
+from .timing import TimingBudget
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,7 @@ def run_plan(
     """Run `plan` (a preset name, or the :class:`Preset` itself) on `device`, start to finish: the one path of
     ``benchmarks/run.py`` and ``nf-kernels bench``.
 
-    1. On the CPU, freed memory is kept in the process (:func:`~.timing.keep_freed_cpu_memory`) unless
+    1. On the CPU, freed memory is kept in the process (:func:`nf_kernels.keep_freed_cpu_memory`) unless
        `keep_freed_memory` is False; the environment says which.
     2. The environment is recorded and handed to `on_start`, before anything is measured.
     3. The op cases, then the models, then the targets judged on both. `what` limits the run to the op cases or

@@ -8,28 +8,20 @@ Peak memory is measured on CUDA only, as the bytes the call allocates above what
 (outputs and temporaries included, inputs excluded). The CPU allocator keeps no such statistics, so CPU results
 carry ``None`` ("n/a") rather than a number that would mean something else.
 
-CPU timings should measure kernels rather than the operating system's page faults. PyTorch's CPU tensors come
-from glibc's malloc, which serves blocks above 32 MiB with fresh ``mmap`` pages and returns them on free. A
-benchmark loop therefore page-faults (and the kernel zeroes) every large output on every call: at 2^24 float32
-elements that cost more than the op itself, and it hits every provider differently (eager allocates several
-temporaries). On CUDA, PyTorch's caching allocator keeps freed blocks, so GPU timings never see this.
-:func:`keep_freed_cpu_memory` asks glibc to do the same: no ``mmap`` for big blocks, no trimming of the heap, so
-after the warm-up call every allocation reuses memory already mapped.
+CPU timings should measure kernels rather than the operating system's page faults. With glibc's defaults a
+benchmark loop page-faults (and the kernel zeroes) every large output on every call: at 2^24 float32 elements
+that costs more than the op itself, and it hits every provider differently (eager allocates several
+temporaries). On CUDA, PyTorch's caching allocator keeps freed blocks, so GPU timings never see this. Op
+benchmarks therefore call :func:`nf_kernels.keep_freed_cpu_memory` (nf_kernels/cpu_memory.py says why and what
+it costs), which makes glibc keep freed memory the same way.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
-
-# mallopt parameters, from glibc's <malloc.h>.
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_MAX = -4
-
 
 @dataclass(frozen=True)
 class TimingBudget:
@@ -111,18 +103,3 @@ def measure(make_call: Callable[[], Callable[[], object]], device: torch.device,
             torch.cuda.empty_cache()  # after an out-of-memory error, give the next case a clean pool
         first_line = (str(error).strip().splitlines() or [""])[0]
         return Measurement(None, None, f"{type(error).__name__}: {first_line}")
-
-
-def keep_freed_cpu_memory() -> bool:
-    """Configure glibc malloc to keep freed memory in the process; False where that is not possible (not glibc).
-
-    It affects the whole process from then on, which is what a benchmark process wants and a library user may
-    not: call it from benchmark entry points only.
-    """
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
