@@ -1,8 +1,8 @@
 """Training steps of the same RealNVP in nf_kernels and in the peer libraries, timed round-robin in one process.
 
 For each size, every library's model (:mod:`.peer_models`) is built from the same seed, checked, then timed in
-turns: each round gives every model a few warm steps, then times `steps` steps of it; a model's time per step is
-the median over rounds of its per-step time. Because the models take turns within a round, a busy machine slows
+turns: each round gives every model a few warm steps, then times `steps` steps of it (on the CPU one by one, the
+round's figure their median); a model's time per step is the median over rounds of its per-step time. Because the models take turns within a round, a busy machine slows
 them alike, so the ratio to the fastest peer is computed round by round (the fastest peer's time in that round over
 the model's) and reported as its median with the range over rounds: on a shared machine the ratio is the figure
 to trust, the absolute steps/s less so.
@@ -156,6 +156,16 @@ def _prepare(result: StepResult, device: torch.device, autocast: Optional[torch.
 
 
 def _seconds_per_step(step: Callable, device: torch.device, steps: int) -> float:
+    """One round's time per step. CPU: the median of the steps timed one by one, so that a step another process
+    interrupts does not become the round's figure. CUDA: the mean over the steps timed as one block, as a training
+    loop runs them (queued without a synchronization between them)."""
+    if device.type != "cuda":
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
     synchronize(device)
     start = time.perf_counter()
     for _ in range(steps):
@@ -311,7 +321,8 @@ def format_report(env: dict, settings: dict, results: Sequence[StepResult], comm
         f"- {settings['rounds']} rounds; per round and model {settings['warmup']} warm steps, then "
         f"{settings['steps']} timed steps; batch {settings['batch']}; {env['threads']} thread(s); autocast "
         f"{settings['autocast'] or 'off'}; Adam (lr {LEARNING_RATE:g}); float32",
-        "- ms/step and steps/s: the median over rounds; spread: slowest round over fastest; x fastest peer: the "
+        "- ms/step and steps/s: the median over rounds of each round's time per step (CPU: the median of its steps "
+        "timed one by one; CUDA: their mean, timed as a block); spread: slowest round over fastest; x fastest peer: the "
         "fastest peer's time over this model's, round by round, median (and range) over rounds: above 1 is faster "
         "than every peer",
         "- saved activations: the peak bytes of tensors autograd keeps for backward during one step "
