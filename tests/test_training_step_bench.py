@@ -33,6 +33,8 @@ def test_every_model_computes_its_predicted_init_log_prob_and_trains(library):
     x = peer_models.sample_batch(TINY, 16)
     expected = expected_init_log_prob(model, TINY, x)
     torch.testing.assert_close(model.log_prob(x), expected, rtol=1e-5, atol=1e-5)
+    if model.init_scale == 1:  # the identity at init, as ours: the same log-prob as ours
+        torch.testing.assert_close(model.log_prob(x), build("nf_kernels", TINY).log_prob(x), rtol=1e-5, atol=1e-5)
     before = [p.detach().clone() for p in model.parameters()]
     step = training_step.training_step(model, torch.optim.Adam(model.parameters(), lr=1e-2), x)
     assert math.isfinite(float(step()))
