@@ -52,7 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per model per round")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per model per round, before them")
     parser.add_argument("--rounds", type=int, default=5, help="turns every model takes")
-    parser.add_argument("--autocast", choices=tuple(AUTOCAST), help="run the steps under torch.autocast")
+    parser.add_argument("--autocast", choices=tuple(AUTOCAST), help="run the forward passes under torch.autocast")
     parser.add_argument("--profile", action="store_true",
                         help="also profile nf_kernels' step at each size (torch.profiler, per layer kind)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,

@@ -174,3 +174,19 @@ def test_the_entry_point_rejects_bad_arguments():
     command = [sys.executable, str(REPO / "benchmarks" / "training_step.py"), "--sizes", "3"]
     done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert done.returncode == 2 and "--sizes must be even" in done.stderr
+
+
+def test_autocast_runs_the_forward_in_bf16(monkeypatch):
+    seen = set()
+
+    def build_and_watch(library, spec):
+        model = build(library, spec)
+        linear = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+        linear.register_forward_hook(lambda module, inputs, output: seen.add(output.dtype))
+        return model
+
+    monkeypatch.setattr(training_step, "build", build_and_watch)
+    (result,) = training_step.run_training_steps([TINY], ["nf_kernels"], batch=8, steps=1, warmup=0, rounds=1,
+                                                 autocast=torch.bfloat16, progress=False)  # fmt: skip
+    assert result.error is None and result.round_seconds and math.isfinite(result.first_loss)
+    assert torch.bfloat16 in seen  # the init check runs in float32, the steps in bf16

@@ -122,6 +122,17 @@ def peer_versions() -> dict:
     return versions
 
 
+class _Autocast:
+    """`model` whose log-prob (the forward pass) runs under ``torch.autocast``; backward and the optimizer do not."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, dtype: torch.dtype):
+        self.model, self.device, self.dtype = model, device, dtype
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device.type, self.dtype):
+            return self.model.log_prob(x)
+
+
 def _prepare(result: StepResult, device: torch.device, autocast: Optional[torch.dtype]) -> Optional[Callable]:
     """Build and check `result`'s model; return its training step, or None with `result.error` saying why not."""
     spec = result.spec
@@ -141,12 +152,7 @@ def _prepare(result: StepResult, device: torch.device, autocast: Optional[torch.
         return None
     result.saved_bytes = activation_memory(model, x).peak
     optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
-    plain_step = training_step(model, optimizer, x)
-
-    def step():
-        with torch.autocast(device.type, autocast, enabled=autocast is not None):
-            return plain_step()
-
+    step = training_step(_Autocast(model, device, autocast) if autocast else model, optimizer, x)
     result.first_loss = float(step())
     if not math.isfinite(result.first_loss):
         result.error = f"first loss is {result.first_loss}"
@@ -207,7 +213,7 @@ def run_training_steps(
         batch: samples per step.
         steps: timed steps per model per round; `warmup` untimed steps come before them.
         rounds: how many times every model takes its turn.
-        autocast: a dtype to run the steps under ``torch.autocast`` with (``torch.bfloat16``), or None.
+        autocast: a dtype to run the forward passes under ``torch.autocast`` with (``torch.bfloat16``), or None.
         progress: show a progress bar.
         on_skip: called with one line for each model that is not timed.
 
