@@ -3,8 +3,8 @@
 For each size, every library's model (:mod:`.peer_models`) is built from the same seed, checked, then timed in
 turns: each round gives every model a few warm steps, then times `steps` steps of it (on the CPU one by one, the
 round's figure their median); a model's time per step is the median over rounds of its per-step time. Because the models take turns within a round, a busy machine slows
-them alike, so the ratio to the fastest peer is computed round by round (the fastest peer's time in that round over
-the model's) and reported as its median with the range over rounds: on a shared machine the ratio is the figure
+them alike, so the ratio to the fastest peer (the peer of the smallest median time) is computed round by round (its
+time in that round over the model's) and reported as its median with the range over rounds: on a shared machine the ratio is the figure
 to trust, the absolute steps/s less so.
 
 Before timing, every model must compute at init the log-prob that :func:`.peer_models.expected_init_log_prob`
@@ -78,7 +78,7 @@ class StepResult:
     spec: RealNVPSpec
     batch: int
     round_seconds: list = dataclasses.field(default_factory=list)  # time per step, one entry per round
-    ratio_rounds: list = dataclasses.field(default_factory=list)  # fastest peer's round time over this one's
+    ratio_rounds: list = dataclasses.field(default_factory=list)  # the fastest peer's time over this one's, per round
     fastest_peer: Optional[str] = None  # the peer with the smallest median time at this size
     saved_bytes: Optional[int] = None  # peak of autograd-saved activations during one step
     peak_bytes: Optional[int] = None  # CUDA only: peak allocated during one step above what was there before
@@ -101,7 +101,7 @@ class StepResult:
 
     @property
     def ratio(self) -> Optional[float]:
-        """Median over rounds of the fastest peer's time over this model's: above 1, faster than every peer."""
+        """Median over rounds of the fastest peer's time over this model's: above 1, faster than the fastest peer."""
         return statistics.median(self.ratio_rounds) if self.ratio_rounds else None
 
     def to_dict(self) -> dict:
@@ -181,14 +181,14 @@ def _seconds_per_step(step: Callable, device: torch.device, steps: int) -> float
 
 
 def _add_ratios(results: Sequence[StepResult]) -> None:
-    """Round by round, the fastest peer's time over each model's; and the peer that is fastest overall."""
+    """The fastest peer (the smallest median time) and, round by round, its time over each model's."""
     peers = [r for r in results if r.library in PEERS and r.round_seconds]
     if not peers:
         return
     fastest = min(peers, key=lambda r: r.seconds)
     for r in results:
         r.fastest_peer = fastest.library
-        r.ratio_rounds = [min(p.round_seconds[i] for p in peers) / own for i, own in enumerate(r.round_seconds)]
+        r.ratio_rounds = [fastest.round_seconds[i] / own for i, own in enumerate(r.round_seconds)]
 
 
 def run_training_steps(
@@ -329,8 +329,8 @@ def format_report(env: dict, settings: dict, results: Sequence[StepResult], comm
         f"{settings['autocast'] or 'off'}; Adam (lr {LEARNING_RATE:g}); float32",
         "- ms/step and steps/s: the median over rounds of each round's time per step (CPU: the median of its steps "
         "timed one by one; CUDA: their mean, timed as a block); spread: slowest round over fastest; x fastest peer: the "
-        "fastest peer's time over this model's, round by round, median (and range) over rounds: above 1 is faster "
-        "than every peer",
+        "fastest peer's (the peer of the smallest median) time over this model's, round by round, median (and range) "
+        "over rounds: above 1 is faster",
         "- saved activations: the peak bytes of tensors autograd keeps for backward during one step "
         "(nf_kernels.flows.memory_report.activation_memory); on CUDA also the peak allocated during one step "
         "above what was allocated before it",
