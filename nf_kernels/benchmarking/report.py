@@ -31,11 +31,11 @@ MIB = 1 << 20
 SPREAD_LIMIT = 1.5  # slowest round over fastest round, beyond which a figure is noise rather than a measurement
 
 
-def _num(value: Optional[float], fmt: str = ".3g") -> str:
+def format_number(value: Optional[float], fmt: str = ".3g") -> str:
     return "n/a" if value is None else format(value, fmt)
 
 
-def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
@@ -75,18 +75,18 @@ def format_table(results: Sequence[OpResult]) -> str:
     header += ["best", "GB/s", "% ceiling", "x eager", "x compile", "peak MiB", "spread"]
     rows = []
     for case, row in by_case.items():
-        times = [_num(row[name].seconds * 1e3) if name in row and row[name].seconds else
+        times = [format_number(row[name].seconds * 1e3) if name in row and row[name].seconds else
                  ("fail" if name in row else "-") for name in providers]  # fmt: skip
         winner = best.get(case) or min((r for r in row.values() if r.seconds), key=lambda r: r.seconds, default=None)
         figures = ["-"] * 6
         if winner is not None:
-            figures = [winner.provider, _num(winner.gbps), _ceiling_share(winner),
-                       _num(winner.speedup_vs_eager, ".2f"), _num(winner.speedup_vs_compile, ".2f"),
+            figures = [winner.provider, format_number(winner.gbps), _ceiling_share(winner),
+                       format_number(winner.speedup_vs_eager, ".2f"), format_number(winner.speedup_vs_compile, ".2f"),
                        _mib(winner.peak_bytes)]  # fmt: skip
         size = f"2^{case.numel.bit_length() - 1}"
         rows.append([case.op, case.direction, case.mask, case.dtype, size] + times + figures + [_spread(row)])
     failures = [f"- {r.case.label()} {r.provider}: {r.error}" for r in results if r.error]
-    return _markdown(header, rows) + ("\n\nFailures:\n" + "\n".join(failures) if failures else "")
+    return markdown_table(header, rows) + ("\n\nFailures:\n" + "\n".join(failures) if failures else "")
 
 
 def largest_size(results: Sequence[OpResult]) -> list[OpResult]:
@@ -103,13 +103,13 @@ def format_model_table(results: Sequence[ModelResult]) -> str:
               "peak MiB", "first loss"]  # fmt: skip
     rows = [
         [r.model, r.backend, "yes" if r.memory_saving else "no", str(r.batch), "x".join(map(str, r.sample_shape)),
-         _num(r.seconds * 1e3 if r.seconds else None), _num(r.samples_per_s, ".4g"),
-         _num(r.speedup_vs_reference, ".2f"), _mib(r.peak_bytes),
-         _num(r.first_loss, ".6g") if not r.error else "fail"]
+         format_number(r.seconds * 1e3 if r.seconds else None), format_number(r.samples_per_s, ".4g"),
+         format_number(r.speedup_vs_reference, ".2f"), _mib(r.peak_bytes),
+         format_number(r.first_loss, ".6g") if not r.error else "fail"]
         for r in results
     ]  # fmt: skip
     failures = [f"- {r.model} {r.backend}: {r.error}" for r in results if r.error]
-    return _markdown(header, rows) + ("\n\nFailures:\n" + "\n".join(failures) if failures else "")
+    return markdown_table(header, rows) + ("\n\nFailures:\n" + "\n".join(failures) if failures else "")
 
 
 def format_targets(checks: Sequence[TargetCheck]) -> str:
@@ -183,8 +183,8 @@ def format_report(
     if env["device"] == "cpu":
         parts.append(f"- CPU: {env['threads']} threads, OMP_WAIT_POLICY={env.get('omp_wait_policy')}, "
                      f"malloc: {env.get('cpu_malloc', 'system default')}, 1-minute load average "
-                     f"{_num(env.get('load_average_1m'), '.2g')} at the start and "
-                     f"{_num(env.get('load_average_1m_end'), '.2g')} at the end on {env.get('cores')} cores "
+                     f"{format_number(env.get('load_average_1m'), '.2g')} at the start and "
+                     f"{format_number(env.get('load_average_1m_end'), '.2g')} at the end on {env.get('cores')} cores "
                      "(other processes on the machine skew CPU timings)")
     if copy_bytes_per_s:
         parts.append(f"- copy bandwidth, the ceiling of a memory-bound op's GB/s (read + write, the best of 3 large "

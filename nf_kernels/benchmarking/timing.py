@@ -32,7 +32,7 @@ class TimingBudget:
     min_run_time_s: float = 0.2  # CPU: the minimum measuring time (at least 7 blocks of calls)
 
 
-def _synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -44,7 +44,7 @@ def median_seconds(fn: Callable[[], object], device: torch.device, budget: Timin
     True
     """
     fn()  # first call: compiles, autotunes, allocates; never timed
-    _synchronize(device)
+    synchronize(device)
     if device.type == "cuda":
         import triton.testing
 
@@ -76,11 +76,11 @@ def peak_bytes(fn: Callable[[], object], device: torch.device) -> Optional[int]:
     """Bytes allocated by one call of `fn` at its peak, above what was allocated before; None off CUDA."""
     if device.type != "cuda":
         return None
-    _synchronize(device)
+    synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device)
     fn()
-    _synchronize(device)
+    synchronize(device)
     return torch.cuda.max_memory_allocated(device) - before
 
 
