@@ -66,7 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--system-malloc", action="store_true",
                         help="CPU: leave glibc malloc as it is (by default freed memory is kept, so timings do not "
-                        "include page faults; see nf_kernels/benchmarking/timing.py)")
+                        "include page faults; see nf_kernels/cpu_memory.py)")
     args = parser.parse_args(argv)
     if args.rounds is not None and args.rounds < 1:
         parser.error(f"--rounds must be at least 1, got {args.rounds}")

@@ -31,7 +31,7 @@ from nf_kernels.benchmarking import step_profile, training_step  # noqa: E402
 from nf_kernels.benchmarking.environment import base_commit, environment, load_average  # noqa: E402
 from nf_kernels.benchmarking.peer_models import LIBRARIES, PEERS  # noqa: E402
 from nf_kernels.benchmarking.report import results_stem  # noqa: E402
-from nf_kernels.benchmarking.timing import keep_freed_cpu_memory  # noqa: E402
+from nf_kernels import keep_freed_cpu_memory  # noqa: E402
 
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -57,6 +57,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="also profile nf_kernels' step at each size (torch.profiler, per layer kind)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help="output folder (pass benchmarks/results to publish a run)")
+    parser.add_argument("--system-malloc", action="store_true",
+                        help="CPU: leave glibc malloc as it is, as in a process that never calls "
+                        "nf_kernels.keep_freed_cpu_memory (by default freed memory is kept, as nf-kernels train does)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     for name in ("threads", "batch", "steps", "rounds"):
@@ -83,15 +86,16 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     device = resolve_device(args.device)
     torch.set_num_threads(args.threads)
-    if device.type == "cpu":
-        keep_freed_cpu_memory()  # timings without page faults (nf_kernels/benchmarking/timing.py)
+    kept_memory = device.type == "cpu" and not args.system_malloc and keep_freed_cpu_memory()
+    # (what nf-kernels train does on the CPU: nf_kernels/cpu_memory.py)
     command = "python " + " ".join(shlex.quote(a) for a in [str(Path(sys.argv[0]))] + (argv or sys.argv[1:]))
     env = dict(environment(device), peers=training_step.peer_versions(), base_commit=base_commit())
     out = args.out.resolve()
     print(f"training step benchmark on {env['device_name']}, commit {env['commit']}; results go to {out}", flush=True)
     specs = [training_step.issue_spec(d) for d in args.sizes]
     settings = dict(batch=args.batch, steps=args.steps, warmup=args.warmup, rounds=args.rounds,
-                    autocast=args.autocast, sizes=args.sizes, libraries=args.libraries)  # fmt: skip
+                    autocast=args.autocast, sizes=args.sizes, libraries=args.libraries,
+                    freed_memory_kept=kept_memory)  # fmt: skip
     results = training_step.run_training_steps(
         specs, args.libraries, device, batch=args.batch, steps=args.steps, warmup=args.warmup, rounds=args.rounds,
         autocast=AUTOCAST.get(args.autocast), progress=not args.no_progress,

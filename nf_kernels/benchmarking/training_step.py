@@ -340,6 +340,10 @@ def format_report(env: dict, settings: dict, results: Sequence[StepResult], comm
     if command:
         parts.append(f"- command: `{command}`")
     if env["device"] == "cpu":
+        kept = settings.get("freed_memory_kept")
+        parts.append("- CPU allocator: " + ("freed memory kept in the process (nf_kernels.keep_freed_cpu_memory, as "
+                                            "nf-kernels train does), for every model" if kept else
+                                            "glibc's defaults (--system-malloc): steps page-fault big tensors in again"))
         parts.append(f"- 1-minute load average {format_number(env.get('load_average_1m'), '.2g')} at the start and "
                      f"{format_number(env.get('load_average_1m_end'), '.2g')} at the end on {env.get('cores')} cores")
     warnings = warning_lines(env, results)
