@@ -125,14 +125,15 @@ _PLAIN_TENSORS = (Tensor, torch.nn.Parameter)
 
 def runs_eagerly(x: Tensor, h: Tensor) -> bool:
     """True for a plain eager call: not traced by torch.compile or export (checked first, so dynamo folds it and
-    reads nothing else), plain tensors, no dispatch mode (FakeTensorMode, make_fx, ...) and no functorch
-    transform. Only then may a backend's own differentiable op stand in for the custom op."""
+    reads nothing else) nor by torch.jit.trace, plain tensors, no dispatch mode (FakeTensorMode, make_fx, ...)
+    and no functorch transform. Only then may a backend's own differentiable op stand in for the custom op."""
     return (
         not torch.compiler.is_compiling()
         and type(x) in _PLAIN_TENSORS
         and type(h) in _PLAIN_TENSORS
         and not torch._C._len_torch_dispatch_stack()
         and not torch._C._are_functorch_transforms_active()
+        and torch._C._get_tracing_state() is None
     )
 
 
