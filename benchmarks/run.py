@@ -125,7 +125,7 @@ def main(argv=None) -> int:
     measured = len({r.case for r in run.op_results})
     if measured < len(cases):
         print(f"note: the time limit stopped the op benchmarks after {measured} of {len(cases)} cases")
-    print(format_summary(run.env, run.op_results, run.model_results, run.checks))
+    print(format_summary(run.env, run.op_results, run.model_results, run.checks, run.overhead_results))
     print("wrote " + ", ".join(str(path) for path in run.written))
     return 0
 

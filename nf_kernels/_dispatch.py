@@ -98,9 +98,11 @@ def resolve_backend(requested: str, device: torch.device) -> str:
 
 
 # Under torch.compile the choice is a constant of the traced graph: dynamo does not trace the imports behind it.
+# Every call is a cached lookup; the environment is read only where it matters, for "auto".
 @torch.compiler.assume_constant_result
 def _resolve_constant(requested: str, device_type: str) -> str:
-    return _resolve(requested, os.environ.get(ENV_VAR) or None, device_type)
+    env_choice = (os.environ.get(ENV_VAR) or None) if requested == "auto" else None
+    return _resolve(requested, env_choice, device_type)
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,12 @@ class FlatLayout(NamedTuple):
         return [int(getattr(self, field)) for field in LAYOUT_FIELDS]
 
 
+def transformed_elements(mask: torch.Tensor, flip: bool) -> torch.Tensor:
+    """PATTERN_MASK's per-element pattern: uint8 [N], 1 where the coupling with this bool `mask` transforms the
+    element. Computed from the mask's contents on every call, never remembered: a mask may change in place."""
+    return (~kept_elements(mask.shape, mask, flip)).reshape(-1).to(torch.uint8).contiguous()
+
+
 def flat_layout(x: torch.Tensor, mask: Optional[torch.Tensor], config: CouplingConfig) -> FlatLayout:
     batch, channels = x.shape[0], x.shape[1]
     numel = math.prod(x.shape[1:])
@@ -80,8 +86,7 @@ def flat_layout(x: torch.Tensor, mask: Optional[torch.Tensor], config: CouplingC
         else:
             assert mask is not None
             pattern = PATTERN_MASK
-            kept = kept_elements(x.shape[1:], mask, config.flip)
-            transformed = (~kept).reshape(-1).to(torch.uint8).contiguous()
+            transformed = transformed_elements(mask, config.flip)
     if config.additive:
         h_stride, t_offset = s_size, 0
     else:
