@@ -373,9 +373,9 @@ __device__ __forceinline__ void forward_items(const ForwardArgs& args, const Lau
     if (valid && tc.member == 0) {
       const CT total = args.config.reverse ? -acc : acc;
       if (lp.chunks == 1)
-        static_cast<CT*>(args.logdet)[b] = total;
+        static_cast<CT*>(args.logdet)[b] = total;  // gpu_code: own scalar (the sample's log-det)
       else
-        partials[item] = total;
+        partials[item] = total;  // gpu_code: own scalar (the chunk's partial)
     }
   }
 }
@@ -473,7 +473,7 @@ __device__ __forceinline__ void backward_items(const BackwardArgs& args, const L
     const int64_t h_offset = static_cast<int64_t>(b) * layout.h_stride - layout.lo;
     const HT* h = static_cast<const HT*>(args.h) + h_offset;
     HT* grad_h = static_cast<HT*>(args.grad_h) + h_offset;
-    const CT g_logdet = valid ? static_cast<const CT*>(args.grad_logdet)[b] : CT(0);
+    const CT g_logdet = valid ? static_cast<const CT*>(args.grad_logdet)[b] : CT(0);  // gpu_code: own scalar
     int64_t start = static_cast<int64_t>(chunk) * lp.rounds * pass + static_cast<int64_t>(tc.member) * G;
     for (int round = 0; round < lp.rounds; ++round, start += pass) {
       if constexpr (kVector) {
