@@ -678,7 +678,7 @@ OWN_SCALARS = {
     # instruction sites (each thread holds two rows' values).
     "_coupling_backward_kernel": {"loads": 2, "stores": 0},
 }
-# CUDA: by source line, not by count. A line of CUDA_SOURCE that carries OWN_SCALAR_MARK in a comment is one (the
+# CUDA: by source line, not by count. A line of code in CUDA_SOURCE whose comment carries OWN_SCALAR_MARK is one (the
 # sample's log-det or chunk partial the forward stores, grad_logdet[b] the backward loads), and every narrow access
 # compiled from it is exempt however many sites ptxas makes of it (one per scale map of the kernel's switch, or
 # none where a map does not need it). The report compiles with -lineinfo and reads the lines with `nvdisasm -gi`;
@@ -694,16 +694,27 @@ OWN_SCALAR_MARK = "gpu_code: own scalar"
 
 @functools.lru_cache(maxsize=None)
 def own_scalar_lines(source: pathlib.Path = CUDA_SOURCE) -> frozenset[str]:
-    """The lines of `source` marked OWN_SCALAR_MARK, as Instruction.source names them ("csrc/...:LINE")."""
+    """The lines of code in `source` whose comment carries OWN_SCALAR_MARK, as Instruction.source names them
+    ("csrc/...:LINE"); a comment line that names the mark is not one."""
     name = source.resolve().relative_to(REPO).as_posix()
-    return frozenset(f"{name}:{number}" for number, text in enumerate(source.read_text().splitlines(), start=1)
-                     if OWN_SCALAR_MARK in text)  # fmt: skip
+    lines = enumerate(source.read_text().splitlines(), start=1)
+    return frozenset(f"{name}:{number}" for number, text in lines
+                     if text.split("//")[0].strip() and OWN_SCALAR_MARK in text.partition("//")[2])  # fmt: skip
 
 
 def is_cuda_fallback(kernel: str) -> bool:
     inside = kernel[kernel.find("<") + 1 : kernel.rfind(">")]
     return inside.split(",")[-1].strip() == "false"
 
+
+# How rule (a) tells a program's own scalars and the fallback, as the report prints it.
+RULE_NOTES = (
+    "Own scalars (rule a): a Triton kernel's are counted (OWN_SCALARS); a CUDA kernel's are the accesses compiled "
+    f"from the source lines marked `// {OWN_SCALAR_MARK}` (the log-det it stores, grad_logdet[b]), read from the "
+    "-lineinfo of the SASS, however many sites ptxas makes of each, and a narrow access of any other line fails. The "
+    "CUDA element-by-element instantiations (`..., false>`, for misaligned tensors and sizes that are not whole "
+    "16-byte groups or blocks) are exempt from rule (a) and held to (b) and (c); their vector twins are checked."
+)
 
 RULES = {
     "a": "every global load/store 128-bit, except the program's own scalars",
@@ -1142,10 +1153,11 @@ def report_text(rows: Sequence[Row], markdown: bool) -> str:
         parts += ["Triton launches (one row per launch variant):",
                   fmt(TRITON_COLUMNS, [_triton_cells(r) for r in triton])]  # fmt: skip
     if cuda:
-        parts += ["CUDA kernel functions (static counts over the whole function: every scale map of its switch, the "
-                  "vector and the element-by-element path):",
+        parts += ["CUDA kernel functions (static counts over the whole function, every scale map of its switch; "
+                  "`..., true>` is the vector path, `..., false>` the element-by-element fallback):",
                   fmt(CUDA_COLUMNS, [_cuda_cells(r) for r in cuda])]  # fmt: skip
     parts.append("Rules: " + "; ".join(f"({k}) {v}" for k, v in RULES.items()))
+    parts.append(RULE_NOTES)
     return "\n\n".join(parts)
 
 
