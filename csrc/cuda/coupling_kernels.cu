@@ -3,11 +3,13 @@
 // Work split. A thread handles groups of G consecutive elements of a sample, G = 16 bytes of x. A *team* of T
 // threads (a power of two, at most a warp) owns a *chunk*: `rounds` passes over T * U consecutive groups, thread m
 // of the team taking groups m, m + T, ..., m + (U - 1) T of each pass (consecutive threads, consecutive 16 bytes).
-// Each pass issues all its loads (U = 2 groups of x, and of s and t) before using any, so a thread has U
-// independent 16-byte loads of each tensor in flight. Small samples ([65536, 64] vectors) get a team of fewer than 32 threads
-// per sample, several samples a warp; large ones are cut into chunks of a warp each. A sample is `chunks` chunks,
-// the grid's work items are the batch * chunks (sample, chunk) pairs, and a grid of one whole wave (the occupancy
-// of the kernel times the multiprocessors, fewer blocks only when there are fewer items) strides over them.
+// Each pass issues all its loads (U = 2 groups of x, and of s and t, or the team's blocks of them) before using
+// any, so a thread has U independent 16-byte loads of each tensor in flight. Small samples ([65536, 64] vectors) get
+// a team of fewer than 32 threads per sample, several samples a warp; large ones are cut into chunks of a warp
+// each. A sample is `chunks` chunks, the grid's work items are the batch * chunks (sample, chunk) pairs, and a grid
+// of one whole wave (the occupancy of the kernel times the multiprocessors, fewer blocks only when there are fewer
+// items) strides over them. The shapes-only part of this (the plan, the sizes the vector path takes, where a lane's
+// groups and blocks lie) is work_split.h, which csrc/tests/test_coupling.cpp walks on the host.
 //
 // Memory access. When every tensor and offset allows it (checked per launch: vector_path) every global access of
 // the data is 128-bit: a group of x is one 16-byte load and a group of y one 16-byte store of a value built in
@@ -23,7 +25,8 @@
 // math of coupling_math.h.
 //
 // Selection. The half split is the range [lo, hi); the checkerboard parity comes from checkerboard_bits
-// (coupling_layout.h): two multiply-high divisions per group, none per element; a bool mask is read from memory.
+// (coupling_layout.h): two multiply-high divisions per group, none per element; a bool mask is read from memory
+// (on the vector path as the team's 16-byte blocks, a bit an element after nonzero_bytes).
 //
 // Log-det: each thread sums its elements in order, the team adds its threads with warp shuffles in a fixed tree,
 // and the team's first thread writes the sample's log-det (one chunk a sample) or the chunk's partial sum, which a
@@ -52,14 +55,16 @@ constexpr unsigned kFullWarp = 0xffffffffu;  // every shuffle runs on the whole 
 
 // Resident blocks a multiprocessor must hold (__launch_bounds__), which caps the registers ptxas may use at
 // 65536 / (256 * blocks): without a bound ptxas settles on 80 registers and spills a few. 4 blocks (64 registers, half
-// the threads an SM holds) for the forward of 16- and 32-bit x with h no wider than x; one block fewer for the
-// backward, which holds four inputs, and for a wider h; 2 (128 registers) for double arithmetic and the backward with
-// a wider h. With these no kernel spills (the SASS has no STL/LDL).
+// the threads an SM holds) for the forward of 16- and 32-bit x with h no wider than x, 3 for a wider h; for the
+// backward, which holds four inputs, 3 when h is narrower than x and 2 (128 registers) otherwise: at 80 registers
+// its tanh and atan maps spill a few loop-invariant values since the mask moves in blocks. 2 for double arithmetic.
+// With these no kernel spills (the SASS has no STL/LDL), and 2 blocks of 256 threads still keep some 64 KB of
+// loads in flight an SM, twice what an H200 needs to cover its memory latency at full bandwidth.
 template <class XT, class HT, bool kBackward>
 constexpr int min_blocks() {
   if (sizeof(XT) == 8) return 2;
-  if (sizeof(HT) > sizeof(XT)) return kBackward ? 2 : 3;
-  return kBackward ? 3 : 4;
+  if (kBackward) return sizeof(HT) < sizeof(XT) ? 3 : 2;
+  return sizeof(HT) > sizeof(XT) ? 3 : 4;
 }
 
 template <class T>
