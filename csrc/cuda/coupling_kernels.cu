@@ -689,7 +689,7 @@ cudaError_t prepare(const FlatLayout& layout, const Plan& plan, const void* kern
   const int64_t needed = (plan.items + teams_per_block - 1) / teams_per_block;
   const int64_t wave = static_cast<int64_t>(sm_count > 0 ? sm_count : 1) * per_sm;
   blocks = static_cast<unsigned>(needed < wave ? needed : wave);
-  lp.item_step = static_cast<uint32_t>(blocks * teams_per_block);  // below 2^31: no more than the items, or a wave
+  lp.item_step = static_cast<uint32_t>(blocks * teams_per_block);  // at most the items and a block: 32 bits
   return cudaSuccess;
 }
 
