@@ -10,7 +10,7 @@ profile: the self time of every op, summed by kind (matrix products, the couplin
 them, other aten ops, the optimizer, Python and autograd). With ``--compare`` it times the named variants in
 turn, round after round in one process (the machine is shared and noisy), and prints each one's median.
 
-Freed memory is kept in the process, as the op benchmarks do (nf_kernels/benchmarking/timing.py), unless
+Freed memory is kept in the process, as the op benchmarks and `nf-kernels train` do (nf_kernels/cpu_memory.py), unless
 ``--system-malloc``: glibc otherwise gives freed blocks back and every step page-faults its fresh outputs in again.
 """
 
@@ -31,7 +31,7 @@ import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from nf_kernels.benchmarking.model_runner import training_step  # noqa: E402
-from nf_kernels.benchmarking.timing import keep_freed_cpu_memory  # noqa: E402
+from nf_kernels import keep_freed_cpu_memory  # noqa: E402
 from nf_kernels.flows import build_model  # noqa: E402
 
 VARIANTS = ("standard", "memory-saving", "compile")
@@ -49,11 +49,14 @@ def make_step(args: argparse.Namespace, variant: str):
 
 
 def step_times(step, count: int) -> list[float]:
+    """Seconds of each of `count` steps. On one torch thread, the CPU time of this thread: all the work runs here,
+    and time the scheduler gives another process is not counted (wall time on a shared machine is noisier)."""
+    clock = time.thread_time if torch.get_num_threads() == 1 else time.perf_counter
     times = []
     for _ in range(count):
-        start = time.perf_counter()
+        start = clock()
         step()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return times
 
 
