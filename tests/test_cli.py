@@ -1,7 +1,6 @@
 """The nf-kernels command line, in process through main(argv): smoke runs, resume, and bad-argument messages."""
 
 import dataclasses
-import functools
 import json
 import subprocess
 import sys
@@ -79,22 +78,14 @@ def test_resumed_cli_run_continues_the_same_trajectory_bitwise(tmp_path, capsys,
     assert all(torch.equal(whole[k], split[k]) for k in whole)
 
 
-def test_a_compiled_run_writes_the_checkpoint_an_eager_model_loads(tmp_path, capsys, monkeypatch):
+def test_a_compiled_run_writes_the_checkpoint_an_eager_model_loads(tmp_path, capsys, aot_eager_graphs):
     """--compile trains the compiled flow (aot_eager here: Inductor's code generation is slow on a small CPU);
     its checkpoint holds the plain state_dict keys, which eval and sample load into a model built without it."""
     from nf_kernels.flows import Flow
 
-    aot_eager = torch._dynamo.lookup_backend("aot_eager")
-    graphs = []
-
-    def counting_aot_eager(graph, example_inputs):
-        graphs.append(graph)
-        return aot_eager(graph, example_inputs)
-
-    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=counting_aot_eager))
     run = tmp_path / "run"
     assert cli(capsys, "train", *TINY_MOONS, "--compile", "--steps", 2, "--out", run, *QUIET)[0] == 0
-    assert graphs  # the flow ran compiled
+    assert aot_eager_graphs  # the flow ran compiled
     saved = load_checkpoint(run / "checkpoint.pt")
     assert saved["cli"]["compile"] is True
     eager = build_model("realnvp", (2,), hidden=8, num_layers=2)

@@ -1,32 +1,16 @@
 """Compiled flows: build_model(..., compile=True) runs log_prob, forward and inverse as torch.compile(fullgraph=True)
 graphs, the fused ops inside, with the values, gradients and state_dict of the eager model.
 
-Compilation is slow on a small CPU, so these tests compile with "aot_eager" (Dynamo's graph capture and AOTAutograd's
-forward and backward graphs, everything but Inductor's code generation) and keep models tiny; one test compiles
-with Inductor itself. fullgraph=True makes any graph break an error, so a passing call has none.
+Compilation is slow on a small CPU, so these tests compile with "aot_eager" (the `aot_eager_graphs` fixture of
+tests/conftest.py: Dynamo's graph capture and AOTAutograd's forward and backward graphs, everything but Inductor's
+code generation) and keep models tiny; one test compiles with Inductor itself. fullgraph=True makes any graph break an error, so a passing call has none.
 """
-
-import functools
 
 import pytest
 import torch
 from flows_helpers import IMAGE_SHAPE, VECTOR_SHAPE, perturb, rel_err, tiny_sizes
 
 from nf_kernels.flows import MODELS, build_model
-
-
-@pytest.fixture
-def graphs(monkeypatch):
-    """Every graph the compiled flows capture, compiled with aot_eager (the graphs are counted, then run)."""
-    aot_eager = torch._dynamo.lookup_backend("aot_eager")
-    captured = []
-
-    def counting_aot_eager(graph, example_inputs):
-        captured.append(graph)
-        return aot_eager(graph, example_inputs)
-
-    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=counting_aot_eager))
-    return captured
 
 
 def _pair(name, shape, **options):
@@ -50,7 +34,7 @@ TRAINING_CASES += [("realnvp", IMAGE_SHAPE, True)]
 
 
 @pytest.mark.parametrize("name,shape,conditional", TRAINING_CASES, ids=str)
-def test_a_compiled_training_step_is_one_graph_with_the_eager_values(name, shape, conditional, graphs):
+def test_a_compiled_training_step_is_one_graph_with_the_eager_values(name, shape, conditional, aot_eager_graphs):
     eager, compiled = _pair(name, shape, num_classes=3 if conditional else None)
     x = torch.rand(4, *shape, generator=torch.Generator().manual_seed(1))
     context = torch.tensor([0, 1, 2, 1]) if conditional else None
@@ -60,11 +44,11 @@ def test_a_compiled_training_step_is_one_graph_with_the_eager_values(name, shape
         torch.testing.assert_close(loss_c, loss, rtol=1e-6, atol=1e-6)
         for g, g_c in zip(grads, grads_c):
             assert rel_err(g_c, g) <= 1e-5
-    assert len(graphs) == 1  # log_prob with gradients: one graph (fullgraph), compiled once for both steps
+    assert len(aot_eager_graphs) == 1  # log_prob with gradients: one graph (fullgraph), compiled once for both steps
 
 
 @pytest.mark.parametrize("name,shape", [("realnvp", VECTOR_SHAPE)] + [(name, IMAGE_SHAPE) for name in MODELS], ids=str)
-def test_compiled_forward_inverse_and_sample_match_eager(name, shape, graphs):
+def test_compiled_forward_inverse_and_sample_match_eager(name, shape, aot_eager_graphs):
     eager, compiled = (flow.eval() for flow in _pair(name, shape))
     x = torch.rand(3, *shape)
     with torch.no_grad():
@@ -74,19 +58,19 @@ def test_compiled_forward_inverse_and_sample_match_eager(name, shape, graphs):
                 torch.testing.assert_close(out_c, out, rtol=1e-5, atol=1e-5)
         samples = [flow.sample(5, generator=torch.Generator().manual_seed(2)) for flow in (eager, compiled)]
         torch.testing.assert_close(samples[1], samples[0], rtol=1e-5, atol=1e-5)
-    assert len(graphs) == 2  # forward, inverse (sample runs the compiled inverse)
+    assert len(aot_eager_graphs) == 2  # forward, inverse (sample runs the compiled inverse)
 
 
-def test_batches_of_any_size_share_one_graph(graphs):
+def test_batches_of_any_size_share_one_graph(aot_eager_graphs):
     _, flow = _pair("realnvp", VECTOR_SHAPE)
     flow.eval()
     with torch.no_grad():
         for batch in (4, 7, 32, 5):
             flow.log_prob(torch.randn(batch, *VECTOR_SHAPE))
-    assert len(graphs) == 1
+    assert len(aot_eager_graphs) == 1
 
 
-def test_a_compiled_model_has_the_eager_state_dict_keys_and_loads_eager_weights(graphs):
+def test_a_compiled_model_has_the_eager_state_dict_keys_and_loads_eager_weights(aot_eager_graphs):
     eager, compiled = _pair("glow", IMAGE_SHAPE)
     x = torch.rand(4, *IMAGE_SHAPE)
     compiled.log_prob(x)  # initialized and compiled
@@ -110,7 +94,7 @@ def test_compile_and_memory_saving_exclude_each_other():
         flow.compiled = True
 
 
-def test_a_compiled_flow_copies_and_pickles_without_its_graphs(graphs):
+def test_a_compiled_flow_copies_and_pickles_without_its_graphs(aot_eager_graphs):
     import copy
     import pickle
 
