@@ -104,7 +104,7 @@ class Flow(nn.Module):
     ):
         super().__init__()
         self._compiled_entries: dict[str, Callable[..., Any]] = {}
-        self._compiled = False
+        self._compiled, self._initializing_layers = False, []
         self.layers = nn.ModuleList(layers)
         self.base = base
         self.context_encoder = context_encoder
@@ -146,6 +146,9 @@ class Flow(nn.Module):
             raise ValueError(_EXCLUSIVE)
         self._compiled = bool(enabled)
         self._compiled_entries = {}
+        # The layers that may initialize from data, found once: walking every module on every call costs more
+        # than a small compiled step.
+        self._initializing_layers = [m for m in self.modules() if hasattr(type(m), "initialization_pending")]
 
     def _run(self, entry: Callable[..., Any], *args: Any) -> Any:
         """`entry(*args)`, through its compiled graph when the flow is compiled.
@@ -158,7 +161,7 @@ class Flow(nn.Module):
         at the batch size (torch's automatic dynamic shapes would make every dim symbolic once a second model's
         shapes differ, which inductor cannot always lay out).
         """
-        if not self._compiled or any(getattr(m, "initialization_pending", False) for m in self.modules()):
+        if not self._compiled or any(m.initialization_pending for m in self._initializing_layers):
             return entry(*args)
         name = entry.__name__
         if name not in self._compiled_entries:

@@ -85,7 +85,7 @@ class _InvertibleStack(torch.autograd.Function):
     @staticmethod
     def forward(ctx, standard_forward, layers, x, context, *params):
         y, logdet = standard_forward(layers, x, context)  # autograd is off inside Function.forward
-        ctx.layers = layers
+        ctx.layers, ctx.params = layers, params
         # Backward runs outside autocast; the rebuilt graphs must see the precision the forward pass had.
         device_type = x.device.type
         ctx.autocast = (device_type, torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))
@@ -101,7 +101,7 @@ class _InvertibleStack(torch.autograd.Function):
         device_type, enabled, dtype = ctx.autocast
         with torch.autocast(device_type, dtype=dtype, enabled=enabled):
             _, grad_x = backward_through(ctx.layers, y, grad_y, grad_logdet, sink)
-        param_grads = [sink.param_grads.get(id(p)) for p in _parameters(ctx.layers)]
+        param_grads = [sink.param_grads.get(id(p)) for p in ctx.params]
         return (None, None, grad_x.to(ctx.x_dtype), sink.context_grad, *param_grads)
 
 
