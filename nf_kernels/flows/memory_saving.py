@@ -7,6 +7,11 @@ autograd on, and back-propagates through it (the log-det's gradient included, si
 into the same total). Only one layer's local graph is alive at a time. Parameter gradients come from
 `torch.autograd.grad` and are returned as the node's input gradients, so optimizers see nothing unusual.
 
+A layer can do its own step of that walk, `backward_from_output(y, grad_y, grad_logdet, sink) -> (x, grad_x)`:
+a multi-scale split walks its inner stack directly, and a coupling needs a single conditioner forward (its kept
+elements are the same in input and output), feeding both its inverse and the fused op's backward, where rebuilding
+and re-running the layer would take two (coupling.py).
+
 This is exact up to the rounding of `inverse(forward(x))`: inputs are reconstructed, not stored.
 """
 
