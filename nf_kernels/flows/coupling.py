@@ -172,9 +172,9 @@ class _CouplingLayer(FlowLayer):
         # The kept elements' second path, through the conditioner, added in place (the op's outputs are fresh
         # tensors): for "half" into the kept channels alone, instead of a zero-padded copy of the whole sample.
         if grad_kept is not None and self.mask_kind == "half":
-            grad_x[:, self._kept_channels] += grad_kept
+            grad_x[:, self._kept_channels].add_(grad_kept)  # add_ on the view: `+=` would copy it back onto itself
         elif grad_kept is not None:
-            grad_x += torch.where(self._kept_mask, grad_kept, grad_kept.new_zeros(()))
+            grad_x.add_(torch.where(self._kept_mask, grad_kept, grad_kept.new_zeros(())))
         return x, grad_x
 
     def extra_repr(self) -> str:
