@@ -135,7 +135,7 @@ def format_overhead_table(results: Sequence[OverheadResult]) -> str:
             + [_microseconds(r.seconds.get(stage)) for stage in STAGES]
             + [_microseconds(getattr(r, name)) for name in overheads] for r in results]  # fmt: skip
     failures = [f"- {r.case.label()} {r.backend}: {r.error}" for r in results if r.error]
-    return _markdown(header, rows) + ("\n\nNot measured:\n" + "\n".join(failures) if failures else "")
+    return markdown_table(header, rows) + ("\n\nNot measured:\n" + "\n".join(failures) if failures else "")
 
 
 def format_targets(checks: Sequence[TargetCheck]) -> str:
