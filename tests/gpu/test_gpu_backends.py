@@ -117,20 +117,26 @@ def test_batch_beyond_the_grid_limit(backend):
         assert rel_err(a, b) <= 1e-5
 
 
+def _large_inputs(case: Coupling, shape: tuple, needed_gib: int):
+    """fp16 x, h, grad_y and a float64 grad_logdet for a problem beyond 2^31 elements; skips without the memory."""
+    free, _ = torch.cuda.mem_get_info()
+    if free < needed_gib * 2**30:
+        pytest.skip(f"needs about {needed_gib} GiB of free GPU memory, {free / 2**30:.0f} GiB free")
+    x = torch.randn(shape, device=DEVICE, dtype=torch.float16)
+    h = torch.randn(case.h_shape(), device=DEVICE, dtype=torch.float16)
+    grad_y = torch.randn(shape, device=DEVICE, dtype=torch.float16)
+    grad_logdet = torch.randn(shape[0], device=DEVICE, dtype=torch.float64)
+    return x, h, grad_y, grad_logdet
+
+
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 def test_offsets_beyond_2_to_the_31(backend):
     """2^31 fp16 elements (4 GiB), 2^28 per sample: flat offsets overflow 32-bit integers. The far end of the
     last sample is checked against the reference computed on that slice alone (the coupling is elementwise)."""
     backend = _backend(backend)
-    free, _ = torch.cuda.mem_get_info()
-    if free < 40 * 2**30:
-        pytest.skip(f"needs about 40 GiB of free GPU memory, {free / 2**30:.0f} GiB free")
     shape = (8, 4, 2**26)
     case = Coupling(MaskCase("half", shape), "exp")
-    x = torch.randn(shape, device=DEVICE, dtype=torch.float16)
-    h = torch.randn(case.h_shape(), device=DEVICE, dtype=torch.float16)
-    grad_y = torch.randn(shape, device=DEVICE, dtype=torch.float16)
-    grad_logdet = torch.randn(shape[0], device=DEVICE, dtype=torch.float64)
+    x, h, grad_y, grad_logdet = _large_inputs(case, shape, 40)
     y, logdet, grad_x, grad_h = _forward_backward(case, backend, x, h, grad_y, grad_logdet, "half")
     tail = (slice(7, 8), slice(None), slice(-4096, None))
     ref = _forward_backward(case, "reference", x[tail].double(), h[tail].double(), grad_y[tail].double(),
@@ -148,15 +154,9 @@ def test_checkerboard_beyond_2_to_the_31(backend):
     the kernels' groups): the last sample's far end against the reference on that slice (the coupling is elementwise
     and the parity depends only on the position in the plane)."""
     backend = _backend(backend)
-    free, _ = torch.cuda.mem_get_info()
-    if free < 48 * 2**30:
-        pytest.skip(f"needs about 48 GiB of free GPU memory, {free / 2**30:.0f} GiB free")
     shape = (9, 3, 8191, 9743)  # 2_154_732_651 elements
     case = Coupling(MaskCase("checkerboard", shape), "tanh")
-    x = torch.randn(shape, device=DEVICE, dtype=torch.float16)
-    h = torch.randn(case.h_shape(), device=DEVICE, dtype=torch.float16)
-    grad_y = torch.randn(shape, device=DEVICE, dtype=torch.float16)
-    grad_logdet = torch.randn(shape[0], device=DEVICE, dtype=torch.float64)
+    x, h, grad_y, grad_logdet = _large_inputs(case, shape, 48)
     y, logdet, grad_x, grad_h = _forward_backward(case, backend, x, h, grad_y, grad_logdet, "checkerboard")
     rows = slice(8128, None)  # the last 63 rows of each channel of the last sample, from an even row: same parity
     ref = _forward_backward(case, "reference", x[8:, :, rows].double(), h[8:, :, rows].double(),
