@@ -21,6 +21,7 @@ def affine_coupling(
     shift_first: bool = False,
     reverse: bool = False,
     backend: str = "auto",
+    h_layout: str = "scale_shift",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The affine (RealNVP) coupling and its per-sample log-determinant, in one fused pass.
 
@@ -72,9 +73,9 @@ def affine_coupling(
     """
     mask_tensor, config = check_coupling_args(
         x, h, mask=mask, flip=flip, scale=scale, clamp=clamp, shift_first=shift_first, reverse=reverse,
-        backend=backend,
+        backend=backend, h_layout=h_layout,
     )  # fmt: skip
-    return _ops.coupling_op(x, h, mask_tensor, *config, resolve_backend(backend, x.device))
+    return _ops.coupling_op(x, h, mask_tensor, *config, resolve_backend(backend, x.device, config))
 
 
 def additive_coupling(
@@ -109,4 +110,4 @@ def additive_coupling(
     mask_tensor, config = check_coupling_args(
         x, t, mask=mask, flip=flip, reverse=reverse, backend=backend, additive=True
     )
-    return _ops.coupling_op(x, t, mask_tensor, *config, resolve_backend(backend, x.device))
+    return _ops.coupling_op(x, t, mask_tensor, *config, resolve_backend(backend, x.device, config))

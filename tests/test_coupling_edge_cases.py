@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import nf_kernels
-from conftest import CPU_BACKENDS, FUSED_CPU_BACKENDS, MASK_CASES, Coupling, MaskCase, all_couplings
+from conftest import CPU_BACKENDS, FUSED_CPU_BACKENDS, MASK_CASES, SCALES, Coupling, MaskCase, all_couplings, with_backends
 
 
 def _non_contiguous(t: torch.Tensor) -> torch.Tensor:
@@ -16,8 +16,7 @@ def _non_contiguous(t: torch.Tensor) -> torch.Tensor:
     return view
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
-@pytest.mark.parametrize("case", all_couplings(MASK_CASES, reverse=(True,)), ids=str)
+@pytest.mark.parametrize("case, backend", with_backends(CPU_BACKENDS, all_couplings(MASK_CASES, reverse=(True,))))
 def test_non_contiguous_inputs_equal_contiguous_copies(case, backend):
     x, h = case.inputs(torch.float32)
     grad_y = torch.randn(x.shape)
@@ -107,10 +106,10 @@ def test_outputs_never_alias_inputs(backend):
     assert torch.equal(y, x) and y.data_ptr() != x.data_ptr()
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
-@pytest.mark.parametrize("scale", ["exp", "tanh", "atan", "sigmoid"])
-def test_nan_propagates(backend, scale):
-    case = Coupling(MaskCase("checkerboard", (2, 2, 3, 3)), scale)
+@pytest.mark.parametrize(
+    "case, backend", with_backends(CPU_BACKENDS, [Coupling(MaskCase("checkerboard", (2, 2, 3, 3)), s) for s in SCALES])
+)
+def test_nan_propagates(case, backend):
     x, h = case.inputs(torch.float32)
     # (0, 0, 0) is transformed ((i + j) % 2 == 0), (0, 0, 1) is kept.
     x[0, 0, 0, 0] = float("nan")
