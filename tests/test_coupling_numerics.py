@@ -97,9 +97,9 @@ def test_gradients_match_reference(case, backend):
         assert rel_err(grad_h, ref_h) <= TOLERANCE[dtype] * 10, dtype
 
 
-@pytest.mark.parametrize("backend", FUSED_CPU_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("mask", MASK_CASES, ids=str)
+@pytest.mark.parametrize("mask, backend", [(c.mask, b) for c, b in
+                                           (p.values for p in with_backends(FUSED_CPU_BACKENDS, map(Coupling, MASK_CASES)))])
 def test_half_precision_gradients(mask, dtype, backend):
     for case in (Coupling(mask, "tanh", reverse=False), Coupling(mask, "sigmoid", flip=True, reverse=True)):
         x, h = case.inputs(dtype)

@@ -27,7 +27,9 @@ class Accelerated:
     ``class AffineCouplingTransform(Accelerated, nflows.transforms.AffineCouplingTransform)``.
 
     A subclass implements `check` (raise :class:`Unsupported` for what it cannot compute) and `prepare` (derive what
-    the fused calls need from the library's own attributes). The backend of the fused ops is the attribute
+    the fused calls need from the library's own attributes); its constructor is the library's, then those two. (A
+    library class whose first base is an ABC, like pyro's conditional transforms, goes first instead: a class
+    swap needs the old and new memory layouts to match, which a mixin before such a class breaks.) The backend of the fused ops is the attribute
     `nf_kernels_backend` ("auto" unless set on the layer or by :func:`nf_kernels.compat.accelerate`).
     """
 
@@ -37,15 +39,18 @@ class Accelerated:
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         library = [base for base in cls.__bases__ if not issubclass(base, Accelerated)]
-        if library:  # a drop-in class, not a mixin shared by several
-            cls.replaces = library[0]
-            # inspect.signature(cls) then shows the library's constructor, which is the one this class takes.
-            cls.__signature__ = inspect.signature(cls.replaces)
+        if not library:
+            return  # a mixin shared by several drop-in classes
+        cls.replaces = library = library[0]
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        type(self).check(self)
-        self.prepare()
+        def __init__(self, *args, **kwargs):
+            library.__init__(self, *args, **kwargs)
+            type(self).check(self)
+            self.prepare()
+
+        cls.__init__ = __init__
+        # inspect.signature(cls) then shows the library's constructor, which is the one this class takes.
+        cls.__signature__ = inspect.signature(library)
 
     @classmethod
     def check(cls, layer: nn.Module) -> None:

@@ -19,6 +19,8 @@ from ._adopt import Unsupported
 # The peer libraries by the top-level package their classes live in, with the compat module for each. A library's
 # compat module is imported only when the model has one of its layers.
 LIBRARIES = {"normflows": "normflows", "nflows": "nflows", "zuko": "zuko", "FrEIA": "freia", "pyro": "pyro"}
+# Why a library's flow layer is left alone when its compat module names no other reason (NOT_FUSED).
+NOT_A_COUPLING = "not an affine or additive coupling: nothing to fuse"
 
 
 @dataclass(frozen=True)
@@ -92,11 +94,15 @@ def _walk(obj: Any, path: str, report: AccelerationReport, backend: Optional[str
             obj.nf_kernels_backend = backend
         report.replaced.append(Replaced(path, _qualified(drop_in.replaces), _qualified(drop_in)))
         return True  # its children are its own business now
+    not_fused = None if compat is None else next((why for cls, why in compat.NOT_FUSED.items() if isinstance(obj, cls)), None)
+    if not_fused is not None:  # a coupling the drop-ins do not cover: reported as a whole, not by its parts
+        report.left_alone.append(LeftAlone(path, _qualified(type(obj)), not_fused))
+        return True
     found = False
     for name, child in _children(obj):
         found |= _walk(child, f"{path}.{name}" if path else name, report, backend, seen)
     if not found and compat is not None and isinstance(obj, compat.FLOW_BASE):
-        report.left_alone.append(LeftAlone(path, _qualified(type(obj)), "not a coupling layer: nothing to fuse"))
+        report.left_alone.append(LeftAlone(path, _qualified(type(obj)), NOT_A_COUPLING))
         return True
     return found
 

@@ -1,5 +1,5 @@
-"""Drop-in classes for FrEIA 0.2: GLOWCouplingBlock, RNVPCouplingBlock, NICECouplingBlock and AllInOneBlock's
-coupling, through the fused ops.
+"""Drop-in classes for FrEIA 0.2: GLOWCouplingBlock, RNVPCouplingBlock, NICECouplingBlock, AffineCouplingOneSided,
+ConditionalAffineTransform and AllInOneBlock's coupling, through the fused ops.
 
 FrEIA's forward (rev=False) is its density direction (x to z), called as ``module([x], c=[...], rev=False)`` and
 returning ``((y,), log_jac_det)``; rev=True returns the inverse and the log-det of the inverse. A block splits dim 1
@@ -124,6 +124,28 @@ class NICECouplingBlock(_TwoCouplingBlock, freia_modules.NICECouplingBlock):
         return (self.G if which == 1 else self.F)(u)
 
 
+class AffineCouplingOneSided(_TwoCouplingBlock, freia_modules.AffineCouplingOneSided):
+    """FrEIA's AffineCouplingOneSided: the second part transformed given the first, one subnet."""
+
+    def forward(self, x, c=[], rev=False, jac=True):
+        x = x[0]
+        y, log_jac_det = self._couple(x, self.subnet(_conditioned(self, x[:, : self.split_len1], c)), first=False, rev=rev)
+        return (y,), log_jac_det
+
+
+class ConditionalAffineTransform(_TwoCouplingBlock, freia_modules.ConditionalAffineTransform):
+    """FrEIA's ConditionalAffineTransform: every element transformed, h from the conditions alone."""
+
+    def forward(self, x, c=[], rev=False, jac=True):
+        x = x[0]
+        h = self.subnet(torch.cat(list(c), 1) if len(c) > 1 else c[0])
+        nothing_kept = torch.zeros(x.shape[1:], dtype=torch.bool, device=x.device)
+        y, log_jac_det = functional.affine_coupling(x, h, mask=nothing_kept, scale=self._nfk_scale,
+                                                    clamp=float(self.clamp), reverse=rev,
+                                                    backend=self.nf_kernels_backend)  # fmt: skip
+        return (y,), log_jac_det
+
+
 class AllInOneBlock(Accelerated, freia_modules.AllInOneBlock):
     """FrEIA's AllInOneBlock with its affine coupling fused (its permutation and global scaling unchanged)."""
 
@@ -159,5 +181,9 @@ class AllInOneBlock(Accelerated, freia_modules.AllInOneBlock):
         return (y,), log_jac_det + (-1) ** rev * pixels * global_scaling_jac
 
 
-DROP_INS = {cls.replaces: cls for cls in (GLOWCouplingBlock, RNVPCouplingBlock, NICECouplingBlock, AllInOneBlock)}
+DROP_INS = {cls.replaces: cls for cls in (GLOWCouplingBlock, RNVPCouplingBlock, NICECouplingBlock, AffineCouplingOneSided,
+                                          ConditionalAffineTransform, AllInOneBlock)}  # fmt: skip
 FLOW_BASE = freia_modules.InvertibleModule
+# Coupling layers with no drop-in, and why (accelerate reports it).
+NOT_FUSED = {freia_modules.GINCouplingBlock: "GIN's volume-preserving coupling (the mean log-scale of each sample is "
+                                             "subtracted) is not fused"}

@@ -87,3 +87,6 @@ class AdditiveCouplingTransform(_FusedCouplingTransform, nflows_transforms.Addit
 
 DROP_INS = {cls.replaces: cls for cls in (AffineCouplingTransform, AdditiveCouplingTransform)}
 FLOW_BASE = nflows_transforms.Transform
+# Coupling layers with no drop-in, and why (accelerate reports it).
+NOT_FUSED = {nflows_transforms.PiecewiseCouplingTransform: "a spline coupling: the fused ops are affine and additive "
+                                                           "couplings"}

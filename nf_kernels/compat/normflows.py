@@ -154,3 +154,6 @@ class MaskedAffineFlow(Accelerated, nf.flows.MaskedAffineFlow):
 # the base class of the library's flow layers (what accelerate reports when it leaves one alone).
 DROP_INS = {cls.replaces: cls for cls in (AffineCoupling, AffineCouplingBlock, MaskedAffineFlow)}
 FLOW_BASE = nf.flows.Flow
+# Coupling layers with no drop-in, and why (accelerate reports it).
+NOT_FUSED = {cls: "a spline coupling: the fused ops are affine and additive couplings"
+             for cls in (nf.flows.CoupledRationalQuadraticSpline, nf.flows.CircularCoupledRationalQuadraticSpline)}

@@ -45,12 +45,18 @@ def _check_clips(low, high) -> None:
 
 
 def _one_output(mean: Tensor, log_scale: Tensor) -> Optional[Tensor]:
-    """The hypernet's output both are slices of, [..., 2M] with mean first, or None (then they are concatenated)."""
+    """The hypernet's output both are slices of, [..., 2M] with mean first, or None (then they are concatenated).
+    Not while torch.compile traces (it does not trace storage offsets): there the concatenation is the compiler's."""
+    if torch.compiler.is_compiling():
+        return None
     base = mean._base
     if base is None or log_scale._base is not base or not base.is_contiguous():
         return None
     size = mean.shape[-1]
-    if (base.shape[-1] != 2 * size or mean.storage_offset() != base.storage_offset()
+    # Both laid out as the two halves of each row of a contiguous [..., 2M] tensor: its row strides, mean first.
+    rows = torch.empty((*mean.shape[:-1], 2 * size), device="meta").stride()
+    if (base.shape[-1] != 2 * size or base.numel() != 2 * mean.numel() or log_scale.shape != mean.shape
+            or mean.stride() != rows or log_scale.stride() != rows or mean.storage_offset() != base.storage_offset()
             or log_scale.storage_offset() != base.storage_offset() + size):  # fmt: skip
         return None
     return base
@@ -101,7 +107,7 @@ class AffineCoupling(Accelerated, pyro_transforms.AffineCoupling):
         return self._couple(x, reverse=False)[1]
 
 
-class ConditionalAffineCoupling(Accelerated, pyro_transforms.ConditionalAffineCoupling):
+class ConditionalAffineCoupling(pyro_transforms.ConditionalAffineCoupling, Accelerated):
     """pyro's ConditionalAffineCoupling: `condition(context)` gives the fused AffineCoupling."""
 
     @classmethod
@@ -118,3 +124,5 @@ class ConditionalAffineCoupling(Accelerated, pyro_transforms.ConditionalAffineCo
 
 DROP_INS = {cls.replaces: cls for cls in (AffineCoupling, ConditionalAffineCoupling)}
 FLOW_BASE = pyro_torch_transform.TransformModule
+# Coupling layers with no drop-in, and why (accelerate reports it).
+NOT_FUSED = {pyro_transforms.SplineCoupling: "a spline coupling: the fused ops are affine and additive couplings"}

@@ -132,3 +132,4 @@ class FusedCouplingTransform(Transform):
 
 DROP_INS = {GeneralCouplingTransform.replaces: GeneralCouplingTransform}
 FLOW_BASE = zuko.lazy.LazyTransform
+NOT_FUSED: dict = {}  # zuko's couplings are all GeneralCouplingTransform, whose univariate `check` judges

@@ -165,9 +165,11 @@ def log_scale_grad(s, SCALE: tl.constexpr, CLAMP: tl.constexpr, INV_CLAMP: tl.co
     elif SCALE == RSIGMOID:
         d = -tl.sigmoid(-(s + 2.0))
     elif SCALE == NFLOWS_SIGMOID:
+        # sigmoid(v) sigmoid(-v) / (sigmoid(v) + floor), both sigmoids from exp(-|v|), which never overflows.
         v = s + 2.0
-        up = tl.sigmoid(v)
-        d = up * tl.sigmoid(-v) / (up + SCALE_FLOOR)
+        e = tl.exp(-tl.abs(v))
+        big, small = 1.0 / (1.0 + e), e / (1.0 + e)  # sigmoid(|v|), sigmoid(-|v|)
+        d = big * small / (tl.where(v >= 0, big, small) + SCALE_FLOOR)
     elif SCALE == SOFTCLAMP:
         q = 1.0 + tl.abs(s) * INV_CLAMP
         d = 1.0 / (q * q)
