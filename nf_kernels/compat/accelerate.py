@@ -125,7 +125,7 @@ def accelerate(model: Any, backend: Optional[str] = None) -> AccelerationReport:
     ...     nf.flows.AffineCouplingBlock(nf.nets.MLP([2, 16, 4])), nf.flows.Permute(4, mode="swap")])
     >>> print(accelerate(flow))
     replaced     flows.0: normflows.flows.affine.coupling.AffineCouplingBlock -> nf_kernels.compat.normflows.AffineCouplingBlock
-    left alone   flows.1: normflows.flows.mixing.Permute (not a coupling layer: nothing to fuse)
+    left alone   flows.1: normflows.flows.mixing.Permute (not an affine or additive coupling: nothing to fuse)
     """
     if backend is not None:
         check_backend_name(backend)

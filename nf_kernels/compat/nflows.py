@@ -8,9 +8,10 @@ sigmoid(s + 2) + 1e-3, the op's "nflows_sigmoid". Where the mask is a "half" spl
 halves) the op takes mask="half"; any other mask (nflows' alternating masks) is the op's bool mask with a compact h.
 
     >>> import torch
+    >>> from nflows.nn.nets import ResidualNet
     >>> from nf_kernels.compat import nflows as fused
-    >>> layer = fused.AffineCouplingTransform([1, 1, 0, 0], lambda i, o: torch.nn.Linear(i, o))
-    >>> y, logabsdet = layer(torch.randn(3, 4))
+    >>> layer = fused.AffineCouplingTransform([1, 1, 0, 0], lambda i, o: ResidualNet(i, o, hidden_features=8))
+    >>> y, logabsdet = layer(torch.randn(3, 4))   # was nflows.transforms.AffineCouplingTransform
     >>> y.shape, logabsdet.shape
     (torch.Size([3, 4]), torch.Size([3]))
 """
@@ -88,5 +89,5 @@ class AdditiveCouplingTransform(_FusedCouplingTransform, nflows_transforms.Addit
 DROP_INS = {cls.replaces: cls for cls in (AffineCouplingTransform, AdditiveCouplingTransform)}
 FLOW_BASE = nflows_transforms.Transform
 # Coupling layers with no drop-in, and why (accelerate reports it).
-NOT_FUSED = {nflows_transforms.PiecewiseCouplingTransform: "a spline coupling: the fused ops are affine and additive "
-                                                           "couplings"}
+NOT_FUSED = {require("nflows.transforms.coupling").PiecewiseCouplingTransform:
+             "a spline coupling: the fused ops are affine and additive couplings"}
