@@ -67,5 +67,7 @@ def h_position(p, pair_inner, PAIRS: tl.constexpr):
     """base(p) of nf_kernels._layout: where a transformed element's parameters start in a sample of h, before the
     layout's s_offset and t_offset. (t, s_raw) channel pairs put the c-th channel of parameters at channel 2c."""
     if PAIRS:
-        return p + (p // pair_inner) * pair_inner
-    return p
+        base = p + (p // pair_inner) * pair_inner
+    else:
+        base = p
+    return base
