@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import pytest
 import torch
@@ -94,3 +96,59 @@ def seeded(seed: int, fn, *args, dtype=None, **kwargs):
         return fn(*args, **kwargs)
     finally:
         torch.set_default_dtype(previous)
+
+
+def _tensors(value) -> list:
+    """A result as its list of tensors (a library may return a tensor, a tuple of them, or a float log-det)."""
+    if isinstance(value, (tuple, list)):
+        return [t for item in value for t in _tensors(item)]
+    return [torch.as_tensor(value)]
+
+
+def assert_same_results(ours, theirs, dtype, what: str) -> None:
+    ours, theirs = _tensors(ours), _tensors(theirs)
+    assert len(ours) == len(theirs), what
+    for i, (a, b) in enumerate(zip(ours, theirs)):
+        assert_close(a, b, dtype, f"{what}[{i}]")
+
+
+@dataclass(frozen=True)
+class Questions:
+    """How to ask one library's model what the tests compare: each takes the model (and x)."""
+
+    log_prob: Callable  # (model, x) -> [B]: the density the model defines (a FrEIA network: its negative loss)
+    inverse: Callable  # (model, x) -> the other direction's output(s)
+    sample: Optional[Callable] = None  # (model) -> samples drawn with torch's global generator
+
+
+def check_against_the_library(model, backend: str, dtype, x: torch.Tensor, ask: Questions, replaced: int):
+    """Accelerate a copy of `model` on `backend`; check that it replaced `replaced` layers, kept the state_dict,
+    and computes the library's log-densities, inverse, samples (from the same noise) and gradients. Returns the
+    accelerated copy and the report."""
+    twin, report = accelerated_copy(model, backend)
+    assert len(report.replaced) == replaced, report
+    assert_state_dicts_match(model, twin)
+    with skip_if_the_backend_lacks_it(backend):
+        assert_close(ask.log_prob(twin, x), ask.log_prob(model, x), dtype, "log_prob")
+        assert_same_results(ask.inverse(twin, x), ask.inverse(model, x), dtype, "inverse")
+        if ask.sample is not None:
+            assert_same_results(seeded(1, ask.sample, twin, dtype=dtype), seeded(1, ask.sample, model, dtype=dtype),
+                                dtype, "samples")  # fmt: skip
+        xa, xb = leaf(x), leaf(x)
+        ask.log_prob(model, xa).sum().backward()
+        ask.log_prob(twin, xb).sum().backward()
+    assert_same_gradients(model, twin, xa, xb, dtype)
+    return twin, report
+
+
+def check_compiled_like_the_library(model, run: Callable, x: torch.Tensor, backend: str, library: str) -> None:
+    """torch.compile(fullgraph=True) of run(accelerated model, x) computes run(model, x), where the library's own
+    model compiles (else the test skips, saying so)."""
+    if backend not in BACKENDS:
+        pytest.skip(f"{backend} does not run here")
+    twin, _ = accelerated_copy(model, backend)  # before the library's runs below (pyro's transforms cache them)
+    if not compiles_fullgraph(run, model, x):
+        pytest.skip(f"{library}'s own model does not compile with fullgraph=True")
+    torch._dynamo.reset()
+    compiled = torch.compile(run, fullgraph=True, backend="aot_eager")
+    assert_same_results(compiled(twin, x), run(model, x), x.dtype, "compiled")

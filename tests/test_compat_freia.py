@@ -6,16 +6,8 @@ import inspect
 
 import pytest
 import torch
-from compat_helpers import (
-    BACKENDS,
-    accelerated_copy,
-    assert_close,
-    assert_same_gradients,
-    assert_state_dicts_match,
-    compiles_fullgraph,
-    leaf,
-    skip_if_the_backend_lacks_it,
-)
+from compat_helpers import BACKENDS, Questions, accelerated_copy, assert_close, skip_if_the_backend_lacks_it
+from compat_helpers import check_against_the_library, check_compiled_like_the_library
 
 Ff = pytest.importorskip("FrEIA.framework")
 Fm = pytest.importorskip("FrEIA.modules")
@@ -61,9 +53,14 @@ def _model(name, dtype):
     return MODELS[name]().to(dtype)
 
 
-def _nll(net, x, c=None):
-    z, log_jac_det = net(x, c=c) if c is not None else net(x)
-    return 0.5 * z.square().flatten(1).sum(1) - log_jac_det, z
+def _log_density(net, x):
+    """The density a FrEIA network defines under a standard normal, up to a constant: -(0.5 |z|^2 - log_jac_det)."""
+    z, log_jac_det = net(x)
+    return log_jac_det - 0.5 * z.square().flatten(1).sum(1)
+
+
+# FrEIA's density direction is rev=False, its sampling rev=True; each returns (z, log_jac_det).
+ASK = Questions(log_prob=_log_density, inverse=lambda net, x: (net(x), net(x, rev=True)))
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
@@ -71,22 +68,7 @@ def _nll(net, x, c=None):
 @pytest.mark.parametrize("name", list(MODELS))
 def test_accelerated_network_computes_what_freia_does(name, backend, dtype):
     model = _model(name, dtype)
-    twin, report = accelerated_copy(model, backend)
-    assert len(report.replaced) == 3
-    assert_state_dicts_match(model, twin)
-    x = torch.randn(8, *model.shapes[0], dtype=dtype)
-    with skip_if_the_backend_lacks_it(backend):
-        (nll, z), (twin_nll, twin_z) = _nll(model, x), _nll(twin, x)
-        assert_close(twin_z, z, dtype, "z")
-        assert_close(twin_nll, nll, dtype, "negative log-likelihood")
-        back, jac = model(z, rev=True)
-        twin_back, twin_jac = twin(z, rev=True)
-        assert_close(twin_back, back, dtype, "rev")
-        assert_close(twin_jac, jac, dtype, "rev log_jac_det")
-        xa, xb = leaf(x), leaf(x)
-        _nll(model, xa)[0].sum().backward()
-        _nll(twin, xb)[0].sum().backward()
-    assert_same_gradients(model, twin, xa, xb, dtype)
+    check_against_the_library(model, backend, dtype, torch.randn(8, *model.shapes[0], dtype=dtype), ASK, replaced=3)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -143,14 +125,5 @@ def test_what_cannot_be_matched_is_a_clear_error():
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])
 def test_compiles_whole_where_freia_does(backend):
-    if backend not in BACKENDS:
-        pytest.skip(f"{backend} does not run here")
     model = _model("glow-atan", torch.float32)
-    x = torch.randn(8, 6)
-    if not compiles_fullgraph(model, x):
-        pytest.skip("FrEIA's own network does not compile with fullgraph=True")
-    twin, _ = accelerated_copy(model, backend)
-    torch._dynamo.reset()
-    z, jac = torch.compile(twin, fullgraph=True, backend="aot_eager")(x)
-    assert_close(z, model(x)[0], torch.float32, "compiled z")
-    assert_close(jac, model(x)[1], torch.float32, "compiled log_jac_det")
+    check_compiled_like_the_library(model, lambda net, x: net(x), torch.randn(8, 6), backend, "FrEIA")

@@ -5,17 +5,8 @@ import inspect
 
 import pytest
 import torch
-from compat_helpers import (
-    BACKENDS,
-    accelerated_copy,
-    assert_close,
-    assert_same_gradients,
-    assert_state_dicts_match,
-    compiles_fullgraph,
-    leaf,
-    seeded,
-    skip_if_the_backend_lacks_it,
-)
+from compat_helpers import BACKENDS, Questions, accelerated_copy, assert_close, skip_if_the_backend_lacks_it
+from compat_helpers import check_against_the_library, check_compiled_like_the_library
 
 nf = pytest.importorskip("normflows")
 from nf_kernels.compat import Unsupported  # noqa: E402
@@ -61,27 +52,20 @@ def _model(name, dtype):
     return model
 
 
+# normflows' sampling is `forward` (and `sample`), its density direction `inverse` (and `log_prob`).
+ASK = Questions(log_prob=lambda m, x: m.log_prob(x),
+                inverse=lambda m, x: (m.inverse_and_log_det(x), m.forward_and_log_det(x)),
+                sample=lambda m: m.sample(5))  # fmt: skip
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", list(MODELS))
 def test_accelerated_model_computes_what_normflows_does(name, backend, dtype):
     model = _model(name, dtype)
-    twin, report = accelerated_copy(model, backend)
-    assert len(report.replaced) == 4 and {r.path for r in report.left_alone} == {f"flows.{i}" for i in range(1, 8, 2)}
-    assert_state_dicts_match(model, twin)
     x = torch.randn(8, model.q0.shape[0], dtype=dtype)
-    with skip_if_the_backend_lacks_it(backend):
-        assert_close(twin.log_prob(x), model.log_prob(x), dtype, "log_prob")
-        z, log_q = seeded(1, model.sample, 5)
-        twin_z, twin_log_q = seeded(1, twin.sample, 5)
-        assert_close(twin_z, z, dtype, "samples")
-        assert_close(twin_log_q, log_q, dtype, "log q of the samples")
-        assert_close(twin.inverse(x), model.inverse(x), dtype, "inverse")
-        assert_close(twin.forward(x), model.forward(x), dtype, "forward")
-        xa, xb = leaf(x), leaf(x)
-        model.log_prob(xa).sum().backward()
-        twin.log_prob(xb).sum().backward()
-    assert_same_gradients(model, twin, xa, xb, dtype)
+    _, report = check_against_the_library(model, backend, dtype, x, ASK, replaced=4)
+    assert {entry.path for entry in report.left_alone} == {f"flows.{i}" for i in range(1, 8, 2)}
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -90,12 +74,9 @@ def test_glow_image_model(backend):
     torch.manual_seed(0)
     flows = [nf.flows.GlowBlock(4, 8, split_mode=mode, init_zeros=False) for mode in ("channel", "checkerboard")]
     model = nf.NormalizingFlow(nf.distributions.DiagGaussian((4, 4, 6)), flows).double()
-    twin, report = accelerated_copy(model, backend)
-    assert [r.path for r in report.replaced] == ["flows.0.flows.0", "flows.1.flows.0"]
     x = torch.randn(3, 4, 4, 6, dtype=torch.float64)
-    with skip_if_the_backend_lacks_it(backend):
-        assert_close(twin.log_prob(x), model.log_prob(x), torch.float64, "log_prob")
-        assert_close(twin.forward(x), model.forward(x), torch.float64, "forward")
+    _, report = check_against_the_library(model, backend, torch.float64, x, ASK, replaced=2)
+    assert [entry.path for entry in report.replaced] == ["flows.0.flows.0", "flows.1.flows.0"]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -142,13 +123,5 @@ def nf_kernels_accelerate(model):
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])
 def test_compiles_whole_where_normflows_does(backend):
-    if backend not in BACKENDS:
-        pytest.skip(f"{backend} does not run here")
     model = _model("realnvp-odd-sigmoid", torch.float32)
-    x = torch.randn(8, 5)
-    if not compiles_fullgraph(model.log_prob, x):
-        pytest.skip("normflows' own model does not compile with fullgraph=True")
-    twin, _ = accelerated_copy(model, backend)
-    torch._dynamo.reset()
-    compiled = torch.compile(twin.log_prob, fullgraph=True, backend="aot_eager")
-    assert_close(compiled(x), model.log_prob(x), torch.float32, "compiled log_prob")
+    check_compiled_like_the_library(model, lambda m, x: m.log_prob(x), torch.randn(8, 5), backend, "normflows")

@@ -5,17 +5,8 @@ import inspect
 
 import pytest
 import torch
-from compat_helpers import (
-    BACKENDS,
-    accelerated_copy,
-    assert_close,
-    assert_same_gradients,
-    assert_state_dicts_match,
-    compiles_fullgraph,
-    leaf,
-    seeded,
-    skip_if_the_backend_lacks_it,
-)
+from compat_helpers import BACKENDS, Questions, accelerated_copy, assert_close, skip_if_the_backend_lacks_it
+from compat_helpers import check_against_the_library, check_compiled_like_the_library
 
 pyro = pytest.importorskip("pyro")
 import pyro.distributions as dist  # noqa: E402
@@ -60,28 +51,27 @@ def _model(name, dtype):
     return model
 
 
+def _fresh_samples_and_their_log_prob(model):
+    """Samples, and their log-density: scoring what was just drawn runs on each transform's cache (pyro's own,
+    and the drop-in's log-det cache)."""
+    distribution = model.distribution()
+    samples = distribution.rsample((5,))
+    return samples, distribution.log_prob(samples)
+
+
+# pyro's sampling direction is the transform's call, its density direction the inverse (`inv`) in log_prob.
+ASK = Questions(log_prob=lambda m, x: m.distribution().log_prob(x),
+                inverse=lambda m, x: m.layers[0].inv(x), sample=_fresh_samples_and_their_log_prob)  # fmt: skip
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", list(MODELS))
 def test_accelerated_flow_computes_what_pyro_does(name, backend, dtype):
     model = _model(name, dtype)
-    twin, report = accelerated_copy(model, backend)
-    assert len(report.replaced) == 3 and not report.left_alone
-    assert_state_dicts_match(model, twin)
     x = torch.randn(8, model.zero.numel(), dtype=dtype)
-    with skip_if_the_backend_lacks_it(backend):
-        assert_close(twin.distribution().log_prob(x), model.distribution().log_prob(x), dtype, "log_prob")
-        samples, twin_samples = seeded(1, model.distribution().rsample, (5,)), seeded(1, twin.distribution().rsample, (5,))
-        assert_close(twin_samples, samples, dtype, "samples")
-        # Scoring the samples just drawn uses each transform's cache (pyro's, and the drop-in's log-det cache).
-        assert_close(twin.distribution().log_prob(twin_samples), model.distribution().log_prob(samples), dtype,
-                     "log_prob of fresh samples")  # fmt: skip
-        layer, twin_layer = model.layers[0], twin.layers[0]
-        assert_close(twin_layer.inv(x), layer.inv(x), dtype, "inverse")
-        xa, xb = leaf(x), leaf(x)
-        model.distribution().log_prob(xa).sum().backward()
-        twin.distribution().log_prob(xb).sum().backward()
-    assert_same_gradients(model, twin, xa, xb, dtype)
+    _, report = check_against_the_library(model, backend, dtype, x, ASK, replaced=3)
+    assert not report.left_alone
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -154,17 +144,5 @@ def test_unbounded_clips_are_a_clear_error():
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])
 def test_compiles_whole_where_pyro_does(backend):
-    if backend not in BACKENDS:
-        pytest.skip(f"{backend} does not run here")
     model = _model("halves", torch.float32)
-    x = torch.randn(8, 6)
-
-    def log_prob(model, x):
-        return model.distribution().log_prob(x)
-
-    twin, _ = accelerated_copy(model, backend)  # before the runs below fill pyro's transform caches
-    if not compiles_fullgraph(log_prob, model, x):
-        pytest.skip("pyro's own flow does not compile with fullgraph=True")
-    torch._dynamo.reset()
-    compiled = torch.compile(log_prob, fullgraph=True, backend="aot_eager")
-    assert_close(compiled(twin, x), log_prob(model, x), torch.float32, "compiled log_prob")
+    check_compiled_like_the_library(model, lambda m, x: m.distribution().log_prob(x), torch.randn(8, 6), backend, "pyro")

@@ -6,17 +6,8 @@ import inspect
 
 import pytest
 import torch
-from compat_helpers import (
-    BACKENDS,
-    accelerated_copy,
-    assert_close,
-    assert_same_gradients,
-    assert_state_dicts_match,
-    compiles_fullgraph,
-    leaf,
-    seeded,
-    skip_if_the_backend_lacks_it,
-)
+from compat_helpers import BACKENDS, Questions, accelerated_copy, assert_close, skip_if_the_backend_lacks_it
+from compat_helpers import check_against_the_library, check_compiled_like_the_library
 
 zuko = pytest.importorskip("zuko")
 from nf_kernels.compat import Unsupported, accelerate  # noqa: E402
@@ -53,31 +44,25 @@ def _context(model, dtype, batch=8):
     return torch.randn(batch, features, dtype=dtype) if features else None
 
 
+def _questions(c) -> Questions:
+    """zuko's density direction is the transform (log_prob), sampling its `inv` (rsample), for the context c."""
+
+    def inverse(flow, x):
+        layer = flow.transform.transforms[0](c)
+        return layer.inv(x), layer.inv.log_abs_det_jacobian(x, layer.inv(x)), layer.call_and_ladj(x)
+
+    return Questions(log_prob=lambda flow, x: flow(c).log_prob(x), inverse=inverse,
+                     sample=lambda flow: (flow(c).rsample(), flow(c).rsample_and_log_prob()))  # fmt: skip
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", list(MODELS))
 def test_accelerated_flow_computes_what_zuko_does(name, backend, dtype):
     model = _model(name, dtype)
-    twin, report = accelerated_copy(model, backend)
-    assert len(report.replaced) == 4 and not report.left_alone
-    assert_state_dicts_match(model, twin)
-    c = _context(model, dtype)
-    features = model.transform.transforms[0].mask.numel()
-    x = torch.randn(8, features, dtype=dtype)
-    with skip_if_the_backend_lacks_it(backend):
-        assert_close(twin(c).log_prob(x), model(c).log_prob(x), dtype, "log_prob")
-        assert_close(seeded(1, twin(c).rsample), seeded(1, model(c).rsample), dtype, "samples")
-        ours, theirs = seeded(2, twin(c).rsample_and_log_prob), seeded(2, model(c).rsample_and_log_prob)
-        assert_close(ours[0], theirs[0], dtype, "rsample_and_log_prob samples")
-        assert_close(ours[1], theirs[1], dtype, "rsample_and_log_prob log_prob")
-        layer, twin_layer = model.transform.transforms[0](c), twin.transform.transforms[0](c)
-        assert_close(twin_layer.inv(x), layer.inv(x), dtype, "inverse")
-        assert_close(twin_layer.inv.log_abs_det_jacobian(x, None), layer.inv.log_abs_det_jacobian(x, layer.inv(x)),
-                     dtype, "inverse log-det")  # fmt: skip
-        xa, xb = leaf(x), leaf(x)
-        model(c).log_prob(xa).sum().backward()
-        twin(c).log_prob(xb).sum().backward()
-    assert_same_gradients(model, twin, xa, xb, dtype)
+    x = torch.randn(8, model.transform.transforms[0].mask.numel(), dtype=dtype)
+    _, report = check_against_the_library(model, backend, dtype, x, _questions(_context(model, dtype)), replaced=4)
+    assert not report.left_alone
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -105,17 +90,5 @@ def test_other_univariates_are_a_clear_error():
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])
 def test_compiles_whole_where_zuko_does(backend):
-    if backend not in BACKENDS:
-        pytest.skip(f"{backend} does not run here")
     model = _model("halves", torch.float32)
-    x = torch.randn(8, 6)
-
-    def log_prob(flow, x):
-        return flow().log_prob(x)
-
-    if not compiles_fullgraph(log_prob, model, x):
-        pytest.skip("zuko's own flow does not compile with fullgraph=True")
-    twin, _ = accelerated_copy(model, backend)
-    torch._dynamo.reset()
-    compiled = torch.compile(log_prob, fullgraph=True, backend="aot_eager")
-    assert_close(compiled(twin, x), model().log_prob(x), torch.float32, "compiled log_prob")
+    check_compiled_like_the_library(model, lambda flow, x: flow().log_prob(x), torch.randn(8, 6), backend, "zuko")
