@@ -14,7 +14,7 @@ from typing import Any, Iterator, Optional
 from torch import nn
 
 from .._arguments import check_backend_name
-from ._adopt import Unsupported
+from ._adopt import Accelerated, Unsupported
 
 # The peer libraries by the top-level package their classes live in, with the compat module for each. A library's
 # compat module is imported only when the model has one of its layers.
@@ -82,6 +82,9 @@ def _walk(obj: Any, path: str, report: AccelerationReport, backend: Optional[str
     if id(obj) in seen:
         return False
     seen.add(id(obj))
+    if isinstance(obj, Accelerated):  # accelerated before: nothing more to do, and nothing to undo
+        report.left_alone.append(LeftAlone(path, _qualified(type(obj)), "already a fused drop-in"))
+        return True
     compat = _compat_module(type(obj))
     drop_in = None if compat is None else compat.DROP_INS.get(type(obj))
     if drop_in is not None:

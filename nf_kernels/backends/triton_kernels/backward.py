@@ -29,7 +29,8 @@ def _coupling_backward_kernel(
 
     grad_y_ptr, x_ptr, grad_x_ptr: [B, N]; grad_logdet_ptr: [B], CT; h_ptr, grad_h_ptr: [B, h_stride] as in the
     forward. A tile wholly outside [lo, hi) only passes grad_y through to grad_x; the others write grad_h over all
-    of [lo, hi) (zeros at kept positions), so every element of both outputs is written.
+    of [lo, hi) (zeros at kept positions), or for a compact h at every transformed element (which between them have
+    every position of h), so every element of both outputs is written.
     """
     rows, n, in_bounds, blk = program_tile(B, N, nblk, BLOCK, ROWS)
     g = tl.load(grad_y_ptr + rows * N + n, mask=in_bounds, other=0.0).to(CT)

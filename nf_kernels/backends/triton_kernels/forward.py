@@ -30,11 +30,13 @@ def _coupling_forward_kernel(
 ):  # fmt: skip
     """y and the per-(sample, block) partial log-det of a tile of ROWS samples by BLOCK elements.
 
-    x_ptr, y_ptr: [B, N], x's dtype. h_ptr: [B, h_stride], s_raw at n - lo and t at n - lo + t_offset for n in
-    [lo, hi). mask_ptr: [N] integers (launch.MASK_DTYPES), nonzero where transformed (PATTERN_MASK only). partial_ptr: [B, nblk], the compute
-    type CT (never written for the additive coupling).
-    Every load is masked by ranges only (bounds, [lo, hi)), so it vectorizes; which elements are transformed is
-    applied to the values afterwards. A tile that lies wholly outside [lo, hi) copies x and adds nothing.
+    x_ptr, y_ptr: [B, N], x's dtype. h_ptr: [B, h_stride], s_raw at base(p) + s_offset and t at base(p) + t_offset
+    for the element at n in [lo, hi), p = n - lo or read from mask_ptr (nf_kernels._layout). mask_ptr: [N] integers,
+    nonzero where transformed (PATTERN_MASK, launch.MASK_DTYPES), or int32 positions, -1 where kept
+    (PATTERN_GATHER). partial_ptr: [B, nblk], the compute type CT (never written for the additive coupling).
+    Every load is masked by ranges only (bounds, [lo, hi)), so it vectorizes, but a compact h's (masked by the
+    elements that have a position); which elements are transformed is applied to the values afterwards. A tile
+    that lies wholly outside [lo, hi) copies x and adds nothing.
     """
     rows, n, in_bounds, blk = program_tile(B, N, nblk, BLOCK, ROWS)
     x = tl.load(x_ptr + rows * N + n, mask=in_bounds, other=0.0).to(CT)
