@@ -17,7 +17,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from bench_device import DEVICE  # noqa: E402
-from nf_kernels.benchmarking.timing import keep_freed_cpu_memory  # noqa: E402
+from nf_kernels import keep_freed_cpu_memory  # noqa: E402
 
 
 def pytest_configure(config):

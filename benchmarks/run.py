@@ -66,7 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--system-malloc", action="store_true",
                         help="CPU: leave glibc malloc as it is (by default freed memory is kept, so timings do not "
-                        "include page faults; see nf_kernels/benchmarking/timing.py)")
+                        "include page faults; see nf_kernels/cpu_memory.py)")
     args = parser.parse_args(argv)
     if args.rounds is not None and args.rounds < 1:
         parser.error(f"--rounds must be at least 1, got {args.rounds}")
@@ -125,7 +125,7 @@ def main(argv=None) -> int:
     measured = len({r.case for r in run.op_results})
     if measured < len(cases):
         print(f"note: the time limit stopped the op benchmarks after {measured} of {len(cases)} cases")
-    print(format_summary(run.env, run.op_results, run.model_results, run.checks))
+    print(format_summary(run.env, run.op_results, run.model_results, run.checks, run.overhead_results))
     print("wrote " + ", ".join(str(path) for path in run.written))
     return 0
 

@@ -108,9 +108,11 @@ def resolve_backend(requested: str, device: torch.device, config: Optional[Coupl
 
 
 # Under torch.compile the choice is a constant of the traced graph: dynamo does not trace the imports behind it.
+# Every call is a cached lookup; the environment is read only where it matters, for "auto".
 @torch.compiler.assume_constant_result
 def _resolve_constant(requested: str, device_type: str, scale: str, h_layout: str, mask_kind: str) -> str:
-    return _resolve(requested, os.environ.get(ENV_VAR) or None, device_type, (scale, h_layout, mask_kind))
+    env_choice = (os.environ.get(ENV_VAR) or None) if requested == "auto" else None
+    return _resolve(requested, env_choice, device_type, (scale, h_layout, mask_kind))
 
 
 @dataclass(frozen=True)

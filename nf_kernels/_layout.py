@@ -81,10 +81,16 @@ class FlatLayout(NamedTuple):
     def additive(self) -> bool:
         return self.scale_code == SCALE_CODES[ADDITIVE]
 
-    def packed(self, fields: Sequence[str] = LAYOUT_FIELDS) -> list[int]:
-        """The ints of the C++ ops' `layout` argument, in LAYOUT_FIELDS order (or the order of `fields`, the list
-        a build of the extension knows)."""
-        return [int(getattr(self, field)) for field in fields]
+    def packed(self) -> list[int]:
+        """The ints of the C++ ops' `layout` argument, in LAYOUT_FIELDS order (a build of the extension takes the
+        prefix it knows)."""
+        return [int(getattr(self, field)) for field in LAYOUT_FIELDS]
+
+
+def transformed_elements(mask: torch.Tensor, flip: bool) -> torch.Tensor:
+    """PATTERN_MASK's per-element pattern: uint8 [N], 1 where the coupling with this bool `mask` transforms the
+    element. Computed from the mask's contents on every call, never remembered: a mask may change in place."""
+    return (~kept_elements(mask.shape, mask, flip)).reshape(-1).to(torch.uint8).contiguous()
 
 
 def flat_layout(
@@ -121,8 +127,7 @@ def flat_layout(
         else:
             assert mask is not None
             pattern = PATTERN_MASK
-            kept = kept_elements(x.shape[1:], mask, config.flip)
-            transformed = (~kept).reshape(-1).to(torch.uint8).contiguous()
+            transformed = transformed_elements(mask, config.flip)
     if config.additive:
         h_stride, s_offset, t_offset, pair_inner = s_size, 0, 0, 0
     else:

@@ -1,9 +1,14 @@
-"""The op layer: two registered custom ops, shared by every backend.
+"""The op layer: two registered custom ops, shared by every backend, and the eager shortcut past them.
 
 `nf_kernels::coupling` computes (y, logdet) and `nf_kernels::coupling_backward` its gradient; both take the
 backend's name as an argument and hand the work to it. Fake (meta) implementations and the autograd formula are
 registered here once, so eager mode, autograd, `torch.compile(fullgraph=True)` and autocast behave the same for
-every backend. Backends only compute; they never register anything.
+every backend. This is THE path whenever something traces the call.
+
+A plain eager call (:func:`runs_eagerly`) may skip it: :func:`eager_coupling` hands it to the backend's own
+differentiable op when the backend has one (the extension's `nf_kernels_ext::coupling`, whose autograd node is
+C++), so one Python call reaches the kernel and backward never enters Python. That op runs the same kernels with
+the same arguments as the custom op's backend calls, so both paths give bitwise the same outputs and gradients.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from torch import Tensor
 
 from ._arguments import CouplingConfig, logdet_dtype
 from ._dispatch import get_backend
+from ._prepared import PreparedCall
 
 
 def _is_empty(x: Tensor) -> bool:
@@ -115,3 +121,33 @@ coupling_backward_op.register_autograd(_no_double_backward, setup_context=lambda
 # schema's parameters after `mask` are the config's fields, in order. Checked once here, at import.
 _op_parameters = [argument.name for argument in torch.ops.nf_kernels.coupling.default._schema.arguments]
 assert _op_parameters[3:-1] == list(CouplingConfig._fields), (_op_parameters, CouplingConfig._fields)
+
+
+# Parameters are plain tensors too; any other subclass (fake, functional, a user's) may need the custom op's
+# registrations.
+_PLAIN_TENSORS = (Tensor, torch.nn.Parameter)
+
+
+def runs_eagerly(x: Tensor, h: Tensor) -> bool:
+    """True for a plain eager call: not traced by torch.compile or export (checked first, so dynamo folds it and
+    reads nothing else) nor by torch.jit.trace, plain tensors, no dispatch mode (FakeTensorMode, make_fx, ...)
+    and no functorch transform. Only then may a backend's own differentiable op stand in for the custom op."""
+    return (
+        not torch.compiler.is_compiling()
+        and type(x) in _PLAIN_TENSORS
+        and type(h) in _PLAIN_TENSORS
+        and not torch._C._len_torch_dispatch_stack()
+        and not torch._C._are_functorch_transforms_active()
+        and torch._C._get_tracing_state() is None
+    )
+
+
+def eager_coupling(x: Tensor, h: Tensor, mask, prepared: PreparedCall, backend: str) -> tuple[Tensor, Tensor]:
+    """A call for which :func:`runs_eagerly` holds, with its checked arguments: the backend's differentiable op
+    where it has one (and there is work to do), else the custom op."""
+    config = prepared.config
+    mask = mask if config.mask_kind in ("tensor", "compact") else None
+    run = get_backend(backend).eager_coupling
+    if run is None or prepared.empty:
+        return coupling_op(x, h, mask, *config, backend)
+    return run(x, h, mask, prepared)

@@ -8,6 +8,7 @@ from . import _ops
 from ._arguments import check_coupling_args
 from ._masks import MaskArg
 from ._dispatch import resolve_backend
+from ._prepared import prepare_call
 
 
 def affine_coupling(
@@ -84,11 +85,7 @@ def affine_coupling(
     >>> torch.allclose(x_back, x, atol=1e-5), torch.allclose(minus_logdet, -logdet)
     (True, True)
     """
-    mask_tensor, config = check_coupling_args(
-        x, h, mask=mask, flip=flip, scale=scale, clamp=clamp, shift_first=shift_first, reverse=reverse,
-        backend=backend, h_layout=h_layout,
-    )  # fmt: skip
-    return _ops.coupling_op(x, h, mask_tensor, *config, resolve_backend(backend, x.device, config))
+    return _coupling(x, h, mask, flip, scale, clamp, shift_first, reverse, backend, False, h_layout)
 
 
 def additive_coupling(
@@ -120,7 +117,21 @@ def additive_coupling(
     >>> torch.equal(y[:, 2:], x[:, 2:] + 1), torch.equal(y[:, :2], x[:, :2]), logdet.abs().sum().item()
     (True, True, 0.0)
     """
-    mask_tensor, config = check_coupling_args(
-        x, t, mask=mask, flip=flip, reverse=reverse, backend=backend, additive=True
-    )
-    return _ops.coupling_op(x, t, mask_tensor, *config, resolve_backend(backend, x.device, config))
+    return _coupling(x, t, mask, flip, None, 1.0, False, reverse, backend, True, "scale_shift")
+
+
+def _coupling(x, h, mask, flip, scale, clamp, shift_first, reverse, backend, additive, h_layout):
+    """Both ops: check the arguments, pick the backend (one that supports the call), hand the call to the op layer.
+
+    A plain eager call is checked once per combination of shapes and options (nf_kernels/_prepared.py) and may
+    take the backend's own differentiable op; anything traced or unusual is checked in full and goes through the
+    custom op (nf_kernels/_ops.py says why).
+    """
+    if not _ops.runs_eagerly(x, h):
+        mask_tensor, config = check_coupling_args(
+            x, h, mask=mask, flip=flip, reverse=reverse, backend=backend, additive=additive, scale=scale,
+            clamp=clamp, shift_first=shift_first, h_layout=h_layout,
+        )  # fmt: skip
+        return _ops.coupling_op(x, h, mask_tensor, *config, resolve_backend(backend, x.device, config))
+    prepared = prepare_call(x, h, mask, flip, scale, clamp, shift_first, reverse, backend, additive, h_layout)
+    return _ops.eager_coupling(x, h, mask, prepared, resolve_backend(backend, x.device, prepared.config))

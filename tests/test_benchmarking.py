@@ -15,14 +15,15 @@ import torch
 import nf_kernels
 from nf_kernels.benchmarking import machine
 from nf_kernels.benchmarking.byte_model import backward_bytes, bytes_moved, forward_bytes
-from nf_kernels.benchmarking.cases import OpCase, op_cases, sample_shape
+from nf_kernels.benchmarking.cases import OVERHEAD_SHAPES, OpCase, OverheadCase, op_cases, overhead_cases, sample_shape
 from nf_kernels.benchmarking.environment import environment
 from nf_kernels.benchmarking.model_runner import BENCHMARKED_MODELS, ModelResult, run_model_benchmarks
 from nf_kernels.benchmarking.op_runner import OpResult, add_speedups, median_round, run_cases, timed_call
+from nf_kernels.benchmarking.overhead_runner import STAGES, run_overhead
 from nf_kernels.benchmarking.presets import PlanRun, Preset, preset, run_plan
 from nf_kernels.benchmarking.providers import FusedBackend, available_providers, make_provider
 from nf_kernels.benchmarking.report import (
-    format_report, format_summary, format_table, largest_size, timing_warnings, write_results,
+    format_overhead_table, format_report, format_summary, format_table, largest_size, timing_warnings, write_results,
 )  # fmt: skip
 from nf_kernels.benchmarking.targets import check_targets
 from nf_kernels.benchmarking.timing import TimingBudget, measure
@@ -389,3 +390,40 @@ def test_the_default_output_folder_is_ignored_by_git(run_script):
     if ignored.returncode == 128:
         pytest.skip("not a git checkout")
     assert ignored.returncode == 0
+
+
+# The op-layer overhead case: every layer between the public call and the kernel, timed apart.
+
+
+def test_every_plan_has_the_overhead_case_at_the_issues_shapes():
+    assert OVERHEAD_SHAPES == ((256, 2), (256, 64), (256, 4096))
+    for name in ("quick", "default", "tiny"):
+        assert [case.shape for case in preset(name, "cpu").overhead] == list(OVERHEAD_SHAPES)
+    with pytest.raises(ValueError, match=r"\[B, D\]"):
+        OverheadCase((2, 3, 4))
+
+
+@pytest.mark.skipif("cpu" not in _fused_cpu_providers(), reason="the C++ extension is not built")
+def test_the_overhead_case_times_every_layer_and_reports_it(tmp_path):
+    cases = overhead_cases([(256, 2)])
+    (result,) = run_overhead(CPU, cases, budget=TINY, rounds=2)
+    assert result.error is None and set(result.seconds) == set(STAGES) and min(result.seconds.values()) > 0
+    assert result.forward_backward_overhead == pytest.approx(
+        result.seconds["public forward+backward"] - result.seconds["raw forward"] - result.seconds["raw backward"])
+    line = format_overhead_table([result]).splitlines()[2]
+    assert line.startswith("| [256, 2] | fp32 | cpu |") and "n/a" not in line
+    plan = Preset("overhead", (), TINY, models=(), overhead=cases)
+    run = run_plan(plan, CPU, what="overhead", progress=False, keep_freed_memory=False, out_dir=tmp_path)
+    assert run.op_results == [] and len(run.overhead_results) == 1
+    record = json.loads(next(p for p in run.written if p.suffix == ".json").read_text())
+    assert record["overhead"][0]["shape"] == [256, 2] and record["overhead"][0]["forward_overhead_s"] is not None
+    summary = next(p for p in run.written if p.name.endswith("summary.md")).read_text()
+    assert "## Op-layer overhead" in summary and "| [256, 2] | fp32 | cpu |" in summary
+    assert run_plan(plan, CPU, what="overhead", providers=["eager"], progress=False).overhead_results == []
+
+
+def test_the_overhead_case_says_why_without_the_extension(monkeypatch):
+    monkeypatch.setattr("nf_kernels.benchmarking.overhead_runner.why_unavailable", lambda name, device: "not built")
+    (result,) = run_overhead(CPU, overhead_cases([(256, 2)]), budget=TINY)
+    assert result.error == "not built" and result.seconds == {} and result.forward_overhead is None
+    assert "Not measured:" in format_overhead_table([result])

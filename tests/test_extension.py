@@ -224,6 +224,8 @@ def test_the_packed_layout_has_the_fields_the_build_knows():
     fields = torch.ops.nf_kernels_ext.kernel_codes("layout")
     layout = flat_layout(x, mask, config)
     assert packed == [int(getattr(layout, field)) for field in fields]
+    y, _ = CPU_BACKEND.forward(x, h, mask, config)  # which the op takes
+    assert y.shape == x.shape
 
 
 @needs_extension

@@ -3,20 +3,30 @@
 // Work split. A thread handles groups of G consecutive elements of a sample, G = 16 bytes of x. A *team* of T
 // threads (a power of two, at most a warp) owns a *chunk*: `rounds` passes over T * U consecutive groups, thread m
 // of the team taking groups m, m + T, ..., m + (U - 1) T of each pass (consecutive threads, consecutive 16 bytes).
-// Each pass issues all its loads (U = 2 groups of x, and of s and t) before using any, so a thread has U
-// independent 16-byte loads of each tensor in flight. Small samples ([65536, 64] vectors) get a team of fewer than 32 threads
-// per sample, several samples a warp; large ones are cut into chunks of a warp each. A sample is `chunks` chunks,
-// the grid's work items are the batch * chunks (sample, chunk) pairs, and a grid of one whole wave (the occupancy
-// of the kernel times the multiprocessors, fewer blocks only when there are fewer items) strides over them.
+// Each pass issues all its loads (U = 2 groups of x, and of s and t, or the team's blocks of them) before using
+// any, so a thread has U independent 16-byte loads of each tensor in flight. Small samples ([65536, 64] vectors) get
+// a team of fewer than 32 threads per sample, several samples a warp; large ones are cut into chunks of a warp
+// each. A sample is `chunks` chunks, the grid's work items are the batch * chunks (sample, chunk) pairs, and a grid
+// of one whole wave (the occupancy of the kernel times the multiprocessors, fewer blocks only when there are fewer
+// items) strides over them. The shapes-only part of this (the plan, the sizes the vector path takes, where a lane's
+// groups and blocks lie) is work_split.h, which csrc/tests/test_coupling.cpp walks on the host.
 //
-// Memory access. When every tensor and offset allows it (checked per launch) a group of x is one 128-bit load and
-// a group of y one 128-bit store of a value built in registers (h and grad_h: G * sizeof(h) bytes, one to four
-// vector instructions); otherwise the same groups are read and written element by element, one group at a time in
-// the same order, so the log-det's summation order never depends on alignment. Offsets in a sample are int64, sample and chunk numbers 32-bit (checked). Arithmetic runs in float
-// (double for float64 x) through the shared math of coupling_math.h.
+// Memory access. When every tensor and offset allows it (checked per launch: vector_path) every global access of
+// the data is 128-bit: a group of x is one 16-byte load and a group of y one 16-byte store of a value built in
+// registers; h as wide as x or wider, one to four. A tensor narrower than x, whose group is less than 16 bytes (h
+// of 16-bit dtype for float x, or of float for double x; the bool mask, a byte an element), is read and written
+// by the team as 16-byte blocks of the pass's region, each lane taking its groups from the block's lane with warp
+// shuffles (block_exchange.h): the same bytes, in 128-bit accesses. Otherwise (misaligned tensors, sizes that are
+// not whole groups or blocks) the same groups are read and written element by element, one group at a time in the
+// same order, so the log-det's summation order never depends on alignment. The only narrow accesses left on the
+// vector path are each program's own scalars (the log-det it stores, grad_logdet[b]), on the lines marked
+// "gpu_code: own scalar" (nf_kernels/benchmarking/gpu_code.py checks it in the SASS). Offsets in a sample are int64,
+// sample and chunk numbers 32-bit (checked). Arithmetic runs in float (double for float64 x) through the shared
+// math of coupling_math.h.
 //
 // Selection. The half split is the range [lo, hi); the checkerboard parity comes from checkerboard_bits
-// (coupling_layout.h): two multiply-high divisions per group, none per element; a bool mask is read from memory.
+// (coupling_layout.h): two multiply-high divisions per group, none per element; a bool mask is read from memory
+// (on the vector path as the team's 16-byte blocks, a bit an element after nonzero_bytes).
 //
 // Log-det: each thread sums its elements in order, the team adds its threads with warp shuffles in a fixed tree,
 // and the team's first thread writes the sample's log-det (one chunk a sample) or the chunk's partial sum, which a
@@ -31,7 +41,9 @@
 #include <type_traits>
 
 #include "../coupling_math.h"
+#include "block_exchange.h"
 #include "coupling_kernels.cuh"
+#include "work_split.h"
 
 namespace nf_kernels {
 namespace cuda {
@@ -39,39 +51,24 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr int64_t kMaxChunks = 4096;  // chunks of one sample: bounds the partials the second kernel adds
+constexpr unsigned kFullWarp = 0xffffffffu;  // every shuffle runs on the whole warp
 
 // Resident blocks a multiprocessor must hold (__launch_bounds__), which caps the registers ptxas may use at
 // 65536 / (256 * blocks): without a bound ptxas settles on 80 registers and spills a few. 4 blocks (64 registers, half
-// the threads an SM holds) for the forward of 16- and 32-bit x with h no wider than x; one block fewer for the
-// backward, which holds four inputs, and for a wider h; 2 (128 registers) for double arithmetic and the backward with
-// a wider h. With these no kernel spills (the SASS has no STL/LDL).
+// the threads an SM holds) for the forward of 16- and 32-bit x with h no wider than x, 3 for a wider h; for the
+// backward, which holds four inputs, 3 when h is narrower than x and 2 (128 registers) otherwise: at 80 registers
+// its tanh and atan maps spill a few loop-invariant values since the mask moves in blocks. 2 for double arithmetic.
+// With these no kernel spills (the SASS has no STL/LDL), and 2 blocks of 256 threads still keep some 64 KB of
+// loads in flight an SM, twice what an H200 needs to cover its memory latency at full bandwidth.
 template <class XT, class HT, bool kBackward>
 constexpr int min_blocks() {
   if (sizeof(XT) == 8) return 2;
-  if (sizeof(HT) > sizeof(XT)) return kBackward ? 2 : 3;
-  return kBackward ? 3 : 4;
+  if (kBackward) return sizeof(HT) < sizeof(XT) ? 3 : 2;
+  return sizeof(HT) > sizeof(XT) ? 3 : 4;
 }
 
 template <class T>
 using compute_t = typename std::conditional<std::is_same<T, double>::value, double, float>::type;
-
-// Elements in a group: 16 bytes of x.
-__host__ __device__ constexpr int group_elements(int x_size) { return 16 / x_size; }
-
-// Groups a thread loads in one pass on the vector path (U): two, so that a pass has two independent 16-byte loads
-// of x (grad_y) in flight and as many of s and t (and x in the backward); one when a group of h is 32 bytes or more
-// (x 16-bit, h float or double), which is already 2 to 4 loads of s and as many of t.
-__host__ __device__ constexpr int unroll_groups(int x_size, int h_size) {
-  return group_elements(x_size) * h_size <= 16 ? 2 : 1;
-}
-
-// The raw bits of G elements (a group of one tensor), as 32-bit words in registers.
-template <int kBytes>
-struct Words {
-  static_assert(kBytes % 4 == 0 && kBytes >= 4, "groups are whole 32-bit words");
-  uint32_t w[kBytes / 4];
-};
 
 template <class T>
 using bits_t = typename std::conditional<sizeof(T) == 2, uint16_t,
@@ -127,27 +124,34 @@ __device__ __forceinline__ bits_t<T> encode(CT v) {
   }
 }
 
+// One 16-byte block at src + at (16-byte aligned): one 128-bit load through the read-only path (inputs never alias
+// an output), or one 128-bit store (__stwb: a plain write-back store, but one vector instruction, which a struct
+// assignment may split).
+template <class T>
+__device__ __forceinline__ Words<16> load_block(const T* src, int64_t at) {
+  const uint4 v = __ldg(reinterpret_cast<const uint4*>(src + at));
+  return {{v.x, v.y, v.z, v.w}};
+}
+
+template <class T>
+__device__ __forceinline__ void store_block(T* dst, int64_t at, const Words<16>& b) {
+  __stwb(reinterpret_cast<uint4*>(dst + at), make_uint4(b.w[0], b.w[1], b.w[2], b.w[3]));
+}
+
 // The elements of a group named by bit k of `present` (bits 0 .. G-1). On the vector path a group is all present or
-// all absent, and is one to four vector loads / stores of 4, 8 or 16 bytes (the address is aligned to
-// min(kBytes, 16), checked per launch); element by element otherwise. Inputs are read through the read-only path
-// (they never alias an output).
+// all absent and a whole number of 16-byte blocks (x, and h as wide as x or wider; a narrower h goes through the
+// team's blocks instead), the address 16-byte aligned (checked per launch); element by element otherwise.
 template <bool kVector, class T, int G>
 __device__ __forceinline__ Words<sizeof(T) * G> load_group(const T* src, int64_t at, uint32_t present) {
   constexpr int kBytes = sizeof(T) * G;
   Words<kBytes> g;
   if constexpr (kVector) {
-    const void* p = src + at;
-    if constexpr (kBytes == 4) {
-      g.w[0] = __ldg(static_cast<const unsigned int*>(p));
-    } else if constexpr (kBytes == 8) {
-      const uint2 v = __ldg(static_cast<const uint2*>(p));
-      g.w[0] = v.x, g.w[1] = v.y;
-    } else {
+    static_assert(kBytes % 16 == 0, "the vector path moves whole 16-byte blocks");
 #pragma unroll
-      for (int q = 0; q < kBytes / 16; ++q) {
-        const uint4 v = __ldg(static_cast<const uint4*>(p) + q);
-        g.w[4 * q] = v.x, g.w[4 * q + 1] = v.y, g.w[4 * q + 2] = v.z, g.w[4 * q + 3] = v.w;
-      }
+    for (int q = 0; q < kBytes / 16; ++q) {
+      const Words<16> b = load_block(src, at + q * (16 / static_cast<int>(sizeof(T))));
+#pragma unroll
+      for (int i = 0; i < 4; ++i) g.w[4 * q + i] = b.w[i];
     }
   } else {
     const bits_t<T>* p = reinterpret_cast<const bits_t<T>*>(src) + at;
@@ -164,17 +168,11 @@ template <bool kVector, class T, int G>
 __device__ __forceinline__ void store_group(T* dst, int64_t at, uint32_t present, const Words<sizeof(T) * G>& g) {
   constexpr int kBytes = sizeof(T) * G;
   if constexpr (kVector) {
-    void* p = dst + at;
-    // __stwb: a plain (write-back) store, but one vector instruction; a struct assignment may be split.
-    if constexpr (kBytes == 4) {
-      __stwb(static_cast<unsigned int*>(p), g.w[0]);
-    } else if constexpr (kBytes == 8) {
-      __stwb(static_cast<uint2*>(p), make_uint2(g.w[0], g.w[1]));
-    } else {
+    static_assert(kBytes % 16 == 0, "the vector path moves whole 16-byte blocks");
 #pragma unroll
-      for (int q = 0; q < kBytes / 16; ++q)
-        __stwb(static_cast<uint4*>(p) + q, make_uint4(g.w[4 * q], g.w[4 * q + 1], g.w[4 * q + 2], g.w[4 * q + 3]));
-    }
+    for (int q = 0; q < kBytes / 16; ++q)
+      store_block(dst, at + q * (16 / static_cast<int>(sizeof(T))),
+                  Words<16>{{g.w[4 * q], g.w[4 * q + 1], g.w[4 * q + 2], g.w[4 * q + 3]}});
   } else {
     bits_t<T>* p = reinterpret_cast<bits_t<T>*>(dst) + at;
 #pragma unroll
@@ -183,51 +181,120 @@ __device__ __forceinline__ void store_group(T* dst, int64_t at, uint32_t present
   }
 }
 
-// Bits k < G of the elements n0 + k inside [begin, end).
-template <int G>
-__device__ __forceinline__ uint32_t span_bits(int64_t n0, int64_t begin, int64_t end) {
-  const int64_t from = begin - n0, to = end - n0;
-  const int lo = from <= 0 ? 0 : (from >= G ? G : static_cast<int>(from));
-  const int hi = to <= 0 ? 0 : (to >= G ? G : static_cast<int>(to));
-  return ((1u << hi) - 1u) & ~((1u << lo) - 1u);
-}
-
 // Everything a kernel needs besides the op's arguments, computed on the host per launch.
 struct LaunchParams {
   int team_log2;            // T = 1 << team_log2 threads a chunk
+  int team;                 // T (the kernels read it, and pass, from the parameters: no register holds them)
+  int pass;                 // elements of a pass, T * U * G
   int rounds;               // passes of T * U groups a chunk
   uint32_t chunks;          // a sample
   uint32_t items;           // batch * chunks
+  uint32_t item_step;       // items the grid strides over: blocks * warps a block * teams a warp
   FastDiv<uint32_t> by_chunks;
   CheckerboardIndex checkerboard;  // pattern kPatternCheckerboard only
 };
 
-// Which elements of a group are transformed: `inside` (those in [lo, hi)) filtered by the pattern. The mask
-// pattern reads G bytes (one load of G bytes on the vector path: the mask is aligned to G, checked per launch).
-template <bool kVector, int G>
+// Which elements of a group are transformed, for the patterns computed from indices: `inside` (those in [lo, hi)),
+// filtered by the checkerboard parity.
+template <int G>
+__device__ __forceinline__ uint32_t index_selection(const FlatLayout& layout, const CheckerboardIndex& checkerboard,
+                                                    int64_t n0, uint32_t inside) {
+  if (inside == 0 || layout.pattern != kPatternCheckerboard) return inside;
+  return inside & checkerboard_bits<G>(checkerboard, n0);
+}
+
+// The same for every pattern on the element path, the mask read a byte an element (the vector path reads it in
+// pass_selection).
+template <int G>
 __device__ __forceinline__ uint32_t group_selection(const FlatLayout& layout, const CheckerboardIndex& checkerboard,
                                                     int64_t n0, uint32_t inside) {
-  if (inside == 0 || layout.pattern == kPatternRange) return inside;
-  if (layout.pattern == kPatternCheckerboard) return inside & checkerboard_bits<G>(checkerboard, n0);
+  if (layout.pattern != kPatternMask) return index_selection<G>(layout, checkerboard, n0, inside);
   uint32_t bits = 0;
-  if constexpr (kVector) {
-    const uint8_t* p = layout.transformed + n0;
-    uint64_t bytes;
-    if constexpr (G == 2) {
-      bytes = __ldg(reinterpret_cast<const unsigned short*>(p));
-    } else if constexpr (G == 4) {
-      bytes = __ldg(reinterpret_cast<const unsigned int*>(p));
-    } else {
-      bytes = __ldg(reinterpret_cast<const unsigned long long*>(p));
-    }
 #pragma unroll
-    for (int k = 0; k < G; ++k) bits |= static_cast<uint32_t>(((bytes >> (8 * k)) & 0xffu) != 0) << k;
-  } else {
-#pragma unroll
-    for (int k = 0; k < G; ++k)
-      if ((inside >> k) & 1) bits |= static_cast<uint32_t>(layout.transformed[n0 + k] != 0) << k;
-  }
+  for (int k = 0; k < G; ++k)
+    if ((inside >> k) & 1) bits |= static_cast<uint32_t>(layout.transformed[n0 + k] != 0) << k;
   return inside & bits;
+}
+
+// For h narrower than x the team moves a pass's h as 16-byte blocks, each lane one block of s and one of t (the t
+// block t_offset elements further on). load_h_blocks loads this lane's (all zero when it has none);
+// take_h_groups then gives each lane its U groups from the blocks' lanes. The kernels issue every load of a pass
+// (the mask block's too) before the first shuffle waits for one.
+struct HBlocks {
+  Words<16> s, t;
+};
+
+template <class HT, bool kWithS>
+__device__ __forceinline__ HBlocks load_h_blocks(const HT* h, const FlatLayout& layout, const TeamPass& p) {
+  constexpr int kPerBlock = h_block_elements(sizeof(HT));
+  const int64_t n = p.block_start(kPerBlock);
+  HBlocks blocks{};
+  if (h_block_present(layout, p, kPerBlock, n)) {
+    blocks.t = load_block(h, n + layout.t_offset);
+    if constexpr (kWithS) blocks.s = load_block(h, n);
+  }
+  return blocks;
+}
+
+template <class HT, int G, int U, bool kWithS>
+__device__ __forceinline__ void take_h_groups(const HBlocks& blocks, const TeamPass& p, Words<sizeof(HT) * G> (&sg)[U],
+                                              Words<sizeof(HT) * G> (&tg)[U]) {
+  constexpr int kBytes = sizeof(HT) * G;
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const int g = u * p.team + p.member;
+    tg[u] = group_from_blocks<kBytes>(
+        g, [&](int q, int lane) { return __shfl_sync(kFullWarp, blocks.t.w[q], lane, p.team); });
+    if constexpr (kWithS)
+      sg[u] = group_from_blocks<kBytes>(
+          g, [&](int q, int lane) { return __shfl_sync(kFullWarp, blocks.s.w[q], lane, p.team); });
+  }
+}
+
+// The reverse for grad_h: each lane gathers its block of grad_t (and grad_s) from the groups' lanes and stores it.
+template <class HT, int G, int U, bool kWithS>
+__device__ __forceinline__ void store_h_groups(HT* grad_h, const FlatLayout& layout, const TeamPass& p,
+                                               const Words<sizeof(HT) * G> (&gsg)[U],
+                                               const Words<sizeof(HT) * G> (&gtg)[U]) {
+  constexpr int kBytes = sizeof(HT) * G, kPerBlock = h_block_elements(sizeof(HT));
+  const int64_t n = p.block_start(kPerBlock);
+  const bool present = h_block_present(layout, p, kPerBlock, n);
+  const Words<16> tb = block_from_groups<kBytes, U>(
+      p.member, p.team, [&](int u, int k, int lane) { return __shfl_sync(kFullWarp, gtg[u].w[k], lane, p.team); });
+  if (present) store_block(grad_h, n + layout.t_offset, tb);
+  if constexpr (kWithS) {
+    const Words<16> sb = block_from_groups<kBytes, U>(
+        p.member, p.team, [&](int u, int k, int lane) { return __shfl_sync(kFullWarp, gsg[u].w[k], lane, p.team); });
+    if (present) store_block(grad_h, n, sb);
+  }
+}
+
+// The mask pattern reads a pass's mask bytes as the team's 16-byte blocks (16 elements a block: numel is a whole
+// number of blocks and the mask 16-byte aligned, checked per launch): the nonzero_bytes of this lane's block (0 when
+// it has none to read). The kernels load it after the pass's data, so that waiting for it leaves their loads in
+// flight, and keep one register of it instead of four.
+__device__ __forceinline__ uint32_t load_mask_bits(const FlatLayout& layout, const TeamPass& p) {
+  const int64_t n = p.block_start(kMaskBlockElements);
+  if (layout.pattern != kPatternMask || !mask_block_present(layout, p, n)) return 0u;
+  return nonzero_bytes(load_block(layout.transformed, n));
+}
+
+// The transformed elements of this lane's U groups of a pass on the vector path (`inside`: those in [lo, hi)); for
+// the mask pattern from the team's mask blocks, each group's bits taken from its block's lane. The pattern is the
+// same for the whole grid, so every lane of a warp shuffles together.
+template <int G, int U>
+__device__ __forceinline__ void pass_selection(const FlatLayout& layout, const CheckerboardIndex& checkerboard,
+                                               const TeamPass& p, uint32_t mask_bits,
+                                               const uint32_t (&inside)[U], uint32_t (&sel)[U]) {
+  if (layout.pattern != kPatternMask) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) sel[u] = index_selection<G>(layout, checkerboard, p.group_start<G>(u), inside[u]);
+    return;
+  }
+#pragma unroll
+  for (int u = 0; u < U; ++u)
+    sel[u] = inside[u] & group_mask_bits<G>(u * p.team + p.member,
+                                            [&](int lane) { return __shfl_sync(kFullWarp, mask_bits, lane, p.team); });
 }
 
 template <int kScale, class T>
@@ -270,16 +337,14 @@ __device__ __forceinline__ T block_sum(T v) {
 // iterations (team_sum's shuffles need them all), a team past the last item with `valid` false.
 struct TeamCursor {
   int team, member;
-  uint32_t first, step;  // the warp's first item and the stride of the grid, in items
-  int in_warp;           // the team's index in its warp
+  uint32_t first;  // the warp's first item (the grid strides by lp.item_step, read from the parameters)
+  int in_warp;     // the team's index in its warp
 };
 
 __device__ __forceinline__ TeamCursor team_cursor(const LaunchParams& lp) {
   const int lane = threadIdx.x & 31;
-  const uint32_t teams_per_warp = 32u >> lp.team_log2;
   const uint32_t warp = blockIdx.x * kWarps + (threadIdx.x >> 5);
-  return {1 << lp.team_log2, lane & ((1 << lp.team_log2) - 1), warp * teams_per_warp,
-          gridDim.x * kWarps * teams_per_warp, lane >> lp.team_log2};
+  return {lp.team, lane & (lp.team - 1), warp * (32u >> lp.team_log2), lane >> lp.team_log2};
 }
 
 // y for one group of x (and of s and t where `inside`), added to the log-scale sum in element order.
@@ -306,8 +371,9 @@ __device__ __forceinline__ void forward_group(const CouplingConfig& config, CT c
   store_group<kVector, XT, G>(y, n0, live, yg);
 }
 
-// Forward of the items of this thread's team. The vector path issues the pass's loads (U groups of x, s, t) before
-// using any; the element path, the fallback, takes the same groups one at a time in the same order.
+// Forward of the items of this thread's team. The vector path issues the pass's loads (U groups of x, s, t, or
+// the team's blocks of h and of the mask) before using any; the element path, the fallback, takes the same groups
+// one at a time in the same order.
 template <class XT, class HT, int kScale, bool kVector>
 __device__ __forceinline__ void forward_items(const ForwardArgs& args, const LaunchParams& lp,
                                               compute_t<XT>* partials) {
@@ -316,13 +382,12 @@ __device__ __forceinline__ void forward_items(const ForwardArgs& args, const Lau
   constexpr int G = group_elements(sizeof(XT));
   constexpr int U = unroll_groups(sizeof(XT), sizeof(HT));
   constexpr bool kAdd = kScale == kAdditive;
+  constexpr bool kHBlocks = h_in_blocks(sizeof(XT), sizeof(HT));
   const FlatLayout& layout = args.layout;
   const int64_t numel = layout.numel;
   const CT clamp = static_cast<CT>(args.config.clamp);
   const TeamCursor tc = team_cursor(lp);
-  const int64_t pass = static_cast<int64_t>(tc.team) * U * G;  // elements of one pass
-  const int64_t group_step = static_cast<int64_t>(tc.team) * G;
-  for (uint32_t base = tc.first; base < lp.items; base += tc.step) {
+  for (uint32_t base = tc.first; base < lp.items; base += lp.item_step) {
     const uint32_t item = base + tc.in_warp;
     const bool valid = item < lp.items;
     const uint32_t b = valid ? fast_div(lp.by_chunks, item) : 0, chunk = valid ? item - b * lp.chunks : 0;
@@ -331,51 +396,58 @@ __device__ __forceinline__ void forward_items(const ForwardArgs& args, const Lau
     XT* y = static_cast<XT*>(args.y) + static_cast<int64_t>(b) * numel;
     const HT* h = static_cast<const HT*>(args.h) + (static_cast<int64_t>(b) * layout.h_stride - layout.lo);
     CT acc = CT(0);
-    int64_t start = static_cast<int64_t>(chunk) * lp.rounds * pass + static_cast<int64_t>(tc.member) * G;
-    for (int round = 0; round < lp.rounds; ++round, start += pass) {
+    int64_t start = static_cast<int64_t>(chunk) * lp.rounds * lp.pass;
+    for (int round = 0; round < lp.rounds; ++round, start += lp.pass) {
+      const TeamPass p{start, end, tc.team, tc.member, lp.pass};
       if constexpr (kVector) {
         Words<16> xg[U];
         HWords sg[U], tg[U];
         uint32_t live[U], inside[U], sel[U];
 #pragma unroll
         for (int u = 0; u < U; ++u) {
-          const int64_t n0 = start + u * group_step;
+          const int64_t n0 = p.group_start<G>(u);
           live[u] = span_bits<G>(n0, 0, end);
           inside[u] = live[u] & span_bits<G>(n0, layout.lo, layout.hi);
           if (live[u]) xg[u] = load_group<true, XT, G>(x, n0, live[u]);
-          if (inside[u]) {
-            tg[u] = load_group<true, HT, G>(h, n0 + layout.t_offset, inside[u]);
-            if (!kAdd) sg[u] = load_group<true, HT, G>(h, n0, inside[u]);
+          if constexpr (!kHBlocks) {
+            if (inside[u]) {
+              tg[u] = load_group<true, HT, G>(h, n0 + layout.t_offset, inside[u]);
+              if (!kAdd) sg[u] = load_group<true, HT, G>(h, n0, inside[u]);
+            }
           }
-          sel[u] = group_selection<true, G>(layout, lp.checkerboard, n0, inside[u]);
         }
+        HBlocks h_blocks;
+        if constexpr (kHBlocks) h_blocks = load_h_blocks<HT, !kAdd>(h, layout, p);
+        const uint32_t mask_bits = load_mask_bits(layout, p);
+        if constexpr (kHBlocks) take_h_groups<HT, G, U, !kAdd>(h_blocks, p, sg, tg);
+        pass_selection<G, U>(layout, lp.checkerboard, p, mask_bits, inside, sel);
 #pragma unroll
         for (int u = 0; u < U; ++u)
           if (live[u])
-            forward_group<XT, HT, kScale, true, G>(args.config, clamp, y, start + u * group_step, live[u],
-                                                   inside[u], sel[u], xg[u], sg[u], tg[u], acc);
+            forward_group<XT, HT, kScale, true, G>(args.config, clamp, y, p.group_start<G>(u), live[u], inside[u],
+                                                   sel[u], xg[u], sg[u], tg[u], acc);
       } else {
 #pragma unroll 1
         for (int u = 0; u < U; ++u) {
-          const int64_t n0 = start + u * group_step;
+          const int64_t n0 = p.group_start<G>(u);
           const uint32_t live = span_bits<G>(n0, 0, end);
           if (!live) continue;
           const uint32_t inside = live & span_bits<G>(n0, layout.lo, layout.hi);
           const Words<16> xg = load_group<false, XT, G>(x, n0, live);
           const HWords tg = load_group<false, HT, G>(h, n0 + layout.t_offset, inside);
           const HWords sg = kAdd ? HWords{} : load_group<false, HT, G>(h, n0, inside);
-          const uint32_t sel = group_selection<false, G>(layout, lp.checkerboard, n0, inside);
+          const uint32_t sel = group_selection<G>(layout, lp.checkerboard, n0, inside);
           forward_group<XT, HT, kScale, false, G>(args.config, clamp, y, n0, live, inside, sel, xg, sg, tg, acc);
         }
       }
     }
     acc = team_sum(acc, tc.team);
     if (valid && tc.member == 0) {
-      const CT total = args.config.reverse ? -acc : acc;
+      const CT total = args.config.reverse ? CT(0) - acc : acc;  // 0 - acc: +0, not -0, when nothing is transformed
       if (lp.chunks == 1)
-        static_cast<CT*>(args.logdet)[b] = total;
+        static_cast<CT*>(args.logdet)[b] = total;  // gpu_code: own scalar (the sample's log-det)
       else
-        partials[item] = total;
+        partials[item] = total;  // gpu_code: own scalar (the chunk's partial)
     }
   }
 }
@@ -409,20 +481,22 @@ __global__ void __launch_bounds__(kThreads)
   if (member == 0 && b < batch) logdet[b] = acc;
 }
 
-// grad_x and grad_h of one group. Kept elements: the gradient passes through and grad_h is zero (whatever h holds
-// there, even NaN). The additive coupling needs neither x nor h (grad_t = +-grad_y).
-template <class XT, class HT, int kScale, bool kVector, int G, class CT>
+// grad_x and grad_h of one group: grad_x is stored, grad_s and grad_t land in gsg and gtg, and are stored here too
+// unless the team stores grad_h in blocks (kStoreH false: the vector path with h narrower than x). Kept elements:
+// the gradient passes through and grad_h is zero (whatever h holds there, even NaN). The additive coupling needs
+// neither x nor h (grad_t = +-grad_y).
+template <class XT, class HT, int kScale, bool kVector, bool kStoreH, int G, class CT>
 __device__ __forceinline__ void backward_group(const CouplingConfig& config, CT clamp, CT g_logdet, XT* grad_x,
                                                HT* grad_h, int64_t t_offset, int64_t n0, uint32_t live,
                                                uint32_t inside, uint32_t sel, const Words<16>& gg,
                                                const Words<16>& xg, const Words<sizeof(HT) * G>& sg,
-                                               const Words<sizeof(HT) * G>& tg) {
+                                               const Words<sizeof(HT) * G>& tg, Words<sizeof(HT) * G>& gsg,
+                                               Words<sizeof(HT) * G>& gtg) {
   if (!inside) {  // passed through: the gradient too
     store_group<kVector, XT, G>(grad_x, n0, live, gg);
     return;
   }
   Words<16> gxg;
-  Words<sizeof(HT) * G> gsg, gtg;
 #pragma unroll
   for (int k = 0; k < G; ++k) {
     const bits_t<XT> g_bits = get_bits<XT>(gg, k);
@@ -444,8 +518,10 @@ __device__ __forceinline__ void backward_group(const CouplingConfig& config, CT 
     }
   }
   store_group<kVector, XT, G>(grad_x, n0, live, gxg);
-  store_group<kVector, HT, G>(grad_h, n0 + t_offset, inside, gtg);
-  if (kScale != kAdditive) store_group<kVector, HT, G>(grad_h, n0, inside, gsg);
+  if constexpr (kStoreH) {
+    store_group<kVector, HT, G>(grad_h, n0 + t_offset, inside, gtg);
+    if (kScale != kAdditive) store_group<kVector, HT, G>(grad_h, n0, inside, gsg);
+  }
 }
 
 template <class XT, class HT, int kScale, bool kVector>
@@ -455,13 +531,12 @@ __device__ __forceinline__ void backward_items(const BackwardArgs& args, const L
   constexpr int G = group_elements(sizeof(XT));
   constexpr int U = unroll_groups(sizeof(XT), sizeof(HT));
   constexpr bool kAdd = kScale == kAdditive;
+  constexpr bool kHBlocks = h_in_blocks(sizeof(XT), sizeof(HT));
   const FlatLayout& layout = args.layout;
   const int64_t numel = layout.numel;
   const CT clamp = static_cast<CT>(args.config.clamp);
   const TeamCursor tc = team_cursor(lp);
-  const int64_t pass = static_cast<int64_t>(tc.team) * U * G;
-  const int64_t group_step = static_cast<int64_t>(tc.team) * G;
-  for (uint32_t base = tc.first; base < lp.items; base += tc.step) {
+  for (uint32_t base = tc.first; base < lp.items; base += lp.item_step) {
     const uint32_t item = base + tc.in_warp;
     const bool valid = item < lp.items;
     const uint32_t b = valid ? fast_div(lp.by_chunks, item) : 0, chunk = valid ? item - b * lp.chunks : 0;
@@ -473,36 +548,46 @@ __device__ __forceinline__ void backward_items(const BackwardArgs& args, const L
     const int64_t h_offset = static_cast<int64_t>(b) * layout.h_stride - layout.lo;
     const HT* h = static_cast<const HT*>(args.h) + h_offset;
     HT* grad_h = static_cast<HT*>(args.grad_h) + h_offset;
-    const CT g_logdet = valid ? static_cast<const CT*>(args.grad_logdet)[b] : CT(0);
-    int64_t start = static_cast<int64_t>(chunk) * lp.rounds * pass + static_cast<int64_t>(tc.member) * G;
-    for (int round = 0; round < lp.rounds; ++round, start += pass) {
+    const CT g_logdet = valid ? static_cast<const CT*>(args.grad_logdet)[b] : CT(0);  // gpu_code: own scalar
+    int64_t start = static_cast<int64_t>(chunk) * lp.rounds * lp.pass;
+    for (int round = 0; round < lp.rounds; ++round, start += lp.pass) {
+      const TeamPass p{start, end, tc.team, tc.member, lp.pass};
       if constexpr (kVector) {
         Words<16> gg[U], xg[U];
         HWords sg[U], tg[U];
         uint32_t live[U], inside[U], sel[U];
 #pragma unroll
         for (int u = 0; u < U; ++u) {
-          const int64_t n0 = start + u * group_step;
+          const int64_t n0 = p.group_start<G>(u);
           live[u] = span_bits<G>(n0, 0, end);
           inside[u] = live[u] & span_bits<G>(n0, layout.lo, layout.hi);
           if (live[u]) gg[u] = load_group<true, XT, G>(grad_y, n0, live[u]);
           if (!kAdd && inside[u]) {
             xg[u] = load_group<true, XT, G>(x, n0, inside[u]);
-            tg[u] = load_group<true, HT, G>(h, n0 + layout.t_offset, inside[u]);
-            sg[u] = load_group<true, HT, G>(h, n0, inside[u]);
+            if constexpr (!kHBlocks) {
+              tg[u] = load_group<true, HT, G>(h, n0 + layout.t_offset, inside[u]);
+              sg[u] = load_group<true, HT, G>(h, n0, inside[u]);
+            }
           }
-          sel[u] = group_selection<true, G>(layout, lp.checkerboard, n0, inside[u]);
         }
+        HBlocks h_blocks;
+        if constexpr (kHBlocks && !kAdd) h_blocks = load_h_blocks<HT, true>(h, layout, p);
+        const uint32_t mask_bits = load_mask_bits(layout, p);
+        if constexpr (kHBlocks && !kAdd) take_h_groups<HT, G, U, true>(h_blocks, p, sg, tg);
+        pass_selection<G, U>(layout, lp.checkerboard, p, mask_bits, inside, sel);
+        HWords gsg[U] = {}, gtg[U] = {};
 #pragma unroll
         for (int u = 0; u < U; ++u)
           if (live[u])
-            backward_group<XT, HT, kScale, true, G>(args.config, clamp, g_logdet, grad_x, grad_h, layout.t_offset,
-                                                    start + u * group_step, live[u], inside[u], sel[u], gg[u],
-                                                    xg[u], sg[u], tg[u]);
+            backward_group<XT, HT, kScale, true, !kHBlocks, G>(args.config, clamp, g_logdet, grad_x, grad_h,
+                                                               layout.t_offset, p.group_start<G>(u), live[u],
+                                                               inside[u], sel[u], gg[u], xg[u], sg[u], tg[u], gsg[u],
+                                                               gtg[u]);
+        if constexpr (kHBlocks) store_h_groups<HT, G, U, !kAdd>(grad_h, layout, p, gsg, gtg);
       } else {
 #pragma unroll 1
         for (int u = 0; u < U; ++u) {
-          const int64_t n0 = start + u * group_step;
+          const int64_t n0 = p.group_start<G>(u);
           const uint32_t live = span_bits<G>(n0, 0, end);
           if (!live) continue;
           const uint32_t inside = live & span_bits<G>(n0, layout.lo, layout.hi);
@@ -511,9 +596,11 @@ __device__ __forceinline__ void backward_items(const BackwardArgs& args, const L
           const Words<16> xg = load_group<false, XT, G>(x, n0, needed);
           const HWords tg = load_group<false, HT, G>(h, n0 + layout.t_offset, needed);
           const HWords sg = load_group<false, HT, G>(h, n0, needed);
-          const uint32_t sel = group_selection<false, G>(layout, lp.checkerboard, n0, inside);
-          backward_group<XT, HT, kScale, false, G>(args.config, clamp, g_logdet, grad_x, grad_h, layout.t_offset, n0,
-                                                   live, inside, sel, gg, xg, sg, tg);
+          const uint32_t sel = group_selection<G>(layout, lp.checkerboard, n0, inside);
+          HWords gsg{}, gtg{};
+          backward_group<XT, HT, kScale, false, true, G>(args.config, clamp, g_logdet, grad_x, grad_h,
+                                                         layout.t_offset, n0, live, inside, sel, gg, xg, sg, tg, gsg,
+                                                         gtg);
         }
       }
     }
@@ -562,45 +649,16 @@ int element_size(DType dtype) { return dtype == DType::kFloat64 ? 8 : dtype == D
 
 bool aligned_to(const void* p, int64_t bytes) { return reinterpret_cast<uintptr_t>(p) % static_cast<uintptr_t>(bytes) == 0; }
 
-// The vector path needs every group to start on a vector boundary, in x, in h and in the mask, and to lie
-// entirely inside or outside [lo, hi).
+// The vector path: sizes and offsets it can take (vector_sizes), and every tensor it reads or writes 16-byte
+// aligned, x-like, h-like and the mask.
 bool vector_path(const FlatLayout& layout, DType x_dtype, DType h_dtype, const void* const* x_like, int nx,
                  const void* const* h_like, int nh) {
-  const int64_t group = group_elements(element_size(x_dtype));
-  if (layout.numel % group || layout.lo % group || layout.hi % group || layout.h_stride % group ||
-      layout.t_offset % group)
-    return false;
-  const int64_t h_bytes = group * element_size(h_dtype) < 16 ? group * element_size(h_dtype) : 16;
+  if (!vector_sizes(layout, element_size(x_dtype), element_size(h_dtype))) return false;
   for (int i = 0; i < nx; ++i)
     if (!aligned_to(x_like[i], 16)) return false;
   for (int i = 0; i < nh; ++i)
-    if (!aligned_to(h_like[i], h_bytes)) return false;
-  return layout.pattern != kPatternMask || aligned_to(layout.transformed, group);
-}
-
-// How a launch cuts the batch into work items (see the top of this file); a function of the shapes alone.
-struct Plan {
-  int team_log2;
-  int rounds;
-  int64_t chunks;  // a sample
-  int64_t items;   // batch * chunks
-};
-
-Plan make_plan(const FlatLayout& layout, DType x_dtype, DType h_dtype) {
-  const int64_t group = group_elements(element_size(x_dtype));
-  const int64_t unroll = unroll_groups(element_size(x_dtype), element_size(h_dtype));
-  const int64_t groups = (layout.numel + group - 1) / group;
-  Plan plan{5, 1, 1, layout.batch};
-  if (groups <= 32 * unroll) {  // one team of at most a warp a sample, one pass
-    plan.team_log2 = 0;
-    while ((int64_t(1) << plan.team_log2) * unroll < groups) ++plan.team_log2;
-  } else {  // chunks of a warp, as few passes as keep the chunks below kMaxChunks
-    const int64_t per_pass = 32 * unroll;
-    plan.rounds = static_cast<int>((groups + per_pass * kMaxChunks - 1) / (per_pass * kMaxChunks));
-    plan.chunks = (groups + per_pass * plan.rounds - 1) / (per_pass * plan.rounds);
-    plan.items = layout.batch * plan.chunks;
-  }
-  return plan;
+    if (!aligned_to(h_like[i], 16)) return false;
+  return layout.pattern != kPatternMask || aligned_to(layout.transformed, 16);
 }
 
 // The kernel's launch: checks the 32-bit item numbering, fills `lp`, and sizes the grid to at most one wave (the
@@ -612,7 +670,9 @@ cudaError_t prepare(const FlatLayout& layout, const Plan& plan, const void* kern
     return cudaErrorInvalidValue;
   lp = LaunchParams{};
   lp.team_log2 = plan.team_log2;
-  lp.rounds = plan.rounds;
+  lp.team = 1 << plan.team_log2;
+  lp.pass = plan.pass;
+  lp.rounds = static_cast<int>(plan.rounds);
   lp.chunks = static_cast<uint32_t>(plan.chunks);
   lp.items = static_cast<uint32_t>(plan.items);
   lp.by_chunks = make_fast_div(lp.chunks);
@@ -629,6 +689,7 @@ cudaError_t prepare(const FlatLayout& layout, const Plan& plan, const void* kern
   const int64_t needed = (plan.items + teams_per_block - 1) / teams_per_block;
   const int64_t wave = static_cast<int64_t>(sm_count > 0 ? sm_count : 1) * per_sm;
   blocks = static_cast<unsigned>(needed < wave ? needed : wave);
+  lp.item_step = static_cast<uint32_t>(blocks * teams_per_block);  // at most the items and a block: 32 bits
   return cudaSuccess;
 }
 
@@ -642,14 +703,14 @@ std::atomic<int>* occupancy_cache() {
 }  // namespace
 
 int64_t forward_partials(const FlatLayout& layout, DType x_dtype, DType h_dtype) {
-  const Plan plan = make_plan(layout, x_dtype, h_dtype);
+  const Plan plan = make_plan(layout, element_size(x_dtype), element_size(h_dtype));
   return plan.chunks > 1 ? plan.items : 0;
 }
 
 cudaError_t launch_forward(const ForwardArgs& args, void* workspace, int sm_count, cudaStream_t stream) {
   const FlatLayout& layout = args.layout;
   if (layout.batch == 0 || layout.numel == 0) return cudaSuccess;
-  const Plan plan = make_plan(layout, args.x_dtype, args.h_dtype);
+  const Plan plan = make_plan(layout, element_size(args.x_dtype), element_size(args.h_dtype));
   if (plan.chunks > 1 && workspace == nullptr) return cudaErrorInvalidValue;
   const void* x_like[] = {args.x, args.y};
   const void* h_like[] = {args.h};
@@ -684,7 +745,7 @@ cudaError_t launch_forward(const ForwardArgs& args, void* workspace, int sm_coun
 cudaError_t launch_backward(const BackwardArgs& args, int sm_count, cudaStream_t stream) {
   const FlatLayout& layout = args.layout;
   if (layout.batch == 0 || layout.numel == 0) return cudaSuccess;
-  const Plan plan = make_plan(layout, args.x_dtype, args.h_dtype);
+  const Plan plan = make_plan(layout, element_size(args.x_dtype), element_size(args.h_dtype));
   const void* x_like[] = {args.grad_y, args.x, args.grad_x};
   const void* h_like[] = {args.h, args.grad_h};
   const bool vector = vector_path(layout, args.x_dtype, args.h_dtype, x_like, 3, h_like, 2);

@@ -1,6 +1,8 @@
 // The nf_kernels_ext op schemas, defined once; the CPU and CUDA kernels register against them in their own
-// files. The Python op layer (nf_kernels/_ops.py) owns autograd for the public op and calls these below
-// autograd; called directly with inputs that require grad, they say so instead of returning wrong gradients.
+// files. coupling_forward and coupling_backward are the raw kernels: the Python custom op (nf_kernels/_ops.py)
+// calls them below its own autograd, and called directly with inputs that require grad they say so instead of
+// returning wrong gradients. `coupling` is the eager path's differentiable op, the raw ops behind a C++ autograd
+// node (csrc/ops/autograd.cpp).
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
 
@@ -34,6 +36,7 @@ std::vector<std::string> kernel_codes(const std::string& kind) {
 
 TORCH_LIBRARY(nf_kernels_ext, m) {
   m.def("coupling_forward(Tensor x, Tensor h, " NF_LAYOUT_ARGS ") -> (Tensor y, Tensor logdet)");
+  m.def("coupling(Tensor x, Tensor h, " NF_LAYOUT_ARGS ") -> (Tensor y, Tensor logdet)");
   m.def("coupling_backward(Tensor grad_y, Tensor grad_logdet, Tensor x, Tensor h, " NF_LAYOUT_ARGS
         ") -> (Tensor grad_x, Tensor grad_h)");
   // Which instruction set the CPU kernels use here ("avx512", "avx2" or "baseline").

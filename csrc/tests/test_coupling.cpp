@@ -1,6 +1,7 @@
 // C++ tests of the extension, run by ctest (CMakeLists.txt): the vectorizable float math against libm, the
 // float16/bfloat16 conversions against c10's, and the registered ops against the SPEC formulas, per
-// instruction set, with a log-det that must not depend on the thread count.
+// instruction set, with a log-det that must not depend on the thread count; and the CUDA kernels' index arithmetic,
+// which runs here on the host (the kernels themselves need a GPU).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -10,6 +11,7 @@
 #include <array>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <string>
@@ -18,6 +20,8 @@
 #include "../coupling_layout.h"
 #include "../cpu/half_bits.h"
 #include "../cpu/tile_kernels.h"
+#include "../cuda/block_exchange.h"
+#include "../cuda/work_split.h"
 #include "../vector_math.h"
 
 namespace {
@@ -308,6 +312,239 @@ void test_checkerboard_index() {
   check(bad == 0, "checkerboard_bits agrees with is_transformed (" + std::to_string(bad) + " mismatches)");
 }
 
+
+// ---- The CUDA kernels' work split and 16-byte block exchange (csrc/cuda/work_split.h, block_exchange.h) -------
+//
+// A team's lanes emulated on the host: a shuffle is a read of another lane's registers, a 16-byte load or store a
+// read or write of an emulated sample whose every byte records where it sits.
+
+namespace cu = nf_kernels::cuda;
+
+void test_nonzero_bytes() {
+  std::mt19937 rng(3);
+  int bad = 0;
+  auto check_block = [&](const uint8_t (&bytes)[16]) {
+    cu::Words<16> block;
+    std::memcpy(block.w, bytes, 16);  // a 16-byte load: byte k in word k / 4, bits 8 (k % 4) on (little-endian)
+    uint32_t want = 0;
+    for (int k = 0; k < 16; ++k) want |= static_cast<uint32_t>(bytes[k] != 0) << k;
+    bad += cu::nonzero_bytes(block) != want;
+  };
+  for (int k = 0; k < 16; ++k)
+    for (int v = 0; v < 256; ++v) {
+      uint8_t bytes[16] = {};
+      bytes[k] = static_cast<uint8_t>(v);
+      check_block(bytes);
+      for (auto& b : bytes) b = b ? 0 : 0xff;  // and every other byte set
+      check_block(bytes);
+    }
+  for (int i = 0; i < 200000; ++i) {
+    uint8_t bytes[16];
+    for (auto& b : bytes) b = rng() % 2 ? 0 : static_cast<uint8_t>(rng() % 4 ? 1 : rng());
+    check_block(bytes);
+  }
+  check(bad == 0, "nonzero_bytes: bit k set exactly where byte k of a block is nonzero (" + std::to_string(bad) +
+                      " mismatches)");
+}
+
+// The byte at offset i of an emulated tensor (of one sample), and of the gradient the kernel writes there.
+uint8_t data_byte(int64_t i) { return static_cast<uint8_t>(i * 131 + (i >> 8) * 7 + 1); }
+uint8_t grad_byte(int64_t i) { return static_cast<uint8_t>(data_byte(i) ^ 0x5a); }
+
+struct PassWalk {
+  int walked = 0;  // layouts walked (the vector path takes them)
+  int bad = 0;
+};
+
+// Every pass of a launch of `layout` on the vector path, x of kX bytes an element and h of kH: each element of the
+// sample in exactly one lane's group; the h blocks each lane loads (and grad_h blocks it stores) inside the
+// sample's h and aligned; each lane's s and t from the exchange equal the h of its groups; grad_h written through
+// the blocks covers s and t on [lo, hi) exactly once with each group's values and nothing else; the mask bits each
+// lane takes from the mask blocks equal the mask on [lo, hi). A team past the last item touches nothing.
+template <int kX, int kH>
+void walk_vector_passes(const nf_kernels::FlatLayout& layout, bool with_s, const std::vector<uint8_t>& mask,
+                        PassWalk& walk) {
+  constexpr int G = cu::group_elements(kX), U = cu::unroll_groups(kX, kH), kBytes = kH * G;
+  constexpr bool kBlocks = cu::h_in_blocks(kX, kH);
+  if (!cu::vector_sizes(layout, kX, kH)) return;
+  ++walk.walked;
+  const cu::Plan plan = cu::make_plan(layout, kX, kH);
+  const int team = 1 << plan.team_log2;
+  const int64_t pass = plan.pass, numel = layout.numel, h_bytes = layout.h_stride * kH;
+  int& bad = walk.bad;
+  bad += pass != int64_t(team) * U * G;
+  std::vector<int> covered(numel, 0);
+  std::vector<uint8_t> written(kBlocks ? h_bytes : 0, 0), grad_h(kBlocks ? h_bytes : 0, 0);  // stores a byte had
+  auto words_at = [&](auto& words, int64_t byte, auto value_of) {  // the words of an access at a byte offset of h
+    for (size_t q = 0; q < sizeof(words.w) / 4; ++q) {
+      uint8_t bytes[4];
+      for (int i = 0; i < 4; ++i) bytes[i] = value_of(byte + 4 * int64_t(q) + i);
+      std::memcpy(&words.w[q], bytes, 4);
+    }
+  };
+  auto h_block_in_bounds = [&](int64_t h_index) {  // a 16-byte access at this element of one sample's h
+    return h_index >= 0 && (h_index + cu::h_block_elements(kH)) <= layout.h_stride && (h_index * kH) % 16 == 0;
+  };
+  for (int64_t chunk = 0; chunk < plan.chunks; ++chunk)
+    for (int64_t round = 0; round < plan.rounds; ++round) {
+      const int64_t start = (chunk * plan.rounds + round) * pass;
+      std::vector<cu::TeamPass> lanes;
+      for (int m = 0; m < team; ++m) lanes.push_back({start, numel, team, m, static_cast<int>(pass)});
+      std::vector<std::array<uint32_t, U>> inside(team);
+      for (int m = 0; m < team; ++m)
+        for (int u = 0; u < U; ++u) {
+          const int64_t n0 = lanes[m].template group_start<G>(u);
+          const uint32_t live = cu::span_bits<G>(n0, 0, numel);
+          inside[m][u] = live & cu::span_bits<G>(n0, layout.lo, layout.hi);
+          const uint32_t full = (1u << G) - 1u;
+          bad += (live != 0 && live != full) || (inside[m][u] != 0 && inside[m][u] != full);  // whole groups only
+          for (int k = 0; k < G; ++k)
+            if ((live >> k) & 1) ++covered[n0 + k];
+        }
+      if constexpr (kBlocks) {
+        // Loads: each lane's block of t (and s), then each lane's groups through the exchange.
+        std::vector<cu::Words<16>> tb(team), sb(team);
+        std::vector<bool> present(team);
+        for (int m = 0; m < team; ++m) {
+          const int64_t n = lanes[m].block_start(cu::h_block_elements(kH));
+          present[m] = cu::h_block_present(layout, lanes[m], cu::h_block_elements(kH), n);
+          std::memset(tb[m].w, 0xee, 16), std::memset(sb[m].w, 0xee, 16);  // what an absent block holds
+          if (!present[m]) continue;
+          bad += !h_block_in_bounds(n - layout.lo + layout.t_offset) || (with_s && !h_block_in_bounds(n - layout.lo));
+          words_at(tb[m], (n - layout.lo + layout.t_offset) * kH, data_byte);
+          if (with_s) words_at(sb[m], (n - layout.lo) * kH, data_byte);
+        }
+        std::vector<std::array<cu::Words<kBytes>, U>> gs(team), gt(team);  // the gradients each lane computed
+        for (int m = 0; m < team; ++m)
+          for (int u = 0; u < U; ++u) {
+            const int g = u * team + m;
+            auto from = [&](const std::vector<cu::Words<16>>& blocks) {
+              return [&, g](int q, int lane) {
+                bad += lane < 0 || lane >= team || q < 0 || q >= 4;
+                return blocks[lane & (team - 1)].w[q & 3];
+              };
+            };
+            const cu::Words<kBytes> t = cu::group_from_blocks<kBytes>(g, from(tb));
+            const cu::Words<kBytes> s = cu::group_from_blocks<kBytes>(g, from(sb));
+            const int64_t h0 = lanes[m].template group_start<G>(u) - layout.lo;
+            cu::Words<kBytes> want_t{}, want_s{};
+            words_at(want_t, (h0 + layout.t_offset) * kH, data_byte);
+            words_at(want_s, h0 * kH, data_byte);
+            gs[m][u] = gt[m][u] = cu::Words<kBytes>{};  // zero where the kernel computes nothing
+            if (!inside[m][u]) continue;
+            bad += std::memcmp(t.w, want_t.w, kBytes) != 0 || (with_s && std::memcmp(s.w, want_s.w, kBytes) != 0);
+            words_at(gt[m][u], (h0 + layout.t_offset) * kH, grad_byte);
+            words_at(gs[m][u], h0 * kH, grad_byte);
+          }
+        // Stores: each lane gathers its block of grad_t (and grad_s) and writes it where its block was read.
+        for (int m = 0; m < team; ++m) {
+          auto from = [&](const std::vector<std::array<cu::Words<kBytes>, U>>& groups) {
+            return [&](int u, int k, int lane) {
+              bad += lane < 0 || lane >= team || u < 0 || u >= U || k < 0 || k >= kBytes / 4;
+              return groups[lane & (team - 1)][u % U].w[k % (kBytes / 4)];
+            };
+          };
+          const cu::Words<16> t = cu::block_from_groups<kBytes, U>(m, team, from(gt));
+          const cu::Words<16> s = cu::block_from_groups<kBytes, U>(m, team, from(gs));
+          if (!present[m]) continue;
+          const int64_t n = lanes[m].block_start(cu::h_block_elements(kH)) - layout.lo;
+          for (int pass_s = 0; pass_s < (with_s ? 2 : 1); ++pass_s) {
+            const int64_t at = (n + (pass_s ? 0 : layout.t_offset)) * kH;
+            if (at < 0 || at + 16 > h_bytes) {
+              ++bad;
+              continue;
+            }
+            uint8_t bytes[16];
+            std::memcpy(bytes, (pass_s ? s : t).w, 16);
+            for (int i = 0; i < 16; ++i) grad_h[at + i] = bytes[i], written[at + i] = written[at + i] < 9 ? written[at + i] + 1 : 9;
+          }
+        }
+      }
+      if (layout.pattern == nf_kernels::kPatternMask) {
+        std::vector<uint32_t> bits(team, 0xffffu);  // what an absent block's lane holds
+        for (int m = 0; m < team; ++m) {
+          const int64_t n = lanes[m].block_start(cu::kMaskBlockElements);
+          if (!cu::mask_block_present(layout, lanes[m], n)) continue;
+          bad += n < 0 || n + 16 > numel || n % 16 != 0;
+          uint8_t bytes[16];
+          for (int i = 0; i < 16; ++i) bytes[i] = mask[(n + i) % numel];
+          cu::Words<16> block;
+          std::memcpy(block.w, bytes, 16);
+          bits[m] = cu::nonzero_bytes(block);
+        }
+        for (int m = 0; m < team; ++m)
+          for (int u = 0; u < U; ++u) {
+            const uint32_t got = inside[m][u] & cu::group_mask_bits<G>(u * team + m, [&](int lane) {
+              bad += lane < 0 || lane >= team;
+              return bits[lane & (team - 1)];
+            });
+            uint32_t want = 0;
+            const int64_t n0 = lanes[m].template group_start<G>(u);
+            for (int k = 0; k < G; ++k)
+              if ((inside[m][u] >> k) & 1) want |= static_cast<uint32_t>(mask[n0 + k] != 0) << k;
+            bad += got != want;
+          }
+      }
+    }
+  for (int64_t n = 0; n < numel; ++n) bad += covered[n] != 1;
+  if constexpr (kBlocks) {
+    const int64_t span = (layout.hi - layout.lo) * kH;
+    for (int64_t i = 0; i < h_bytes; ++i) {
+      const bool in_t = i >= layout.t_offset * kH && i < layout.t_offset * kH + span;
+      const bool in_s = with_s && i < span;
+      bad += written[i] != (in_t || in_s) || ((in_t || in_s) && grad_h[i] != grad_byte(i));
+    }
+  }
+  // A team past the last item (end 0) loads no block.
+  const cu::TeamPass idle{0, 0, team, 0, static_cast<int>(pass)};
+  bad += cu::h_block_present(layout, idle, cu::h_block_elements(kH), 0) || cu::mask_block_present(layout, idle, 0);
+}
+
+template <int kX>
+void walk_all_h_sizes(const nf_kernels::FlatLayout& layout, bool with_s, const std::vector<uint8_t>& mask,
+                      PassWalk& walk) {
+  walk_vector_passes<kX, 2>(layout, with_s, mask, walk);
+  walk_vector_passes<kX, 4>(layout, with_s, mask, walk);
+  walk_vector_passes<kX, 8>(layout, with_s, mask, walk);
+}
+
+void test_vector_passes() {
+  PassWalk walk;
+  std::mt19937 rng(4);
+  auto walk_layout = [&](const nf_kernels::FlatLayout& layout, bool with_s) {
+    std::vector<uint8_t> mask(layout.numel);
+    for (auto& b : mask) b = rng() % 3 == 0 ? 0 : static_cast<uint8_t>(1 + rng() % 255);
+    walk_all_h_sizes<2>(layout, with_s, mask, walk);
+    walk_all_h_sizes<4>(layout, with_s, mask, walk);
+    walk_all_h_sizes<8>(layout, with_s, mask, walk);
+  };
+  // "half" splits of [C, inner] samples (affine: s then t, each hi - lo; additive: t alone), and every
+  // pattern over the whole sample (checkerboard and mask: h of 2 numel, or numel for an additive coupling), for
+  // sizes from one group to teams of every width and chunks of several passes.
+  const int64_t inners[] = {2, 4, 8, 12, 16, 20, 24, 64, 200, 1024};  // whole groups, whole h blocks, or not
+  for (int64_t channels : {2, 3, 4, 6})
+    for (int64_t inner : inners) {
+      const int64_t numel = channels * inner;
+      for (bool flip : {false, true}) {
+        const int64_t kept = channels / 2, lo = (flip ? 0 : kept) * inner, hi = (flip ? channels - kept : channels) * inner;
+        const int64_t span = hi - lo;
+        walk_layout({1, numel, lo, hi, 2 * span, span, nf_kernels::kPatternRange, 0, 0, 0, nullptr}, true);
+        walk_layout({1, numel, lo, hi, span, 0, nf_kernels::kPatternRange, 0, 0, 0, nullptr}, false);
+      }
+    }
+  // 260, 520, 1032: a group more than a whole pass of a warp (of fp32, fp64 and 16-bit x); 2^21 + 64: rounds of
+  // several passes a chunk.
+  for (int64_t numel : {4, 8, 12, 16, 20, 32, 48, 64, 96, 128, 260, 520, 1000, 1032, 4096, 6144, 49152, 131088,
+                        2 * 1024 * 1024 + 64})
+    for (int pattern : {nf_kernels::kPatternCheckerboard, nf_kernels::kPatternMask}) {
+      walk_layout({1, numel, 0, numel, 2 * numel, numel, pattern, 0, 1, 1, nullptr}, true);
+      walk_layout({1, numel, 0, numel, numel, 0, pattern, 0, 1, 1, nullptr}, false);
+    }
+  std::printf("vector passes: %d layouts walked\n", walk.walked);
+  check(walk.walked > 300, "the vector-path walk covers the layouts it should (" + std::to_string(walk.walked) + ")");
+  check(walk.bad == 0, "the CUDA vector path's passes, blocks and exchanges move exactly each lane's data (" +
+                           std::to_string(walk.bad) + " mismatches)");
+}
 }  // namespace
 
 int main() {
@@ -318,6 +555,8 @@ int main() {
   test_logdet_summation();
   test_fast_div();
   test_checkerboard_index();
+  test_nonzero_bytes();
+  test_vector_passes();
   std::printf(failures ? "%d check(s) failed\n" : "all checks passed\n", failures);
   return failures ? 1 : 0;
 }

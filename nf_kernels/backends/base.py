@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Protocol
+from typing import Callable, Optional, Protocol
 
 import torch
 
@@ -17,6 +17,9 @@ class Backend(Protocol):
     """
 
     name: str
+    # For plain eager calls (nf_kernels._ops.eager_coupling), a differentiable op with autograd of its own that
+    # stands in for the custom op: (x, h, bool mask or None, PreparedCall) -> (y, logdet). None: the custom op.
+    eager_coupling: Optional[Callable[..., tuple[torch.Tensor, torch.Tensor]]]
 
     def why_unavailable(self, device: torch.device) -> Optional[str]:
         """None if this backend can run on `device`, else a sentence saying why not (the dispatcher says what works)."""

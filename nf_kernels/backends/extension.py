@@ -5,9 +5,11 @@ the flat description of the coupling computed here once (:func:`nf_kernels._layo
 never re-derives a mask. The dispatcher picks the CPU kernels (OpenMP-parallel, vectorized, csrc/cpu) or the
 CUDA kernels (csrc/cuda) from the tensors' device.
 
-Fake implementations of the extension ops are registered here so tracing (``torch.compile``,
-``torch.library.opcheck``) works on them; autograd is registered once, for the public op, in
-:mod:`nf_kernels._ops`. When the extension is not built, importing this module still works and both backends
+Fake implementations of the extension's raw ops are registered here so tracing (``torch.compile``,
+``torch.library.opcheck``) works on them; their autograd is the public custom op's, registered once in
+:mod:`nf_kernels._ops`. Plain eager calls take a shorter way (:meth:`ExtensionBackend.eager_coupling`): the
+extension's differentiable op ``nf_kernels_ext::coupling``, the same two kernels behind a C++ autograd node
+(csrc/ops/autograd.cpp). When the extension is not built, importing this module still works and both backends
 say why they are unavailable.
 
     >>> import torch
@@ -25,8 +27,9 @@ import torch
 
 from .._arguments import logdet_dtype
 from .._build import load
-from .._layout import H_LAYOUT_FIELDS, FlatLayout, flat_layout
+from .._layout import H_LAYOUT_FIELDS, FlatLayout, flat_layout, transformed_elements
 from .._outputs import poisoning
+from .._prepared import PreparedCall
 
 _module, _why_not_loaded = load()
 
@@ -39,10 +42,15 @@ def kernel_codes(kind: str) -> tuple[str, ...]:
     return tuple(torch.ops.nf_kernels_ext.kernel_codes(kind))
 
 
+# The packed layout as this build's ops take it: the fields it knows, a prefix of nf_kernels._layout.LAYOUT_FIELDS
+# (the rest describe only calls it refuses). Its ops check the count.
+_FIELD_COUNT = len(kernel_codes("layout")) if _module is not None else 0
+
+
 def _op_arguments(layout: FlatLayout) -> tuple:
     """The arguments both extension ops take after their tensors (csrc/ops/schema.cpp): the mask, the packed
     layout (the fields this build knows) and the clamp."""
-    return layout.transformed, layout.packed(kernel_codes("layout")), layout.clamp
+    return layout.transformed, layout.packed()[:_FIELD_COUNT], layout.clamp
 
 
 # What a call needs of the extension that its kernel-code lists can lack, by mask kind: the pattern it reduces to
@@ -51,6 +59,7 @@ _MASK_PATTERNS = {"compact": "gather"}
 
 
 if _module is not None:
+    _differentiable_op = torch.ops.nf_kernels_ext.coupling.default
 
     @torch.library.register_fake("nf_kernels_ext::coupling_forward")
     def _coupling_forward_fake(x, h, transformed, layout, clamp, poison=False):
@@ -116,6 +125,17 @@ class ExtensionBackend:
         return torch.ops.nf_kernels_ext.coupling_backward(
             grad_y, grad_logdet, x, h, *_op_arguments(layout), poison=poisoning()
         )
+
+    def eager_coupling(self, x, h, mask: Optional[torch.Tensor], prepared: PreparedCall):
+        """(y, logdet) of a plain eager call, differentiable through the extension's own C++ autograd node.
+
+        Only the bool mask's pattern is computed here (its contents may have changed since the last call); the
+        layout is the prepared one. Outputs are poisoned under poison_outputs() at the forward call, the
+        gradients too (the node remembers it).
+        """
+        transformed = None if mask is None else transformed_elements(mask, prepared.config.flip)
+        layout = prepared.layout[:_FIELD_COUNT]
+        return _differentiable_op(x, h, transformed, layout, prepared.config.clamp, poisoning())
 
 
 CPU_BACKEND = ExtensionBackend("cpu", "cpu")

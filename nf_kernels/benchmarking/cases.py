@@ -1,5 +1,7 @@
 """What one op benchmark measures: an :class:`OpCase` names the op, direction, mask, dtype and size, and builds
-the inputs and the :class:`~nf_kernels._arguments.CouplingConfig` every provider receives.
+the inputs and the :class:`~nf_kernels._arguments.CouplingConfig` every provider receives. An
+:class:`OverheadCase` is the "op-layer overhead" case: one shape at which each layer between the public call and
+the kernel is timed apart (overhead_runner.py).
 
 Sizes count the elements of ``x`` (all samples together). Image-shaped inputs ``[B, 4, H, W]`` are used so that
 both masks apply to the same tensors: the sample is ``4 x 64 x 64`` (2^14 elements) once the size allows, and the
@@ -130,3 +132,50 @@ def op_cases(
     for op, direction, mask, dtype in itertools.product(ops, directions, masks, dtypes):
         for numel in sizes:
             yield OpCase(op, direction, mask, dtype, numel)
+
+
+# The op-layer overhead case: [256, D] vectors, the "half" mask, scale "exp". At D = 2 the kernel does next to
+# nothing and the per-call cost of the layers shows alone; at D = 4096 the kernel dominates.
+OVERHEAD_SHAPES = ((256, 2), (256, 64), (256, 4096))
+
+
+@dataclass(frozen=True)
+class OverheadCase:
+    """One shape of the op-layer overhead case.
+
+    >>> OverheadCase((256, 64))
+    OverheadCase(affine half fp32 [256, 64])
+    """
+
+    shape: tuple[int, ...]
+    dtype: str = "fp32"
+
+    def __post_init__(self) -> None:
+        if len(self.shape) != 2 or min(self.shape) < 1:
+            raise ValueError(f"an overhead case is a batch of vectors [B, D], got shape {self.shape}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}: valid choices are {', '.join(map(repr, DTYPES))}")
+
+    @property
+    def config(self) -> CouplingConfig:
+        return CouplingConfig("half", False, "exp", 2.0, False, False)
+
+    @property
+    def h_shape(self) -> tuple[int, ...]:
+        return expected_h_shape(torch.Size(self.shape), "half", False)
+
+    def inputs(self, device: torch.device, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        generator = torch.Generator(device=device).manual_seed(seed)
+        x = torch.randn(self.shape, generator=generator, device=device, dtype=DTYPES[self.dtype])
+        h = torch.randn(self.h_shape, generator=generator, device=device, dtype=DTYPES[self.dtype]).mul_(0.5)
+        return x, h
+
+    def label(self) -> str:
+        return f"affine half {self.dtype} {list(self.shape)}"
+
+    def __repr__(self) -> str:
+        return f"OverheadCase({self.label()})"
+
+
+def overhead_cases(shapes: Iterable[tuple[int, ...]] = OVERHEAD_SHAPES, dtype: str = "fp32") -> tuple[OverheadCase, ...]:
+    return tuple(OverheadCase(tuple(shape), dtype) for shape in shapes)

@@ -36,6 +36,12 @@ def git_commit() -> str:
     return commit + ("+dirty" if dirty else "")
 
 
+def base_commit(branch: str = "main") -> Optional[str]:
+    """Where the checkout left `branch`: their merge base (the commit itself on `branch`); None outside git."""
+    commit = _git("merge-base", "HEAD", branch)
+    return commit[:12] if commit else None
+
+
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

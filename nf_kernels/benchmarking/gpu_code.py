@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -63,6 +64,10 @@ _LABEL = re.compile(r"^([A-Za-z_.$][\w.$]*):\s*$")
 # `/*0640*/  @!P5 LDG.E.128 R12, desc[UR8][R32.64] ;`: address, optional predicate, opcode, operands.
 _INSTRUCTION = re.compile(r"^\s*/\*([0-9a-f]+)\*/\s+(?:(@!?U?P(?:T|\d+))\s+)?([A-Z][A-Z0-9_]*(?:\.[A-Z0-9_]+)*)(.*?);")
 _CALL_TARGET = re.compile(r"`\(([^)]+)\)")
+# `nvdisasm -gi` line information, before the instructions it applies to: one comment a frame, innermost first,
+# `//## File "/x/sm_32_intrinsics.hpp", line 125 inlined at "/repo/csrc/cuda/coupling_kernels.cu", line 221`, then
+# the frames it is inlined into, the kernel's own line last (no `inlined at`).
+_LINE_INFO = re.compile(r'^\s*//## File "([^"]+)", line (\d+)')
 # The integer-division subroutines of the CUDA math library that ptxas links in (sm20 names on every arch).
 _DIV64_SUBROUTINE = re.compile(r"__cuda_sm[0-9x]+_(?:div|rem)_[su]64")
 
@@ -72,6 +77,7 @@ class Instruction:
     opcode: str  # with modifiers: "LDG.E.128"
     operands: str
     predicate: str = ""
+    source: str = ""  # "csrc/cuda/coupling_kernels.cu:221": see source_line; "" without line information
 
     @property
     def base(self) -> str:
@@ -97,16 +103,39 @@ class SassFunction:
             yield from instructions
 
 
+def source_line(frames: Sequence[tuple[str, int]]) -> str:
+    """The line an instruction belongs to, from its inlining frames (innermost first): the innermost one in the
+    project's csrc/ (where `__ldg(p)` was written, not the CUDA header that defines it), as "csrc/...:LINE"; else
+    the innermost frame; "" without frames."""
+    for path, line in frames:
+        at = path.replace("\\", "/").rfind("/csrc/")
+        if at >= 0:
+            return f"{path[at + 1:]}:{line}"
+    return f"{pathlib.Path(frames[0][0]).name}:{frames[0][1]}" if frames else ""
+
+
 def parse_nvdisasm(text: str) -> dict[str, SassFunction]:
-    """Functions by (mangled) name from `nvdisasm -c` output. Labels `.L_*` are branch targets inside the current
-    function; any other label other than the kernel's own starts a subroutine."""
+    """Functions by (mangled) name from `nvdisasm -c` output (with `-gi`, each instruction also gets its source
+    line). Labels `.L_*` are branch targets inside the current function; any other label other than the kernel's
+    own starts a subroutine."""
     functions: dict[str, SassFunction] = {}
     current: Optional[SassFunction] = None
     target: Optional[list[Instruction]] = None
+    frames: list[tuple[str, int]] = []  # of the instructions that follow
+    source, fresh = "", False  # fresh: the last line was line information (a new block of frames continues)
     for line in text.splitlines():
+        location = _LINE_INFO.match(line)
+        if location:
+            if not fresh:
+                frames = []
+            frames.append((location.group(1), int(location.group(2))))
+            source, fresh = source_line(frames), True
+            continue
+        fresh = False
         section = _SECTION.match(line)
         if section:
             name = section.group(1)
+            frames, source = [], ""
             if name.startswith(_TEXT_SECTION):  # a kernel's code; other sections hold data
                 name = name[len(_TEXT_SECTION) :]
                 current = functions.setdefault(name, SassFunction(name))
@@ -127,7 +156,7 @@ def parse_nvdisasm(text: str) -> dict[str, SassFunction]:
         instruction = _INSTRUCTION.match(line)
         if instruction and target is not None:
             _, predicate, opcode, operands = instruction.groups()
-            target.append(Instruction(opcode, operands.strip(), predicate or ""))
+            target.append(Instruction(opcode, operands.strip(), predicate or "", source))
     return functions
 
 
@@ -158,6 +187,9 @@ class CodeStats:
     spill_loads: int  # LDL
     mufu: dict[str, int]  # transcendental ops in the kernel body by kind (EX2, LG2, RCP, ...)
     calls: dict[str, int]  # subroutine call sites by name
+    # The global loads and stores narrower than 128 bits, by kind ("loads"/"stores"), opcode and source line
+    # (Instruction.source): [{"kind": "loads", "opcode": "LDG.E.64", "source": "csrc/...:221", "sites": 10}].
+    narrow: list[dict] = field(default_factory=list)
 
     @property
     def spills(self) -> int:
@@ -178,13 +210,16 @@ def _short_subroutine(name: str) -> str:
 def code_stats(function: SassFunction) -> CodeStats:
     loads: Counter[int] = Counter()
     stores: Counter[int] = Counter()
+    narrow: Counter[tuple[str, str, str]] = Counter()
     # Memory traffic and spills count in the subroutines too; MUFU only in the body, since the integer-division
     # subroutines use MUFU.RCP for their reciprocal estimate and that is not element math.
     for instruction in function.everything():
-        if instruction.base in _GLOBAL_LOADS:
-            loads[access_bits(instruction)] += 1
-        elif instruction.base in _GLOBAL_STORES:
-            stores[access_bits(instruction)] += 1
+        kind = "loads" if instruction.base in _GLOBAL_LOADS else "stores" if instruction.base in _GLOBAL_STORES else ""
+        if kind:
+            bits = access_bits(instruction)
+            (loads if kind == "loads" else stores)[bits] += 1
+            if bits < 128:
+                narrow[(kind, instruction.opcode, instruction.source)] += 1
     calls: Counter[str] = Counter()
     div64 = 0
     mufu: Counter[str] = Counter()
@@ -207,6 +242,8 @@ def code_stats(function: SassFunction) -> CodeStats:
         spill_loads=sum(i.base == "LDL" for i in everything),
         mufu=dict(mufu),
         calls=dict(calls),
+        narrow=[dict(kind=kind, opcode=opcode, source=source, sites=n)
+                for (kind, opcode, source), n in sorted(narrow.items())],  # fmt: skip
     )
 
 
@@ -290,13 +327,17 @@ def _run_tool(command: Sequence[str], timeout: float = 600) -> str:
     return result.stdout
 
 
-def read_cubin(path: pathlib.Path) -> tuple[dict[str, SassFunction], dict[str, dict[str, int]]]:
-    """(functions from nvdisasm, resource usage from cuobjdump) of one cubin."""
+def read_cubin(
+    path: pathlib.Path, line_info: bool = False
+) -> tuple[dict[str, SassFunction], dict[str, dict[str, int]]]:
+    """(functions from nvdisasm, resource usage from cuobjdump) of one cubin; with `line_info`, each instruction
+    with its source line (the cubin must have been compiled with -lineinfo)."""
     nvdisasm, cuobjdump = cuda_tool("nvdisasm"), cuda_tool("cuobjdump")
     if nvdisasm is None or cuobjdump is None:
         raise RuntimeError("nvdisasm and cuobjdump are needed (Triton ships them under triton/backends/nvidia/bin)")
-    # -ndf: no dataflow analysis (half the time, the same listing).
-    return parse_nvdisasm(_run_tool([nvdisasm, "-c", "-ndf", str(path)])), parse_resource_usage(
+    # -ndf: no dataflow analysis (half the time, the same listing). -gi: line information with the inlining frames.
+    flags = ["-c", "-ndf"] + (["-gi"] if line_info else [])
+    return parse_nvdisasm(_run_tool([nvdisasm, *flags, str(path)])), parse_resource_usage(
         _run_tool([cuobjdump, "-res-usage", str(path)])
     )
 
@@ -626,7 +667,9 @@ def slots_per_thread(ttgir: str, threads: int) -> int:
 # ---------------------------------------------------------------------------------------------------------------
 
 # A program's own scalars: the accesses of a main kernel that are one value per program, not per element, and
-# so need not be 128-bit. Counted as in the kernels' source (instruction sites in the SASS):
+# so need not be 128-bit.
+#
+# Triton: counted as in the kernels' source (instruction sites in the SASS).
 OWN_SCALARS = {
     # tl.store(partial_ptr + ..., total): the tile's log-det partials, one store (a scalar for one sample).
     "_coupling_forward_kernel": {"loads": 0, "stores": 1},
@@ -634,20 +677,44 @@ OWN_SCALARS = {
     # scalar for one sample; for a tile of 32 vector samples the compiler spreads the 32 values over two
     # instruction sites (each thread holds two rows' values).
     "_coupling_backward_kernel": {"loads": 2, "stores": 0},
-    # Thread 0 stores logdet[b] (one block a sample) or partials[blockIdx.x]: two sites.
-    "coupling_forward_kernel": {"loads": 0, "stores": 2},
-    # grad_logdet[b], read once in each of the five scale-map instantiations the kernel switches between.
-    "coupling_backward_kernel": {"loads": 5, "stores": 0},
 }
+# CUDA: by source line, not by count. A line of code in CUDA_SOURCE whose comment carries OWN_SCALAR_MARK is one (the
+# sample's log-det or chunk partial the forward stores, grad_logdet[b] the backward loads), and every narrow access
+# compiled from it is exempt however many sites ptxas makes of it (one per scale map of the kernel's switch, or
+# none where a map does not need it). The report compiles with -lineinfo and reads the lines with `nvdisasm -gi`;
+# a narrow access of any other line, or of no known line, breaks rule (a).
+CUDA_FAMILIES = ("coupling_forward_kernel", "coupling_backward_kernel")
+OWN_SCALAR_MARK = "gpu_code: own scalar"
 # A CUDA kernel instantiated for the element-by-element fallback (unaligned tensors, sizes not a multiple of the
 # vector width: `coupling_forward_kernel<XT, HT, false>`, its last template argument kVector false) is exempt from
-# rule (a); it must still meet rules (b) and (c).
+# rule (a): its inputs are the ones no 128-bit access can read. It must still meet rules (b) and (c). Its vector
+# twin (`..., true>`) holds only the vector path (the element path is compiled out of it), so a narrow access
+# that creeps into the vector path still fails.
+
+
+@functools.lru_cache(maxsize=None)
+def own_scalar_lines(source: pathlib.Path = CUDA_SOURCE) -> frozenset[str]:
+    """The lines of code in `source` whose comment carries OWN_SCALAR_MARK, as Instruction.source names them
+    ("csrc/...:LINE"); a comment line that names the mark is not one."""
+    name = source.resolve().relative_to(REPO).as_posix()
+    lines = enumerate(source.read_text().splitlines(), start=1)
+    return frozenset(f"{name}:{number}" for number, text in lines
+                     if text.split("//")[0].strip() and OWN_SCALAR_MARK in text.partition("//")[2])  # fmt: skip
 
 
 def is_cuda_fallback(kernel: str) -> bool:
     inside = kernel[kernel.find("<") + 1 : kernel.rfind(">")]
     return inside.split(",")[-1].strip() == "false"
 
+
+# How rule (a) tells a program's own scalars and the fallback, as the report prints it.
+RULE_NOTES = (
+    "Own scalars (rule a): a Triton kernel's are counted (OWN_SCALARS); a CUDA kernel's are the accesses compiled "
+    f"from the source lines marked `// {OWN_SCALAR_MARK}` (the log-det it stores, grad_logdet[b]), read from the "
+    "-lineinfo of the SASS, however many sites ptxas makes of each, and a narrow access of any other line fails. The "
+    "CUDA element-by-element instantiations (`..., false>`, for misaligned tensors and sizes that are not whole "
+    "16-byte groups or blocks) are exempt from rule (a) and held to (b) and (c); their vector twins are checked."
+)
 
 RULES = {
     "a": "every global load/store 128-bit, except the program's own scalars",
@@ -662,7 +729,7 @@ class Row:
 
     backend: str  # "triton" or "cuda"
     kernel: str  # Triton: the JIT function's name; CUDA: the demangled kernel name
-    family: str  # the key of OWN_SCALARS, or "" for the log-det sum
+    family: str  # kernel_family: the main kernel family, or "" for the log-det sum
     group: str  # the problem group of a Triton launch; "" for a CUDA function
     variant: str  # a readable label
     arch: int
@@ -703,9 +770,10 @@ class Row:
 
 
 def kernel_family(kernel: str) -> str:
-    """The OWN_SCALARS key of a kernel (its element-by-element fallback included), or "" for an unknown one."""
+    """The main kernel family of a kernel (an OWN_SCALARS key or one of CUDA_FAMILIES; a CUDA family includes its
+    element-by-element fallback), or "" for an unknown one."""
     base = kernel.split("<")[0]
-    return base if base in OWN_SCALARS else ""
+    return base if base in OWN_SCALARS or base in CUDA_FAMILIES else ""
 
 
 @dataclass(frozen=True)
@@ -720,8 +788,8 @@ class Check:
 
 
 def _check_widths(row: Row) -> tuple[bool, str]:
-    if row.backend == "cuda" and is_cuda_fallback(row.kernel):
-        return True, "exempt: the element-by-element fallback"
+    if row.backend == "cuda":
+        return _check_cuda_widths(row)
     allowed = OWN_SCALARS.get(row.family, {"loads": 0, "stores": 0})
     why = []
     for kind in ("loads", "stores"):
@@ -730,6 +798,27 @@ def _check_widths(row: Row) -> tuple[bool, str]:
         if narrow > allowed[kind]:
             why.append(f"{narrow} of {sum(by_width.values())} {kind} not 128-bit ({allowed[kind]} own scalars)")
     return not why, ", ".join(why)
+
+
+def _check_cuda_widths(row: Row) -> tuple[bool, str]:
+    """Rule (a) for a CUDA kernel function: narrow accesses on the own-scalar lines only (see OWN_SCALAR_MARK)."""
+    if is_cuda_fallback(row.kernel):
+        return True, "exempt: the element-by-element fallback"
+    own_lines = own_scalar_lines()
+    why = []
+    for kind in ("loads", "stores"):
+        by_width = getattr(row.stats, kind)
+        narrow = sum(n for bits, n in by_width.items() if bits < 128)
+        sites = [site for site in row.stats.narrow if site["kind"] == kind]
+        exempt = sum(site["sites"] for site in sites if site["source"] in own_lines)
+        if narrow > exempt:
+            named = [site for site in sites if site["source"] not in own_lines]
+            listed = [f"{site['sites']}x {site['opcode']} at {site['source'] or 'no source line'}" for site in named]
+            unlisted = narrow - exempt - sum(site["sites"] for site in named)  # stats without sites: no line info
+            listed += [f"{unlisted} without a source line"] if unlisted > 0 else []
+            why.append(f"{narrow - exempt} of {sum(by_width.values())} {kind} not 128-bit ({exempt} own scalars): "
+                       + ", ".join(listed))  # fmt: skip
+    return not why, "; ".join(why)
 
 
 def _check_div_spill(row: Row) -> tuple[bool, str]:
@@ -833,10 +922,12 @@ def triton_rows(launches: Sequence[TritonLaunch], arch: int, workdir: pathlib.Pa
 # CUDA: nvcc, then the same statistics per kernel function, and the launch geometry of the problems.
 # ---------------------------------------------------------------------------------------------------------------
 
-# The flags the extension build gives nvcc (nf_kernels/_build.py NVCC_FLAGS plus torch's common flags).
+# The flags the extension build gives nvcc (nf_kernels/_build.py NVCC_FLAGS plus torch's common flags). -lineinfo
+# (the build's too) gives each SASS instruction its source line, which rule (a) reads; it leaves the SASS as is.
 NVCC_FLAGS = [
-    "-std=c++17", "-O3", "--expt-relaxed-constexpr", "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
-    "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__", "-Xcompiler", "-fPIC",
+    "-std=c++17", "-O3", "--expt-relaxed-constexpr", "-lineinfo", "-D__CUDA_NO_HALF_OPERATORS__",
+    "-D__CUDA_NO_HALF_CONVERSIONS__", "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__",
+    "-Xcompiler", "-fPIC",
 ]  # fmt: skip
 
 CUDA_THREADS = 256  # kThreads of coupling_kernels.cu
@@ -898,7 +989,7 @@ def cuda_rows(archs: Sequence[int], workdir: pathlib.Path) -> list[Row]:
     rows = []
     for arch in archs:
         limits = ARCH_LIMITS[arch]
-        functions, usage = read_cubin(cubins[arch])
+        functions, usage = read_cubin(cubins[arch], line_info=True)
         readable = demangle(sorted(functions))
         for mangled in sorted(functions, key=lambda m: readable[m]):
             name = readable[mangled]
@@ -1062,10 +1153,11 @@ def report_text(rows: Sequence[Row], markdown: bool) -> str:
         parts += ["Triton launches (one row per launch variant):",
                   fmt(TRITON_COLUMNS, [_triton_cells(r) for r in triton])]  # fmt: skip
     if cuda:
-        parts += ["CUDA kernel functions (static counts over the whole function: every scale map of its switch, the "
-                  "vector and the element-by-element path):",
+        parts += ["CUDA kernel functions (static counts over the whole function, every scale map of its switch; "
+                  "`..., true>` is the vector path, `..., false>` the element-by-element fallback):",
                   fmt(CUDA_COLUMNS, [_cuda_cells(r) for r in cuda])]  # fmt: skip
     parts.append("Rules: " + "; ".join(f"({k}) {v}" for k, v in RULES.items()))
+    parts.append(RULE_NOTES)
     return "\n\n".join(parts)
 
 

@@ -11,6 +11,9 @@
   combinations of the rest.
 * ``tiny``: the smallest sizes, to exercise every code path on the CPU (tests and the suite's dry run).
 
+Every plan also runs the op-layer overhead case (cases.OVERHEAD_SHAPES, overhead_runner.py) on the device's
+extension backend, after the op cases: ``--what overhead`` runs it alone.
+
 ``quick`` and ``default`` measure three interleaved rounds, so every figure comes with its spread (report.py);
 ``gpu-suite`` and ``tiny`` one, to stay within their time budgets.
 """
@@ -23,13 +26,15 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
-from .cases import DIRECTIONS, DTYPES, MASKS, OPS, OpCase, op_cases
+from .cases import DIRECTIONS, DTYPES, MASKS, OPS, OpCase, OverheadCase, op_cases, overhead_cases
 from .environment import environment, load_average
 from .model_runner import BENCHMARKED_MODELS, ModelResult, run_model_benchmarks
 from .op_runner import OpResult, run_cases
+from .overhead_runner import OverheadResult, extension_backend, run_overhead
 from .report import write_results
 from .targets import TargetCheck, check_targets
-from .timing import TimingBudget, keep_freed_cpu_memory
+from ..cpu_memory import keep_freed_cpu_memory
+from .timing import TimingBudget
 
 
 @dataclass(frozen=True)
@@ -42,7 +47,8 @@ class Preset:
     model_shape: Optional[tuple[int, ...]] = None
     model_sizes: Optional[dict] = field(default=None, hash=False)  # build_model options; None: its defaults
     memory_saving: tuple[bool, ...] = (False, True)
-    rounds: int = 1  # interleaved rounds of every op case (op_runner.run_cases)
+    rounds: int = 1  # interleaved rounds of every op case (op_runner.run_cases) and overhead case
+    overhead: tuple[OverheadCase, ...] = overhead_cases()  # the op-layer overhead case's shapes
 
     def __repr__(self) -> str:
         return f"Preset({self.name!r}, {len(self.cases)} op cases, models={list(self.models)})"
@@ -98,7 +104,7 @@ def preset(name: str, device_type: str) -> Preset:
 
 PRESETS = ("quick", "default", "gpu-suite", "tiny")
 
-WHAT = ("all", "ops", "models")  # what a run measures: the op cases, the models, or both
+WHAT = ("all", "ops", "models", "overhead")  # what a run measures: "ops" are the op cases and the overhead case
 
 
 @dataclass
@@ -110,6 +116,7 @@ class PlanRun:
     model_results: list[ModelResult]
     checks: list[TargetCheck]  # the targets, judged on both kinds of results
     written: list[Path]  # the result files, when the run was given a folder
+    overhead_results: list[OverheadResult] = field(default_factory=list)
 
 
 def run_plan(
@@ -134,13 +141,15 @@ def run_plan(
     """Run `plan` (a preset name, or the :class:`Preset` itself) on `device`, start to finish: the one path of
     ``benchmarks/run.py`` and ``nf-kernels bench``.
 
-    1. On the CPU, freed memory is kept in the process (:func:`~.timing.keep_freed_cpu_memory`) unless
+    1. On the CPU, freed memory is kept in the process (:func:`nf_kernels.keep_freed_cpu_memory`) unless
        `keep_freed_memory` is False; the environment says which.
     2. The environment is recorded and handed to `on_start`, before anything is measured.
-    3. The op cases, then the models, then the targets judged on both. `what` limits the run to the op cases or
+    3. The op cases, then the op-layer overhead case, then the models, then the targets judged on op cases and
+       models. `what` limits the run to the op cases and the overhead case ("ops"), the overhead case alone or
        the models; `cases`, `models` and `model_batch` replace the plan's choices (models run only if the plan
        has any); `providers`, `compile_dynamic`, `time_limit_s` and `rounds` (default: the plan's) go to
-       :func:`~.op_runner.run_cases`.
+       :func:`~.op_runner.run_cases`; the overhead case runs when `providers` is not given or names the
+       device's extension backend, with the same rounds.
     4. The load average at the end joins the environment (the warnings look at the load during the whole run).
     5. With `out_dir`, the results are written there (:func:`~.report.write_results`, recording `command`); with
        `save_each_case` also after every op case, without plots, so a run cut short keeps what it measured.
@@ -165,6 +174,12 @@ def run_plan(
             budget=plan.budget, on_case=save_partial if out_dir is not None and save_each_case else None,
             time_limit_s=time_limit_s, rounds=plan.rounds if rounds is None else rounds,
         )  # fmt: skip
+    overhead_results: list[OverheadResult] = []
+    if what in ("all", "ops", "overhead") and plan.overhead and (
+        providers is None or extension_backend(device) in providers
+    ):
+        overhead_results = run_overhead(device, plan.overhead, budget=plan.budget,
+                                        rounds=plan.rounds if rounds is None else rounds, progress=progress)  # fmt: skip
     if what in ("all", "models") and plan.models:
         model_results = run_model_benchmarks(
             device, models or plan.models, memory_saving=plan.memory_saving, batch=model_batch or plan.model_batch,
@@ -172,5 +187,6 @@ def run_plan(
         )  # fmt: skip
     checks = check_targets(device.type, op_results, model_results)
     env["load_average_1m_end"] = load_average()
-    written = [] if out_dir is None else write_results(out_dir, env, op_results, model_results, checks, command)
-    return PlanRun(env, op_results, model_results, checks, written)
+    written = [] if out_dir is None else write_results(out_dir, env, op_results, model_results, checks, command,
+                                                       overhead_results=overhead_results)  # fmt: skip
+    return PlanRun(env, op_results, model_results, checks, written, overhead_results)

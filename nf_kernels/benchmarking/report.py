@@ -1,6 +1,8 @@
 """What one run tells its reader: markdown tables, the warnings about untrustworthy timings, the bandwidth plots,
 the JSON record and the results' file names.
 
+``format_overhead_table`` prints the op-layer overhead case (overhead_runner.py), each stage in microseconds.
+
 ``format_table`` prints one row per case with every provider's time side by side, then the fastest fused
 provider's GB/s, share of the copy-bandwidth ceiling ("in cache" when the case fits in the last-level cache),
 speedups and peak memory, and the spread between rounds (the JSON keeps every number of every provider).
@@ -24,6 +26,7 @@ from typing import Optional, Sequence
 
 from .model_runner import ModelResult
 from .op_runner import OpResult
+from .overhead_runner import STAGES, OverheadResult
 from .providers import PROVIDERS
 from .targets import TargetCheck, best_fused
 
@@ -31,11 +34,11 @@ MIB = 1 << 20
 SPREAD_LIMIT = 1.5  # slowest round over fastest round, beyond which a figure is noise rather than a measurement
 
 
-def _num(value: Optional[float], fmt: str = ".3g") -> str:
+def format_number(value: Optional[float], fmt: str = ".3g") -> str:
     return "n/a" if value is None else format(value, fmt)
 
 
-def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
@@ -75,18 +78,18 @@ def format_table(results: Sequence[OpResult]) -> str:
     header += ["best", "GB/s", "% ceiling", "x eager", "x compile", "peak MiB", "spread"]
     rows = []
     for case, row in by_case.items():
-        times = [_num(row[name].seconds * 1e3) if name in row and row[name].seconds else
+        times = [format_number(row[name].seconds * 1e3) if name in row and row[name].seconds else
                  ("fail" if name in row else "-") for name in providers]  # fmt: skip
         winner = best.get(case) or min((r for r in row.values() if r.seconds), key=lambda r: r.seconds, default=None)
         figures = ["-"] * 6
         if winner is not None:
-            figures = [winner.provider, _num(winner.gbps), _ceiling_share(winner),
-                       _num(winner.speedup_vs_eager, ".2f"), _num(winner.speedup_vs_compile, ".2f"),
+            figures = [winner.provider, format_number(winner.gbps), _ceiling_share(winner),
+                       format_number(winner.speedup_vs_eager, ".2f"), format_number(winner.speedup_vs_compile, ".2f"),
                        _mib(winner.peak_bytes)]  # fmt: skip
         size = f"2^{case.numel.bit_length() - 1}"
         rows.append([case.op, case.direction, case.mask, case.dtype, size] + times + figures + [_spread(row)])
     failures = [f"- {r.case.label()} {r.provider}: {r.error}" for r in results if r.error]
-    return _markdown(header, rows) + ("\n\nFailures:\n" + "\n".join(failures) if failures else "")
+    return markdown_table(header, rows) + ("\n\nFailures:\n" + "\n".join(failures) if failures else "")
 
 
 def largest_size(results: Sequence[OpResult]) -> list[OpResult]:
@@ -103,13 +106,35 @@ def format_model_table(results: Sequence[ModelResult]) -> str:
               "peak MiB", "first loss"]  # fmt: skip
     rows = [
         [r.model, r.backend, "yes" if r.memory_saving else "no", str(r.batch), "x".join(map(str, r.sample_shape)),
-         _num(r.seconds * 1e3 if r.seconds else None), _num(r.samples_per_s, ".4g"),
-         _num(r.speedup_vs_reference, ".2f"), _mib(r.peak_bytes),
-         _num(r.first_loss, ".6g") if not r.error else "fail"]
+         format_number(r.seconds * 1e3 if r.seconds else None), format_number(r.samples_per_s, ".4g"),
+         format_number(r.speedup_vs_reference, ".2f"), _mib(r.peak_bytes),
+         format_number(r.first_loss, ".6g") if not r.error else "fail"]
         for r in results
     ]  # fmt: skip
     failures = [f"- {r.model} {r.backend}: {r.error}" for r in results if r.error]
-    return _markdown(header, rows) + ("\n\nFailures:\n" + "\n".join(failures) if failures else "")
+    return markdown_table(header, rows) + ("\n\nFailures:\n" + "\n".join(failures) if failures else "")
+
+
+def _microseconds(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value * 1e6:.1f}"
+
+
+def format_overhead_table(results: Sequence[OverheadResult]) -> str:
+    """The op-layer overhead case: per shape, each stage's time and the overheads, in microseconds per call.
+
+    >>> from nf_kernels.benchmarking.cases import OverheadCase
+    >>> seconds = dict(zip(STAGES, (10e-6, 9e-6, 25e-6, 12e-6, 14e-6, 30e-6)))
+    >>> print(format_overhead_table([OverheadResult(OverheadCase((256, 64)), "cpu", seconds)]).splitlines()[2])
+    | [256, 64] | fp32 | cpu | 10.0 | 9.0 | 25.0 | 12.0 | 14.0 | 30.0 | 2.0 | 4.0 | 11.0 | 5.0 |
+    """
+    header = ["shape", "dtype", "backend", *(f"{stage} us" for stage in STAGES), "overhead fwd no grad us",
+              "overhead fwd us", "overhead fwd+bwd us", "fwd+bwd over the autograd op us"]  # fmt: skip
+    overheads = ("forward_no_grad_overhead", "forward_overhead", "forward_backward_overhead", "python_layer_overhead")
+    rows = [[str(list(r.case.shape)), r.case.dtype, r.backend]
+            + [_microseconds(r.seconds.get(stage)) for stage in STAGES]
+            + [_microseconds(getattr(r, name)) for name in overheads] for r in results]  # fmt: skip
+    failures = [f"- {r.case.label()} {r.backend}: {r.error}" for r in results if r.error]
+    return _markdown(header, rows) + ("\n\nNot measured:\n" + "\n".join(failures) if failures else "")
 
 
 def format_targets(checks: Sequence[TargetCheck]) -> str:
@@ -170,6 +195,7 @@ def format_report(
     model_results: Sequence[ModelResult],
     checks: Sequence[TargetCheck],
     command: str = "",
+    overhead_results: Sequence[OverheadResult] = (),
 ) -> str:
     """The whole markdown document of one run."""
     parts = [
@@ -183,8 +209,8 @@ def format_report(
     if env["device"] == "cpu":
         parts.append(f"- CPU: {env['threads']} threads, OMP_WAIT_POLICY={env.get('omp_wait_policy')}, "
                      f"malloc: {env.get('cpu_malloc', 'system default')}, 1-minute load average "
-                     f"{_num(env.get('load_average_1m'), '.2g')} at the start and "
-                     f"{_num(env.get('load_average_1m_end'), '.2g')} at the end on {env.get('cores')} cores "
+                     f"{format_number(env.get('load_average_1m'), '.2g')} at the start and "
+                     f"{format_number(env.get('load_average_1m_end'), '.2g')} at the end on {env.get('cores')} cores "
                      "(other processes on the machine skew CPU timings)")
     if copy_bytes_per_s:
         parts.append(f"- copy bandwidth, the ceiling of a memory-bound op's GB/s (read + write, the best of 3 large "
@@ -206,13 +232,28 @@ def format_report(
         parts += ["", "## Ops (median times)", "", format_table(op_results)]
     if model_results:
         parts += ["", "## Models (one training step)", "", format_model_table(model_results)]
+    parts += _overhead_section(overhead_results)
     return "\n".join(parts) + "\n"
 
 
+def _overhead_section(results: Sequence[OverheadResult]) -> list[str]:
+    if not results:
+        return []
+    return ["", "## Op-layer overhead (microseconds per call, fastest round)", "", format_overhead_table(results), "",
+            "raw: the extension's raw ops with a precomputed layout; autograd op: its differentiable op called "
+            "directly, then torch.autograd.grad (kernels and autograd engine, no Python layer); public: "
+            "nf_kernels.affine_coupling. Overheads: public forward over raw forward, public forward+backward over "
+            "raw forward + raw backward, and over the autograd op."]  # fmt: skip
+
+
 def format_summary(
-    env: dict, op_results: Sequence[OpResult], model_results: Sequence[ModelResult], checks: Sequence[TargetCheck]
+    env: dict,
+    op_results: Sequence[OpResult],
+    model_results: Sequence[ModelResult],
+    checks: Sequence[TargetCheck],
+    overhead_results: Sequence[OverheadResult] = (),
 ) -> str:
-    """The short version: targets, the ops at their largest size, the models."""
+    """The short version: targets, the ops at their largest size, the models, the op-layer overhead."""
     parts = [f"# Summary: {env['device_name']}, commit {env['commit']}", *format_warnings(env, op_results)]
     parts += ["", "## Targets", "", format_targets(checks)]
     if op_results:
@@ -224,6 +265,7 @@ def format_summary(
                   "fastest."]
     if model_results:
         parts += ["", "## Models (one training step)", "", format_model_table(model_results)]
+    parts += _overhead_section(overhead_results)
     return "\n".join(parts) + "\n"
 
 
@@ -232,7 +274,8 @@ def results_stem(out_dir: Path, env: dict) -> Path:
     return Path(out_dir) / f"{env['machine']}-{env['date'][:10]}"
 
 
-def write_json(path: Path, env: dict, copy_bytes_per_s, op_results, model_results, checks, command: str = "") -> None:
+def write_json(path: Path, env: dict, copy_bytes_per_s, op_results, model_results, checks, command: str = "",
+               overhead_results: Sequence[OverheadResult] = ()) -> None:  # fmt: skip
     record = {
         "environment": env,
         "command": command,
@@ -240,6 +283,7 @@ def write_json(path: Path, env: dict, copy_bytes_per_s, op_results, model_result
         "targets": [dict(vars(c), met=c.met) for c in checks],
         "ops": [r.to_dict() for r in op_results],
         "models": [r.to_dict() for r in model_results],
+        "overhead": [r.to_dict() for r in overhead_results],
     }
     Path(path).write_text(json.dumps(record, indent=1) + "\n")
 
@@ -300,6 +344,7 @@ def write_results(
     checks: Sequence[TargetCheck],
     command: str = "",
     plots: bool = True,
+    overhead_results: Sequence[OverheadResult] = (),
 ) -> list[Path]:
     """Write `<machine>-<date>.md`, `.json`, `-summary.md` and (with `plots`) one `-<dtype>.png` per dtype under
     `out_dir`; return the paths."""
@@ -308,10 +353,10 @@ def write_results(
     stem = results_stem(out_dir, env)
     copy_rate = op_results[0].copy_bytes_per_s if op_results else None
     markdown, record = stem.with_suffix(".md"), stem.with_suffix(".json")
-    markdown.write_text(format_report(env, copy_rate, op_results, model_results, checks, command))
-    write_json(record, env, copy_rate, op_results, model_results, checks, command)
+    markdown.write_text(format_report(env, copy_rate, op_results, model_results, checks, command, overhead_results))
+    write_json(record, env, copy_rate, op_results, model_results, checks, command, overhead_results)
     summary = stem.with_name(stem.name + "-summary.md")
-    summary.write_text(format_summary(env, op_results, model_results, checks))
+    summary.write_text(format_summary(env, op_results, model_results, checks, overhead_results))
     written = [markdown, record, summary]
     for dtype in dict.fromkeys(r.case.dtype for r in op_results) if plots else ():
         png = plot_bandwidth(op_results, copy_rate, stem.with_name(f"{stem.name}-{dtype}.png"), dtype)

@@ -55,7 +55,7 @@ def run_bench(args: argparse.Namespace) -> int:
     run = run_plan(plan, device, time_limit_s=args.time_limit, rounds=args.rounds, progress=not args.no_progress,
                    out_dir=args.out, command=command,
                    on_start=lambda env: say(f"nf_kernels benchmarks on {env['device_name']}, preset {plan.name}"))
-    say(format_summary(run.env, run.op_results, run.model_results, run.checks))
+    say(format_summary(run.env, run.op_results, run.model_results, run.checks, run.overhead_results))
     for path in run.written:
         say(f"  wrote {path}")
     return 0

@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 import torch
 
+from ..cpu_memory import keep_freed_cpu_memory
 from ..data import FlowDataset, load_dataset
 from ..training import Trainer, TrainResult, init_distributed, load_checkpoint, shutdown_distributed
 from ..training.distributed import will_be_main
@@ -127,6 +128,8 @@ def train(settings: dict[str, Any], out: Path, *, resume_step: Optional[int] = N
     """Run one training job with resolved settings, continuing the checkpoint at ``resume_step`` if given; None
     when that run is already complete. Under torchrun every process calls this. The caller holds ``out``."""
     context = init_distributed(settings["device"])
+    if context.device.type == "cpu":
+        keep_freed_cpu_memory()  # steps reuse their memory instead of page-faulting it in (nf_kernels/cpu_memory.py)
     try:
         check_backend(settings["backend"], context.device)
         data = load_dataset(settings["data"], data_seed=settings["data_seed"], levels=settings["levels"])

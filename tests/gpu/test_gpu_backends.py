@@ -228,6 +228,60 @@ def test_odd_sizes_and_misaligned_inputs(backend, case, dtype, misaligned):
         assert rel_err(out, expected) <= tol
 
 
+# Tensors narrower than x, which the CUDA vector path moves as a team's 16-byte blocks (csrc/cuda/block_exchange.h):
+# the bool mask (a byte an element: blocks of 16 elements) and h in a narrower dtype than x (blocks of 8 or 4
+# groups' worth), each with every x width (groups of 2, 4 and 8 elements), on samples from one block to chunks of
+# several passes, teams of every width, and sizes that are not whole blocks (the element path).
+NARROW_CASES = [
+    Coupling(MaskCase("bool", (64, 3, 32, 32)), "tanh"),  # chunks of a warp
+    Coupling(MaskCase("bool", (2, 3, 1024, 1024)), "exp"),  # chunks of several passes
+    Coupling(MaskCase("bool", (4096, 16)), "exp", reverse=True),  # one mask block a sample: teams of 1 to 4 lanes
+    Coupling(MaskCase("bool", (1024, 48)), "sigmoid", shift_first=True),  # blocks shared by two teams' rows
+    Coupling(MaskCase("bool", (256, 36)), "atan"),  # not whole mask blocks: the element path
+    Coupling(MaskCase("bool", (32, 4, 16, 16)), None, reverse=True),  # additive
+    Coupling(MaskCase("half", (64, 6, 32, 32)), "tanh", flip=True),
+    Coupling(MaskCase("half", (65536, 64)), "exp", shift_first=True),  # teams of 8 to 16 lanes, several a warp
+    Coupling(MaskCase("half", (4096, 12)), "tanh"),  # lo = 6: not whole blocks of 16-bit h, the element path
+    Coupling(MaskCase("checkerboard", (16, 3, 64, 64)), None),  # additive: t alone
+]
+# (x, h) dtypes: one of each group width with h of x's dtype, and h narrower than x by a factor 2 and 4.
+NARROW_DTYPES = [
+    (torch.float32, torch.float32), (torch.float16, torch.float16), (torch.float64, torch.float64),
+    (torch.float32, torch.bfloat16), (torch.float64, torch.float32), (torch.float64, torch.float16),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("misaligned", [False, True], ids=["aligned", "misaligned"])
+@pytest.mark.parametrize("dtypes", NARROW_DTYPES, ids=lambda d: f"x:{d[0]}-h:{d[1]}".replace("torch.", ""))
+@pytest.mark.parametrize("case", NARROW_CASES, ids=str)
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_narrow_mask_and_h_match_float64_reference(backend, case, dtypes, misaligned):
+    backend = _backend(backend)
+    x_dtype, h_dtype = dtypes
+    x, h, grad_y, grad_logdet = _inputs(case, x_dtype, seed=17)
+    h = h.to(h_dtype)
+    mask = case.mask.mask(DEVICE)
+    if misaligned:
+        x, h, grad_y = _misaligned(x), _misaligned(h), _misaligned(grad_y)
+    ours = _forward_backward(case, backend, x, h, grad_y, grad_logdet, mask)
+    ref = _forward_backward(case, "reference", x.double(), h.double(), grad_y.double(), grad_logdet, mask)
+    assert ours[0].dtype == x_dtype and ours[3].dtype == h_dtype
+    tolerances = (TOLERANCE[x_dtype], LOGDET_TOLERANCE[x_dtype], TOLERANCE[x_dtype], TOLERANCE[h_dtype])
+    for out, expected, tol in zip(ours, ref, tolerances):
+        assert rel_err(out, expected) <= tol
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_additive_inverse_log_det_is_plus_zero(backend):
+    """logdet = 0 (SPEC), and +0 whichever direction: 0 - sum, not -sum, of nothing."""
+    backend = _backend(backend)
+    for shape in [(64, 3, 32, 32), (8, 3, 1024, 1024)]:  # one chunk a sample; partial sums of several chunks
+        case = Coupling(MaskCase("half", shape), None, reverse=True)
+        x, t, _, _ = _inputs(case, torch.float32, seed=19)
+        _, logdet = case(x, t, backend)
+        assert torch.equal(logdet, torch.zeros_like(logdet)) and not torch.signbit(logdet).any()
+
+
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 def test_tensors_on_another_device_than_the_current_one(backend):

@@ -37,6 +37,7 @@ def _aligned(tensor: torch.Tensor) -> torch.Tensor:
 
 class TritonBackend:
     name = "triton"
+    eager_coupling = None  # eager calls take the custom op too
 
     def why_unavailable(self, device: torch.device) -> Optional[str]:
         if device.type == "cuda":

@@ -1,0 +1,107 @@
+// nf_kernels_ext::coupling: the eager path's differentiable op. The fused forward kernel with a C++ autograd node
+// whose backward is the fused backward kernel, so an eager call reaches the kernel in one dispatcher call and
+// backward never enters Python. It runs the same raw ops (coupling_forward / coupling_backward) with the same
+// arguments as the Python custom op nf_kernels::coupling (nf_kernels/_ops.py), which stays the path under
+// torch.compile, tracing and fake tensors: the two agree bitwise.
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/library.h>
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/util/Exception.h>
+
+#include <optional>
+#include <tuple>
+#include <vector>
+
+namespace nf_kernels {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+using TensorPair = std::tuple<at::Tensor, at::Tensor>;
+using ForwardSignature = TensorPair(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                                    at::IntArrayRef, double, bool);
+using BackwardSignature = TensorPair(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                     const std::optional<at::Tensor>&, at::IntArrayRef, double, bool);
+
+// The raw ops, looked up once; called below autograd, they go straight to the device's kernel.
+const c10::TypedOperatorHandle<ForwardSignature>& raw_forward() {
+  static const auto op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("nf_kernels_ext::coupling_forward", "").typed<ForwardSignature>();
+  return op;
+}
+
+const c10::TypedOperatorHandle<BackwardSignature>& raw_backward() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("nf_kernels_ext::coupling_backward", "")
+                             .typed<BackwardSignature>();
+  return op;
+}
+
+// The gradient as a node of its own, only when the backward itself is recorded (create_graph=True): its
+// backward, a second derivative, is not implemented, and says so (the custom op path's message).
+struct CouplingGradient : public torch::autograd::Function<CouplingGradient> {
+  static variable_list forward(AutogradContext*, const at::Tensor& grad_y, const at::Tensor& grad_logdet,
+                               const at::Tensor& x, const at::Tensor& h, const std::optional<at::Tensor>& transformed,
+                               at::IntArrayRef layout, double clamp, bool poison) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [grad_x, grad_h] = raw_backward().call(grad_y, grad_logdet, x, h, transformed, layout, clamp, poison);
+    return {grad_x, grad_h};
+  }
+
+  static variable_list backward(AutogradContext*, variable_list) {
+    TORCH_CHECK(false,
+                "nf_kernels coupling ops support first-order gradients only; double backward (for example "
+                "autograd.grad(..., create_graph=True) followed by another backward) is not implemented");
+  }
+};
+
+struct Coupling : public torch::autograd::Function<Coupling> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& h,
+                               const std::optional<at::Tensor>& transformed, at::IntArrayRef layout, double clamp,
+                               bool poison) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [y, logdet] = raw_forward().call(x, h, transformed, layout, clamp, poison);
+    // x and h as given (the custom op saves the same): the raw backward makes its own contiguous copies.
+    ctx->save_for_backward({x, h, transformed.value_or(at::Tensor())});
+    ctx->saved_data["layout"] = layout.vec();
+    ctx->saved_data["clamp"] = clamp;
+    // Poisoning is decided by the forward call (nf_kernels.poison_outputs() around it) for both kernels.
+    ctx->saved_data["poison"] = poison;
+    return {y, logdet};
+  }
+
+  // `grads` are materialized: an output that got no gradient arrives as zeros, as the custom op path makes them.
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();
+    const std::optional<at::Tensor> transformed = saved[2].defined() ? std::optional(saved[2]) : std::nullopt;
+    const std::vector<int64_t> layout = ctx->saved_data["layout"].toIntVector();
+    const double clamp = ctx->saved_data["clamp"].toDouble();
+    const bool poison = ctx->saved_data["poison"].toBool();
+    variable_list grad_inputs;
+    if (torch::autograd::GradMode::is_enabled()) {  // create_graph=True: record the gradient's own node
+      grad_inputs = CouplingGradient::apply(grads[0], grads[1], saved[0], saved[1], transformed, layout, clamp, poison);
+    } else {
+      at::AutoDispatchBelowADInplaceOrView below_autograd;
+      auto [grad_x, grad_h] = raw_backward().call(grads[0], grads[1], saved[0], saved[1], transformed, layout, clamp,
+                                                  poison);
+      grad_inputs = {grad_x, grad_h};
+    }
+    // One entry per forward argument: x, h, then nothing for transformed, layout, clamp and poison.
+    return {grad_inputs[0], grad_inputs[1], at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+TensorPair coupling(const at::Tensor& x, const at::Tensor& h, const std::optional<at::Tensor>& transformed,
+                    at::IntArrayRef layout, double clamp, bool poison) {
+  variable_list outputs = Coupling::apply(x, h, transformed, layout, clamp, poison);
+  return {outputs[0], outputs[1]};
+}
+
+}  // namespace
+}  // namespace nf_kernels
+
+// CompositeImplicitAutograd: one kernel for every device and for calls with and without grad; the autograd node
+// is the Function's. (The raw ops below it pick the device's kernels.)
+TORCH_LIBRARY_IMPL(nf_kernels_ext, CompositeImplicitAutograd, m) { m.impl("coupling", &nf_kernels::coupling); }

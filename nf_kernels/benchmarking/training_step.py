@@ -1,0 +1,379 @@
+"""Training steps of the same RealNVP in nf_kernels and in the peer libraries, timed round-robin in one process.
+
+For each size, every library's model (:mod:`.peer_models`) is built from the same seed, checked, then timed in
+turns: each round gives every model a few warm steps, then times `steps` steps of it (on the CPU one by one, the
+round's figure their median); a model's time per step is the median over rounds of its per-step time. Because the models take turns within a round, a busy machine slows
+them alike, so the ratio to the fastest peer (the peer of the smallest median time) is computed round by round (its
+time in that round over the model's) and reported as its median with the range over rounds: on a shared machine the ratio is the figure
+to trust, the absolute steps/s less so.
+
+Before timing, every model must compute at init the log-prob that :func:`.peer_models.expected_init_log_prob`
+predicts (the base density of its input for every library but nflows, whose scale map is not 1 at zero) and a
+finite first loss; a model that fails either is reported and not timed. Memory: the bytes of autograd-saved
+activations at their peak during one step (:func:`nf_kernels.flows.memory_report.activation_memory`, any device)
+and, on CUDA, the peak allocated during one step above what was allocated before it.
+
+The issue's goals (:data:`ISSUE_GOALS`) are judged on each size's median ratio.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import json
+import math
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from ..flows.memory_report import activation_memory
+from ..progress import progress_bar
+from .model_runner import training_step
+from .peer_models import (
+    LIBRARIES,
+    LIBRARY_NOTES,
+    PEERS,
+    LibraryUnavailable,
+    RealNVPSpec,
+    Unsupported,
+    build,
+    expected_init_log_prob,
+    sample_batch,
+)
+from .report import SPREAD_LIMIT, format_number, load_warning, markdown_table
+from .timing import peak_bytes, synchronize
+
+DEFAULT_SIZES = (2, 64, 4096)
+DEFAULT_BATCH = 256
+# The issue's goals: nf_kernels' step at least this many times as fast as the fastest peer's, by data size D.
+ISSUE_GOALS = {2: 1.0, 64: 1.2, 4096: 1.5}
+MEMORY_SAVING_GOAL = 1.35  # the memory-saving step at most this many times as slow as the standard one
+LARGE_FEATURES = 1024  # from this D on, the issue's large model: 4 couplings, hidden 64
+INIT_LOG_PROB_RTOL = 1e-5  # float32 sums of D terms; the check compares models, not rounding
+LEARNING_RATE = 1e-3
+MIB = 1 << 20
+
+
+def issue_spec(features: int) -> RealNVPSpec:
+    """The issue's model for data of `features` dimensions: 8 couplings of hidden 128, or 4 of hidden 64 from
+    `LARGE_FEATURES` on (its D=4096 case); 2 hidden layers either way.
+
+    >>> issue_spec(64), issue_spec(4096).couplings
+    (RealNVPSpec(features=64, couplings=8, hidden=128, depth=2), 4)
+    """
+    if features >= LARGE_FEATURES:
+        return RealNVPSpec(features, couplings=4, hidden=64)
+    return RealNVPSpec(features, couplings=8, hidden=128)
+
+
+@dataclass
+class StepResult:
+    """One library's training step at one size: every round's time per step, memory, the checks."""
+
+    library: str
+    spec: RealNVPSpec
+    batch: int
+    round_seconds: list = dataclasses.field(default_factory=list)  # time per step, one entry per round
+    ratio_rounds: list = dataclasses.field(default_factory=list)  # the fastest peer's time over this one's, per round
+    fastest_peer: Optional[str] = None  # the peer with the smallest median time at this size
+    saved_bytes: Optional[int] = None  # peak of autograd-saved activations during one step
+    peak_bytes: Optional[int] = None  # CUDA only: peak allocated during one step above what was there before
+    first_loss: Optional[float] = None
+    init_error: Optional[float] = None  # max |log_prob - expected| / max |expected| at init
+    error: Optional[str] = None  # why it was not timed (not installed, unsupported, a failed check, an exception)
+
+    @property
+    def seconds(self) -> Optional[float]:
+        return statistics.median(self.round_seconds) if self.round_seconds else None
+
+    @property
+    def steps_per_s(self) -> Optional[float]:
+        return 1 / self.seconds if self.seconds else None
+
+    @property
+    def spread(self) -> Optional[float]:
+        """Slowest round over fastest round; None with fewer than two rounds."""
+        return max(self.round_seconds) / min(self.round_seconds) if len(self.round_seconds) > 1 else None
+
+    @property
+    def ratio(self) -> Optional[float]:
+        """Median over rounds of the fastest peer's time over this model's: above 1, faster than the fastest peer."""
+        return statistics.median(self.ratio_rounds) if self.ratio_rounds else None
+
+    def to_dict(self) -> dict:
+        record = dataclasses.asdict(self)
+        record.update(spec=dataclasses.asdict(self.spec), seconds=self.seconds, steps_per_s=self.steps_per_s,
+                      spread=self.spread, ratio=self.ratio)  # fmt: skip
+        return record
+
+
+def peer_versions() -> dict:
+    """The installed version of each peer library (None when it is missing)."""
+    versions = {}
+    for name in PEERS:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+class _Autocast:
+    """`model` whose log-prob (the forward pass) runs under ``torch.autocast``; backward and the optimizer do not."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, dtype: torch.dtype):
+        self.model, self.device, self.dtype = model, device, dtype
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device.type, self.dtype):
+            return self.model.log_prob(x)
+
+
+def _prepare(result: StepResult, device: torch.device, autocast: Optional[torch.dtype]) -> Optional[Callable]:
+    """Build and check `result`'s model; return its training step, or None with `result.error` saying why not."""
+    spec = result.spec
+    try:
+        torch.manual_seed(0)
+        model = build(result.library, spec).to(device)
+    except (LibraryUnavailable, Unsupported) as error:
+        result.error = f"{'not installed' if isinstance(error, LibraryUnavailable) else 'unsupported'}: {error}"
+        return None
+    x = sample_batch(spec, result.batch, device)
+    with torch.no_grad():
+        log_prob, expected = model.log_prob(x), expected_init_log_prob(model, spec, x)
+    result.init_error = float((log_prob - expected).abs().max() / expected.abs().max())
+    if not result.init_error <= INIT_LOG_PROB_RTOL:
+        result.error = (f"init check failed: log_prob differs from the expected {result.init_error:.2g} "
+                        "(relative): the models do not compare")  # fmt: skip
+        return None
+    result.saved_bytes = activation_memory(model, x).peak
+    optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
+    step = training_step(_Autocast(model, device, autocast) if autocast else model, optimizer, x)
+    result.first_loss = float(step())
+    if not math.isfinite(result.first_loss):
+        result.error = f"first loss is {result.first_loss}"
+        return None
+    result.peak_bytes = peak_bytes(step, device)
+    return step
+
+
+def _seconds_per_step(step: Callable, device: torch.device, steps: int) -> float:
+    """One round's time per step. CPU: the median of the steps timed one by one, so that a step another process
+    interrupts does not become the round's figure. CUDA: the mean over the steps timed as one block, as a training
+    loop runs them (queued without a synchronization between them)."""
+    if device.type != "cuda":
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    synchronize(device)
+    return (time.perf_counter() - start) / steps
+
+
+def _add_ratios(results: Sequence[StepResult]) -> None:
+    """The fastest peer (the smallest median time) and, round by round, its time over each model's."""
+    peers = [r for r in results if r.library in PEERS and r.round_seconds]
+    if not peers:
+        return
+    fastest = min(peers, key=lambda r: r.seconds)
+    for r in results:
+        r.fastest_peer = fastest.library
+        r.ratio_rounds = [fastest.round_seconds[i] / own for i, own in enumerate(r.round_seconds)]
+
+
+def run_training_steps(
+    specs: Sequence[RealNVPSpec],
+    libraries: Sequence[str] = LIBRARIES,
+    device="cpu",
+    *,
+    batch: int = DEFAULT_BATCH,
+    steps: int = 10,
+    warmup: int = 2,
+    rounds: int = 5,
+    autocast: Optional[torch.dtype] = None,
+    progress: bool = True,
+    on_skip: Callable[[str], None] = print,
+) -> list[StepResult]:
+    """Time one training step (forward, backward, Adam) of each library's model of each spec, round-robin.
+
+    Args:
+        specs: the models' sizes, one per data size.
+        libraries: which of `peer_models.LIBRARIES` to run; those not installed are skipped (a line to `on_skip`).
+        device: where to run.
+        batch: samples per step.
+        steps: timed steps per model per round; `warmup` untimed steps come before them.
+        rounds: how many times every model takes its turn.
+        autocast: a dtype to run the forward passes under ``torch.autocast`` with (``torch.bfloat16``), or None.
+        progress: show a progress bar.
+        on_skip: called with one line for each model that is not timed.
+
+    Returns:
+        A :class:`StepResult` per (spec, library), in that order.
+    """
+    device = torch.device(device)
+    unknown = [name for name in libraries if name not in LIBRARIES]
+    if unknown:
+        raise ValueError(f"unknown libraries {unknown}: valid choices are {', '.join(LIBRARIES)}")
+    for name, value, least in (("batch", batch, 1), ("steps", steps, 1), ("rounds", rounds, 1), ("warmup", warmup, 0)):
+        if value < least:
+            raise ValueError(f"{name} must be at least {least}, got {value}")
+    everything: list[StepResult] = []
+    bar = progress_bar(len(specs) * len(libraries) * (rounds + 1), f"training steps on {device.type}", progress)
+    for spec in specs:
+        results = [StepResult(name, spec, batch) for name in libraries]
+        prepared = []
+        for result in results:
+            bar.set_postfix_str(f"{spec.label} {result.library}: build and check")
+            step = _prepare(result, device, autocast)
+            if step is None:
+                on_skip(f"{spec.label} {result.library}: {result.error}")
+            else:
+                prepared.append((result, step))
+            bar.update()
+        for _ in range(rounds):
+            for result, step in prepared:
+                bar.set_postfix_str(f"{spec.label} {result.library}")
+                for _ in range(warmup):
+                    step()
+                result.round_seconds.append(_seconds_per_step(step, device, steps))
+                bar.update()
+        bar.update((rounds * (len(results) - len(prepared))))
+        _add_ratios(results)
+        everything += results
+    bar.close()
+    return everything
+
+
+# ---- the report ---------------------------------------------------------------------------------------------
+
+
+def _mib(nbytes: Optional[int]) -> str:
+    return format_number(None if nbytes is None else nbytes / MIB)
+
+
+def _ratio_cell(r: StepResult) -> str:
+    if r.ratio is None:
+        return "-"
+    if len(r.ratio_rounds) == 1:
+        return f"{r.ratio:.2f}"
+    return f"{r.ratio:.2f} ({min(r.ratio_rounds):.2f}-{max(r.ratio_rounds):.2f})"
+
+
+def format_size_table(results: Sequence[StepResult]) -> str:
+    """A markdown table of one size's timed models, fastest first."""
+    timed = sorted((r for r in results if r.seconds), key=lambda r: r.seconds)
+    cuda = any(r.peak_bytes is not None for r in timed)  # the column only where there is something in it
+    header = ["library", "ms/step", "steps/s", "spread", "x fastest peer (range)", "saved activations MiB"]
+    header += ["CUDA peak MiB"] * cuda + ["first loss", "init log-prob rel. error"]
+    rows = []
+    for r in timed:
+        row = [r.library, format_number(r.seconds * 1e3), format_number(r.steps_per_s, ".4g"),
+               format_number(r.spread, ".2f"), _ratio_cell(r), _mib(r.saved_bytes)]  # fmt: skip
+        row += [_mib(r.peak_bytes)] * cuda + [format_number(r.first_loss, ".6g"), format_number(r.init_error, ".1e")]
+        rows.append(row)
+    return markdown_table(header, rows)
+
+
+def goal_lines(results: Sequence[StepResult]) -> list[str]:
+    """The issue's goals, each judged on this run: nf_kernels against the fastest peer, memory-saving mode."""
+    lines = []
+    for r in results:
+        if r.library == "nf_kernels" and r.ratio is not None and r.spec.features in ISSUE_GOALS:
+            goal = ISSUE_GOALS[r.spec.features]
+            verdict = "met" if r.ratio >= goal else "not met"
+            lines.append(f"{r.spec.label}: nf_kernels is {r.ratio:.2f}x the fastest peer ({r.fastest_peer}); goal "
+                         f">= {goal:g}x: {verdict}")  # fmt: skip
+    by_size = {(r.spec, r.library): r for r in results}
+    for (spec, library), r in by_size.items():
+        standard = by_size.get((spec, "nf_kernels"))
+        if library == "nf_kernels-memory-saving" and r.seconds and standard and standard.seconds:
+            ratio = r.seconds / standard.seconds
+            verdict = "met" if ratio <= MEMORY_SAVING_GOAL else "not met"
+            lines.append(f"{spec.label}: the memory-saving step takes {ratio:.2f}x the standard one; goal "
+                         f"<= {MEMORY_SAVING_GOAL:g}x: {verdict}")  # fmt: skip
+    return lines
+
+
+def warning_lines(env: dict, results: Sequence[StepResult]) -> list[str]:
+    loads = (env.get("load_average_1m"), env.get("load_average_1m_end"))
+    lines = [line for line in [load_warning(loads, env.get("cores"))] if line]
+    noisy = [r for r in results if r.spread and r.spread > SPREAD_LIMIT]
+    if noisy:
+        worst = max(noisy, key=lambda r: r.spread)
+        lines.append(f"{len(noisy)} timings varied by more than {SPREAD_LIMIT:g}x between rounds (worst: "
+                     f"{worst.spec.label} {worst.library}, {worst.spread:.2f}x): trust the round-by-round ratios "
+                     "more than the steps/s")  # fmt: skip
+    return lines
+
+
+def format_report(env: dict, settings: dict, results: Sequence[StepResult], command: str = "") -> str:
+    """The markdown document of one run: settings, goals, a table per size, what was skipped, how models differ."""
+    versions = ", ".join(f"{name} {version or 'not installed'}" for name, version in env["peers"].items())
+    parts = [
+        f"# Training step against the peer libraries: {env['device_name']}",
+        "",
+        f"- date: {env['date']}, commit `{env['commit']}` (on main `{env.get('base_commit') or 'unknown'}`)",
+        f"- torch {env['torch']}, Python {env['python']}; {versions}",
+        f"- {settings['rounds']} rounds; per round and model {settings['warmup']} warm steps, then "
+        f"{settings['steps']} timed steps; batch {settings['batch']}; {env['threads']} thread(s); autocast "
+        f"{settings['autocast'] or 'off'}; Adam (lr {LEARNING_RATE:g}); float32",
+        "- ms/step and steps/s: the median over rounds of each round's time per step (CPU: the median of its steps "
+        "timed one by one; CUDA: their mean, timed as a block); spread: slowest round over fastest; x fastest peer: the "
+        "fastest peer's (the peer of the smallest median) time over this model's, round by round, median (and range) "
+        "over rounds: above 1 is faster",
+        "- saved activations: the peak bytes of tensors autograd keeps for backward during one step "
+        "(nf_kernels.flows.memory_report.activation_memory); on CUDA also the peak allocated during one step "
+        "above what was allocated before it",
+        "- init log-prob: every model at init against what its scale map predicts (the base density of x, "
+        "except nflows: see below); a model that fails it is not timed",
+    ]
+    if command:
+        parts.append(f"- command: `{command}`")
+    if env["device"] == "cpu":
+        kept = settings.get("freed_memory_kept")
+        parts.append("- CPU allocator: " + ("freed memory kept in the process (nf_kernels.keep_freed_cpu_memory, as "
+                                            "nf-kernels train does), for every model" if kept else
+                                            "glibc's defaults (--system-malloc): steps page-fault big tensors in again"))
+        parts.append(f"- 1-minute load average {format_number(env.get('load_average_1m'), '.2g')} at the start and "
+                     f"{format_number(env.get('load_average_1m_end'), '.2g')} at the end on {env.get('cores')} cores")
+    warnings = warning_lines(env, results)
+    if warnings:
+        parts += ["", "## Warnings", "", *(f"- warning: {line}" for line in warnings)]
+    parts += ["", "## Goals (issue 12)", "", *(f"- {line}" for line in goal_lines(results) or ["- nothing to judge"])]
+    specs = list(dict.fromkeys(r.spec for r in results))
+    for spec in specs:
+        rows = [r for r in results if r.spec == spec]
+        parts += ["", f"## {spec.label}: {spec.couplings} couplings, hidden {spec.hidden}, {spec.depth} hidden layers",
+                  "", format_size_table(rows)]  # fmt: skip
+    skipped = [r for r in results if r.error]
+    if skipped:
+        parts += ["", "## Not timed", "", *(f"- {r.spec.label} {r.library}: {r.error}" for r in skipped)]
+    libraries = list(dict.fromkeys(r.library for r in results))
+    parts += ["", "## How each library builds the model", ""]
+    parts += [f"- {name}: {LIBRARY_NOTES[name]}" for name in libraries]
+    return "\n".join(parts) + "\n"
+
+
+def report_paths(stem: Path) -> dict:
+    """The run's files: ``<stem>-training-step.md``, ``.json`` and ``-training-step-profile.md``."""
+    base = stem.with_name(stem.name + "-training-step")
+    return {"markdown": base.with_suffix(".md"), "json": base.with_suffix(".json"),
+            "profile": base.with_name(base.name + "-profile.md")}  # fmt: skip
+
+
+def write_json(path: Path, env: dict, settings: dict, results: Sequence[StepResult], command: str = "",
+               profile: Optional[list] = None) -> None:  # fmt: skip
+    record = {"environment": env, "command": command, "settings": settings, "notes": LIBRARY_NOTES,
+              "results": [r.to_dict() for r in results], "profile": profile}  # fmt: skip
+    Path(path).write_text(json.dumps(record, indent=1) + "\n")
+

@@ -1,0 +1,193 @@
+"""The training-step benchmark against the peer libraries (nf_kernels/benchmarking/peer_models.py,
+training_step.py, step_profile.py and benchmarks/training_step.py), at tiny sizes. Peers that are not installed
+are skipped: they are benchmark dependencies (requirements-bench.txt), not test ones."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from nf_kernels.benchmarking import peer_models, step_profile, training_step
+from nf_kernels.benchmarking.peer_models import LIBRARIES, PEERS, RealNVPSpec, build, expected_init_log_prob
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = RealNVPSpec(features=4, couplings=4, hidden=8)
+
+
+def _build_or_skip(library: str, spec: RealNVPSpec = TINY) -> peer_models.BenchModel:
+    torch.manual_seed(0)
+    try:
+        return build(library, spec)
+    except peer_models.LibraryUnavailable as error:
+        pytest.skip(str(error))
+
+
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_every_model_computes_its_predicted_init_log_prob_and_trains(library):
+    model = _build_or_skip(library)
+    x = peer_models.sample_batch(TINY, 16)
+    expected = expected_init_log_prob(model, TINY, x)
+    torch.testing.assert_close(model.log_prob(x), expected, rtol=1e-5, atol=1e-5)
+    if model.init_scale == 1:  # the identity at init, as ours: the same log-prob as ours
+        torch.testing.assert_close(model.log_prob(x), build("nf_kernels", TINY).log_prob(x), rtol=1e-5, atol=1e-5)
+    before = [p.detach().clone() for p in model.parameters()]
+    step = training_step.training_step(model, torch.optim.Adam(model.parameters(), lr=1e-2), x)
+    assert math.isfinite(float(step()))
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters())), "the step changed nothing"
+
+
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_every_model_has_the_same_parameters_as_ours(library):
+    """Same architecture, counted: 4 couplings of an MLP 2 -> 8 -> 8 -> 4 each."""
+    ours = sum(p.numel() for p in build("nf_kernels", TINY).parameters())
+    assert ours == 4 * ((2 * 8 + 8) + (8 * 8 + 8) + (8 * 4 + 4))
+    assert sum(p.numel() for p in _build_or_skip(library).parameters()) == ours
+
+
+def test_the_init_check_tells_nflows_scale_map_apart():
+    """nflows' scale at zero is sigmoid(2) + 1e-3: the base density alone would be the wrong prediction."""
+    model = _build_or_skip("nflows")
+    x = peer_models.sample_batch(TINY, 16)
+    identity = peer_models.BenchModel("identity", model.network, model.log_prob)  # init_scale 1
+    assert not torch.allclose(model.log_prob(x), expected_init_log_prob(identity, TINY, x), rtol=1e-3)
+
+
+def test_bad_specs_and_libraries_are_rejected():
+    with pytest.raises(ValueError, match="even"):
+        RealNVPSpec(features=3)
+    with pytest.raises(ValueError, match="couplings"):
+        RealNVPSpec(features=4, couplings=0)
+    with pytest.raises(ValueError, match="valid choices"):
+        build("tensorflow", TINY)
+    with pytest.raises(ValueError, match="valid choices"):
+        training_step.run_training_steps([TINY], ["nf_kernels", "pyro"], progress=False)
+
+
+def test_the_round_robin_times_every_model_and_ratios_against_the_fastest_peer(monkeypatch):
+    """A peer that is not installed is skipped with a line; a model that fails the init check is not timed."""
+    real_build = training_step.build
+
+    def fake_build(library, spec):
+        if library == "zuko":
+            raise peer_models.LibraryUnavailable("zuko is not installed (test)")
+        model = real_build(library, spec)
+        if library == "nf_kernels-reference":
+            model.init_scale = 0.5  # a wrong prediction: the check must catch it
+        return model
+
+    monkeypatch.setattr(training_step, "build", fake_build)
+    skipped = []
+    libraries = ["nf_kernels", "nf_kernels-reference", "zuko"] + [p for p in PEERS if p != "zuko"]
+    results = training_step.run_training_steps([TINY], libraries, batch=8, steps=1, warmup=0, rounds=2,
+                                               progress=False, on_skip=skipped.append)  # fmt: skip
+    by_library = {r.library: r for r in results}
+    assert "not installed" in by_library["zuko"].error and not by_library["zuko"].round_seconds
+    assert "init check failed" in by_library["nf_kernels-reference"].error
+    assert any("zuko" in line for line in skipped) and any("init check" in line for line in skipped)
+    ours = by_library["nf_kernels"]
+    assert len(ours.round_seconds) == 2 and ours.saved_bytes > 0 and math.isfinite(ours.first_loss)
+    timed_peers = [r for r in results if r.library in PEERS and r.round_seconds]
+    if timed_peers:
+        fastest = min(timed_peers, key=lambda r: r.seconds)
+        assert ours.fastest_peer == fastest.library
+        for i, ratio in enumerate(ours.ratio_rounds):
+            assert ratio == pytest.approx(fastest.round_seconds[i] / ours.round_seconds[i])
+        assert fastest.ratio_rounds == [1.0, 1.0]
+    report = training_step.format_report(dict(_ENV, peers=training_step.peer_versions()),
+                                         dict(rounds=2, warmup=0, steps=1, batch=8, autocast=None), results)
+    assert "## Not timed" in report and "zuko: not installed" in report
+    assert "| nf_kernels |" in report and "CUDA peak" not in report
+
+
+_ENV = dict(device_name="test CPU", date="2026-12-02T00:00:00", commit="abc", base_commit="abc", torch="x",
+            python="3", threads=1, device="cpu", cores=2, load_average_1m=0.1, load_average_1m_end=0.1)
+
+
+def test_goals_are_judged_on_the_median_ratio():
+    spec = RealNVPSpec(64)
+    ours = training_step.StepResult("nf_kernels", spec, 8, round_seconds=[1.0], ratio_rounds=[1.19],
+                                    fastest_peer="zuko")  # fmt: skip
+    saving = training_step.StepResult("nf_kernels-memory-saving", spec, 8, round_seconds=[1.3])
+    lines = training_step.goal_lines([ours, saving])
+    assert lines[0].endswith(">= 1.2x: not met") and "(zuko)" in lines[0]
+    assert lines[1].endswith("<= 1.35x: met")
+
+
+@pytest.mark.parametrize("name, kind", [
+    ("aten::addmm", "conditioner linear layers"),
+    ("autograd::engine::evaluate_function: AddmmBackward0", "conditioner linear layers"),
+    ("autograd::engine::evaluate_function: TBackward0", "conditioner linear layers"),
+    ("aten::relu", "activations (ReLU)"),
+    ("autograd::engine::evaluate_function: ReluBackward0", "activations (ReLU)"),
+    ("nf_kernels::coupling", "coupling op, forward"),
+    ("nf_kernels::coupling_backward", "coupling op, backward"),
+    ("autograd::engine::evaluate_function: GeneratedBackwardFor_nf_kernels_coupling_defaultBackward",
+     "coupling op, backward"),
+    ("Optimizer.step#Adam.step", "optimizer (Adam step, zero_grad)"),
+    ("aten::cat", "slices, cat, index, copies"),
+    ("autograd::engine::evaluate_function: SliceBackward0", "slices, cat, index, copies"),
+    ("autograd::engine::evaluate_function: torch::autograd::AccumulateGrad", "gradient accumulation (.grad)"),
+    ("aten::add", "elementwise glue: log-det sums, base density, loss"),
+    ("autograd::engine::evaluate_function: PowBackward0", "elementwise glue: log-det sums, base density, loss"),
+    ("aten::t", "views and reshapes"),
+])  # fmt: skip
+def test_op_names_map_to_their_layer_kind(name, kind):
+    assert step_profile.op_kind(name) == kind
+
+
+def test_the_profile_charges_the_whole_step_to_kinds():
+    (profile,) = step_profile.profile_models([TINY], batch=8, steps=2)
+    charged = sum(profile.kind_seconds(kind) for kind in step_profile.KINDS)
+    # Every self time is charged once: the kinds add up to the step (and the few events around it).
+    assert charged == pytest.approx(profile.step_seconds, rel=0.05)
+    for kind in ("coupling op, forward", "coupling op, backward", "conditioner linear layers",
+                 "optimizer (Adam step, zero_grad)"):  # fmt: skip
+        assert profile.kind_seconds(kind) > 0, kind
+    assert profile.cpu["coupling op, backward"].keys() == {"backward"}
+    table = step_profile.format_profile(profile)
+    assert "| coupling op, forward |" in table and "% of step" in table
+
+
+def test_the_entry_point_runs_end_to_end(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    command = [sys.executable, str(REPO / "benchmarks" / "training_step.py"), "--sizes", "4", "--steps", "1",
+               "--rounds", "1", "--warmup", "0", "--batch", "8", "--profile", "--no-progress", "--out", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (markdown,) = tmp_path.glob("*-training-step.md")
+    (record,) = tmp_path.glob("*-training-step.json")
+    (profile,) = tmp_path.glob("*-training-step-profile.md")
+    data = json.loads(record.read_text())
+    timed = {r["library"] for r in data["results"] if r["seconds"]}
+    assert {"nf_kernels", "nf_kernels-reference", "nf_kernels-memory-saving"} <= timed
+    for r in data["results"]:
+        assert r["library"] in timed or "not installed" in r["error"], r
+        assert (f"| {r['library']} |" in markdown.read_text()) == (r["library"] in timed)
+    assert "## D=4" in profile.read_text() and data["profile"][0]["label"] == "D=4"
+
+
+def test_the_entry_point_rejects_bad_arguments():
+    command = [sys.executable, str(REPO / "benchmarks" / "training_step.py"), "--sizes", "3"]
+    done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert done.returncode == 2 and "--sizes must be even" in done.stderr
+
+
+def test_autocast_runs_the_forward_in_bf16(monkeypatch):
+    seen = set()
+
+    def build_and_watch(library, spec):
+        model = build(library, spec)
+        linear = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+        linear.register_forward_hook(lambda module, inputs, output: seen.add(output.dtype))
+        return model
+
+    monkeypatch.setattr(training_step, "build", build_and_watch)
+    (result,) = training_step.run_training_steps([TINY], ["nf_kernels"], batch=8, steps=1, warmup=0, rounds=1,
+                                                 autocast=torch.bfloat16, progress=False)  # fmt: skip
+    assert result.error is None and result.round_seconds and math.isfinite(result.first_loss)
+    assert torch.bfloat16 in seen  # the init check runs in float32, the steps in bf16
