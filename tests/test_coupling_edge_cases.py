@@ -134,3 +134,20 @@ def test_values_of_h_at_kept_positions_are_ignored(backend):
     y2, logdet2 = case(x, h_poisoned, backend)
     torch.testing.assert_close(y2, y, rtol=0, atol=0)
     torch.testing.assert_close(logdet2, logdet, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if b != "cpu"])
+def test_a_compact_h_reads_its_masks_contents_on_every_call(backend):
+    """A compact h's positions and element count come from the mask's values, which may change in place: the
+    eager path remembers a call's checks by shapes only, so these are worked out again each time."""
+    half = torch.randn(3, 3, dtype=torch.float64)
+    x, h = torch.cat([half, half], 1), torch.randn(3, 6, dtype=torch.float64)  # x's halves alike
+    mask = torch.tensor([True, True, True, False, False, False])  # the last 3 transformed
+    first, _ = nf_kernels.affine_coupling(x, h, mask=mask, backend=backend)
+    mask.logical_not_()  # now the first 3
+    second, _ = nf_kernels.affine_coupling(x, h, mask=mask, backend=backend)
+    assert torch.equal(first[:, :3], x[:, :3]) and torch.equal(second[:, 3:], x[:, 3:])
+    assert torch.equal(first[:, 3:], second[:, :3])  # the same h, on the other (equal) elements
+    mask[0] = True  # 2 transformed: h no longer fits
+    with pytest.raises(ValueError, match="transforms 2 elements"):
+        nf_kernels.affine_coupling(x, h, mask=mask, backend=backend)
