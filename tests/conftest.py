@@ -5,6 +5,7 @@ import os
 # Before anything imports triton: its kernels are built for the interpreter at import time.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import functools  # noqa: E402
 import math  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from typing import Optional, Union  # noqa: E402
@@ -277,3 +278,18 @@ def small_triton_blocks(monkeypatch):
     from nf_kernels.backends.triton_kernels import launch
 
     monkeypatch.setattr(launch, "MAX_BLOCK", 16)
+
+
+@pytest.fixture
+def aot_eager_graphs(monkeypatch):
+    """torch.compile with "aot_eager" instead of Inductor (graph capture and AOTAutograd's forward and backward
+    graphs, without the code generation that takes minutes on a small CPU); the graphs compiled are listed here."""
+    aot_eager = torch._dynamo.lookup_backend("aot_eager")
+    graphs = []
+
+    def counting_aot_eager(graph, example_inputs):
+        graphs.append(graph)
+        return aot_eager(graph, example_inputs)
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=counting_aot_eager))
+    return graphs

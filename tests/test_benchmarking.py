@@ -162,12 +162,14 @@ def test_the_benchmarked_models_are_flow_models():
 
 
 def test_model_benchmark_times_a_training_step():
-    results = run_model_benchmarks(CPU, ["realnvp"], ["reference"], [False], batch=2, sample_shape=(3, 8, 8),
+    results = run_model_benchmarks(CPU, ["realnvp"], ["reference"], [False, True], batch=2, sample_shape=(3, 8, 8),
                                    sizes={"hidden": 8, "num_steps": 1}, progress=False, budget=TINY)  # fmt: skip
-    (result,) = results
+    result, saving = results
     assert result.error is None and result.seconds > 0 and math.isfinite(result.first_loss)
     assert result.to_dict()["sizes"] == {"hidden": 8, "num_steps": 1}
     assert result.speedup_vs_reference == 1.0
+    assert saving.memory_saving and saving.first_loss == result.first_loss  # the same model, the same loss
+    assert result.time_vs_standard is None and saving.time_vs_standard == saving.seconds / result.seconds
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from nf_kernels.cli.run_directory import RunInUse
 from nf_kernels.cli.settings import SETTINGS, default_settings, train_config
 from nf_kernels.data import DataError
 from nf_kernels.errors import UserError
+from nf_kernels.flows import build_model
 from nf_kernels.training import (
     CheckpointError, MetricsError, TrainConfig, TrainConfigError, TrainingDiverged, load_checkpoint, save_atomically,
 )  # fmt: skip
@@ -77,6 +78,22 @@ def test_resumed_cli_run_continues_the_same_trajectory_bitwise(tmp_path, capsys,
     assert all(torch.equal(whole[k], split[k]) for k in whole)
 
 
+def test_a_compiled_run_writes_the_checkpoint_an_eager_model_loads(tmp_path, capsys, aot_eager_graphs):
+    """--compile trains the compiled flow (aot_eager here: Inductor's code generation is slow on a small CPU);
+    its checkpoint holds the plain state_dict keys, which eval and sample load into a model built without it."""
+    from nf_kernels.flows import Flow
+
+    run = tmp_path / "run"
+    assert cli(capsys, "train", *TINY_MOONS, "--compile", "--steps", 2, "--out", run, *QUIET)[0] == 0
+    assert aot_eager_graphs  # the flow ran compiled
+    saved = load_checkpoint(run / "checkpoint.pt")
+    assert saved["cli"]["compile"] is True
+    eager = build_model("realnvp", (2,), hidden=8, num_layers=2)
+    assert isinstance(eager, Flow) and list(saved["model"]) == list(eager.state_dict())
+    assert cli(capsys, "eval", run, "--json")[0] == 0
+    assert cli(capsys, "sample", run, "-n", 3, "--out", tmp_path / "s.npy")[0] == 0
+
+
 def test_class_conditional_digits(tmp_path, capsys):
     run = tmp_path / "run"
     assert cli(capsys, "train", *TINY_DIGITS, "--conditional", "--steps", 2, "--out", run, *QUIET)[0] == 0
@@ -105,6 +122,7 @@ def one_line_error(capsys, *argv, status=None):
         (["train", "--batch-size", "-3"], "--batch-size: expected a positive integer, got -3"),
         (["train", "--model", "maf"], "invalid choice: 'maf'"),
         (["train", "--steps", "3", "--epochs", "2"], "not allowed with argument"),
+        (["train", "--memory-saving", "--compile"], "--compile: not allowed with argument --memory-saving"),
         (["train", "--lr", "zero"], "--lr: expected a positive number, got 'zero'"),
         (["train", "--data", "no/such/file.npy"], "no such data file or folder: no/such/file.npy"),
         (["train", "--data", "mnist"], "unknown data set 'mnist'"),

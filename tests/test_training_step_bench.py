@@ -126,6 +126,9 @@ def test_goals_are_judged_on_the_median_ratio():
     ("autograd::engine::evaluate_function: ReluBackward0", "activations (ReLU)"),
     ("nf_kernels::coupling", "coupling op, forward"),
     ("nf_kernels::coupling_backward", "coupling op, backward"),
+    ("nf_kernels_ext::coupling", "coupling op, forward"),  # the eager path
+    ("autograd::engine::evaluate_function: torch::autograd::CppNode<nf_kernels::(anonymous namespace)::Coupling>",
+     "coupling op, backward"),
     ("autograd::engine::evaluate_function: GeneratedBackwardFor_nf_kernels_coupling_defaultBackward",
      "coupling op, backward"),
     ("Optimizer.step#Adam.step", "optimizer (Adam step, zero_grad)"),

@@ -38,6 +38,8 @@ class ModelResult:
     first_loss: Optional[float] = None
     error: Optional[str] = None
     speedup_vs_reference: Optional[float] = None  # against the reference backend in the same memory mode
+    # Memory-saving results: the step's time over the standard step of the same model and backend (its price).
+    time_vs_standard: Optional[float] = None
 
     @property
     def samples_per_s(self) -> Optional[float]:
@@ -116,7 +118,10 @@ def run_model_benchmarks(
         bar.update()
     bar.close()
     reference = {(r.model, r.memory_saving): r.seconds for r in results if r.backend == "reference" and r.seconds}
+    standard = {(r.model, r.backend): r.seconds for r in results if not r.memory_saving and r.seconds}
     for r in results:
         base = reference.get((r.model, r.memory_saving))
         r.speedup_vs_reference = base / r.seconds if base and r.seconds else None
+        base = standard.get((r.model, r.backend))
+        r.time_vs_standard = r.seconds / base if r.memory_saving and base and r.seconds else None
     return results

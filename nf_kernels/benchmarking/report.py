@@ -101,13 +101,14 @@ def largest_size(results: Sequence[OpResult]) -> list[OpResult]:
 
 
 def format_model_table(results: Sequence[ModelResult]) -> str:
-    """A markdown table of training-step results: samples/s, speedup over the reference, peak memory."""
+    """A markdown table of training-step results: samples/s, speedup over the reference, the memory-saving step's
+    time over the standard one, peak memory."""
     header = ["model", "backend", "memory-saving", "batch", "sample", "step ms", "samples/s", "x reference",
-              "peak MiB", "first loss"]  # fmt: skip
+              "time x standard", "peak MiB", "first loss"]  # fmt: skip
     rows = [
         [r.model, r.backend, "yes" if r.memory_saving else "no", str(r.batch), "x".join(map(str, r.sample_shape)),
          format_number(r.seconds * 1e3 if r.seconds else None), format_number(r.samples_per_s, ".4g"),
-         format_number(r.speedup_vs_reference, ".2f"), _mib(r.peak_bytes),
+         format_number(r.speedup_vs_reference, ".2f"), format_number(r.time_vs_standard, ".2f"), _mib(r.peak_bytes),
          format_number(r.first_loss, ".6g") if not r.error else "fail"]
         for r in results
     ]  # fmt: skip
@@ -134,7 +135,7 @@ def format_overhead_table(results: Sequence[OverheadResult]) -> str:
             + [_microseconds(r.seconds.get(stage)) for stage in STAGES]
             + [_microseconds(getattr(r, name)) for name in overheads] for r in results]  # fmt: skip
     failures = [f"- {r.case.label()} {r.backend}: {r.error}" for r in results if r.error]
-    return _markdown(header, rows) + ("\n\nNot measured:\n" + "\n".join(failures) if failures else "")
+    return markdown_table(header, rows) + ("\n\nNot measured:\n" + "\n".join(failures) if failures else "")
 
 
 def format_targets(checks: Sequence[TargetCheck]) -> str:

@@ -34,8 +34,10 @@ PYTHON_KIND = "Python between ops (module calls, checks, the flow's loop)"
 OTHER_KIND = "other"
 # The kind of an op, by the name of its outermost event inside a phase: the first pattern that matches wins.
 OP_KINDS: tuple[tuple[str, str], ...] = (
-    ("coupling op, backward", r"nf_kernels::coupling_backward|GeneratedBackwardFor_nf_kernels_coupling"),
-    ("coupling op, forward", r"nf_kernels::coupling"),
+    # The custom op's names, then the eager path's (nf_kernels_ext::coupling, its C++ autograd node).
+    ("coupling op, backward", r"nf_kernels(_ext)?::coupling_backward|GeneratedBackwardFor_nf_kernels_coupling|"
+     r"CppNode<nf_kernels::.*Coupling>"),
+    ("coupling op, forward", r"nf_kernels(_ext)?::coupling"),
     ("optimizer (Adam step, zero_grad)", r"^Optimizer\."),
     ("conditioner linear layers", r"^aten::(linear|addmm|mm|matmul)$|\b(Addmm|Mm|T)Backward"),
     ("activations (ReLU)", r"^aten::(relu|clamp_min|threshold)|\bReluBackward"),

@@ -79,7 +79,9 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
     _config_setting("conditional", "class-conditional model, labels as context (data with labels: digits)", bool,
                     group=MODEL, identity=True),  # fmt: skip
     _setting("memory_saving", "memory-saving backprop: keep no activations, rebuild them by inversion", bool,
-             False, group=MODEL),  # fmt: skip
+             False, group=MODEL, exclusive="backprop"),  # fmt: skip
+    _setting("compile", "compile the flow with torch.compile (one graph, the fused ops inside; the first steps "
+             "wait for it)", bool, False, group=MODEL, exclusive="backprop"),  # fmt: skip
     *RUNTIME_OPTIONS,
     _config_setting("dtype", "fp32; bf16: autocast of the forward pass; fp64: float64 weights and data",
                     choices=tuple(PRECISIONS)),  # fmt: skip

@@ -84,6 +84,17 @@ class ActNorm(FlowLayer):
         self.initialized.fill_(True)
         self._initialized_known = True
 
+    @property
+    def initialization_pending(self) -> bool:
+        """Whether the next `forward` initializes the layer from its batch: in training mode, until it has been.
+
+        The `initialized` buffer is read back once (a device sync on a GPU) and the answer remembered. A compiled
+        :class:`Flow` runs a call with an initialization pending eagerly: reading data back cannot be in a graph.
+        """
+        if self.training and not self._initialized_known and bool(self.initialized):
+            self._initialized_known = True
+        return self.training and not self._initialized_known
+
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
         self._initialized_known = False  # re-read the loaded buffer on the next call
@@ -98,11 +109,8 @@ class ActNorm(FlowLayer):
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         check_batch_channels("ActNorm", self.num_channels, x)
-        if self.training and not self._initialized_known and x.shape[0] > 0:
-            if bool(self.initialized):
-                self._initialized_known = True
-            else:
-                self.initialize(x)
+        if x.shape[0] > 0 and self.initialization_pending:
+            self.initialize(x)
         y = (x + self._broadcast(self.bias, x)) * torch.exp(self._broadcast(self.log_scale, x))
         return y, self._logdet(x, 1.0)
 

@@ -13,11 +13,13 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from .. import functional
-from .._arguments import check_backend_name, check_scale_and_clamp
+from .. import _ops, functional
+from .._arguments import check_backend_name, check_coupling_args, check_scale_and_clamp, logdet_dtype
+from .._dispatch import resolve_backend
 from .._masks import MaskArg, check_mask, expected_h_shape, half_split_channels, kept_elements
 from .base import FlowLayer, Shape
 from .conditioners import MLP, ResNetConditioner
+from .memory_saving import GradientSink
 
 
 def _check_mask(input_shape: Shape, mask: MaskArg) -> str:
@@ -109,18 +111,24 @@ class _CouplingLayer(FlowLayer):
         # Any nn.Module can be a conditioner; only pass a context to those used with one.
         return self.conditioner(kept) if context is None else self.conditioner(kept, context)
 
-    def _conditioner_output(self, x: Tensor, context: Optional[Tensor]) -> Tensor:
+    def _conditioner_input(self, x: Tensor) -> Tensor:
+        """What the conditioner reads of `x`: its kept elements, which `x` and the layer's output share."""
         self.check_input(x)
         if self.mask_kind == "half":
-            kept = x[:, self._kept_channels]
-        else:
-            # torch.where, not a product with the mask: an Inf or NaN at a transformed position must not reach h.
-            kept = torch.where(self._kept_mask, x, x.new_zeros(()))
-        return self._run_conditioner(kept, context)
+            return x[:, self._kept_channels]
+        # torch.where, not a product with the mask: an Inf or NaN at a transformed position must not reach h.
+        return torch.where(self._kept_mask, x, x.new_zeros(()))
+
+    def _conditioner_output(self, x: Tensor, context: Optional[Tensor]) -> Tensor:
+        return self._run_conditioner(self._conditioner_input(x), context)
 
     @property
     def _mask_arg(self) -> MaskArg:
         return self._mask_tensor if self.mask_kind == "tensor" else self.mask_kind
+
+    def _op_options(self) -> dict[str, Any]:  # pragma: no cover
+        """The op's own arguments beyond mask, flip, direction and backend (those of `check_coupling_args`)."""
+        raise NotImplementedError
 
     def _couple(self, x: Tensor, h: Tensor, reverse: bool) -> tuple[Tensor, Tensor]:  # pragma: no cover
         raise NotImplementedError
@@ -130,6 +138,44 @@ class _CouplingLayer(FlowLayer):
 
     def inverse(self, y: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         return self._couple(y, self._conditioner_output(y, context), reverse=True)
+
+    def backward_from_output(
+        self, y: Tensor, grad_y: Tensor, grad_logdet: Tensor, sink: GradientSink
+    ) -> tuple[Tensor, Tensor]:
+        """Memory-saving backward of the stack this layer is in (memory_saving.py): (input, its gradient) from
+        (output, its gradient), the parameters' and the context's gradients going to `sink`.
+
+        The kept elements are the same in input and output, so one conditioner forward, on the output, gives the
+        `h` that both rebuilds the input (the op's inverse) and feeds the op's fused backward, which runs directly:
+        the layer's forward is never recomputed. `grad_h` then goes back through that one conditioner graph.
+        """
+        context = sink.context
+        with_context = context is not None and context.requires_grad
+        params = [p for p in self.parameters() if p.requires_grad]
+        kept = self._conditioner_input(y).detach().requires_grad_(True)
+        with torch.enable_grad():
+            h = self._run_conditioner(kept, context)
+        with torch.no_grad():
+            x, _ = self._couple(y, h, reverse=True)
+            mask, config = check_coupling_args(x, h, mask=self._mask_arg, flip=self.flip, reverse=False,
+                                               backend=self.backend, **self._op_options())  # fmt: skip
+            grad_x, grad_h = _ops.coupling_backward_op(
+                grad_y, grad_logdet.to(logdet_dtype(x.dtype)), x, h, mask, *config,
+                resolve_backend(self.backend, x.device),
+            )  # fmt: skip
+        if not h.requires_grad:  # a conditioner with nothing to train that ignores its input
+            return x, grad_x
+        wrt = [kept, *params] + ([context] if with_context else [])
+        grads = torch.autograd.grad(h, wrt, grad_h, allow_unused=True)
+        sink.add(params, grads[1 : 1 + len(params)], grads[-1] if with_context else None)
+        grad_kept = grads[0]
+        # The kept elements' second path, through the conditioner, added in place (the op's outputs are fresh
+        # tensors): for "half" into the kept channels alone, instead of a zero-padded copy of the whole sample.
+        if grad_kept is not None and self.mask_kind == "half":
+            grad_x[:, self._kept_channels].add_(grad_kept)  # add_ on the view: `+=` would copy it back onto itself
+        elif grad_kept is not None:
+            grad_x.add_(torch.where(self._kept_mask, grad_kept, grad_kept.new_zeros(())))
+        return x, grad_x
 
     def extra_repr(self) -> str:
         mask = "tensor" if self.mask_kind == "tensor" else repr(self.mask_kind)
@@ -203,6 +249,9 @@ class AffineCoupling(_CouplingLayer):
         self.scale, self.clamp, self.shift_first = scale, float(clamp), bool(shift_first)
         super().__init__(input_shape, conditioner, **coupling_options)
 
+    def _op_options(self) -> dict[str, Any]:
+        return dict(scale=self.scale, clamp=self.clamp, shift_first=self.shift_first)
+
     def _couple(self, x, h, reverse):
         return functional.affine_coupling(
             x, h, mask=self._mask_arg, flip=self.flip, scale=self.scale, clamp=self.clamp,
@@ -255,6 +304,9 @@ class AdditiveCoupling(_CouplingLayer):
     """
 
     _additive = True
+
+    def _op_options(self) -> dict[str, Any]:
+        return dict(additive=True)
 
     def _couple(self, x, h, reverse):
         return functional.additive_coupling(

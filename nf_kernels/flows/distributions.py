@@ -32,7 +32,8 @@ class _FactorizedStandard(nn.Module):
         # Follows the module's device and dtype, which sample() then uses.
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)
 
-    def _element_log_density(self, z: Tensor) -> Tensor:  # pragma: no cover
+    def _sample_log_density(self, z: Tensor) -> Tensor:  # pragma: no cover
+        """``log p`` of each row of the flattened batch `z` ``[B, N]``, shape ``[B]``."""
         raise NotImplementedError
 
     def _standard_sample(self, size: tuple[int, ...], generator: Optional[torch.Generator]) -> Tensor:
@@ -53,7 +54,7 @@ class _FactorizedStandard(nn.Module):
         """
         if tuple(z.shape[1:]) != self.shape:
             raise ValueError(f"{type(self).__name__} is over samples of shape {self.shape}, got a batch {tuple(z.shape)}")
-        return self._element_log_density(z).flatten(1).sum(1)
+        return self._sample_log_density(z.flatten(1))
 
     def sample(self, num_samples: int, generator: Optional[torch.Generator] = None) -> Tensor:
         """Draw `num_samples` independent samples.
@@ -93,8 +94,10 @@ class StandardNormal(_FactorizedStandard):
         torch.Size([5, 2])
     """
 
-    def _element_log_density(self, z: Tensor) -> Tensor:
-        return -0.5 * z.square() - 0.5 * math.log(2 * math.pi)
+    def _sample_log_density(self, z: Tensor) -> Tensor:
+        # One reduction over z (and one product in backward), instead of squaring, scaling and shifting every
+        # element before summing: the base density is elementwise work around the flow that costs a pass of its own.
+        return -0.5 * torch.linalg.vecdot(z, z) - (0.5 * math.log(2 * math.pi)) * z.shape[1]
 
     def _standard_sample(self, size, generator):
         return torch.randn(size, generator=generator, device=self._anchor.device, dtype=self._anchor.dtype)
@@ -118,8 +121,8 @@ class StandardLogistic(_FactorizedStandard):
         torch.Size([2, 3])
     """
 
-    def _element_log_density(self, z: Tensor) -> Tensor:
-        return -F.softplus(z) - F.softplus(-z)
+    def _sample_log_density(self, z: Tensor) -> Tensor:
+        return (-F.softplus(z) - F.softplus(-z)).sum(1)
 
     def _standard_sample(self, size, generator):
         # Inverse CDF of a uniform draw kept away from 0 and 1, where the logit is infinite.

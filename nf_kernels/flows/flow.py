@@ -2,12 +2,14 @@
 
 Also the standard path through a stack of layers (:func:`forward_layers`, :func:`inverse_layers`), which `Flow` and
 the inner stack of a :class:`MultiScaleSplit` both run; memory-saving backprop (memory_saving.py) is an option of it.
+With `compiled`, `Flow` runs its layers and base density as one `torch.compile(fullgraph=True)` graph per entry
+point, the fused coupling ops inside it.
 """
 
 from __future__ import annotations
 
 import itertools
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -26,20 +28,25 @@ def forward_layers(
     """
     if memory_saving:
         return forward_keeping_no_activations(forward_layers, layers, x, context)
-    logdet = zero_logdet(x)
+    logdets = []
     for layer in layers:
         x, layer_logdet = layer(x, context)
-        logdet = logdet + layer_logdet
-    return x, logdet
+        logdets.append(layer_logdet)
+    return x, _summed(logdets, x)
 
 
 def inverse_layers(layers: Sequence[nn.Module], y: Tensor, context: Optional[Tensor]) -> tuple[Tensor, Tensor]:
     """Apply the layers' inverses, last layer first, summing their log-dets."""
-    logdet = zero_logdet(y)
+    logdets = []
     for layer in reversed(layers):
         y, layer_logdet = layer.inverse(y, context)
-        logdet = logdet + layer_logdet
-    return y, logdet
+        logdets.append(layer_logdet)
+    return y, _summed(logdets, y)
+
+
+def _summed(logdets: list[Tensor], x: Tensor) -> Tensor:
+    """The layers' log-dets added up in one op, and one autograd node, rather than a chain of one per layer."""
+    return torch.stack(logdets).sum(0) if logdets else zero_logdet(x)
 
 
 class Flow(nn.Module):
@@ -68,6 +75,11 @@ class Flow(nn.Module):
             layers change shapes (a multi-scale model's latent is flat).
         context_encoder: a module applied to the context before the layers see it, e.g. a :class:`LabelEmbedding`
             that turns class labels into the conditioners' context vectors; default None.
+        compile: run `forward`, `inverse` and `log_prob` (so `sample` too, and training steps) as graphs of
+            ``torch.compile(fullgraph=True)``, compiled on first use; default False. The checks of the batch and
+            the context encoder stay outside the graph, and the state_dict is the same as without it. It is also
+            the settable attribute `compiled`. Memory-saving backprop cannot run in a graph: the two exclude each
+            other (a ValueError).
 
     Returns:
         Called as ``flow(x, context=None)``: ``(z, logdet)``, as :meth:`forward`.
@@ -88,8 +100,11 @@ class Flow(nn.Module):
         memory_saving: bool = False,
         sample_shape: Optional[Sequence[int]] = None,
         context_encoder: Optional[nn.Module] = None,
+        compile: bool = False,
     ):
         super().__init__()
+        self._compiled_entries: dict[str, Callable[..., Any]] = {}
+        self._compiled, self._initializing_layers = False, []
         self.layers = nn.ModuleList(layers)
         self.base = base
         self.context_encoder = context_encoder
@@ -103,6 +118,7 @@ class Flow(nn.Module):
                 f"but the base distribution is over {base_shape}"
             )
         self.memory_saving = memory_saving
+        self.compiled = compile
 
     @property
     def memory_saving(self) -> bool:
@@ -111,11 +127,53 @@ class Flow(nn.Module):
 
     @memory_saving.setter
     def memory_saving(self, enabled: bool) -> None:
+        if enabled and self._compiled:
+            raise ValueError(_EXCLUSIVE)
         # Nested stacks (the layers of a multi-scale split) follow the model's setting.
         self._memory_saving = bool(enabled)
         for module in self.modules():
             if module is not self and hasattr(module, "memory_saving"):
                 module.memory_saving = self._memory_saving
+
+    @property
+    def compiled(self) -> bool:
+        """Whether `forward`, `inverse` and `log_prob` run as ``torch.compile(fullgraph=True)`` graphs (settable)."""
+        return self._compiled
+
+    @compiled.setter
+    def compiled(self, enabled: bool) -> None:
+        if enabled and self.memory_saving:
+            raise ValueError(_EXCLUSIVE)
+        self._compiled = bool(enabled)
+        self._compiled_entries = {}
+        # The layers that may initialize from data, found once: walking every module on every call costs more
+        # than a small compiled step.
+        self._initializing_layers = [m for m in self.modules() if hasattr(type(m), "initialization_pending")]
+
+    def _run(self, entry: Callable[..., Any], *args: Any) -> Any:
+        """`entry(*args)`, through its compiled graph when the flow is compiled.
+
+        A layer that initializes itself from the data (ActNorm's first training batch) reads values back to the
+        host, which a graph cannot: that one call runs eagerly, and the graph, compiled afterwards, never sees it.
+        Graphs are specialized to the sample shape and dtype but not to the batch size, so batches of any size
+        share them (batch size 1 gets its own, as do train and eval mode). Each flow counts its recompilations on
+        its own, so building many models in one process never exhausts a shared limit; and dynamic shapes stop
+        at the batch size (torch's automatic dynamic shapes would make every dim symbolic once a second model's
+        shapes differ, which inductor cannot always lay out).
+        """
+        if not self._compiled or any(m.initialization_pending for m in self._initializing_layers):
+            return entry(*args)
+        name = entry.__name__
+        if name not in self._compiled_entries:
+            self._compiled_entries[name] = torch.compile(entry, fullgraph=True, dynamic=False, isolate_recompiles=True)
+        for batch in args:  # the data and the context, both [B, ...]
+            if isinstance(batch, Tensor) and batch.dim() > 0:
+                torch._dynamo.maybe_mark_dynamic(batch, 0)
+        return self._compiled_entries[name](*args)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Compiled graphs belong to this process and this object; a copy or an unpickled flow compiles its own.
+        return {**super().__getstate__(), "_compiled_entries": {}}
 
     def _context_for(self, context: Optional[Tensor], batch: int) -> Optional[Tensor]:
         """One context entry per sample (a single given entry is broadcast), through the encoder if there is one."""
@@ -177,7 +235,10 @@ class Flow(nn.Module):
             (torch.Size([2, 16]), torch.Size([2]))
         """
         self._check_batch(x, "x", self.sample_shape)
-        return forward_layers(self.layers, x, self._context_for(context, x.shape[0]), self.memory_saving)
+        return self._run(self._forward, x, self._context_for(context, x.shape[0]))
+
+    def _forward(self, x: Tensor, context: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        return forward_layers(self.layers, x, context, self.memory_saving)
 
     def inverse(self, z: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         """Map latents to data: ``x = f^-1(z)`` and ``logdet = log|det df^-1/dz|`` per sample.
@@ -199,7 +260,10 @@ class Flow(nn.Module):
             (torch.Size([3, 2]), torch.Size([3]))
         """
         self._check_batch(z, "z", tuple(getattr(self.base, "shape", ())))
-        return inverse_layers(self.layers, z, self._context_for(context, z.shape[0]))
+        return self._run(self._inverse, z, self._context_for(context, z.shape[0]))
+
+    def _inverse(self, z: Tensor, context: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        return inverse_layers(self.layers, z, context)
 
     def log_prob(self, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
         """Natural-log density of each sample: ``log p(x) = base.log_prob(f(x)) + log|det df/dx|``.
@@ -218,7 +282,11 @@ class Flow(nn.Module):
             >>> flow.log_prob(torch.randn(4, 2)).shape
             torch.Size([4])
         """
-        z, logdet = self(x, context)
+        self._check_batch(x, "x", self.sample_shape)
+        return self._run(self._log_prob, x, self._context_for(context, x.shape[0]))
+
+    def _log_prob(self, x: Tensor, context: Optional[Tensor]) -> Tensor:
+        z, logdet = self._forward(x, context)
         return self.base.log_prob(z) + logdet
 
     def sample(
@@ -246,4 +314,11 @@ class Flow(nn.Module):
         return self.inverse(z, context)[0]
 
     def extra_repr(self) -> str:
-        return f"sample_shape={self.sample_shape}, memory_saving={self.memory_saving}"
+        return f"sample_shape={self.sample_shape}, memory_saving={self.memory_saving}, compiled={self.compiled}"
+
+
+_EXCLUSIVE = (
+    "memory-saving backprop and compile exclude each other: memory-saving backward rebuilds each layer's graph "
+    "during backward, which a compiled graph cannot contain. Use one of them (memory_saving=True saves "
+    "activation memory, compile=True time)"
+)

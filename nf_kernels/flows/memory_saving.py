@@ -7,6 +7,11 @@ autograd on, and back-propagates through it (the log-det's gradient included, si
 into the same total). Only one layer's local graph is alive at a time. Parameter gradients come from
 `torch.autograd.grad` and are returned as the node's input gradients, so optimizers see nothing unusual.
 
+A layer can do its own step of that walk, `backward_from_output(y, grad_y, grad_logdet, sink) -> (x, grad_x)`:
+a multi-scale split walks its inner stack directly, and a coupling needs a single conditioner forward (its kept
+elements are the same in input and output), feeding both its inverse and the fused op's backward, where rebuilding
+and re-running the layer would take two (coupling.py).
+
 This is exact up to the rounding of `inverse(forward(x))`: inputs are reconstructed, not stored.
 """
 
@@ -85,7 +90,7 @@ class _InvertibleStack(torch.autograd.Function):
     @staticmethod
     def forward(ctx, standard_forward, layers, x, context, *params):
         y, logdet = standard_forward(layers, x, context)  # autograd is off inside Function.forward
-        ctx.layers = layers
+        ctx.layers, ctx.params = layers, params
         # Backward runs outside autocast; the rebuilt graphs must see the precision the forward pass had.
         device_type = x.device.type
         ctx.autocast = (device_type, torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))
@@ -101,7 +106,7 @@ class _InvertibleStack(torch.autograd.Function):
         device_type, enabled, dtype = ctx.autocast
         with torch.autocast(device_type, dtype=dtype, enabled=enabled):
             _, grad_x = backward_through(ctx.layers, y, grad_y, grad_logdet, sink)
-        param_grads = [sink.param_grads.get(id(p)) for p in _parameters(ctx.layers)]
+        param_grads = [sink.param_grads.get(id(p)) for p in ctx.params]
         return (None, None, grad_x.to(ctx.x_dtype), sink.context_grad, *param_grads)
 
 

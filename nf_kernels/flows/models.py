@@ -77,6 +77,7 @@ class _Common:
     context_features: int = 16
     backend: str = "auto"
     memory_saving: bool = False
+    compile: bool = False
 
     @classmethod
     def parse(cls, model: str, shape: Shape, options: dict[str, Any], sizes: dict[str, Any]) -> "_Common":
@@ -109,7 +110,7 @@ class _Common:
         encoder = LabelEmbedding(self.num_classes, self.context_features) if self.num_classes else None
         latent_shape = propagate_shapes(layers, sample_shape)
         return Flow(layers, base(latent_shape), memory_saving=self.memory_saving, sample_shape=sample_shape,
-                    context_encoder=encoder)  # fmt: skip
+                    context_encoder=encoder, compile=self.compile)  # fmt: skip
 
 
 def _reject_unused_sizes(model: str, shape: Shape, given: list[str], besides: list[str]) -> None:
@@ -186,6 +187,8 @@ def nice(sample_shape: Sequence[int], *, num_layers: int = 4, **options: Any) ->
         backend: the fused coupling ops' backend: ``"auto"`` (the default), ``"reference"``, ``"triton"``,
             ``"cuda"`` or ``"cpu"``.
         memory_saving: train with memory-saving backprop (see :class:`Flow`); default False.
+        compile: run the flow as ``torch.compile(fullgraph=True)`` graphs, the fused ops inside (see
+            :class:`Flow`); default False. Excludes `memory_saving`.
 
     Returns:
         A :class:`Flow` over samples of `sample_shape`, latent of the same shape.
@@ -247,6 +250,8 @@ def realnvp(
         backend: the fused coupling ops' backend: ``"auto"`` (the default), ``"reference"``, ``"triton"``,
             ``"cuda"`` or ``"cpu"``.
         memory_saving: train with memory-saving backprop (see :class:`Flow`); default False.
+        compile: run the flow as ``torch.compile(fullgraph=True)`` graphs, the fused ops inside (see
+            :class:`Flow`); default False. Excludes `memory_saving`.
 
     Returns:
         A :class:`Flow` over samples of `sample_shape`; its latent is of the same shape for vectors, a flat
@@ -312,6 +317,8 @@ def glow(
         backend: the fused coupling ops' backend: ``"auto"`` (the default), ``"reference"``, ``"triton"``,
             ``"cuda"`` or ``"cpu"``.
         memory_saving: train with memory-saving backprop (see :class:`Flow`); default False.
+        compile: run the flow as ``torch.compile(fullgraph=True)`` graphs, the fused ops inside (see
+            :class:`Flow`); default False. Excludes `memory_saving`.
 
     Returns:
         A :class:`Flow` over samples of `sample_shape`; its latent is of the same shape for vectors, a flat
@@ -360,6 +367,7 @@ def build_model(
     *,
     backend: str = "auto",
     memory_saving: bool = False,
+    compile: bool = False,
     num_classes: Optional[int] = None,
     **sizes: Any,
 ) -> Flow:
@@ -371,6 +379,8 @@ def build_model(
         backend: the fused coupling ops' backend: ``"auto"`` (the default), ``"reference"``, ``"triton"``,
             ``"cuda"`` or ``"cpu"``.
         memory_saving: train with memory-saving backprop (see :class:`Flow`); default False.
+        compile: run the flow as ``torch.compile(fullgraph=True)`` graphs, the fused ops inside (see
+            :class:`Flow`); default False. Excludes `memory_saving`.
         num_classes: make the model class-conditional on this many classes (int >= 1); default None.
         sizes: the builder's other options, by keyword: its sizes (:func:`sizes_used` lists those this model
             takes for this data; others are ValueErrors) and `hidden`, `depth`, `context_features`.
@@ -386,5 +396,5 @@ def build_model(
     if name not in _BUILDERS:
         raise ValueError(f"unknown model {name!r}: valid choices are {', '.join(map(repr, MODELS))}")
     return _BUILDERS[name](
-        sample_shape, backend=backend, memory_saving=memory_saving, num_classes=num_classes, **sizes
+        sample_shape, backend=backend, memory_saving=memory_saving, compile=compile, num_classes=num_classes, **sizes
     )

@@ -2,9 +2,12 @@
 
 import pytest
 import torch
-from flows_helpers import IMAGE_SHAPE, VECTOR_SHAPE, rel_err, tiny_model
+from conftest import CPU_BACKENDS
+from flows_helpers import IMAGE_SHAPE, VECTOR_SHAPE, perturb, rel_err, tiny_model
+from test_flow_layers import LAYERS, _bool_mask
 
-from nf_kernels.flows import MODELS, activation_memory, build_model
+from nf_kernels.flows import MODELS, AdditiveCoupling, AffineCoupling, activation_memory, build_model, coupling
+from nf_kernels.flows.flow import forward_layers
 
 
 def _gradients(flow, x, context, memory_saving):
@@ -102,3 +105,91 @@ def test_memory_saving_under_autocast_replays_the_forward_precision(name):
         results.append(torch.autograd.grad(-log_prob.mean(), list(flow.parameters())))
     for standard, saving in zip(*results):
         assert rel_err(saving, standard) <= 2e-2
+
+
+def _stack_gradients(layers, x, context, memory_saving, weights):
+    """Gradients of a loss of both outputs of `layers` run as one stack: the input, every parameter, the context."""
+    x = x.clone().requires_grad_(True)
+    context = None if context is None else context.clone().requires_grad_(True)
+    y, logdet = forward_layers(layers, x, context, memory_saving)
+    loss = (y * weights[0]).sum() + (logdet * weights[1]).sum()  # non-uniform weights: every element counts
+    wrt = [x, *layers.parameters()] + ([context] if context is not None else [])
+    return torch.autograd.grad(loss, wrt, allow_unused=True)
+
+
+def _context_couplings():
+    """Couplings reading a context (the features a conditional model's embedding gives), every mask kind."""
+    return [
+        ("affine-half-context", (5,), lambda s: AffineCoupling(s, hidden=8, context_features=3)),
+        ("affine-checkerboard-context", (1, 4, 4),
+         lambda s: AffineCoupling(s, mask="checkerboard", hidden=8, depth=1, context_features=3)),
+        ("affine-bool-mask-flip-context", (6,), lambda s: AffineCoupling(s, mask=_bool_mask(s), flip=True, hidden=8,
+                                                                          context_features=3)),
+        ("additive-half-flip-context", (5,), lambda s: AdditiveCoupling(s, flip=True, hidden=8, context_features=3)),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("name,shape,factory", LAYERS + _context_couplings(), ids=[c[0] for c in LAYERS + _context_couplings()])
+def test_every_layer_kind_gets_the_standard_gradients_in_float64(name, shape, factory):
+    """Each layer kind alone in a memory-saving stack: the couplings through their own backward (one conditioner
+    pass on the output), the others rebuilt by inverse and forward; exact up to float64 rounding."""
+    torch.manual_seed(0)
+    layers = torch.nn.ModuleList([perturb(factory(shape).double(), std=0.3)]).train()
+    x = torch.randn(4, *shape, dtype=torch.float64)
+    takes_context = getattr(layers[0], "context_features", None)
+    context = torch.randn(4, takes_context, dtype=torch.float64) if takes_context else None
+    y_shape = forward_layers(layers, x, context)[0].shape  # also initializes ActNorm, outside the comparison
+    weights = (torch.randn(y_shape, dtype=torch.float64), torch.randn(4, dtype=torch.float64))
+    standard = _stack_gradients(layers, x, context, False, weights)
+    saving = _stack_gradients(layers, x, context, True, weights)
+    for g_standard, g_saving in zip(standard, saving):
+        assert (g_standard is None) == (g_saving is None)
+        if g_standard is not None:
+            assert rel_err(g_saving, g_standard) <= 1e-10
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("kind", ["affine", "additive"])
+def test_a_coupling_backward_runs_its_conditioner_once_and_never_its_forward(kind, backend, monkeypatch):
+    """The memory-saving backward of a coupling: one conditioner forward (on the output) and the op's inverse;
+    neither the layer's forward nor a second conditioner pass."""
+    torch.manual_seed(0)
+    make = AffineCoupling if kind == "affine" else AdditiveCoupling
+    layers = torch.nn.ModuleList([perturb(make((4,), hidden=8, flip=i % 2 == 1, backend=backend)) for i in range(3)])
+    x = torch.randn(5, 4)
+    y, logdet = forward_layers(layers, x, None, memory_saving=True)
+    calls = {"conditioner": 0, "forward op": 0, "inverse op": 0}
+
+    def count_conditioner(module, inputs):
+        calls["conditioner"] += 1
+
+    for layer in layers:
+        layer.conditioner.register_forward_pre_hook(count_conditioner)
+    op_name = f"{kind}_coupling"
+    op = getattr(coupling.functional, op_name)
+
+    def spy(*args, reverse=False, **kwargs):
+        calls["inverse op" if reverse else "forward op"] += 1
+        return op(*args, reverse=reverse, **kwargs)
+
+    monkeypatch.setattr(coupling.functional, op_name, spy)
+    (y.square().sum() + logdet.sum()).backward()
+    assert calls == {"conditioner": 3, "forward op": 0, "inverse op": 3}
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in layers.parameters())
+
+
+def test_memory_saving_costs_one_conditioner_forward_more_than_the_standard_step():
+    """Conditioner calls in one training step: standard 1 a coupling (forward); memory-saving 2 (the forward pass
+    and one in backward). The old recomputation had 3: an inverse and a forward to rebuild each layer."""
+    counts = {}
+    for memory_saving in (False, True):
+        flow = tiny_model("glow", IMAGE_SHAPE, num_steps=2)
+        flow.memory_saving = memory_saving
+        calls = []
+        for module in flow.modules():
+            if isinstance(module, (AffineCoupling, AdditiveCoupling)):
+                module.conditioner.register_forward_pre_hook(lambda module, inputs: calls.append(1))
+        (-flow.log_prob(torch.rand(2, *IMAGE_SHAPE)).mean()).backward()
+        couplings = sum(isinstance(m, AffineCoupling) for m in flow.modules())
+        counts[memory_saving] = len(calls) / couplings
+    assert counts == {False: 1, True: 2}

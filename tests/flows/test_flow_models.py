@@ -165,3 +165,24 @@ def test_flow_accepts_a_base_without_a_shape():
     assert flow.sample(3).shape == (3, 4)
     x = torch.randn(3, 4)
     torch.testing.assert_close(flow.log_prob(x), Isotropic().log_prob(x))  # identity coupling at init
+
+
+@pytest.mark.parametrize("shape", [(3,), (2, 3, 4)], ids=str)
+@pytest.mark.parametrize("base", ["normal", "logistic"])
+def test_base_densities_and_their_gradients_match_torch_distributions(base, shape):
+    """The base log-density is computed per sample in one reduction; it must stay the sum of the elements' densities."""
+    from nf_kernels.flows import StandardLogistic, StandardNormal
+
+    z = (torch.randn(5, *shape, dtype=torch.float64) * 3).requires_grad_(True)
+    if base == "normal":
+        ours, element = StandardNormal(shape), torch.distributions.Normal(0.0, 1.0)
+    else:
+        uniform = torch.distributions.Uniform(torch.tensor(0.0, dtype=torch.float64), 1.0)
+        transforms = [torch.distributions.SigmoidTransform().inv]
+        ours, element = StandardLogistic(shape), torch.distributions.TransformedDistribution(uniform, transforms)
+    log_prob, expected = ours.log_prob(z), element.log_prob(z).flatten(1).sum(1)
+    torch.testing.assert_close(log_prob, expected, rtol=1e-12, atol=1e-12)
+    weights = torch.randn(5, dtype=torch.float64)
+    grad, expected_grad = (torch.autograd.grad((v * weights).sum(), z)[0] for v in (log_prob, expected))
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-12, atol=1e-12)
+    assert ours.log_prob(torch.zeros(0, *shape)).shape == (0,)
