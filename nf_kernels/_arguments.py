@@ -12,9 +12,24 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from ._masks import MaskArg, check_mask, expected_h_shape
+from ._masks import MaskArg, check_mask, could_be_compact, expected_h_shape
 
-SCALES = ("exp", "tanh", "atan", "sigmoid")
+# The scale maps, in the order of their kernel codes (nf_kernels/_layout.py). The first four are nf_kernels' own; the
+# rest reproduce a peer library's map exactly (docs/spec.md's scale table names which and says why each exists).
+SCALES = (
+    "exp", "tanh", "atan", "sigmoid",
+    "rsigmoid", "nflows_sigmoid", "softclamp", "clip", "freia_atan", "freia_tanh", "freia_sigmoid",
+)  # fmt: skip
+# The peer maps' fixed constants: nflows' floor on its scale, exp(a) = sigmoid(s + 2) + 1e-3
+# (nflows/transforms/coupling.py), and FrEIA's factor of its "ATAN" clamp (0.636, not 2 / pi:
+# FrEIA/modules/coupling_layers.py). Fixed by those libraries, so fixed here.
+NFLOWS_SCALE_FLOOR = 1e-3
+FREIA_ATAN_FACTOR = 0.636
+# The one map with two constants: `clamp=(low, high)` (or one float c for (-c, c)), pyro's log-scale clip.
+TWO_SIDED_SCALES = ("clip",)
+# How h holds s_raw and t along dim 1 (SPEC section 1): the two halves in either order, or (t, s_raw) pairs of
+# channels. The kernels' form of each (offsets) is nf_kernels/_layout.py's H_LAYOUT_OFFSETS.
+H_LAYOUTS = ("scale_shift", "shift_scale", "shift_scale_pairs")
 # The config's scale for the additive (NICE) coupling: `h` holds only the shift `t` and the log-det is zero.
 # Only `additive_coupling` makes such a config; `affine_coupling(scale="none")` is an error.
 ADDITIVE = "none"
@@ -27,12 +42,15 @@ BACKEND_NAMES = ("auto", "reference", "triton", "cuda", "cpu")
 class CouplingConfig(NamedTuple):
     """The scalar part of a coupling call, normalized. Backends receive it unchanged."""
 
-    mask_kind: str  # "half", "checkerboard" or "tensor" (a bool mask passed alongside)
+    mask_kind: str  # "half", "checkerboard", "tensor" (a bool mask passed alongside) or "compact" (a bool mask,
+    # with h holding only the transformed elements)
     flip: bool
     scale: str  # one of SCALES, or ADDITIVE
-    clamp: float
+    clamp: float  # the map's bound; the upper one of a two-sided map
     shift_first: bool
     reverse: bool
+    h_layout: str = "scale_shift"  # one of H_LAYOUTS
+    clamp_low: float = 0.0  # the lower bound of a two-sided map (TWO_SIDED_SCALES), unused by the others
 
     @property
     def additive(self) -> bool:
@@ -47,8 +65,16 @@ def _check_floating(name: str, tensor: torch.Tensor) -> None:
         raise TypeError(f"{name} must have a supported floating dtype ({supported}), got {tensor.dtype}")
 
 
-def check_scale_and_clamp(scale: str, clamp: float) -> None:
-    """The scale map of an affine coupling and its clamp (SPEC scale table); shared by the op and the layers."""
+def _check_bound(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    return value
+
+
+def check_scale_and_clamp(scale: str, clamp) -> tuple[float, float]:
+    """The scale map of an affine coupling and its clamp (SPEC scale table); shared by the op and the layers.
+
+    Returns the config's (clamp, clamp_low): for a two-sided map (high, low), else (clamp, 0.0)."""
     if scale == ADDITIVE:
         raise ValueError(
             f"scale={ADDITIVE!r} is not an affine coupling: valid choices are {', '.join(map(repr, SCALES))}; "
@@ -56,12 +82,33 @@ def check_scale_and_clamp(scale: str, clamp: float) -> None:
         )
     if not isinstance(scale, str) or scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}: valid choices are {', '.join(map(repr, SCALES))}")
-    if isinstance(clamp, bool) or not isinstance(clamp, numbers.Real):
-        raise TypeError(f"clamp must be a real number, got {type(clamp).__name__}")
+    if scale in TWO_SIDED_SCALES:
+        if isinstance(clamp, (tuple, list)):
+            if len(clamp) != 2:
+                raise ValueError(f"scale={scale!r} takes clamp=(low, high), got {len(clamp)} values")
+            low, high = (_check_bound("clamp", bound) for bound in clamp)
+        else:
+            high = _check_bound("clamp", clamp)
+            low = -high
+        # Comparisons only (no math.isfinite): under torch.compile(dynamic=True) a bound can be a symbolic float.
+        if not -math.inf < low < high < math.inf:
+            raise ValueError(f"scale={scale!r} needs finite bounds low < high (clamp=(low, high), or c > 0 for "
+                             f"(-c, c)), got low={low}, high={high}")  # fmt: skip
+        return float(high), float(low)
+    if isinstance(clamp, (tuple, list)):
+        raise TypeError(f"clamp=(low, high) is for scale={TWO_SIDED_SCALES[0]!r} only; scale={scale!r} takes one "
+                        "real number")  # fmt: skip
+    _check_bound("clamp", clamp)
     # inf would make tanh/atan's clamp * f(s / clamp) inf * 0 = NaN; NaN fails every comparison.
     # Comparisons only (no math.isfinite): under torch.compile(dynamic=True) clamp can be a symbolic float.
     if not 0.0 < clamp < math.inf:
         raise ValueError(f"clamp must be > 0 and finite, got {clamp}")
+    return float(clamp), 0.0
+
+
+def check_h_layout(h_layout: str) -> None:
+    if not isinstance(h_layout, str) or h_layout not in H_LAYOUTS:
+        raise ValueError(f"unknown h_layout {h_layout!r}: valid choices are {', '.join(map(repr, H_LAYOUTS))}")
 
 
 def check_backend_name(backend: str) -> None:
@@ -81,10 +128,12 @@ def check_coupling_args(
     scale: Optional[str] = None,
     clamp: float = 1.0,
     shift_first: bool = False,
+    h_layout: str = "scale_shift",
 ) -> tuple[Optional[torch.Tensor], CouplingConfig]:
     """Validate one call; return (the bool mask tensor or None, config). Raises per SPEC section 1.
 
-    `additive=True` checks a call of `additive_coupling`: `h` is its `t`, and it has no scale, clamp or shift order.
+    `additive=True` checks a call of `additive_coupling`: `h` is its `t`, and it has no scale, clamp, shift order
+    or layout.
     """
     h_name = "t" if additive else "h"
     _check_floating("x", x)
@@ -95,17 +144,24 @@ def check_coupling_args(
         raise ValueError(f"x is on {x.device} but {h_name} is on {h.device}; put them on one device")
     mask_kind = check_mask(mask, x.shape[1:], x.device)
     mask_tensor = mask if mask_kind == "tensor" else None
+    clamp_low = 0.0
     if not additive:
-        check_scale_and_clamp(scale, clamp)
+        clamp, clamp_low = check_scale_and_clamp(scale, clamp)
+        check_h_layout(h_layout)
     check_backend_name(backend)
     expected = expected_h_shape(x.shape, mask_kind, additive)
     if tuple(h.shape) != expected:
-        raise ValueError(
-            f"{h_name} has shape {tuple(h.shape)} but x of shape {tuple(x.shape)} with mask={mask_kind!r} "
-            f"needs {h_name} of shape {expected}"
-        )
+        if mask_kind == "tensor" and could_be_compact(x.shape, h.shape, additive):
+            mask_kind = "compact"  # its element count is checked against the mask inside the op (no host sync here)
+        else:
+            compact = " (or, compact, [B, 2K, ...] holding only the transformed elements)" if mask_kind == "tensor" else ""
+            raise ValueError(
+                f"{h_name} has shape {tuple(h.shape)} but x of shape {tuple(x.shape)} with mask={mask_kind!r} "
+                f"needs {h_name} of shape {expected}{compact}"
+            )
     scale = ADDITIVE if additive else scale
-    config = CouplingConfig(mask_kind, bool(flip), scale, float(clamp), bool(shift_first), bool(reverse))
+    config = CouplingConfig(mask_kind, bool(flip), scale, float(clamp), bool(shift_first), bool(reverse),
+                            "scale_shift" if additive else h_layout, float(clamp_low))  # fmt: skip
     return mask_tensor, config
 
 

@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from ._arguments import BACKEND_NAMES, check_backend_name
+from ._arguments import BACKEND_NAMES, CouplingConfig, check_backend_name
 
 # name -> (module, attribute) of the object implementing nf_kernels.backends.base.Backend
 _LOCATIONS = {
@@ -51,6 +51,13 @@ def why_unavailable(name: str, device: torch.device) -> Optional[str]:
     return backend.why_unavailable(device)
 
 
+def why_unsupported(name: str, scale: str, h_layout: str, mask_kind: str) -> Optional[str]:
+    """None if backend `name` computes calls with these features (a loaded backend's own answer), else why not.
+    The one place that says which backend supports what: "auto" and explicit requests both ask it."""
+    backend, _ = _load(name)
+    return None if backend is None else backend.why_unsupported(scale, h_layout, mask_kind)
+
+
 def get_backend(name: str):
     """The backend object for a concrete name (never "auto"); RuntimeError if it cannot be loaded."""
     backend, error = _load(name)
@@ -65,7 +72,7 @@ def _one_of(names: list[str]) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def _resolve(requested: str, env_choice: Optional[str], device_type: str) -> str:
+def _resolve(requested: str, env_choice: Optional[str], device_type: str, features: tuple[str, str, str]) -> str:
     device = torch.device(device_type)
     if requested == "auto" and env_choice:
         if env_choice not in BACKEND_NAMES:
@@ -73,36 +80,39 @@ def _resolve(requested: str, env_choice: Optional[str], device_type: str) -> str
                 f"{ENV_VAR}={env_choice!r} is not a backend: valid choices are {', '.join(map(repr, BACKEND_NAMES))}"
             )
         requested = env_choice
+    # What would work is said here, from what can run and compute the call, and only here: backends' reasons say
+    # why not.
+    preferred = AUTO_ORDER.get(device_type, ("reference",))
+    working = [n for n in _LOCATIONS if why_unavailable(n, device) is None and why_unsupported(n, *features) is None]
+    working.sort(key=lambda n: preferred.index(n) if n in preferred else len(preferred))
     if requested == "auto":
-        for name in AUTO_ORDER.get(device_type, ("reference",)):
-            if why_unavailable(name, device) is None:
-                return name
-        return "reference"
+        return next((name for name in preferred if name in working), "reference")
     reason = why_unavailable(requested, device)
     if reason is not None:
-        # What would work is said here, from what can run, and only here: backends' reasons say why not.
-        preferred = AUTO_ORDER.get(device_type, ())
-        working = sorted((n for n in _LOCATIONS if why_unavailable(n, device) is None),
-                         key=lambda n: preferred.index(n) if n in preferred else len(preferred))  # fmt: skip
         raise RuntimeError(
             f"backend {requested!r} cannot run on {device_type}: {reason}. "
             f"On {device_type} use backend={_one_of(working)} (or 'auto')"
         )
+    reason = why_unsupported(requested, *features)
+    if reason is not None:
+        raise NotImplementedError(f"{reason}; use backend={_one_of(working)} (or 'auto')")
     return requested
 
 
-def resolve_backend(requested: str, device: torch.device) -> str:
-    """The concrete backend name for a call; raises the SPEC's errors for unknown or unusable backends."""
+def resolve_backend(requested: str, device: torch.device, config: Optional[CouplingConfig] = None) -> str:
+    """The concrete backend name for a call; raises the SPEC's errors for unknown or unusable backends, and for a
+    backend that does not support the call's scale map, h layout or mask kind (`config`; None: the defaults)."""
     check_backend_name(requested)
-    return _resolve_constant(requested, device.type)
+    features = ("exp", "scale_shift", "half") if config is None else (config.scale, config.h_layout, config.mask_kind)
+    return _resolve_constant(requested, device.type, *features)
 
 
 # Under torch.compile the choice is a constant of the traced graph: dynamo does not trace the imports behind it.
 # Every call is a cached lookup; the environment is read only where it matters, for "auto".
 @torch.compiler.assume_constant_result
-def _resolve_constant(requested: str, device_type: str) -> str:
+def _resolve_constant(requested: str, device_type: str, scale: str, h_layout: str, mask_kind: str) -> str:
     env_choice = (os.environ.get(ENV_VAR) or None) if requested == "auto" else None
-    return _resolve(requested, env_choice, device_type)
+    return _resolve(requested, env_choice, device_type, (scale, h_layout, mask_kind))
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ a conditioner sees), the reference backend (which elements it transforms) and th
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence, Union
 
 import torch
@@ -55,6 +56,36 @@ def expected_h_shape(x_shape: Sequence[int], mask_kind: str, additive: bool) -> 
     elif not additive:
         shape[1] = 2 * channels
     return tuple(shape)
+
+
+def could_be_compact(x_shape: Sequence[int], h_shape: Sequence[int], additive: bool) -> bool:
+    """Whether `h_shape` can be a compact `h` for a bool mask over samples of `x_shape` (SPEC mask table): only the
+    transformed elements, batch first, with dim 1 even for an affine `h` (its two parameters). How many elements
+    it must hold depends on the mask's values, so that is checked where they are read (:func:`transformed_count`)."""
+    if len(h_shape) < 2 or h_shape[0] != x_shape[0]:
+        return False
+    return additive or h_shape[1] % 2 == 0
+
+
+def compact_transformed(
+    sample_shape: Sequence[int], mask: torch.Tensor, flip: bool, h_shape: Sequence[int], additive: bool
+) -> torch.Tensor:
+    """The transformed elements of a compact coupling, a flat bool tensor of one sample, after checking that `h`
+    holds exactly one value per parameter and transformed element (a ValueError naming both counts otherwise).
+
+    Reads the mask's values (a host sync on a GPU): the op's backends call it, never the tracing-time checks."""
+    transformed = ~kept_elements(sample_shape, mask, flip).reshape(-1)
+    count = int(transformed.sum())
+    per_sample = math.prod(h_shape[1:])
+    parameters = 1 if additive else 2
+    if per_sample != parameters * count:
+        name = "t" if additive else "h"
+        raise ValueError(
+            f"{name} of shape {tuple(h_shape)} is neither the full shape for this mask nor compact: the mask "
+            f"transforms {count} elements of a sample, so a compact {name} holds {parameters * count} values a sample "
+            f"({'' if additive else 's_raw and t for '}each transformed element, in flat order), not {per_sample}"
+        )
+    return transformed
 
 
 def check_mask(mask: MaskArg, sample_shape: Sequence[int], device: Optional[torch.device] = None) -> str:

@@ -40,18 +40,20 @@ def coupling_op(
     clamp: float,
     shift_first: bool,
     reverse: bool,
+    h_layout: str,
+    clamp_low: float,
     backend: str,
 ) -> tuple[Tensor, Tensor]:
     if _is_empty(x):
         return torch.empty(x.shape, dtype=x.dtype, device=x.device), x.new_zeros(
             x.shape[0], dtype=logdet_dtype(x.dtype)
         )
-    config = CouplingConfig(mask_kind, flip, scale, clamp, shift_first, reverse)
+    config = CouplingConfig(mask_kind, flip, scale, clamp, shift_first, reverse, h_layout, clamp_low)
     return get_backend(backend).forward(x, h, mask, config)
 
 
 @coupling_op.register_fake
-def _coupling_fake(x, h, mask, mask_kind, flip, scale, clamp, shift_first, reverse, backend):
+def _coupling_fake(x, h, mask, mask_kind, flip, scale, clamp, shift_first, reverse, h_layout, clamp_low, backend):
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     logdet = x.new_empty(x.shape[0], dtype=logdet_dtype(x.dtype))
     return y, logdet
@@ -70,16 +72,19 @@ def coupling_backward_op(
     clamp: float,
     shift_first: bool,
     reverse: bool,
+    h_layout: str,
+    clamp_low: float,
     backend: str,
 ) -> tuple[Tensor, Tensor]:
     if _is_empty(x):
         return torch.zeros(x.shape, dtype=x.dtype, device=x.device), torch.zeros(h.shape, dtype=h.dtype, device=h.device)
-    config = CouplingConfig(mask_kind, flip, scale, clamp, shift_first, reverse)
+    config = CouplingConfig(mask_kind, flip, scale, clamp, shift_first, reverse, h_layout, clamp_low)
     return get_backend(backend).backward(grad_y, grad_logdet, x, h, mask, config)
 
 
 @coupling_backward_op.register_fake
-def _coupling_backward_fake(grad_y, grad_logdet, x, h, mask, mask_kind, flip, scale, clamp, shift_first, reverse, backend):
+def _coupling_backward_fake(grad_y, grad_logdet, x, h, mask, mask_kind, flip, scale, clamp, shift_first, reverse,
+                            h_layout, clamp_low, backend):  # fmt: skip
     return torch.empty(x.shape, dtype=x.dtype, device=x.device), torch.empty(h.shape, dtype=h.dtype, device=h.device)
 
 
@@ -96,7 +101,7 @@ def _backward(ctx, grad_y: Optional[Tensor], grad_logdet: Optional[Tensor]):
     if grad_logdet is None:
         grad_logdet = torch.zeros(x.shape[0], dtype=logdet_dtype(x.dtype), device=x.device)
     grad_x, grad_h = coupling_backward_op(grad_y, grad_logdet, x, h, mask, *ctx.scalars)
-    return grad_x, grad_h, None, None, None, None, None, None, None, None
+    return grad_x, grad_h, None, *([None] * len(ctx.scalars))  # no gradient for the mask and the scalars
 
 
 coupling_op.register_autograd(_backward, setup_context=_setup_context)
@@ -141,7 +146,7 @@ def eager_coupling(x: Tensor, h: Tensor, mask, prepared: PreparedCall, backend: 
     """A call for which :func:`runs_eagerly` holds, with its checked arguments: the backend's differentiable op
     where it has one (and there is work to do), else the custom op."""
     config = prepared.config
-    mask = mask if config.mask_kind == "tensor" else None
+    mask = mask if config.mask_kind in ("tensor", "compact") else None
     run = get_backend(backend).eager_coupling
     if run is None or prepared.empty:
         return coupling_op(x, h, mask, *config, backend)

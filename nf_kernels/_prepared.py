@@ -17,7 +17,8 @@ Under tracing (``torch.compile``) the functional API checks in full instead, so 
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import math
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -30,7 +31,7 @@ MAX_ENTRIES = 4096
 
 class PreparedCall(NamedTuple):
     config: CouplingConfig
-    layout: tuple[int, ...]  # FlatLayout.packed(): the `layout` argument of the extension's ops
+    layout: Optional[tuple[int, ...]]  # FlatLayout.packed() (None for a compact h): the extension ops' `layout`
     empty: bool  # no sample, or no element in a sample: nothing for a kernel to do
 
 
@@ -55,11 +56,12 @@ def prepare_call(
     reverse,
     backend,
     additive: bool,
+    h_layout: str = "scale_shift",
 ) -> PreparedCall:
     """The checked config and flat layout of a call with plain tensors `x` and `h`; raises per SPEC section 1
     exactly as :func:`~nf_kernels._arguments.check_coupling_args` does (which it runs once per combination)."""
     key = (x.shape, h.shape, x.dtype, h.dtype, x.device, h.device, _mask_key(mask), flip, scale, type(clamp), clamp,
-           shift_first, reverse, backend, additive)  # fmt: skip
+           shift_first, reverse, backend, additive, h_layout)  # fmt: skip
     try:
         return _prepared[key]
     except KeyError:
@@ -68,10 +70,13 @@ def prepare_call(
         key = None
     mask_tensor, config = check_coupling_args(
         x, h, mask=mask, flip=flip, reverse=reverse, backend=backend, additive=additive, scale=scale, clamp=clamp,
-        shift_first=shift_first,
+        shift_first=shift_first, h_layout=h_layout,
     )  # fmt: skip
-    layout = flat_layout(x, mask_tensor, config)
-    prepared = PreparedCall(config, tuple(layout.packed()), layout.batch == 0 or layout.numel == 0)
+    empty = x.shape[0] == 0 or math.prod(x.shape[1:]) == 0
+    # A compact h's layout depends on the mask's contents, which may change in place: never remembered (the
+    # backends that take compact calls work it out on each one).
+    layout = None if config.mask_kind == "compact" else tuple(flat_layout(x, mask_tensor, config).packed())
+    prepared = PreparedCall(config, layout, empty)
     if key is not None:
         if len(_prepared) >= MAX_ENTRIES:
             _prepared.clear()

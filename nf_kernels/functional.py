@@ -22,6 +22,7 @@ def affine_coupling(
     shift_first: bool = False,
     reverse: bool = False,
     backend: str = "auto",
+    h_layout: str = "scale_shift",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The affine (RealNVP) coupling and its per-sample log-determinant, in one fused pass.
 
@@ -37,10 +38,12 @@ def affine_coupling(
     Args:
         x: ``[B, *sample]``, at least 2-D; float32, float16, bfloat16 or float64; any strides, any device a backend
             runs on. ``B`` may be 0.
-        h: the conditioner's output: ``s_raw`` then ``t`` along dim 1, on ``x``'s device, any supported floating
-            dtype (autocast may make it lower precision than ``x``). Shape, for ``x`` of shape ``[B, C, ...]``:
-            ``mask="half"``: ``[B, 2 * (C - C // 2), ...]``; ``"checkerboard"`` or a bool mask: ``[B, 2 * C, ...]``
-            (values at kept positions are ignored).
+        h: the conditioner's output: ``s_raw`` and ``t`` along dim 1 as `h_layout` says, on ``x``'s device, any
+            supported floating dtype (autocast may make it lower precision than ``x``). Shape, for ``x`` of shape
+            ``[B, C, ...]``: ``mask="half"``: ``[B, 2 * (C - C // 2), ...]``; ``"checkerboard"`` or a bool mask:
+            ``[B, 2 * C, ...]`` (values at kept positions are ignored); with a bool mask, or compact: only the ``T``
+            transformed elements in flat order, any ``[B, 2K, *r]`` with ``K * prod(r) = T`` (the peer libraries'
+            conditioners), told apart by its shape.
         mask: which elements are kept. ``"half"`` (default): the first ``C // 2`` entries of dim 1 (features of
             ``[B, D]`` vectors, or channels); ``"checkerboard"``: ``x`` is ``[B, C, H, W]`` and ``(c, i, j)`` is kept
             where ``(i + j) % 2 == 1``; or a bool tensor of shape ``x.shape[1:]``, True where kept.
@@ -48,13 +51,24 @@ def affine_coupling(
             alternate it between layers so every element is transformed.
         scale: the map ``a`` from ``s_raw`` to the log-scale: ``"exp"`` (default, ``a(s) = s``), ``"tanh"``
             (``clamp * tanh(s / clamp)``), ``"atan"`` (``clamp * 2/pi * atan(s / clamp)``) or ``"sigmoid"``
-            (``log sigmoid(s + 2)``, Glow). The additive coupling is :func:`additive_coupling`.
-        clamp: the soft bound of ``"tanh"`` and ``"atan"``, a finite float > 0. Default 2.0.
+            (``log sigmoid(s + 2)``, Glow); or a peer library's own: ``"rsigmoid"`` (``-log sigmoid(s + 2)``,
+            normflows), ``"nflows_sigmoid"`` (``log(sigmoid(s + 2) + 1e-3)``), ``"softclamp"``
+            (``s / (1 + |s| / clamp)``, zuko), ``"clip"`` (``s`` clamped to ``clamp=(low, high)``, the gradient
+            passed through: pyro), ``"freia_atan"``, ``"freia_tanh"``, ``"freia_sigmoid"`` (``clamp * f(s)``,
+            FrEIA). docs/spec.md has each formula and derivative. The additive coupling is
+            :func:`additive_coupling`.
+        clamp: the bound of the maps that take one, a finite float > 0 (for ``"clip"``: ``(low, high)``, or ``c``
+            for ``(-c, c)``). Default 2.0.
         shift_first: ``(x + t) * exp(a(s))`` instead of ``x * exp(a(s)) + t``. Default False.
         reverse: compute the inverse. Default False.
         backend: ``"auto"`` (default: the fastest available for ``x``'s device; ``NF_KERNELS_BACKEND`` overrides
             it), ``"reference"``, ``"triton"``, ``"cuda"`` or ``"cpu"``. :func:`nf_kernels.list_backends` says which
-            run here.
+            run here. A backend whose kernels lack the call's scale map, layout or compact ``h`` refuses it; "auto"
+            picks one that has them.
+        h_layout: where ``s_raw`` and ``t`` sit along dim 1 of ``h``, ``K`` channels each: ``"scale_shift"``
+            (default; ``[s_raw | t]``), ``"shift_scale"`` (``[t | s_raw]``, nflows and pyro) or
+            ``"shift_scale_pairs"`` (channel ``2c`` is ``t``, ``2c + 1`` is ``s_raw``: normflows and zuko). Read in
+            place, no copy.
 
     Returns:
         ``(y, logdet)``: ``y`` of ``x``'s shape, dtype and device, contiguous, never an alias of an input;
@@ -71,7 +85,7 @@ def affine_coupling(
     >>> torch.allclose(x_back, x, atol=1e-5), torch.allclose(minus_logdet, -logdet)
     (True, True)
     """
-    return _coupling(x, h, mask, flip, scale, clamp, shift_first, reverse, backend, False)
+    return _coupling(x, h, mask, flip, scale, clamp, shift_first, reverse, backend, False, h_layout)
 
 
 def additive_coupling(
@@ -103,11 +117,11 @@ def additive_coupling(
     >>> torch.equal(y[:, 2:], x[:, 2:] + 1), torch.equal(y[:, :2], x[:, :2]), logdet.abs().sum().item()
     (True, True, 0.0)
     """
-    return _coupling(x, t, mask, flip, None, 1.0, False, reverse, backend, True)
+    return _coupling(x, t, mask, flip, None, 1.0, False, reverse, backend, True, "scale_shift")
 
 
-def _coupling(x, h, mask, flip, scale, clamp, shift_first, reverse, backend, additive):
-    """Both ops: check the arguments, pick the backend, hand the call to the op layer.
+def _coupling(x, h, mask, flip, scale, clamp, shift_first, reverse, backend, additive, h_layout):
+    """Both ops: check the arguments, pick the backend (one that supports the call), hand the call to the op layer.
 
     A plain eager call is checked once per combination of shapes and options (nf_kernels/_prepared.py) and may
     take the backend's own differentiable op; anything traced or unusual is checked in full and goes through the
@@ -116,8 +130,8 @@ def _coupling(x, h, mask, flip, scale, clamp, shift_first, reverse, backend, add
     if not _ops.runs_eagerly(x, h):
         mask_tensor, config = check_coupling_args(
             x, h, mask=mask, flip=flip, reverse=reverse, backend=backend, additive=additive, scale=scale,
-            clamp=clamp, shift_first=shift_first,
+            clamp=clamp, shift_first=shift_first, h_layout=h_layout,
         )  # fmt: skip
-        return _ops.coupling_op(x, h, mask_tensor, *config, resolve_backend(backend, x.device))
-    prepared = prepare_call(x, h, mask, flip, scale, clamp, shift_first, reverse, backend, additive)
-    return _ops.eager_coupling(x, h, mask, prepared, resolve_backend(backend, x.device))
+        return _ops.coupling_op(x, h, mask_tensor, *config, resolve_backend(backend, x.device, config))
+    prepared = prepare_call(x, h, mask, flip, scale, clamp, shift_first, reverse, backend, additive, h_layout)
+    return _ops.eager_coupling(x, h, mask, prepared, resolve_backend(backend, x.device, prepared.config))

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import nf_kernels
-from conftest import CPU_BACKENDS, FUSED_CPU_BACKENDS, MASK_CASES, Coupling, MaskCase, all_couplings
+from conftest import CPU_BACKENDS, FUSED_CPU_BACKENDS, MASK_CASES, SCALES, Coupling, MaskCase, all_couplings, with_backends
 
 
 def _non_contiguous(t: torch.Tensor) -> torch.Tensor:
@@ -16,8 +16,7 @@ def _non_contiguous(t: torch.Tensor) -> torch.Tensor:
     return view
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
-@pytest.mark.parametrize("case", all_couplings(MASK_CASES, reverse=(True,)), ids=str)
+@pytest.mark.parametrize("case, backend", with_backends(CPU_BACKENDS, all_couplings(MASK_CASES, reverse=(True,))))
 def test_non_contiguous_inputs_equal_contiguous_copies(case, backend):
     x, h = case.inputs(torch.float32)
     grad_y = torch.randn(x.shape)
@@ -107,10 +106,10 @@ def test_outputs_never_alias_inputs(backend):
     assert torch.equal(y, x) and y.data_ptr() != x.data_ptr()
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
-@pytest.mark.parametrize("scale", ["exp", "tanh", "atan", "sigmoid"])
-def test_nan_propagates(backend, scale):
-    case = Coupling(MaskCase("checkerboard", (2, 2, 3, 3)), scale)
+@pytest.mark.parametrize(
+    "case, backend", with_backends(CPU_BACKENDS, [Coupling(MaskCase("checkerboard", (2, 2, 3, 3)), s) for s in SCALES])
+)
+def test_nan_propagates(case, backend):
     x, h = case.inputs(torch.float32)
     # (0, 0, 0) is transformed ((i + j) % 2 == 0), (0, 0, 1) is kept.
     x[0, 0, 0, 0] = float("nan")
@@ -135,3 +134,20 @@ def test_values_of_h_at_kept_positions_are_ignored(backend):
     y2, logdet2 = case(x, h_poisoned, backend)
     torch.testing.assert_close(y2, y, rtol=0, atol=0)
     torch.testing.assert_close(logdet2, logdet, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if b != "cpu"])
+def test_a_compact_h_reads_its_masks_contents_on_every_call(backend):
+    """A compact h's positions and element count come from the mask's values, which may change in place: the
+    eager path remembers a call's checks by shapes only, so these are worked out again each time."""
+    half = torch.randn(3, 3, dtype=torch.float64)
+    x, h = torch.cat([half, half], 1), torch.randn(3, 6, dtype=torch.float64)  # x's halves alike
+    mask = torch.tensor([True, True, True, False, False, False])  # the last 3 transformed
+    first, _ = nf_kernels.affine_coupling(x, h, mask=mask, backend=backend)
+    mask.logical_not_()  # now the first 3
+    second, _ = nf_kernels.affine_coupling(x, h, mask=mask, backend=backend)
+    assert torch.equal(first[:, :3], x[:, :3]) and torch.equal(second[:, 3:], x[:, 3:])
+    assert torch.equal(first[:, 3:], second[:, :3])  # the same h, on the other (equal) elements
+    mask[0] = True  # 2 transformed: h no longer fits
+    with pytest.raises(ValueError, match="transforms 2 elements"):
+        nf_kernels.affine_coupling(x, h, mask=mask, backend=backend)

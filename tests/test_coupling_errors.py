@@ -186,3 +186,79 @@ def test_backends_report_says_why_each_cannot_run():
     cuda_on_cpu = next(s for s in report if s.name == "cuda" and s.device == "cpu")
     assert not cuda_on_cpu.available and cuda_on_cpu.reason
     assert "reference  cpu   available" in str(report)
+
+
+def test_unknown_h_layout_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="unknown h_layout 'pairs'.*'scale_shift', 'shift_scale', 'shift_scale_pairs'"):
+        affine(torch.randn(3, 4), torch.randn(3, 4), h_layout="pairs")
+
+
+@pytest.mark.parametrize(
+    "clamp, error, message",
+    [
+        ((1.0, -1.0), ValueError, "low < high"),
+        ((0.5, 0.5), ValueError, "low < high"),
+        ((-float("inf"), 3.0), ValueError, "finite bounds"),
+        ((-1.0, float("nan")), ValueError, "finite bounds"),
+        (-2.0, ValueError, r"c > 0 for \(-c, c\)"),
+        ((-1.0, 0.0, 1.0), ValueError, r"clamp=\(low, high\), got 3 values"),
+        (("-1", 1.0), TypeError, "clamp must be a real number"),
+    ],
+)
+def test_clip_takes_two_finite_ordered_bounds(clamp, error, message):
+    with pytest.raises(error, match=message):
+        affine(torch.randn(3, 4), torch.randn(3, 4), scale="clip", clamp=clamp)
+
+
+def test_clamp_pair_is_for_clip_only():
+    with pytest.raises(TypeError, match=r"clamp=\(low, high\) is for scale='clip' only"):
+        affine(torch.randn(3, 4), torch.randn(3, 4), scale="tanh", clamp=(-1.0, 1.0))
+
+
+def test_compact_h_of_the_wrong_size_names_both_counts():
+    x, mask = torch.randn(3, 9), torch.arange(9) % 3 == 0  # 6 transformed elements a sample
+    with pytest.raises(ValueError, match="transforms 6 elements.*holds 12 values a sample.*not 10"):
+        affine(x, torch.randn(3, 10), mask=mask)
+    with pytest.raises(ValueError, match="transforms 6 elements.*holds 6 values a sample.*not 5"):
+        nf_kernels.additive_coupling(x, torch.randn(3, 5), mask=mask, backend="reference")
+    # Not compact either (the batch differs, or an affine h's dim 1 is odd): the shape error, naming both forms.
+    for h in (torch.randn(4, 12), torch.randn(3, 3, 4)):
+        with pytest.raises(ValueError, match=r"needs h of shape \(3, 18\) \(or, compact"):
+            affine(x, h, mask=mask)
+
+
+UNSUPPORTED_BY_CPU = [
+    (dict(scale="clip", clamp=(-5.0, 3.0)), "scale='clip'"),
+    (dict(scale="nflows_sigmoid"), "scale='nflows_sigmoid'"),
+    (dict(h_layout="shift_scale"), "h_layout='shift_scale'"),
+    (dict(h_layout="shift_scale_pairs"), "h_layout='shift_scale_pairs'"),
+    (dict(mask=torch.arange(6) % 2 == 0, h=torch.randn(2, 6)), "a bool mask with a compact h"),
+]
+
+
+@pytest.mark.skipif("cpu" not in CPU_BACKENDS, reason="the C++ extension is not built")
+@pytest.mark.parametrize("kwargs, named", UNSUPPORTED_BY_CPU, ids=lambda v: str(v)[:40])
+def test_cpu_refuses_what_its_kernels_lack_and_auto_picks_a_backend_that_has_it(kwargs, named, fresh_dispatch):
+    """Until the C++ kernels have the peer libraries' layouts and maps (SPEC section 2), asking "cpu" for one is a
+    clear error naming what is missing and what has it, and "auto" falls back to a backend that computes it."""
+    fresh_dispatch.delenv("NF_KERNELS_BACKEND", raising=False)
+    kwargs = dict(kwargs)
+    x, h = torch.randn(2, 6), kwargs.pop("h", torch.randn(2, 6))
+    working = "'reference' or 'triton'" if "triton" in CPU_BACKENDS else "'reference'"
+    with pytest.raises(NotImplementedError, match=rf"backend 'cpu' does not support {re.escape(named)} yet; use backend={working} \(or 'auto'\)"):
+        nf_kernels.affine_coupling(x, h, backend="cpu", **kwargs)
+    y, logdet = nf_kernels.affine_coupling(x, h, **kwargs)  # "auto"
+    y_ref, logdet_ref = nf_kernels.affine_coupling(x, h, backend="reference", **kwargs)
+    assert torch.equal(y, y_ref) and torch.equal(logdet, logdet_ref)
+    config = nf_kernels._arguments.check_coupling_args(x, h, flip=False, reverse=False, backend="auto",
+                                                       **{"mask": "half", "scale": "exp", **kwargs})[1]  # fmt: skip
+    assert _dispatch.resolve_backend("auto", x.device, config) == "reference"
+
+
+def test_auto_keeps_the_cpp_kernels_for_what_they_support(fresh_dispatch):
+    fresh_dispatch.delenv("NF_KERNELS_BACKEND", raising=False)
+    cpp_ready = _dispatch.why_unavailable("cpu", torch.device("cpu")) is None
+    x, h = torch.randn(2, 6), torch.randn(2, 6)
+    config = nf_kernels._arguments.check_coupling_args(x, h, mask="half", flip=False, reverse=False, backend="auto",
+                                                       scale="atan")[1]  # fmt: skip
+    assert _dispatch.resolve_backend("auto", x.device, config) == ("cpu" if cpp_ready else "reference")

@@ -4,34 +4,35 @@ import pytest
 import torch
 
 import nf_kernels
-from conftest import CPU_BACKENDS, TOLERANCE, Coupling, MaskCase, rel_err
+from conftest import CLIP_BOUNDS, CPU_BACKENDS, TOLERANCE, Coupling, MaskCase, rel_err, with_backends
 
 OPCHECK_CASES = [
     Coupling(MaskCase("half", (3, 7)), "tanh", reverse=True),
     Coupling(MaskCase("checkerboard", (2, 3, 5, 5)), "sigmoid", flip=True, shift_first=True),
     Coupling(MaskCase("bool", (2, 3, 4, 5)), "atan"),
     Coupling(MaskCase("half", (2, 5, 3, 3)), None, flip=True),
+    Coupling(MaskCase("compact", (2, 5, 3, 3)), "clip", h_layout="shift_scale_pairs"),
+    Coupling(MaskCase("half", (3, 6)), "nflows_sigmoid", reverse=True, h_layout="shift_scale"),
 ]
 
 
 def _op_args(case: Coupling, backend: str, dtype=torch.float64):
     x, h = case.inputs(dtype)
     mask = case.mask.mask()
-    kind = "tensor" if isinstance(mask, torch.Tensor) else mask
+    _, _, kind = case.features
+    clamp, clamp_low = (CLIP_BOUNDS[1], CLIP_BOUNDS[0]) if case.scale == "clip" else (case.clamp, 0.0)
     return (
-        x.requires_grad_(True), h.requires_grad_(True), mask if kind == "tensor" else None, kind,
-        case.flip, case.scale or "none", case.clamp, case.shift_first, case.reverse, backend,
+        x.requires_grad_(True), h.requires_grad_(True), mask if isinstance(mask, torch.Tensor) else None, kind,
+        case.flip, case.scale or "none", clamp, case.shift_first, case.reverse, case.h_layout, clamp_low, backend,
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
-@pytest.mark.parametrize("case", OPCHECK_CASES, ids=str)
+@pytest.mark.parametrize("case, backend", with_backends(CPU_BACKENDS, OPCHECK_CASES))
 def test_opcheck_coupling(case, backend):
     torch.library.opcheck(torch.ops.nf_kernels.coupling.default, _op_args(case, backend))
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
-@pytest.mark.parametrize("case", OPCHECK_CASES, ids=str)
+@pytest.mark.parametrize("case, backend", with_backends(CPU_BACKENDS, OPCHECK_CASES))
 def test_opcheck_coupling_backward(case, backend):
     x, h, *rest = _op_args(case, backend)
     grad_y = torch.randn_like(x)
@@ -64,6 +65,33 @@ def test_compile_fullgraph_matches_eager(backend, dynamic):
         loss = fn(x, h)
         loss.backward()
         results.append((loss, x.grad, h.grad))
+    for eager, compiled_value in zip(*results):
+        torch.testing.assert_close(compiled_value, eager, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_compile_fullgraph_with_a_layout_a_peer_map_and_a_compact_h(backend):
+    """The new arguments are graph constants too, and a compact h's element count is checked inside the op (where
+    the mask's values are read), so nothing breaks the graph."""
+    torch._dynamo.reset()
+    mask = torch.arange(7) % 3 == 0
+
+    def step(x, h, t):
+        y, logdet = nf_kernels.affine_coupling(x, h, mask="half", scale="clip", clamp=(-2.0, 1.0),
+                                               h_layout="shift_scale_pairs", backend=backend)  # fmt: skip
+        z, _ = nf_kernels.additive_coupling(y, t, mask=mask, backend=backend)
+        return z.square().sum() - logdet.sum()
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    results = []
+    for fn in (step, compiled):
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(3, 7, generator=g, requires_grad=True)
+        h = torch.randn(3, 8, generator=g, requires_grad=True)
+        t = torch.randn(3, 4, generator=g, requires_grad=True)  # compact: the 4 transformed features
+        loss = fn(x, h, t)
+        loss.backward()
+        results.append((loss, x.grad, h.grad, t.grad))
     for eager, compiled_value in zip(*results):
         torch.testing.assert_close(compiled_value, eager, rtol=1e-6, atol=1e-6)
 

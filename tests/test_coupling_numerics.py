@@ -1,6 +1,7 @@
 """Every backend against the float64 reference: values, log-dets and gradients, over the whole matrix of
 masks x flip x scales x shift_first x direction x dtypes (SPEC sections 1 and 3)."""
 
+import dataclasses
 import itertools
 
 import pytest
@@ -10,6 +11,7 @@ from conftest import (
     CPU_BACKENDS,
     DTYPES,
     FUSED_CPU_BACKENDS,
+    H_LAYOUTS,
     MASK_CASES,
     SCALES,
     TOLERANCE,
@@ -18,6 +20,7 @@ from conftest import (
     all_couplings,
     assert_logdet_within_bound,
     rel_err,
+    with_backends,
 )
 
 CASES = all_couplings()
@@ -36,8 +39,7 @@ def square_loss(y, logdet):
     return y.double().square().sum() + logdet.sum()
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
-@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("case, backend", with_backends(CPU_BACKENDS, CASES))
 def test_forward_matches_float64_reference(case, backend):
     for seed, dtype in enumerate(DTYPES):  # fresh inputs for each dtype
         x, h = case.inputs(dtype, seed=seed)
@@ -52,29 +54,32 @@ def test_forward_matches_float64_reference(case, backend):
 
 # Samples of 6400 elements (3200 transformed by "half"): long enough for cancellation to cost digits, and two
 # Triton blocks per sample under the interpreter's default block size.
-CANCELLING_MASKS = [MaskCase(name, (2, 4, 40, 40)) for name in ("half", "checkerboard", "bool")]
+CANCELLING_MASKS = [MaskCase(name, (2, 4, 40, 40)) for name in ("half", "checkerboard", "bool", "compact")]
+# Maps whose log-scales have one sign (or whose large values are clipped to bounds of one sign): nothing cancels.
+ONE_SIGNED = ("sigmoid", "rsigmoid", "nflows_sigmoid", "clip")
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
-@pytest.mark.parametrize("flip", [False, True], ids=["flip0", "flip1"])
-@pytest.mark.parametrize("mask", CANCELLING_MASKS, ids=str)
-@pytest.mark.parametrize("scale", SCALES)
-def test_logdet_error_is_bounded_by_the_condition_of_the_sum(scale, mask, flip, backend):
+def _cancelling_cases():
+    return [Coupling(mask, scale, flip, h_layout=H_LAYOUTS[i % len(H_LAYOUTS)])
+            for i, (scale, mask, flip) in enumerate(itertools.product(SCALES, CANCELLING_MASKS, (False, True)))]
+
+
+@pytest.mark.parametrize("case, backend", with_backends(CPU_BACKENDS, _cancelling_cases()))
+def test_logdet_error_is_bounded_by_the_condition_of_the_sum(case, backend):
     """Large log-scales that cancel to a near-zero log-det: its relative error is unbounded, but its error
     against sum_k |a_k| is (SPEC section 3)."""
     for seed, dtype in enumerate(DTYPES):
-        case = Coupling(mask, scale, flip, reverse=seed % 2 == 1)
+        case = dataclasses.replace(case, reverse=seed % 2 == 1)
         x, h = case.cancelling_inputs(dtype, seed=seed)
         _, logdet = case(x, h, backend)
         _, logdet_ref = case(x.double(), h.double(), "reference")
         condition = case.logdet_condition(h)
-        if scale != "sigmoid":  # sigmoid's log-scales are all negative: nothing cancels
+        if case.scale not in ONE_SIGNED:
             assert (logdet_ref.abs() < 0.05 * condition).all(), "the inputs should cancel"
         assert_logdet_within_bound(logdet, logdet_ref, condition, dtype)
 
 
-@pytest.mark.parametrize("backend", FUSED_CPU_BACKENDS)
-@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("case, backend", with_backends(FUSED_CPU_BACKENDS, CASES))
 def test_gradients_match_reference(case, backend):
     for seed, dtype in enumerate([torch.float64, torch.float32]):
         x, h = case.inputs(dtype, seed=seed)
@@ -92,9 +97,9 @@ def test_gradients_match_reference(case, backend):
         assert rel_err(grad_h, ref_h) <= TOLERANCE[dtype] * 10, dtype
 
 
-@pytest.mark.parametrize("backend", FUSED_CPU_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("mask", MASK_CASES, ids=str)
+@pytest.mark.parametrize("mask, backend", [(c.mask, b) for c, b in
+                                           (p.values for p in with_backends(FUSED_CPU_BACKENDS, map(Coupling, MASK_CASES)))])
 def test_half_precision_gradients(mask, dtype, backend):
     for case in (Coupling(mask, "tanh", reverse=False), Coupling(mask, "sigmoid", flip=True, reverse=True)):
         x, h = case.inputs(dtype)
@@ -104,8 +109,7 @@ def test_half_precision_gradients(mask, dtype, backend):
         assert rel_err(grad_h, ref_h) <= 4 * TOLERANCE[dtype]
 
 
-@pytest.mark.parametrize("backend", FUSED_CPU_BACKENDS)
-@pytest.mark.parametrize("case", all_couplings(MASK_CASES[1:4]), ids=str)
+@pytest.mark.parametrize("case, backend", with_backends(FUSED_CPU_BACKENDS, all_couplings(MASK_CASES[1:4] + MASK_CASES[6:])))
 def test_multi_block_samples(case, backend, small_triton_blocks):
     """Samples spread over several programs: the two-stage log-det reduction and the block tails."""
     x, h = case.inputs(torch.float64)
@@ -153,25 +157,28 @@ def test_mixed_input_dtypes_gradients(x_dtype, h_dtype, backend):
 # Conditioner outputs of every magnitude a training run produces: ~1e-6 from zero-initialized last layers at the
 # start, ordinary values, and large ones up to the edge where exp(80) still fits in float32.
 MAGNITUDES = [1e-6, 1e-4, 1e-2, 1.0, 5.0, 80.0]
-MAGNITUDE_MASKS = [MaskCase("half", (3, 37)), MaskCase("checkerboard", (2, 3, 6, 7))]
+MAGNITUDE_MASKS = [MaskCase("half", (3, 37)), MaskCase("checkerboard", (2, 3, 6, 7)), MaskCase("compact", (2, 5, 3, 4))]
 
 
-@pytest.mark.parametrize("backend", FUSED_CPU_BACKENDS)
+def _magnitude_cases():
+    return [Coupling(mask, scale, h_layout=H_LAYOUTS[(i + j) % len(H_LAYOUTS)])
+            for i, mask in enumerate(MAGNITUDE_MASKS) for j, scale in enumerate(SCALES)]  # fmt: skip
+
+
 @pytest.mark.parametrize("magnitude", MAGNITUDES, ids=lambda m: f"s{m:g}")
-@pytest.mark.parametrize("scale", SCALES)
-@pytest.mark.parametrize("mask", MAGNITUDE_MASKS, ids=str)
-def test_scale_maps_are_accurate_at_every_magnitude(mask, scale, magnitude, backend):
+@pytest.mark.parametrize("case, backend", with_backends(FUSED_CPU_BACKENDS, _magnitude_cases()))
+def test_scale_maps_are_accurate_at_every_magnitude(case, backend, magnitude):
     """y, the log-det and both gradients against the float64 reference, with s_raw of one magnitude (random
     signs, between half of it and all of it), both directions, float32 and float64 (SPEC section 3). The loss is
     linear, so that at the overflow edge the gradients (of size exp(80)) still fit in float32."""
     for seed, (dtype, reverse) in enumerate(itertools.product([torch.float32, torch.float64], [False, True])):
-        case = Coupling(mask, scale, flip=seed % 2 == 1, shift_first=seed >= 2, reverse=reverse)
+        case = dataclasses.replace(case, flip=seed % 2 == 1, shift_first=seed >= 2, reverse=reverse)
         x, h = case.inputs(torch.float64, seed=seed)
         g = torch.Generator().manual_seed(50 + seed)
-        half = h.shape[1] // 2
-        sign = torch.randint(0, 2, h[:, :half].shape, generator=g) * 2.0 - 1.0
-        s = sign * magnitude * (0.5 + 0.5 * torch.rand(h[:, :half].shape, generator=g, dtype=torch.float64))
-        h = torch.cat([s, h[:, half:]], 1)
+        s_shape = case.split(h)[0].shape
+        sign = torch.randint(0, 2, s_shape, generator=g) * 2.0 - 1.0
+        s = sign * magnitude * (0.5 + 0.5 * torch.rand(s_shape, generator=g, dtype=torch.float64))
+        h = case.with_s(h, s)
         x, h = x.to(dtype), h.to(dtype)
         weights = torch.randn(x.shape, generator=g, dtype=torch.float64)
 

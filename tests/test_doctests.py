@@ -19,6 +19,11 @@ MODULES = sorted(
 
 @pytest.mark.parametrize("name", MODULES)
 def test_docstring_examples_run(name):
+    if name.startswith("nf_kernels.compat."):  # a peer library's drop-ins: only where that library is installed
+        try:
+            module = importlib.import_module(name)
+        except ImportError as error:
+            pytest.skip(str(error))
     module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0, f"{result.failed} of {result.attempted} docstring examples of {name} failed"

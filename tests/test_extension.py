@@ -206,13 +206,26 @@ def test_ops_reject_a_layout_that_does_not_fit_the_tensors():
 
 @needs_extension
 def test_python_and_cpp_share_the_kernel_codes():
-    """The scale, pattern and layout-field lists of nf_kernels/_layout.py are those csrc/coupling_layout.h
-    compiles in: a code that means one thing in Python and another in C++ would compute the wrong coupling."""
-    assert torch.ops.nf_kernels_ext.kernel_codes("scale") == list(SCALE_NAMES)
-    assert torch.ops.nf_kernels_ext.kernel_codes("pattern") == list(PATTERN_NAMES)
-    assert torch.ops.nf_kernels_ext.kernel_codes("layout") == list(LAYOUT_FIELDS)
+    """The scale, pattern and layout-field lists csrc/coupling_layout.h compiles in are prefixes of those of
+    nf_kernels/_layout.py: a code that means one thing in Python and another in C++ would compute the wrong
+    coupling. (Python's lists may be longer: what the C++ lists lack, the extension refuses.)"""
+    for kind, python in (("scale", SCALE_NAMES), ("pattern", PATTERN_NAMES), ("layout", LAYOUT_FIELDS)):
+        cpp = torch.ops.nf_kernels_ext.kernel_codes(kind)
+        assert list(python[: len(cpp)]) == cpp, kind
     with pytest.raises(ValueError, match="kind must be"):
         torch.ops.nf_kernels_ext.kernel_codes("colour")
+
+
+@needs_extension
+def test_the_packed_layout_has_the_fields_the_build_knows():
+    """The extension gets exactly the ints of its own field list, in its order (its ops check the count)."""
+    x, h, mask, config = _case((2, 5, 4, 4), "half", "exp")
+    packed = _op_arguments(flat_layout(x, mask, config))[1]
+    fields = torch.ops.nf_kernels_ext.kernel_codes("layout")
+    layout = flat_layout(x, mask, config)
+    assert packed == [int(getattr(layout, field)) for field in fields]
+    y, _ = CPU_BACKEND.forward(x, h, mask, config)  # which the op takes
+    assert y.shape == x.shape
 
 
 @needs_extension

@@ -17,7 +17,7 @@ import triton.language as tl  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from nf_kernels._layout import PATTERN_CHECKERBOARD, PATTERN_MASK, PATTERN_RANGE, SCALE_CODES  # noqa: E402
+from nf_kernels._layout import PATTERN_CHECKERBOARD, PATTERN_GATHER, PATTERN_MASK, PATTERN_RANGE, SCALE_CODES  # noqa: E402
 from nf_kernels.backends.triton_kernels.backward import _coupling_backward_kernel  # noqa: E402
 from nf_kernels.backends.triton_kernels.forward import _coupling_forward_kernel, _sum_partials_kernel  # noqa: E402
 
@@ -40,18 +40,19 @@ def compile_kernel(kernel, pointers: dict, constexprs: dict, arch: int):
 
 
 def variants():
-    """A covering set: every scale x dtype x direction, patterns and orders cycled through."""
-    patterns = itertools.cycle([PATTERN_RANGE, PATTERN_CHECKERBOARD, PATTERN_MASK])
+    """A covering set: every scale x dtype x direction, patterns, orders and (t, s_raw) pairs cycled through."""
+    patterns = itertools.cycle([PATTERN_RANGE, PATTERN_CHECKERBOARD, PATTERN_MASK, PATTERN_GATHER])
+    pairs = itertools.cycle([False, False, True])
     for scale, code in SCALE_CODES.items():
         for dtype in TL_NAMES:
             for reverse in (False, True):
                 shift_first = (code + reverse) % 2 == 1
-                yield scale, dtype, reverse, shift_first, next(patterns)
+                yield scale, dtype, reverse, shift_first, next(patterns), next(pairs)
 
 
 def main() -> int:
     failures = 0
-    for scale, dtype, reverse, shift_first, pattern in variants():
+    for scale, dtype, reverse, shift_first, pattern, pairs in variants():
         x_ty = TL_NAMES[dtype]
         # Mixed dtypes as autocast makes them: float32 h for bfloat16 x, and bfloat16 h for float64 x (inverse only).
         h_ty = {"bfloat16": "fp32", "float64": "bf16" if reverse else "fp64"}.get(dtype, x_ty)
@@ -59,19 +60,21 @@ def main() -> int:
         ct = tl.float64 if dtype == "float64" else tl.float32
         gh_via = tl.float32 if h_ty in ("fp16", "bf16") else ct  # as backward.py rounds grad_h
         constexprs = dict(
-            PATTERN=pattern, PARITY=1, SCALE=SCALE_CODES[scale], CLAMP=2.0, INV_CLAMP=0.5,
-            SHIFT_FIRST=shift_first, REVERSE=reverse, CT=ct, BLOCK=1024, ROWS=1 if reverse else 2,
+            PATTERN=pattern, PARITY=1, SCALE=SCALE_CODES[scale], CLAMP=2.0, INV_CLAMP=0.5, CLAMP_LOW=-1.5,
+            PAIRS=pairs, SHIFT_FIRST=shift_first, REVERSE=reverse, CT=ct, BLOCK=1024, ROWS=1 if reverse else 2,
         )  # fmt: skip
+        mask_ty = "i32" if pattern == PATTERN_GATHER else "u8"  # a compact h's table of positions, or the bool mask
         jobs = [
             ("forward", _coupling_forward_kernel,
-             dict(x_ptr=x_ty, h_ptr=h_ty, mask_ptr="u8", y_ptr=x_ty, partial_ptr=ct_name), {}),
+             dict(x_ptr=x_ty, h_ptr=h_ty, mask_ptr=mask_ty, y_ptr=x_ty, partial_ptr=ct_name), {}),
             ("backward", _coupling_backward_kernel,
-             dict(grad_y_ptr=x_ty, grad_logdet_ptr=ct_name, x_ptr=x_ty, h_ptr=h_ty, mask_ptr="u8",
+             dict(grad_y_ptr=x_ty, grad_logdet_ptr=ct_name, x_ptr=x_ty, h_ptr=h_ty, mask_ptr=mask_ty,
                   grad_x_ptr=x_ty, grad_h_ptr=h_ty), dict(GH_VIA=gh_via)),
         ]  # fmt: skip
         arch = 80 if reverse else 90
         for name, kernel, pointers, extra in jobs:
-            label = f"sm_{arch} {name:<8} scale={scale:<7} x={dtype:<8} h={h_ty} reverse={reverse} pattern={pattern}"
+            label = (f"sm_{arch} {name:<8} scale={scale:<14} x={dtype:<8} h={h_ty} reverse={reverse} pattern={pattern} "
+                     f"pairs={pairs}")  # fmt: skip
             try:
                 compiled = compile_kernel(kernel, pointers, dict(constexprs, **extra), arch)
                 assert compiled.asm["cubin"], "no cubin"

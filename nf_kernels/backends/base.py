@@ -25,6 +25,11 @@ class Backend(Protocol):
         """None if this backend can run on `device`, else a sentence saying why not (the dispatcher says what works)."""
         ...
 
+    def why_unsupported(self, scale: str, h_layout: str, mask_kind: str) -> Optional[str]:
+        """None if this backend computes calls with this scale map, h layout and mask kind (of a CouplingConfig),
+        else a sentence saying what it lacks (the dispatcher, the one caller, says what does support it)."""
+        ...
+
     def forward(
         self, x: torch.Tensor, h: torch.Tensor, mask: Optional[torch.Tensor], config: CouplingConfig
     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,23 +20,42 @@ say why they are unavailable.
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
 
 from .._arguments import logdet_dtype
 from .._build import load
-from .._layout import FlatLayout, flat_layout, transformed_elements
+from .._layout import H_LAYOUT_FIELDS, FlatLayout, flat_layout, transformed_elements
 from .._outputs import poisoning
 from .._prepared import PreparedCall
 
 _module, _why_not_loaded = load()
 
 
+@functools.lru_cache(maxsize=None)
+def kernel_codes(kind: str) -> tuple[str, ...]:
+    """The scale maps, patterns or layout fields ("scale", "pattern", "layout") this build of the extension
+    compiles in (csrc/coupling_layout.h): a prefix of nf_kernels/_layout.py's lists, so what it lacks it does not
+    support."""
+    return tuple(torch.ops.nf_kernels_ext.kernel_codes(kind))
+
+
+# The packed layout as this build's ops take it: the fields it knows, a prefix of nf_kernels._layout.LAYOUT_FIELDS
+# (the rest describe only calls it refuses). Its ops check the count.
+_FIELD_COUNT = len(kernel_codes("layout")) if _module is not None else 0
+
+
 def _op_arguments(layout: FlatLayout) -> tuple:
     """The arguments both extension ops take after their tensors (csrc/ops/schema.cpp): the mask, the packed
-    layout and the clamp."""
-    return layout.transformed, layout.packed(), layout.clamp
+    layout (the fields this build knows) and the clamp."""
+    return layout.transformed, layout.packed()[:_FIELD_COUNT], layout.clamp
+
+
+# What a call needs of the extension that its kernel-code lists can lack, by mask kind: the pattern it reduces to
+# (nf_kernels/_layout.flat_layout) when that is newer than the first three.
+_MASK_PATTERNS = {"compact": "gather"}
 
 
 if _module is not None:
@@ -82,6 +101,21 @@ class ExtensionBackend:
             return "torch reports no usable CUDA device"
         return None
 
+    def why_unsupported(self, scale, h_layout, mask_kind):
+        if _module is None:
+            return None  # unavailable anyway: why_unavailable says why
+        missing = []
+        if scale not in kernel_codes("scale"):
+            missing.append(f"scale={scale!r}")
+        if not set(H_LAYOUT_FIELDS[h_layout]) <= set(kernel_codes("layout")):
+            missing.append(f"h_layout={h_layout!r}")
+        pattern = _MASK_PATTERNS.get(mask_kind)
+        if pattern is not None and pattern not in kernel_codes("pattern"):
+            missing.append("a bool mask with a compact h")
+        if not missing:
+            return None
+        return f"backend {self.name!r} does not support {' or '.join(missing)} yet"
+
     def forward(self, x, h, mask, config):
         layout = flat_layout(x, mask, config)
         return torch.ops.nf_kernels_ext.coupling_forward(x, h, *_op_arguments(layout), poison=poisoning())
@@ -100,7 +134,8 @@ class ExtensionBackend:
         gradients too (the node remembers it).
         """
         transformed = None if mask is None else transformed_elements(mask, prepared.config.flip)
-        return _differentiable_op(x, h, transformed, prepared.layout, prepared.config.clamp, poisoning())
+        layout = prepared.layout[:_FIELD_COUNT]
+        return _differentiable_op(x, h, transformed, layout, prepared.config.clamp, poisoning())
 
 
 CPU_BACKEND = ExtensionBackend("cpu", "cpu")

@@ -51,15 +51,20 @@ class TritonBackend:
             )
         return f"Triton kernels do not run on {device.type} devices"
 
+    def why_unsupported(self, scale, h_layout, mask_kind):
+        return None  # every scale map, h layout and mask of the SPEC
+
+
     def forward(self, x, h, mask, config):
         with _on_device(x.device):
             x, h = _aligned(x), _aligned(h)
-            return launch_forward(x, h, flat_layout(x, mask, config))
+            return launch_forward(x, h, flat_layout(x, mask, config, h.shape))
 
     def backward(self, grad_y, grad_logdet, x, h, mask, config):
         with _on_device(x.device):
             x, h = _aligned(x), _aligned(h)
-            return launch_backward(_aligned(grad_y), grad_logdet.contiguous(), x, h, flat_layout(x, mask, config))
+            layout = flat_layout(x, mask, config, h.shape)
+            return launch_backward(_aligned(grad_y), grad_logdet.contiguous(), x, h, layout)
 
 
 BACKEND = TritonBackend()

@@ -9,6 +9,7 @@ the whole range, including near 0 (zero-initialized conditioners start there) an
 import triton
 import triton.language as tl
 
+from ..._arguments import FREIA_ATAN_FACTOR, NFLOWS_SCALE_FLOOR
 from ..._layout import SCALE_CODES
 
 # The scale codes of the kernel interface (nf_kernels/_layout.py), as Triton constants.
@@ -17,6 +18,16 @@ EXP: tl.constexpr = tl.constexpr(SCALE_CODES["exp"])
 TANH: tl.constexpr = tl.constexpr(SCALE_CODES["tanh"])
 ATAN: tl.constexpr = tl.constexpr(SCALE_CODES["atan"])
 SIGMOID: tl.constexpr = tl.constexpr(SCALE_CODES["sigmoid"])
+RSIGMOID: tl.constexpr = tl.constexpr(SCALE_CODES["rsigmoid"])
+NFLOWS_SIGMOID: tl.constexpr = tl.constexpr(SCALE_CODES["nflows_sigmoid"])
+SOFTCLAMP: tl.constexpr = tl.constexpr(SCALE_CODES["softclamp"])
+CLIP: tl.constexpr = tl.constexpr(SCALE_CODES["clip"])
+FREIA_ATAN: tl.constexpr = tl.constexpr(SCALE_CODES["freia_atan"])
+FREIA_TANH: tl.constexpr = tl.constexpr(SCALE_CODES["freia_tanh"])
+FREIA_SIGMOID: tl.constexpr = tl.constexpr(SCALE_CODES["freia_sigmoid"])
+# The maps' fixed constants (nf_kernels/_arguments.py says where each comes from).
+SCALE_FLOOR: tl.constexpr = tl.constexpr(NFLOWS_SCALE_FLOOR)
+ATAN_FACTOR: tl.constexpr = tl.constexpr(FREIA_ATAN_FACTOR)
 
 
 @triton.jit
@@ -80,10 +91,10 @@ def atan(u):
 
 
 @triton.jit
-def log1p_small(e):
-    """log(1 + e) for 0 <= e <= 1. Below 0.1, where 1 + e would round e away: 2 atanh(z) with z = e / (2 + e)
-    <= 0.048, 7 terms of its series (exact to float64 rounding); above, log(1 + e) itself loses nothing."""
-    z = e / (2.0 + e)
+def log1p(u):
+    """log(1 + u) for u > -1. Where |u| < 0.1, and 1 + u would round u away: 2 atanh(z) with z = u / (2 + u),
+    |z| < 0.053, by 7 terms of its series (exact to float64 rounding); elsewhere log(1 + u) itself loses nothing."""
+    z = u / (2.0 + u)
     z2 = z * z
     p = 1.0 / 13.0
     p = p * z2 + 1.0 / 11.0
@@ -92,34 +103,58 @@ def log1p_small(e):
     p = p * z2 + 1.0 / 5.0
     p = p * z2 + 1.0 / 3.0
     p = p * z2 + 1.0
-    return tl.where(e < 0.1, 2.0 * z * p, tl.log(1.0 + e))
+    return tl.where(tl.abs(u) < 0.1, 2.0 * z * p, tl.log(1.0 + u))
 
 
 @triton.jit
 def log_sigmoid(v):
     # log(sigmoid(v)) = -softplus(-v) = min(v, 0) - log1p(exp(-|v|)): no overflow, no log(0), and for large v the
     # tiny result -exp(-v) keeps its relative accuracy.
-    return tl.minimum(v, 0.0) - log1p_small(tl.exp(-tl.abs(v)))
+    return tl.minimum(v, 0.0) - log1p(tl.exp(-tl.abs(v)))
 
 
 @triton.jit
-def log_scale(s, SCALE: tl.constexpr, CLAMP: tl.constexpr, INV_CLAMP: tl.constexpr):
+def log_floored_sigmoid(v):
+    """log(sigmoid(v) + SCALE_FLOOR) (nflows). For v >= 0 as log1p(floor - sigmoid(-v)): the result is near 1e-3
+    for large v, which log(1.001...) would get to only ~6e-5 of itself in float32. For v < 0 no term cancels."""
+    e = tl.exp(-tl.abs(v))
+    small = e / (1.0 + e)  # sigmoid(-|v|): sigmoid(-v) for v >= 0, sigmoid(v) for v < 0
+    return tl.where(v >= 0, log1p(SCALE_FLOOR - small), tl.log(small + SCALE_FLOOR))
+
+
+@triton.jit
+def log_scale(s, SCALE: tl.constexpr, CLAMP: tl.constexpr, INV_CLAMP: tl.constexpr, CLAMP_LOW: tl.constexpr):
     """a(s_raw) of the SPEC's scale table. INV_CLAMP is 1 / CLAMP, computed once by the launcher: a
-    multiplication per element instead of a division."""
+    multiplication per element instead of a division. CLAMP_LOW is the lower bound of "clip" (CLAMP the upper)."""
     if SCALE == TANH:
         a = CLAMP * tanh(s * INV_CLAMP)
     elif SCALE == ATAN:
         a = CLAMP * 0.6366197723675814 * atan(s * INV_CLAMP)
     elif SCALE == SIGMOID:
         a = log_sigmoid(s + 2.0)
+    elif SCALE == RSIGMOID:
+        a = -log_sigmoid(s + 2.0)
+    elif SCALE == NFLOWS_SIGMOID:
+        a = log_floored_sigmoid(s + 2.0)
+    elif SCALE == SOFTCLAMP:
+        a = s / (1.0 + tl.abs(s) * INV_CLAMP)
+    elif SCALE == CLIP:
+        # Comparisons, not minimum/maximum: a NaN fails both and passes through (SPEC: NaN propagates).
+        a = tl.where(s < CLAMP_LOW, CLAMP_LOW, tl.where(s > CLAMP, CLAMP, s))
+    elif SCALE == FREIA_ATAN:
+        a = (CLAMP * ATAN_FACTOR) * atan(s)
+    elif SCALE == FREIA_TANH:
+        a = CLAMP * tanh(s)
+    elif SCALE == FREIA_SIGMOID:
+        a = CLAMP * tanh(0.5 * s)  # FrEIA's 2 (sigmoid(s) - 1/2), without its cancellation near 0
     else:
         a = s
     return a
 
 
 @triton.jit
-def log_scale_grad(s, SCALE: tl.constexpr, INV_CLAMP: tl.constexpr):
-    """a'(s_raw)."""
+def log_scale_grad(s, SCALE: tl.constexpr, CLAMP: tl.constexpr, INV_CLAMP: tl.constexpr):
+    """a'(s_raw); 1 for "clip", pyro's convention (the gradient passes through the clamp)."""
     if SCALE == TANH:
         d = tanh_derivative(s * INV_CLAMP)
     elif SCALE == ATAN:
@@ -127,7 +162,24 @@ def log_scale_grad(s, SCALE: tl.constexpr, INV_CLAMP: tl.constexpr):
         d = 0.6366197723675814 / (1.0 + q * q)
     elif SCALE == SIGMOID:
         d = tl.sigmoid(-(s + 2.0))  # d/dv log(sigmoid(v)) = 1 - sigmoid(v)
-    else:
+    elif SCALE == RSIGMOID:
+        d = -tl.sigmoid(-(s + 2.0))
+    elif SCALE == NFLOWS_SIGMOID:
+        # sigmoid(v) sigmoid(-v) / (sigmoid(v) + floor), both sigmoids from exp(-|v|), which never overflows.
+        v = s + 2.0
+        e = tl.exp(-tl.abs(v))
+        big, small = 1.0 / (1.0 + e), e / (1.0 + e)  # sigmoid(|v|), sigmoid(-|v|)
+        d = big * small / (tl.where(v >= 0, big, small) + SCALE_FLOOR)
+    elif SCALE == SOFTCLAMP:
+        q = 1.0 + tl.abs(s) * INV_CLAMP
+        d = 1.0 / (q * q)
+    elif SCALE == FREIA_ATAN:
+        d = (CLAMP * ATAN_FACTOR) / (1.0 + s * s)
+    elif SCALE == FREIA_TANH:
+        d = CLAMP * tanh_derivative(s)
+    elif SCALE == FREIA_SIGMOID:
+        d = (0.5 * CLAMP) * tanh_derivative(0.5 * s)
+    else:  # "exp" and "clip"
         d = tl.zeros_like(s) + 1.0
     return d
 

@@ -16,34 +16,37 @@ from ..._arguments import logdet_dtype
 from ..._layout import FlatLayout
 from ..._outputs import new_output
 from .coupling_math import ADDITIVE, coupling_step, log_scale
-from .indexing import program_tile, tile_touches_range, transformed_elements
-from .launch import LaunchShape, compute_tl_dtype, mask_argument
+from .indexing import h_position, program_tile, tile_touches_range, transformed_elements
+from .launch import LaunchShape, compute_tl_dtype, mask_argument, scale_constants
 
 
 @triton.jit
 def _coupling_forward_kernel(
     x_ptr, h_ptr, mask_ptr, y_ptr, partial_ptr,
-    B, N, nblk, lo, hi, h_stride, t_offset, W, PLANE,
+    B, N, nblk, lo, hi, h_stride, t_offset, s_offset, pair_inner, W, PLANE,
     PATTERN: tl.constexpr, PARITY: tl.constexpr, SCALE: tl.constexpr, CLAMP: tl.constexpr, INV_CLAMP: tl.constexpr,
+    CLAMP_LOW: tl.constexpr, PAIRS: tl.constexpr,
     SHIFT_FIRST: tl.constexpr, REVERSE: tl.constexpr, CT: tl.constexpr, BLOCK: tl.constexpr, ROWS: tl.constexpr,
 ):  # fmt: skip
     """y and the per-(sample, block) partial log-det of a tile of ROWS samples by BLOCK elements.
 
-    x_ptr, y_ptr: [B, N], x's dtype. h_ptr: [B, h_stride], s_raw at n - lo and t at n - lo + t_offset for n in
-    [lo, hi). mask_ptr: [N] integers (launch.MASK_DTYPES), nonzero where transformed (PATTERN_MASK only). partial_ptr: [B, nblk], the compute
-    type CT (never written for the additive coupling).
-    Every load is masked by ranges only (bounds, [lo, hi)), so it vectorizes; which elements are transformed is
-    applied to the values afterwards. A tile that lies wholly outside [lo, hi) copies x and adds nothing.
+    x_ptr, y_ptr: [B, N], x's dtype. h_ptr: [B, h_stride], s_raw at base(p) + s_offset and t at base(p) + t_offset
+    for the element at n in [lo, hi), p = n - lo or read from mask_ptr (nf_kernels._layout). mask_ptr: [N] integers,
+    nonzero where transformed (PATTERN_MASK, launch.MASK_DTYPES), or int32 positions, -1 where kept
+    (PATTERN_GATHER). partial_ptr: [B, nblk], the compute type CT (never written for the additive coupling).
+    Every load is masked by ranges only (bounds, [lo, hi)), so it vectorizes, but a compact h's (masked by the
+    elements that have a position); which elements are transformed is applied to the values afterwards. A tile
+    that lies wholly outside [lo, hi) copies x and adds nothing.
     """
     rows, n, in_bounds, blk = program_tile(B, N, nblk, BLOCK, ROWS)
     x = tl.load(x_ptr + rows * N + n, mask=in_bounds, other=0.0).to(CT)
     if tile_touches_range(blk, lo, hi, BLOCK):
-        in_range, sel = transformed_elements(n, in_bounds, lo, hi, mask_ptr, W, PLANE, PATTERN, PARITY)
-        h_at = h_ptr + rows * h_stride + (n - lo)
-        t = tl.load(h_at + t_offset, mask=in_range, other=0.0).to(CT)
+        in_range, sel, p, h_mask = transformed_elements(n, in_bounds, lo, hi, mask_ptr, W, PLANE, PATTERN, PARITY)
+        h_at = h_ptr + rows * h_stride + h_position(p, pair_inner, PAIRS)
+        t = tl.load(h_at + t_offset, mask=h_mask, other=0.0).to(CT)
         if SCALE != ADDITIVE:
-            s = tl.load(h_at, mask=in_range, other=0.0).to(CT)
-            a = tl.where(sel, log_scale(s, SCALE, CLAMP, INV_CLAMP), 0.0)
+            s = tl.load(h_at + s_offset, mask=h_mask, other=0.0).to(CT)
+            a = tl.where(sel, log_scale(s, SCALE, CLAMP, INV_CLAMP, CLAMP_LOW), 0.0)
         else:
             a = tl.zeros_like(x)
         y = tl.where(sel, coupling_step(x, a, t, SCALE, SHIFT_FIRST, REVERSE), x)
@@ -84,10 +87,10 @@ def launch_forward(x: torch.Tensor, h: torch.Tensor, layout: FlatLayout) -> tupl
     mask = mask_argument(layout, x)
     _coupling_forward_kernel[(shape.programs,)](
         x, h, mask, y, partial,
-        layout.batch, layout.numel, shape.nblk, layout.lo, layout.hi, layout.h_stride, layout.t_offset, layout.width,
-        layout.plane,
-        PATTERN=layout.pattern, PARITY=layout.parity, SCALE=layout.scale_code, CLAMP=layout.clamp,
-        INV_CLAMP=1.0 / layout.clamp, SHIFT_FIRST=layout.shift_first, REVERSE=layout.reverse,
+        layout.batch, layout.numel, shape.nblk, layout.lo, layout.hi, layout.h_stride, layout.t_offset, layout.s_offset,
+        layout.pair_inner, layout.width, layout.plane,
+        PATTERN=layout.pattern, PARITY=layout.parity, SCALE=layout.scale_code, **scale_constants(layout),
+        PAIRS=layout.pair_inner > 0, SHIFT_FIRST=layout.shift_first, REVERSE=layout.reverse,
         CT=compute_tl_dtype(x.dtype), BLOCK=shape.block, ROWS=shape.rows, num_warps=shape.num_warps,
     )  # fmt: skip
     if not layout.additive:

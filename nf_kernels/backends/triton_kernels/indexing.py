@@ -8,6 +8,7 @@ from ... import _layout
 # The pattern codes of the kernel interface (nf_kernels/_layout.py), as Triton constants.
 PATTERN_CHECKERBOARD: tl.constexpr = tl.constexpr(_layout.PATTERN_CHECKERBOARD)
 PATTERN_MASK: tl.constexpr = tl.constexpr(_layout.PATTERN_MASK)
+PATTERN_GATHER: tl.constexpr = tl.constexpr(_layout.PATTERN_GATHER)
 
 
 @triton.jit
@@ -35,11 +36,16 @@ def tile_touches_range(blk, lo, hi, BLOCK: tl.constexpr):
 
 @triton.jit
 def transformed_elements(n, in_bounds, lo, hi, mask_ptr, W, PLANE, PATTERN: tl.constexpr, PARITY: tl.constexpr):
-    """(in_range, sel) over the tile: in bounds and in [lo, hi), the mask of every load of h; and True where the
-    element is transformed. The checkerboard parity comes from the indices, 32-bit, once per column of the tile; a
-    bool mask is read once per column and shared by the tile's samples."""
+    """(in_range, sel, p, h_mask) over the tile: in bounds and in [lo, hi); True where the element is transformed;
+    its position in h's parameter blocks (nf_kernels._layout); and the mask of every load and store of h.
+
+    The checkerboard parity comes from the indices, 32-bit, once per column of the tile; a bool mask, or a compact
+    h's table of positions, is read once per column and shared by the tile's samples. Loads of h are masked by
+    ranges only (so they vectorize), but for a compact h, whose positions exist for transformed elements alone."""
     n_range = (n >= lo) & (n < hi)
     in_range = in_bounds & n_range
+    p = n - lo
+    h_mask = in_range
     if PATTERN == PATTERN_CHECKERBOARD:
         r = n % PLANE
         on = ((r // W + r % W) % 2) == PARITY
@@ -47,6 +53,21 @@ def transformed_elements(n, in_bounds, lo, hi, mask_ptr, W, PLANE, PATTERN: tl.c
     elif PATTERN == PATTERN_MASK:
         m = tl.load(mask_ptr + n, mask=n_range, other=0)
         sel = in_range & (m != 0)
+    elif PATTERN == PATTERN_GATHER:
+        p = tl.load(mask_ptr + n, mask=n_range, other=-1)
+        sel = in_range & (p >= 0)
+        h_mask = sel
     else:
         sel = in_range
-    return in_range, sel
+    return in_range, sel, p, h_mask
+
+
+@triton.jit
+def h_position(p, pair_inner, PAIRS: tl.constexpr):
+    """base(p) of nf_kernels._layout: where a transformed element's parameters start in a sample of h, before the
+    layout's s_offset and t_offset. (t, s_raw) channel pairs put the c-th channel of parameters at channel 2c."""
+    if PAIRS:
+        base = p + (p // pair_inner) * pair_inner
+    else:
+        base = p
+    return base

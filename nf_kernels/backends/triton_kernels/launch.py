@@ -50,10 +50,20 @@ class LaunchShape(NamedTuple):
 
 def mask_argument(layout, x: torch.Tensor) -> torch.Tensor:
     """The kernels' `mask_ptr`: the layout's transformed-element mask in the width that loads 16 bytes a thread
-    (see MASK_DTYPES), or `x` as a pointer that is never read when the pattern needs no mask."""
+    (see MASK_DTYPES), a compact h's int32 table of positions, or `x` as a pointer that is never read when the
+    pattern needs neither."""
+    if layout.h_index is not None:
+        return layout.h_index
     if layout.transformed is None:
         return x
     return layout.transformed.to(MASK_DTYPES[x.element_size()])
+
+
+def scale_constants(layout) -> dict:
+    """The scale map's constexprs: its bounds, and 1 / CLAMP so the kernels multiply (0 where a two-sided map's
+    upper bound is 0: only the one-sided maps read it)."""
+    inverse = 1.0 / layout.clamp if layout.clamp != 0 else 0.0
+    return dict(CLAMP=layout.clamp, INV_CLAMP=inverse, CLAMP_LOW=layout.clamp_low)
 
 
 def compute_tl_dtype(dtype: torch.dtype):
