@@ -96,17 +96,23 @@ def _setup_context(ctx, inputs, output):
     ctx.scalars = scalars
 
 
-def _backward(ctx, grad_y: Optional[Tensor], grad_logdet: Optional[Tensor]):
-    x, h, mask = ctx.saved_tensors
-    if grad_y is None:
-        grad_y = torch.zeros(x.shape, dtype=x.dtype, device=x.device)
-    if grad_logdet is None:
-        grad_logdet = torch.zeros(x.shape[0], dtype=logdet_dtype(x.dtype), device=x.device)
-    grad_x, grad_h = coupling_backward_op(grad_y, grad_logdet, x, h, mask, *ctx.scalars)
-    return grad_x, grad_h, None, *([None] * len(ctx.scalars))  # no gradient for the mask and the scalars
+def _autograd_formula(backward_op):
+    """The autograd formula of a coupling op whose gradient is `backward_op` (same scalars, after the grads and the
+    saved x, h, mask): the missing incoming gradients as zeros, no gradient for the mask and the scalars."""
+
+    def backward(ctx, grad_y: Optional[Tensor], grad_logdet: Optional[Tensor]):
+        x, h, mask = ctx.saved_tensors
+        if grad_y is None:
+            grad_y = torch.zeros(x.shape, dtype=x.dtype, device=x.device)
+        if grad_logdet is None:
+            grad_logdet = torch.zeros(x.shape[0], dtype=logdet_dtype(x.dtype), device=x.device)
+        grad_x, grad_h = backward_op(grad_y, grad_logdet, x, h, mask, *ctx.scalars)
+        return grad_x, grad_h, None, *([None] * len(ctx.scalars))
+
+    return backward
 
 
-coupling_op.register_autograd(_backward, setup_context=_setup_context)
+coupling_op.register_autograd(_autograd_formula(coupling_backward_op), setup_context=_setup_context)
 
 
 def _no_double_backward(ctx, grad_grad_x, grad_grad_h):
@@ -186,18 +192,8 @@ def _spline_coupling_backward_fake(grad_y, grad_logdet, x, params, mask, *scalar
     return _coupling_backward_fake(grad_y, grad_logdet, x, params, mask, *([None] * 9))
 
 
-def _spline_backward(ctx, grad_y: Optional[Tensor], grad_logdet: Optional[Tensor]):
-    x, params, mask = ctx.saved_tensors
-    if grad_y is None:
-        grad_y = torch.zeros(x.shape, dtype=x.dtype, device=x.device)
-    if grad_logdet is None:
-        grad_logdet = torch.zeros(x.shape[0], dtype=logdet_dtype(x.dtype), device=x.device)
-    grad_x, grad_params = spline_coupling_backward_op(grad_y, grad_logdet, x, params, mask, *ctx.scalars)
-    return grad_x, grad_params, None, *([None] * len(ctx.scalars))
-
-
-# Both ops save only their input and params (and the mask): the backward recomputes the rest.
-spline_coupling_op.register_autograd(_spline_backward, setup_context=_setup_context)
+# The op saves only its input and params (and the mask): the backward recomputes the rest.
+spline_coupling_op.register_autograd(_autograd_formula(spline_coupling_backward_op), setup_context=_setup_context)
 spline_coupling_backward_op.register_autograd(_no_double_backward, setup_context=lambda ctx, inputs, output: None)
 
 _spline_parameters = [argument.name for argument in torch.ops.nf_kernels.spline_coupling.default._schema.arguments]
