@@ -28,6 +28,7 @@ from test_training import crash_at_step, full_disk_at_fsync, trajectory
 TINY_MOONS = ["--data", "moons", "--hidden", "8", "--num-layers", "2", "--batch-size", "32"]
 TINY_DIGITS = ["--data", "digits", "--num-scales", "1", "--num-steps", "1", "--hidden", "8", "--depth", "1",
                "--batch-size", "16"]  # fmt: skip
+TINY_NSF_MOONS = ["--data", "moons", "--hidden", "8", "--num-steps", "2", "--bins", "4", "--batch-size", "32"]
 QUIET = ["--no-progress", "--plot-samples", "4", "--log-every", "1"]
 
 
@@ -38,7 +39,8 @@ def cli(capsys, *argv):
     return status, out, err
 
 
-@pytest.mark.parametrize("data, model", [(TINY_MOONS, "realnvp"), (TINY_DIGITS, "realnvp"), (TINY_DIGITS, "glow")])
+@pytest.mark.parametrize("data, model", [(TINY_MOONS, "realnvp"), (TINY_DIGITS, "realnvp"), (TINY_DIGITS, "glow"),
+                                         (TINY_NSF_MOONS, "nsf")])
 def test_train_eval_sample(tmp_path, capsys, data, model):
     run = tmp_path / "run"
     status, out, err = cli(capsys, "train", *data, "--model", model, "--steps", 5, "--out", run, *QUIET)
