@@ -1,4 +1,4 @@
-// float exp, log1p, tanh and atan made of arithmetic, bit operations and selects only, so that a C++ compiler can
+// float exp, log1p, log, tanh and atan made of arithmetic, bit operations and selects only, so that a C++ compiler can
 // vectorize a loop calling them (libm's scalar calls block vectorization). Host code only: CUDA uses libdevice.
 //
 // Each is within a few ulp of libm over the whole float range (csrc/tests/test_coupling.cpp measures it), and
@@ -89,6 +89,34 @@ inline float log1p(float v) {
   float special = u == inf ? inf : result;
   special = u == 0.0f ? -inf : special;
   return u < 0.0f ? from_bits(0x7fc00000u) : special;
+}
+
+// log(u) for u > 0 by the same decomposition as log1p (no rounding of 1 + v to correct). Subnormal u are scaled
+// by 2^24 first, so the exponent read from the bits is the true one; 0 gives -inf, inf gives inf, negative and NaN
+// give NaN.
+inline float log(float u) {
+  const bool subnormal = u < 1.17549435e-38f;
+  const float scaled = subnormal ? u * 16777216.0f : u;  // 2^24
+  const uint32_t bits = to_bits(scaled);
+  int32_t k = static_cast<int32_t>((bits >> 23) & 0xffu) - 127;
+  float m = from_bits((bits & 0x007fffffu) | 0x3f800000u);
+  const bool upper = m > 1.41421356f;
+  m = upper ? 0.5f * m : m;
+  k = upper ? k + 1 : k;
+  k = subnormal ? k - 24 : k;
+  const float f = (m - 1.0f) / (m + 1.0f);  // as in log1p: |f| <= 0.172, the series to f^9
+  const float f2 = f * f;
+  float p = 1.0f / 9.0f;
+  p = p * f2 + 1.0f / 7.0f;
+  p = p * f2 + 1.0f / 5.0f;
+  p = p * f2 + 1.0f / 3.0f;
+  p = p * f2 + 1.0f;
+  const float kf = static_cast<float>(k);
+  const float result = kf * kLn2Hi + (2.0f * f * p + kf * kLn2Lo);
+  const float inf = from_bits(0x7f800000u);
+  float special = u == inf ? inf : result;
+  special = u == 0.0f ? -inf : special;
+  return u < 0.0f || u != u ? from_bits(0x7fc00000u) : special;
 }
 
 inline float tanh(float u) {
