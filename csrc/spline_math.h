@@ -117,20 +117,43 @@ struct Normalizers {
 };
 
 // Both softmax normalizers in one pass, online: the running sum is rescaled when a larger maximum comes, and
-// exp(-|u - max|) serves both cases (one exponential a parameter).
+// exp(-|u - max|) serves both cases (one exponential a parameter). The pass is a start and a step a parameter, so
+// that the CPU kernels can run each step over a chunk of elements (the loop over elements innermost, vectorized).
+template <class T>
+struct NormalizerRun {
+  T max_w, sum_w, max_h, sum_h;  // the maxima so far and the sums of exp(u - max)
+};
+
+template <class T>
+NF_HOST_DEVICE NormalizerRun<T> normalizer_start(T uw0, T uh0) {
+  return {uw0, T(1), uh0, T(1)};
+}
+
+template <class T>
+NF_HOST_DEVICE void online_add(T& max, T& sum, T u) {
+  const T e = math::exp(-abs_of(u - max));
+  const bool larger = u > max;
+  sum = larger ? sum * e + T(1) : sum + e;
+  max = larger ? u : max;
+}
+
+// Parameters j and K + j, for j in [1, K).
+template <class T>
+NF_HOST_DEVICE void normalizer_step(NormalizerRun<T>& r, T uw, T uh) {
+  online_add(r.max_w, r.sum_w, uw);
+  online_add(r.max_h, r.sum_h, uh);
+}
+
+template <class T>
+NF_HOST_DEVICE Normalizers<T> normalizer_finish(const NormalizerRun<T>& r) {
+  return {{r.max_w, T(1) / r.sum_w}, {r.max_h, T(1) / r.sum_h}};
+}
+
 template <class T, class P>
 NF_HOST_DEVICE Normalizers<T> normalizers(const P& p, int bins) {
-  T max_w = p(0), max_h = p(bins), sum_w = T(1), sum_h = T(1);
-  for (int j = 1; j < bins; ++j) {
-    const T uw = p(j), uh = p(bins + j);
-    const T ew = math::exp(-abs_of(uw - max_w)), eh = math::exp(-abs_of(uh - max_h));
-    const bool new_w = uw > max_w, new_h = uh > max_h;
-    sum_w = new_w ? sum_w * ew + T(1) : sum_w + ew;
-    sum_h = new_h ? sum_h * eh + T(1) : sum_h + eh;
-    max_w = new_w ? uw : max_w;
-    max_h = new_h ? uh : max_h;
-  }
-  return {{max_w, T(1) / sum_w}, {max_h, T(1) / sum_h}};
+  NormalizerRun<T> r = normalizer_start(p(0), p(bins));
+  for (int j = 1; j < bins; ++j) normalizer_step(r, p(j), p(bins + j));
+  return normalizer_finish(r);
 }
 
 // The bin an element falls in and what the backward needs of the pass that found it.
@@ -145,48 +168,68 @@ struct Bin {
 
 // The knots, as nflows computes them: x_j = -B + 2B * cumsum(min_width + width_scale * softmax)_j, with x_0 = -B
 // and x_K = B exactly (heights the same), and the bin: the last knot at or below v, by x (forward) or by y
-// (inverse), clamped to [0, K - 1]. One pass over the parameters (bin 0 before the loop, so that the loop reads
-// the derivative of its own left knot, parameter 2K + j - 1).
+// (inverse), clamped to [0, K - 1]. One pass over the parameters: bin 0 at the start, then a step a bin j in
+// [1, K) that reads the widths' and heights' parameter j and the derivative at knot j (parameter 2K + j - 1).
+template <class T>
+struct BinSearch {
+  Bin<T> bin;                      // the last bin whose left knot was at or below v
+  T cum_w, cum_h, mass_w, mass_h;  // the running sums up to knot j (normalized widths and softmax mass)
+  T knot_x, knot_y;                // knot j, the left knot of the next step's bin
+};
+
+template <class T>
+NF_HOST_DEVICE BinSearch<T> bin_search_start(const Constants<T>& c, const Normalizers<T>& n, T uw0, T uh0) {
+  BinSearch<T> s;
+  Bin<T>& bin = s.bin;
+  bin.k = 0;
+  bin.width_share = n.widths.share(uw0);
+  bin.height_share = n.heights.share(uh0);
+  s.cum_w = c.min_width + c.width_scale * bin.width_share;
+  s.cum_h = c.min_height + c.height_scale * bin.height_share;
+  bin.x0 = bin.y0 = -c.bound;
+  bin.x1 = c.bins == 1 ? c.bound : -c.bound + c.two_bound * s.cum_w;
+  bin.y1 = c.bins == 1 ? c.bound : -c.bound + c.two_bound * s.cum_h;
+  bin.width_mass = bin.height_mass = T(0);
+  bin.raw_d0 = bin.raw_d1 = T(0);
+  s.knot_x = bin.x1, s.knot_y = bin.y1;
+  s.mass_w = bin.width_share, s.mass_h = bin.height_share;
+  return s;
+}
+
+template <bool kByHeight, class T>
+NF_HOST_DEVICE void bin_search_step(BinSearch<T>& s, const Constants<T>& c, const Normalizers<T>& n, int j, T raw_d,
+                                    T uw, T uh, T v) {
+  Bin<T>& bin = s.bin;
+  bin.raw_d1 = bin.k == j - 1 ? raw_d : bin.raw_d1;
+  const T share_w = n.widths.share(uw), share_h = n.heights.share(uh);
+  s.cum_w += c.min_width + c.width_scale * share_w;
+  s.cum_h += c.min_height + c.height_scale * share_h;
+  const bool last = j == c.bins - 1;
+  const T next_x = last ? c.bound : -c.bound + c.two_bound * s.cum_w;
+  const T next_y = last ? c.bound : -c.bound + c.two_bound * s.cum_h;
+  const bool on = (kByHeight ? s.knot_y : s.knot_x) <= v;
+  bin.k = on ? j : bin.k;
+  bin.x0 = on ? s.knot_x : bin.x0;
+  bin.x1 = on ? next_x : bin.x1;
+  bin.y0 = on ? s.knot_y : bin.y0;
+  bin.y1 = on ? next_y : bin.y1;
+  bin.width_mass = on ? s.mass_w : bin.width_mass;
+  bin.height_mass = on ? s.mass_h : bin.height_mass;
+  bin.width_share = on ? share_w : bin.width_share;
+  bin.height_share = on ? share_h : bin.height_share;
+  bin.raw_d0 = on ? raw_d : bin.raw_d0;
+  s.mass_w += share_w;
+  s.mass_h += share_h;
+  s.knot_x = next_x;
+  s.knot_y = next_y;
+}
+
 template <bool kByHeight, class T, class P>
 NF_HOST_DEVICE Bin<T> find_bin(const P& p, const Constants<T>& c, const Normalizers<T>& n, T v) {
   const int bins = c.bins;
-  Bin<T> bin;
-  bin.k = 0;
-  bin.width_share = n.widths.share(p(0));
-  bin.height_share = n.heights.share(p(bins));
-  T cum_w = c.min_width + c.width_scale * bin.width_share, cum_h = c.min_height + c.height_scale * bin.height_share;
-  bin.x0 = bin.y0 = -c.bound;
-  bin.x1 = bins == 1 ? c.bound : -c.bound + c.two_bound * cum_w;
-  bin.y1 = bins == 1 ? c.bound : -c.bound + c.two_bound * cum_h;
-  bin.width_mass = bin.height_mass = T(0);
-  bin.raw_d0 = bin.raw_d1 = T(0);
-  T knot_x = bin.x1, knot_y = bin.y1, mass_w = bin.width_share, mass_h = bin.height_share;
-  for (int j = 1; j < bins; ++j) {
-    const T raw_d = p(2 * bins + j - 1);  // at knot j
-    bin.raw_d1 = bin.k == j - 1 ? raw_d : bin.raw_d1;
-    const T share_w = n.widths.share(p(j)), share_h = n.heights.share(p(bins + j));
-    cum_w += c.min_width + c.width_scale * share_w;
-    cum_h += c.min_height + c.height_scale * share_h;
-    const bool last = j == bins - 1;
-    const T next_x = last ? c.bound : -c.bound + c.two_bound * cum_w;
-    const T next_y = last ? c.bound : -c.bound + c.two_bound * cum_h;
-    const bool on = (kByHeight ? knot_y : knot_x) <= v;
-    bin.k = on ? j : bin.k;
-    bin.x0 = on ? knot_x : bin.x0;
-    bin.x1 = on ? next_x : bin.x1;
-    bin.y0 = on ? knot_y : bin.y0;
-    bin.y1 = on ? next_y : bin.y1;
-    bin.width_mass = on ? mass_w : bin.width_mass;
-    bin.height_mass = on ? mass_h : bin.height_mass;
-    bin.width_share = on ? share_w : bin.width_share;
-    bin.height_share = on ? share_h : bin.height_share;
-    bin.raw_d0 = on ? raw_d : bin.raw_d0;
-    mass_w += share_w;
-    mass_h += share_h;
-    knot_x = next_x;
-    knot_y = next_y;
-  }
-  return bin;
+  BinSearch<T> s = bin_search_start(c, n, p(0), p(bins));
+  for (int j = 1; j < bins; ++j) bin_search_step<kByHeight>(s, c, n, j, p(2 * bins + j - 1), p(j), p(bins + j), v);
+  return s.bin;
 }
 
 // The rational-quadratic piece of a bin.
@@ -322,29 +365,39 @@ NF_HOST_DEVICE BinGrad<T> local_backward(const Bin<T>& bin, const Constants<T>& 
   return out;
 }
 
-// The gradient of every parameter, to sink(j, value): knot i in (0, K) moves with every width left of it, and
-// the softmax's backward gives grad u_j = 2B width_scale sm_j ([j < k] g_k + [j <= k] g_{k+1} - offset); only
-// the derivatives at knots k and k + 1 have one. One pass (parameter j = 0 before the loop, which writes the
-// derivative at its own left knot).
+// The gradients of parameters j (width), K + j (height) and 2K + j - 1 (the derivative at knot j; none for j = 0):
+// knot i in (0, K) moves with every width left of it, and the softmax's backward gives
+// grad u_j = 2B width_scale sm_j ([j < k] g_k + [j <= k] g_{k+1} - offset); only the derivatives at knots k and
+// k + 1 have one. 0 for an element that is not transformed.
+template <class T>
+struct ParameterGrads {
+  T width, height, derivative;
+};
+
+template <class T>
+NF_HOST_DEVICE ParameterGrads<T> parameter_gradients_at(const Constants<T>& c, const Normalizers<T>& n,
+                                                        const BinGrad<T>& bg, int j, T uw, T uh) {
+  const T below_w = (j < bg.k ? bg.gx_left : T(0)) + (j <= bg.k ? bg.gx_right : T(0));
+  const T below_h = (j < bg.k ? bg.gy_left : T(0)) + (j <= bg.k ? bg.gy_right : T(0));
+  const T gw = c.two_bound * c.width_scale * n.widths.share(uw) * (below_w - bg.offset_w);
+  const T gh = c.two_bound * c.height_scale * n.heights.share(uh) * (below_h - bg.offset_h);
+  const T gd = (j == bg.k ? bg.g_raw_d0 : T(0)) + (j == bg.k + 1 ? bg.g_raw_d1 : T(0));
+  return {bg.on ? gw : T(0), bg.on ? gh : T(0), bg.on ? gd : T(0)};
+}
+
+// Every parameter's gradient, to sink(j, value), in one pass.
 template <class T, class P, class Sink>
 NF_HOST_DEVICE void parameter_gradients(const P& p, const Constants<T>& c, const Normalizers<T>& n,
                                         const BinGrad<T>& bg, Sink&& sink) {
   const int bins = c.bins;
-  const T coef_w = c.two_bound * c.width_scale, coef_h = c.two_bound * c.height_scale;
-  // Bin 0 is left of knot k unless k == 0, and left of (or at) knot k + 1 always.
-  const T w0 = coef_w * n.widths.share(p(0)) * ((bg.k > 0 ? bg.gx_left : T(0)) + bg.gx_right - bg.offset_w);
-  const T h0 = coef_h * n.heights.share(p(bins)) * ((bg.k > 0 ? bg.gy_left : T(0)) + bg.gy_right - bg.offset_h);
-  sink(0, bg.on ? w0 : T(0));
-  sink(bins, bg.on ? h0 : T(0));
+  const ParameterGrads<T> first = parameter_gradients_at(c, n, bg, 0, p(0), p(bins));
+  sink(0, first.width);
+  sink(bins, first.height);
   for (int j = 1; j < bins; ++j) {
-    const T below_w = (j < bg.k ? bg.gx_left : T(0)) + (j <= bg.k ? bg.gx_right : T(0));
-    const T below_h = (j < bg.k ? bg.gy_left : T(0)) + (j <= bg.k ? bg.gy_right : T(0));
-    const T gw = coef_w * n.widths.share(p(j)) * (below_w - bg.offset_w);
-    const T gh = coef_h * n.heights.share(p(bins + j)) * (below_h - bg.offset_h);
-    const T gd = (j == bg.k ? bg.g_raw_d0 : T(0)) + (j == bg.k + 1 ? bg.g_raw_d1 : T(0));  // at knot j
-    sink(j, bg.on ? gw : T(0));
-    sink(bins + j, bg.on ? gh : T(0));
-    sink(2 * bins + j - 1, bg.on ? gd : T(0));
+    const ParameterGrads<T> g = parameter_gradients_at(c, n, bg, j, p(j), p(bins + j));
+    sink(j, g.width);
+    sink(bins + j, g.height);
+    sink(2 * bins + j - 1, g.derivative);
   }
 }
 
