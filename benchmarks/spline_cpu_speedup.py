@@ -85,10 +85,11 @@ def main(argv=None) -> None:
     # per channel, so give each its own (the same numbers).
     params_nflows = params.permute(0, 2, 1).contiguous().view(x.shape[0], -1)
     config = _Config(bins)
-    # The same numbers from both (checked once at float32 precision).
+    # The same numbers from both, to float32 rounding (each is some 3e-4 off float64 in the norm, nflows more).
     gx_fused, _ = fused_step(x, params, config)
     gx_nflows, _ = nflows_step(x.view(x.shape[0], -1), params_nflows, bins)
-    assert torch.allclose(gx_fused.view_as(gx_nflows), gx_nflows, rtol=1e-3, atol=1e-3)
+    error = (gx_fused.view_as(gx_nflows) - gx_nflows).norm() / gx_nflows.norm()
+    assert error < 2e-3, f"the two disagree: relative error {error:.3g}"
     print(f"spline forward+backward, {elements} elements ([{x.shape[0]}, {features}]), {bins} bins, float32")
     print("| threads | nflows eager (ms) | nf_kernels cpu (ms) | speed-up |")
     print("|---|---|---|---|")

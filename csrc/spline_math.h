@@ -168,8 +168,9 @@ struct Bin {
 
 // The knots, as nflows computes them: x_j = -B + 2B * cumsum(min_width + width_scale * softmax)_j, with x_0 = -B
 // and x_K = B exactly (heights the same), and the bin: the last knot at or below v, by x (forward) or by y
-// (inverse), clamped to [0, K - 1]. One pass over the parameters: bin 0 at the start, then a step a bin j in
-// [1, K) that reads the widths' and heights' parameter j and the derivative at knot j (parameter 2K + j - 1).
+// (inverse), clamped to [0, K - 1]. One pass over the bins' softmax shares: bin 0 at the start, then a step a bin
+// j in [1, K) that takes the widths' and heights' shares of bin j and the derivative at knot j (parameter
+// 2K + j - 1).
 template <class T>
 struct BinSearch {
   Bin<T> bin;                      // the last bin whose left knot was at or below v
@@ -178,12 +179,12 @@ struct BinSearch {
 };
 
 template <class T>
-NF_HOST_DEVICE BinSearch<T> bin_search_start(const Constants<T>& c, const Normalizers<T>& n, T uw0, T uh0) {
+NF_HOST_DEVICE BinSearch<T> bin_search_start(const Constants<T>& c, T share_w0, T share_h0) {
   BinSearch<T> s;
   Bin<T>& bin = s.bin;
   bin.k = 0;
-  bin.width_share = n.widths.share(uw0);
-  bin.height_share = n.heights.share(uh0);
+  bin.width_share = share_w0;
+  bin.height_share = share_h0;
   s.cum_w = c.min_width + c.width_scale * bin.width_share;
   s.cum_h = c.min_height + c.height_scale * bin.height_share;
   bin.x0 = bin.y0 = -c.bound;
@@ -197,11 +198,10 @@ NF_HOST_DEVICE BinSearch<T> bin_search_start(const Constants<T>& c, const Normal
 }
 
 template <bool kByHeight, class T>
-NF_HOST_DEVICE void bin_search_step(BinSearch<T>& s, const Constants<T>& c, const Normalizers<T>& n, int j, T raw_d,
-                                    T uw, T uh, T v) {
+NF_HOST_DEVICE void bin_search_step(BinSearch<T>& s, const Constants<T>& c, int j, T raw_d, T share_w, T share_h,
+                                    T v) {
   Bin<T>& bin = s.bin;
   bin.raw_d1 = bin.k == j - 1 ? raw_d : bin.raw_d1;
-  const T share_w = n.widths.share(uw), share_h = n.heights.share(uh);
   s.cum_w += c.min_width + c.width_scale * share_w;
   s.cum_h += c.min_height + c.height_scale * share_h;
   const bool last = j == c.bins - 1;
@@ -227,8 +227,9 @@ NF_HOST_DEVICE void bin_search_step(BinSearch<T>& s, const Constants<T>& c, cons
 template <bool kByHeight, class T, class P>
 NF_HOST_DEVICE Bin<T> find_bin(const P& p, const Constants<T>& c, const Normalizers<T>& n, T v) {
   const int bins = c.bins;
-  BinSearch<T> s = bin_search_start(c, n, p(0), p(bins));
-  for (int j = 1; j < bins; ++j) bin_search_step<kByHeight>(s, c, n, j, p(2 * bins + j - 1), p(j), p(bins + j), v);
+  BinSearch<T> s = bin_search_start(c, n.widths.share(p(0)), n.heights.share(p(bins)));
+  for (int j = 1; j < bins; ++j)
+    bin_search_step<kByHeight>(s, c, j, p(2 * bins + j - 1), n.widths.share(p(j)), n.heights.share(p(bins + j)), v);
   return s.bin;
 }
 
@@ -246,9 +247,11 @@ NF_HOST_DEVICE Piece<T> piece_of(const Bin<T>& bin, const Constants<T>& c) {
   q.y0 = bin.y0;
   q.h = bin.y1 - bin.y0;
   q.s = q.h / q.w;
-  // The boundary knots' derivative is 1 (nflows pads with the parameter that maps to 1 - min_derivative).
-  q.d0 = bin.k == 0 ? T(1) : c.min_derivative + softplus(bin.raw_d0);
-  q.d1 = bin.k == c.bins - 1 ? T(1) : c.min_derivative + softplus(bin.raw_d1);
+  // The boundary knots' derivative is 1 (nflows pads with the parameter that maps to 1 - min_derivative). Both
+  // computed, then selected: a select between plain values vectorizes, one around a call would not.
+  const T d0 = c.min_derivative + softplus(bin.raw_d0), d1 = c.min_derivative + softplus(bin.raw_d1);
+  q.d0 = bin.k == 0 ? T(1) : d0;
+  q.d1 = bin.k == c.bins - 1 ? T(1) : d1;
   return q;
 }
 
@@ -290,7 +293,7 @@ NF_HOST_DEVICE Point<T> point_at(const Piece<T>& q, T theta) {
 // Whether an element is transformed by the spline: selected by the mask and inside [-B, B] (NaN is not).
 template <class T>
 NF_HOST_DEVICE bool inside(const Constants<T>& c, T v, bool selected) {
-  return selected && v >= -c.bound && v <= c.bound;
+  return selected & (v >= -c.bound) & (v <= c.bound);  // no short circuit: branch-free
 }
 
 template <class T>
@@ -375,12 +378,12 @@ struct ParameterGrads {
 };
 
 template <class T>
-NF_HOST_DEVICE ParameterGrads<T> parameter_gradients_at(const Constants<T>& c, const Normalizers<T>& n,
-                                                        const BinGrad<T>& bg, int j, T uw, T uh) {
+NF_HOST_DEVICE ParameterGrads<T> parameter_gradients_at(const Constants<T>& c, const BinGrad<T>& bg, int j,
+                                                        T share_w, T share_h) {
   const T below_w = (j < bg.k ? bg.gx_left : T(0)) + (j <= bg.k ? bg.gx_right : T(0));
   const T below_h = (j < bg.k ? bg.gy_left : T(0)) + (j <= bg.k ? bg.gy_right : T(0));
-  const T gw = c.two_bound * c.width_scale * n.widths.share(uw) * (below_w - bg.offset_w);
-  const T gh = c.two_bound * c.height_scale * n.heights.share(uh) * (below_h - bg.offset_h);
+  const T gw = c.two_bound * c.width_scale * share_w * (below_w - bg.offset_w);
+  const T gh = c.two_bound * c.height_scale * share_h * (below_h - bg.offset_h);
   const T gd = (j == bg.k ? bg.g_raw_d0 : T(0)) + (j == bg.k + 1 ? bg.g_raw_d1 : T(0));
   return {bg.on ? gw : T(0), bg.on ? gh : T(0), bg.on ? gd : T(0)};
 }
@@ -390,11 +393,11 @@ template <class T, class P, class Sink>
 NF_HOST_DEVICE void parameter_gradients(const P& p, const Constants<T>& c, const Normalizers<T>& n,
                                         const BinGrad<T>& bg, Sink&& sink) {
   const int bins = c.bins;
-  const ParameterGrads<T> first = parameter_gradients_at(c, n, bg, 0, p(0), p(bins));
+  const ParameterGrads<T> first = parameter_gradients_at(c, bg, 0, n.widths.share(p(0)), n.heights.share(p(bins)));
   sink(0, first.width);
   sink(bins, first.height);
   for (int j = 1; j < bins; ++j) {
-    const ParameterGrads<T> g = parameter_gradients_at(c, n, bg, j, p(j), p(bins + j));
+    const ParameterGrads<T> g = parameter_gradients_at(c, bg, j, n.widths.share(p(j)), n.heights.share(p(bins + j)));
     sink(j, g.width);
     sink(bins + j, g.height);
     sink(2 * bins + j - 1, g.derivative);

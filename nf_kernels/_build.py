@@ -38,7 +38,9 @@ CPU_SOURCES = [
     "csrc/cpu/tile_kernels_baseline.cpp",
     "csrc/ops/spline_arguments.cpp",
     "csrc/cpu/spline_ops_cpu.cpp",
-    "csrc/cpu/spline_tiles.cpp",
+    "csrc/cpu/spline_tiles_avx512.cpp",
+    "csrc/cpu/spline_tiles_avx2.cpp",
+    "csrc/cpu/spline_tiles_baseline.cpp",
 ]
 # Added when torch has CUDA and nvcc is present. The .cu file is torch-free; ops_cuda.cpp is the torch glue.
 CUDA_SOURCES = [

@@ -27,10 +27,11 @@ std::tuple<at::Tensor, at::Tensor> spline_forward(const at::Tensor& x, const at:
   const SplineLayout& layout = call.layout;
   const SplineForwardTensors io{call.x.const_data_ptr(), dtype_code(x.scalar_type()), call.params.const_data_ptr(),
                                 dtype_code(params.scalar_type()), out.y.mutable_data_ptr()};
+  const SplineTileKernels& kernels = selected_spline_tile_kernels();
   const Tiling tiling(layout.select.batch, layout.select.numel, kMinSplineElementsPerTask);
   std::vector<double> partials(static_cast<size_t>(tiling.count));
   for_each_tile(tiling, [&](int64_t tile, int64_t b, int64_t start, int64_t end) {
-    partials[tile] = spline_forward_tile(layout, call.config, io, b, start, end);
+    partials[tile] = kernels.forward_tile(layout, call.config, io, b, start, end);
   });
   sum_partials(partials, tiling.per_sample, out.logdet);
   return {out.y, out.logdet};
@@ -51,9 +52,10 @@ std::tuple<at::Tensor, at::Tensor> spline_backward(const at::Tensor& grad_y, con
                                  call.x.const_data_ptr(),          dtype_code(x.scalar_type()),
                                  call.params.const_data_ptr(),     dtype_code(params.scalar_type()),
                                  out.grad_x.mutable_data_ptr(),    out.grad_params.mutable_data_ptr()};
+  const SplineTileKernels& kernels = selected_spline_tile_kernels();
   const Tiling tiling(layout.select.batch, layout.select.numel, kMinSplineElementsPerTask);
   for_each_tile(tiling, [&](int64_t, int64_t b, int64_t start, int64_t end) {
-    spline_backward_tile(layout, call.config, io, b, start, end);
+    kernels.backward_tile(layout, call.config, io, b, start, end);
   });
   return {out.grad_x, out.grad_params};
 }

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "../cpu/spline_tiles.h"
 #include "../spline_layout.h"
 
 namespace {
@@ -203,8 +204,10 @@ void test_against_reference() {
     for (bool reverse : {false, true})
       for (int bins : {1, 2, 5, 8, 32})
         for (double scale : {0.01, 1.0, 8.0}) {
-          const std::vector<int64_t> sizes =
-              mask == Mask::kHalf && bins == 5 ? std::vector<int64_t>{3, 7} : std::vector<int64_t>{3, 3, 5, 6};
+          // Vectors (R = 1), channels of 30 (chunks across channels) and of 130 (chunks inside one channel too).
+          const std::vector<int64_t> sizes = mask == Mask::kHalf && bins == 5 ? std::vector<int64_t>{3, 7}
+                                             : bins == 8                      ? std::vector<int64_t>{2, 3, 10, 13}
+                                                                              : std::vector<int64_t>{3, 3, 5, 6};
           const Case c = make_case(sizes, mask, bins, reverse, at::kDouble, scale, 7 + bins);
           auto [y, logdet] = c.forward(c.x, c.params);
           auto [want_y, want_logdet] = reference_outputs(c);
@@ -251,6 +254,8 @@ void test_knots_and_bounds() {
   }
 }
 
+// inverse(forward(x)) == x to rounding: the error of y (a few ulp of |y|) divided by the slope at x, which the
+// independent formula gives, plus a few ulp of |x|; and the two log-dets negate.
 void test_round_trips() {
   for (Mask mask : {Mask::kHalf, Mask::kCheckerboard, Mask::kTensor})
     for (at::ScalarType dtype : {at::kDouble, at::kFloat})
@@ -260,10 +265,28 @@ void test_round_trips() {
         Case r = f;
         r.layout[nf_kernels::kSplineFieldReverse] = 1;
         auto [back, inverse_logdet] = r.forward(y, f.params);
-        const double tol = dtype == at::kDouble ? 1e-10 : 2e-4;
+        const double eps = dtype == at::kDouble ? std::numeric_limits<double>::epsilon()
+                                                : std::numeric_limits<float>::epsilon();
+        const at::Tensor x64 = f.x.to(at::kDouble).contiguous(), p64 = f.params.to(at::kDouble).contiguous();
+        const at::Tensor y64 = y.to(at::kDouble).contiguous(), back64 = back.to(at::kDouble).contiguous();
+        const int64_t numel = x64.numel() / x64.size(0);
+        int bad = 0;
+        for (int64_t b = 0; b < x64.size(0); ++b)
+          for (int64_t n = 0; n < numel; ++n) {
+            const int64_t i = b * numel + n;
+            const double xv = x64.data_ptr<double>()[i], yv = y64.data_ptr<double>()[i];
+            double slope = 1;
+            if (f.selected(n)) {
+              const Knots k = knots_of(p64.data_ptr<double>() + f.param_index(b, n, 0), f.inner, bins, f.shape);
+              slope = std::exp(reference_spline(xv, k, bins, f.shape, false).second);
+            }
+            const double tol = 16 * eps * (1 + std::abs(yv)) / slope + 4 * eps * (1 + std::abs(xv));
+            bad += !(std::abs(back64.data_ptr<double>()[i] - xv) <= tol);
+          }
+        const double ld_tol = (dtype == at::kDouble ? 1e-9 : 1e-3) * (1 + max_abs(logdet));
         const std::string what = name_of(mask, false, bins) + (dtype == at::kDouble ? " float64" : " float32");
-        check(max_abs(back - f.x) < tol, what + ": inverse(forward(x)) == x");
-        check(max_abs(logdet + inverse_logdet) < tol * (1 + max_abs(logdet)) * 10, what + ": the log-dets negate");
+        check(bad == 0, what + ": inverse(forward(x)) == x to rounding (" + std::to_string(bad) + " elements off)");
+        check(max_abs(logdet + inverse_logdet) < ld_tol, what + ": the log-dets negate");
       }
 }
 
@@ -331,6 +354,43 @@ void test_logdet_does_not_depend_on_threads() {
   check(at::equal(y1, y2) && at::equal(l1, l2), "y and the log-det are the same bits with 1 and 2 threads");
 }
 
+// Every instruction set this CPU runs computes the same tiles (to rounding: FMA contraction differs).
+void test_instruction_sets_agree() {
+  namespace cpu = nf_kernels::cpu;
+  std::vector<const cpu::SplineTileKernels*> variants = {cpu::baseline_spline_tile_kernels()};
+#if defined(__x86_64__) || defined(__i386__)
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  if (avx2 && cpu::avx2_spline_tile_kernels() != nullptr) variants.push_back(cpu::avx2_spline_tile_kernels());
+  if (avx512 && cpu::avx512_spline_tile_kernels() != nullptr) variants.push_back(cpu::avx512_spline_tile_kernels());
+#endif
+  std::printf("CPU spline kernels: %s (of %zu variants run here)\n", cpu::selected_spline_tile_kernels().isa,
+              variants.size());
+  for (bool reverse : {false, true}) {
+    const Case c = make_case({1, 2, 30, 40}, Mask::kHalf, 8, reverse, at::kFloat, 1.0, 4);
+    nf_kernels::SplineLayout layout{};
+    layout.select.batch = 1, layout.select.numel = c.x.numel(), layout.select.lo = c.lo, layout.select.hi = c.hi;
+    layout.select.pattern = nf_kernels::kPatternRange;
+    layout.params_stride = c.layout[nf_kernels::kSplineFieldParamsStride], layout.inner = c.inner, layout.bins = 8;
+    const nf_kernels::SplineConfig config{3.0, 1e-3, 1e-3, 1e-3, reverse};
+    at::Tensor reference;
+    double reference_sum = 0;
+    for (const cpu::SplineTileKernels* variant : variants) {
+      at::Tensor y = at::empty_like(c.x);
+      const cpu::SplineForwardTensors io{c.x.const_data_ptr(), nf_kernels::DType::kFloat32, c.params.const_data_ptr(),
+                                         nf_kernels::DType::kFloat32, y.mutable_data_ptr()};
+      const double sum = variant->forward_tile(layout, config, io, 0, 0, c.x.numel());
+      if (!reference.defined()) {
+        reference = y, reference_sum = sum;
+        continue;
+      }
+      check(max_abs(y - reference) < 1e-4 && std::abs(sum - reference_sum) < 1e-3 * (1 + std::abs(reference_sum)),
+            std::string(variant->isa) + " spline kernels agree with baseline");
+    }
+  }
+}
+
 template <class F>
 bool refuses(F&& f, const std::string& needle) {
   try {
@@ -363,6 +423,7 @@ int main() {
   test_round_trips();
   test_finite_differences();
   test_logdet_does_not_depend_on_threads();
+  test_instruction_sets_agree();
   test_refusals();
   std::printf(failures ? "%d check(s) failed\n" : "all spline checks passed\n", failures);
   return failures ? 1 : 0;
