@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Compile the CUDA kernels without a GPU, so a CUDA syntax or template error fails CI:
-#   1. the torch-free kernels (csrc/cuda/coupling_kernels.cu, spline_kernels.cu) with `nvcc -c` for sm_80 and sm_90, warnings as errors;
-#   2. the torch glue (csrc/cuda/ops_cuda.cpp, spline_ops_cuda.cpp), syntax only, against torch's c10/cuda headers (a CPU build of
-#      torch ships them, minus one generated macro header, stubbed here).
+#   1. the torch-free kernels (csrc/cuda/coupling_kernels.cu, spline_kernels.cu) with `nvcc -c` for sm_80 and
+#      sm_90, warnings as errors;
+#   2. the torch glue (csrc/cuda/ops_cuda.cpp, spline_ops_cuda.cpp), syntax only, against torch's c10/cuda headers
+#      (a CPU build of torch ships them, minus one generated macro header, stubbed here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NVCC="${NVCC:-$(command -v nvcc || echo /usr/local/bin/nvcc)}"

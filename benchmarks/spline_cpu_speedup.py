@@ -1,12 +1,15 @@
 """The fused CPU spline op against nflows' eager rational-quadratic spline, forward + backward, on the CPU.
 
-Both get the same [B, D] input (D transformed features, all of them: the op's parameters laid out as nflows'
-conditioner output, [B, D * (3K - 1)]) and the same loss, sum(y) + sum(logdet), so that the backward computes the
-gradients of x and of every parameter. Timed round-robin (one call of each in turn, after a warm-up), median of
+Both get the same transformed elements and parameters and the same loss, sum(y) + sum(logdet), so that the
+backward computes the gradients of x and of every parameter. Two layouts of the op's input (`--layout`):
+"vector", x [B, 2D] with mask "half" (D transformed features, their parameters [B, D * (3K - 1)] as nflows'
+conditioner lays them out, each element's 3K - 1 side by side) and "channel", x [B, 1, D] (the one channel all
+transformed, parameters [B, 3K - 1, D]: parameter j of consecutive elements side by side). nflows gets the
+transformed [B, D] and [B, D, 3K - 1]. Timed round-robin (one call of each in turn, after a warm-up), median of
 `--rounds`, at 1 and 2 threads.
 
-    python benchmarks/spline_cpu_speedup.py                     # 2^20 elements, 8 bins, fp32
-    python benchmarks/spline_cpu_speedup.py --log2-elements 18 --bins 16 --threads 1
+    python benchmarks/spline_cpu_speedup.py                     # 2^20 elements, 8 bins, fp32, both layouts
+    python benchmarks/spline_cpu_speedup.py --log2-elements 18 --bins 16 --threads 1 --layout vector
 
 Issue 14's goal: the fused `cpu` forward + backward >= 5x nflows' eager at 2^20 elements, 8 bins, fp32.
 """
@@ -24,34 +27,44 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmark the ch
 import torch  # noqa: E402
 from nflows.transforms.splines.rational_quadratic import unconstrained_rational_quadratic_spline  # noqa: E402
 
+from nf_kernels._spline_arguments import SplineConfig  # noqa: E402
 from nf_kernels.backends.extension import CPU_BACKEND  # noqa: E402
 
 BOUND = 3.0
 
 
-class _Config:
-    """The spline config the backend reads (mask "half" over one channel of D features: every one transformed)."""
-
-    def __init__(self, bins: int, reverse: bool = False):
-        self.mask_kind, self.flip, self.bins, self.bound = "half", True, bins, BOUND
-        self.min_bin_width = self.min_bin_height = self.min_derivative = 1e-3
-        self.reverse = reverse
+def _config(bins: int) -> SplineConfig:
+    return SplineConfig("half", False, bins, BOUND, 1e-3, 1e-3, 1e-3, False)
 
 
 def fused_step(x, params, config):
-    """Forward and backward of the fused op on x [B, 1, D] (one channel, all of it transformed: flip=True)."""
+    """Forward and backward of the fused op."""
     y, logdet = CPU_BACKEND.spline_forward(x, params, None, config)
-    grad_x, grad_params = CPU_BACKEND.spline_backward(torch.ones_like(y), torch.ones_like(logdet), x, params, None,
-                                                      config)  # fmt: skip
-    return grad_x, grad_params
+    return CPU_BACKEND.spline_backward(torch.ones_like(y), torch.ones_like(logdet), x, params, None, config)
+
+
+def inputs(layout: str, batch: int, features: int, bins: int, seed: int = 0):
+    """(x, params) of the op and (x, params) of nflows, the same numbers."""
+    g = torch.Generator().manual_seed(seed)
+    per = 3 * bins - 1
+    transformed = torch.randn(batch, features, generator=g)
+    grouped = torch.randn(batch, features, per, generator=g)  # nflows' [B, D, P]
+    if layout == "vector":
+        x = torch.cat([torch.randn(batch, features, generator=g), transformed], 1)
+        return x, grouped.reshape(batch, -1), transformed, grouped
+    return transformed.view(batch, 1, features), grouped.transpose(1, 2).contiguous(), transformed, grouped
+
+
+def gradient_of_x(layout: str, grad_x: torch.Tensor, features: int) -> torch.Tensor:
+    return grad_x[:, features:] if layout == "vector" else grad_x.view(grad_x.shape[0], -1)
 
 
 def nflows_step(x, params, bins):
     x = x.detach().requires_grad_(True)
     params = params.detach().requires_grad_(True)
-    p = params.view(*x.shape, 3 * bins - 1)
     y, logabsdet = unconstrained_rational_quadratic_spline(
-        x, p[..., :bins], p[..., bins : 2 * bins], p[..., 2 * bins :], tails="linear", tail_bound=BOUND
+        x, params[..., :bins], params[..., bins : 2 * bins], params[..., 2 * bins :], tails="linear",
+        tail_bound=BOUND,
     )
     (y.sum() + logabsdet.sum()).backward()
     return x.grad, params.grad
@@ -71,37 +84,34 @@ def median_times(steps, rounds: int) -> list[float]:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--log2-elements", type=int, default=20)
+    parser.add_argument("--log2-elements", type=int, default=20, help="transformed elements in all")
     parser.add_argument("--bins", type=int, default=8)
     parser.add_argument("--features", type=int, default=64, help="D; the batch is elements / D")
+    parser.add_argument("--layout", choices=("vector", "channel"), nargs="+", default=["vector", "channel"])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
     elements, bins, features = 2**args.log2_elements, args.bins, args.features
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(elements // features, 1, features, generator=g)
-    params = torch.randn(elements // features, 3 * bins - 1, features, generator=g)
-    # nflows' layout: the parameters of an element contiguous ([B, D, P]); the op's for vectors is [B, P, D] viewed
-    # per channel, so give each its own (the same numbers).
-    params_nflows = params.permute(0, 2, 1).contiguous().view(x.shape[0], -1)
-    config = _Config(bins)
-    # The same numbers from both, to float32 rounding (each is some 3e-4 off float64 in the norm, nflows more).
-    gx_fused, _ = fused_step(x, params, config)
-    gx_nflows, _ = nflows_step(x.view(x.shape[0], -1), params_nflows, bins)
-    error = (gx_fused.view_as(gx_nflows) - gx_nflows).norm() / gx_nflows.norm()
-    assert error < 2e-3, f"the two disagree: relative error {error:.3g}"
-    print(f"spline forward+backward, {elements} elements ([{x.shape[0]}, {features}]), {bins} bins, float32")
-    print("| threads | nflows eager (ms) | nf_kernels cpu (ms) | speed-up |")
-    print("|---|---|---|---|")
+    batch = elements // features
+    config = _config(bins)
+    print(f"spline forward+backward, {elements} transformed elements ([{batch}, {features}]), {bins} bins, float32")
+    print("| layout | threads | nflows eager (ms) | nf_kernels cpu (ms) | speed-up |")
+    print("|---|---|---|---|---|")
     previous = torch.get_num_threads()
     try:
-        for threads in args.threads:
-            torch.set_num_threads(threads)
-            nflows_time, fused_time = median_times(
-                [lambda: nflows_step(x.view(x.shape[0], -1), params_nflows, bins), lambda: fused_step(x, params, config)],
-                args.rounds,
-            )
-            print(f"| {threads} | {nflows_time * 1e3:.1f} | {fused_time * 1e3:.1f} | {nflows_time / fused_time:.1f}x |")
+        for layout in args.layout:
+            x, params, x_nflows, params_nflows = inputs(layout, batch, features, bins)
+            # The same numbers, to float32 rounding (each is some 3e-4 off float64 in the norm, nflows more).
+            grad_x = gradient_of_x(layout, fused_step(x, params, config)[0], features)
+            grad_x_nflows = nflows_step(x_nflows, params_nflows, bins)[0]
+            error = (grad_x - grad_x_nflows).norm() / grad_x_nflows.norm()
+            assert error < 2e-3, f"the two disagree: relative error {error:.3g}"
+            for threads in args.threads:
+                torch.set_num_threads(threads)
+                steps = [lambda: nflows_step(x_nflows, params_nflows, bins), lambda: fused_step(x, params, config)]
+                nflows_time, fused_time = median_times(steps, args.rounds)
+                print(f"| {layout} | {threads} | {nflows_time * 1e3:.1f} | {fused_time * 1e3:.1f} | "
+                      f"{nflows_time / fused_time:.1f}x |")  # fmt: skip
     finally:
         torch.set_num_threads(previous)
 

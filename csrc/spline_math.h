@@ -256,7 +256,9 @@ NF_HOST_DEVICE Piece<T> piece_of(const Bin<T>& bin, const Constants<T>& c) {
 }
 
 // theta of the inverse: the root of a theta^2 + b theta + c = 0 in [0, 1] as 2c / (-b - sqrt(b^2 - 4ac)), which
-// never subtracts nearly equal numbers (b > 0 near the bin's left end, where c -> 0).
+// never subtracts nearly equal numbers (b > 0 near the bin's left end, where c -> 0). Clamped to [0, 1], where the
+// root lies: rounding near a knot can put it a hair outside, and there the slope's Q, with a small derivative at
+// the knot, could turn negative (a NaN log-det).
 template <class T>
 NF_HOST_DEVICE T inverse_theta(const Piece<T>& q, T z) {
   const T rise = z - q.y0;
@@ -265,7 +267,9 @@ NF_HOST_DEVICE T inverse_theta(const Piece<T>& q, T z) {
   const T b = q.h * q.d0 - rise * bend;
   const T c = -q.s * rise;
   const T disc = b * b - T(4) * a * c;
-  return T(2) * c / (-b - math::sqrt(disc > T(0) ? disc : T(0)));
+  const T theta = T(2) * c / (-b - math::sqrt(disc > T(0) ? disc : T(0)));
+  const T above = theta > T(1) ? T(1) : theta;
+  return theta < T(0) ? T(0) : above;  // NaN stays NaN
 }
 
 // y, the slope's parts and log f' at theta.

@@ -6,12 +6,12 @@ kernels against nflows' own spline in float64 (values, log-dets and every gradie
 log-det bits, and the ops' refusals of bins beyond the compiled maximum and of bad calls.
 """
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
 from nf_kernels import _build
+from nf_kernels._layout import SPLINE_LAYOUT_FIELDS
+from nf_kernels._spline_arguments import SplineConfig
 from nf_kernels.backends.extension import CPU_BACKEND, _spline_op_arguments, kernel_codes, spline_max_bins
 
 _module, _why_not = _build.load()
@@ -19,8 +19,7 @@ pytestmark = pytest.mark.skipif(_module is None, reason=f"C++ extension not avai
 
 
 def _config(bins=8, mask="half", flip=False, reverse=False, bound=3.0):
-    return SimpleNamespace(mask_kind=mask, flip=flip, bins=bins, bound=bound, min_bin_width=1e-3, min_bin_height=1e-3,
-                           min_derivative=1e-3, reverse=reverse)  # fmt: skip
+    return SplineConfig(mask, flip, bins, bound, 1e-3, 1e-3, 1e-3, reverse)
 
 
 def _params_shape(shape, config):
@@ -37,8 +36,6 @@ def _case(shape, config, dtype=torch.float64, seed=0, scale=1.0):
 
 
 def test_layout_fields_match_the_extension():
-    from nf_kernels.backends._spline_layout_local import SPLINE_LAYOUT_FIELDS
-
     assert kernel_codes("spline_layout") == SPLINE_LAYOUT_FIELDS
     assert spline_max_bins() == 32
 
@@ -123,13 +120,12 @@ def test_more_bins_than_compiled_are_refused():
 
 @pytest.mark.parametrize(
     "change,message",
-    [({"bound": 0.0}, "bound"), ({"min_bin_width": 0.2}, "min_bin_width"), ({"min_derivative": -1.0}, "min_derivative")],
+    [({"bound": 0.0}, "bound"), ({"min_bin_width": 0.2}, "min_bin_width"),
+     ({"min_derivative": -1.0}, "min_derivative")],
 )  # fmt: skip
 def test_bad_floats_are_refused(change, message):
-    config = _config(bins=8)
-    x, params, _ = _case((2, 4), config, torch.float32)
-    for key, value in change.items():
-        setattr(config, key, value)
+    x, params, _ = _case((2, 4), _config(bins=8), torch.float32)
+    config = _config(bins=8)._replace(**change)
     with pytest.raises(ValueError, match=message):
         CPU_BACKEND.spline_forward(x, params, None, config)
 

@@ -7,8 +7,11 @@
 // converted from the storage dtype on the way in), and csrc/spline_math.h's passes run one at a time over the
 // chunk, with the loop over the elements innermost, so that the compiler vectorizes each of them: the softmax of
 // the widths' and heights' rows, the bin search's start and steps, the evaluation (and in the backward the local
-// gradients and the parameters' gradients, a row each). Each pass's per-element state stays in the stage, one array a field.
-// Memory is read once (x and params) and written once (y, or grad_x and grad_params).
+// gradients and the parameters' gradients, a row each). Each pass's per-element state stays in the stage, one
+// array a field; the loops over a row take it through a pointer of its own (indexing the rows directly, GCC
+// vectorized some across the rows instead, with scatters). Memory is read once (x and params) and written once
+// (y, or grad_x and grad_params). A chunk runs over its elements rounded up to a vector, so that short samples
+// ([B, 2] vectors) cost a vector a pass, not kLanes elements.
 //
 // The log-det: each chunk's terms are summed pairwise in the compute type, the chunk sums pairwise in double, the
 // chunks starting where the tile's transformable span does: the order depends on the shapes alone.
@@ -23,7 +26,8 @@ namespace cpu {
 namespace NF_ISA_NAME {
 namespace {
 
-constexpr int kLanes = 64;
+constexpr int kLanes = 64;        // a chunk's elements at most (and the stride of the parameter rows)
+constexpr int kLaneMultiple = 16;  // a chunk runs over its elements rounded up to this (a vector of floats)
 constexpr int64_t kChunksPerTile = (kTileElements + kLanes - 1) / kLanes;
 
 // The storage types, by their raw words for the 16-bit ones.
@@ -77,16 +81,16 @@ struct SearchLanes {
 template <class CT>
 struct GradLanes {
   int k[kLanes];
-  bool on[kLanes];
+  CT on[kLanes];  // 1 or 0: a bool array would not vectorize against the comparisons' masks
   CT gx_left[kLanes], gx_right[kLanes], gy_left[kLanes], gy_right[kLanes], offset_w[kLanes], offset_h[kLanes];
   CT g_raw_d0[kLanes], g_raw_d1[kLanes];
 
   spline::BinGrad<CT> grad(int e) const {
-    return {k[e], on[e], gx_left[e], gx_right[e], gy_left[e], gy_right[e], offset_w[e], offset_h[e],
+    return {k[e], on[e] != CT(0), gx_left[e], gx_right[e], gy_left[e], gy_right[e], offset_w[e], offset_h[e],
             g_raw_d0[e], g_raw_d1[e], CT(0)};
   }
   void set(int e, const spline::BinGrad<CT>& g) {
-    k[e] = g.k, on[e] = g.on, gx_left[e] = g.gx_left, gx_right[e] = g.gx_right, gy_left[e] = g.gy_left;
+    k[e] = g.k, on[e] = g.on ? CT(1) : CT(0), gx_left[e] = g.gx_left, gx_right[e] = g.gx_right, gy_left[e] = g.gy_left;
     gy_right[e] = g.gy_right, offset_w[e] = g.offset_w, offset_h[e] = g.offset_h;
     g_raw_d0[e] = g.g_raw_d0, g_raw_d1[e] = g.g_raw_d1;
   }
@@ -101,7 +105,8 @@ struct alignas(64) Stage {
   CT out[kLanes];     // y or grad_x
   CT terms[kLanes];   // log-det terms
   CT scratch[kLanes];
-  bool selected[kLanes];
+  CT selected[kLanes];  // 1 or 0, as GradLanes::on
+  int lanes;               // the elements the passes run over: the chunk's, rounded up to kLaneMultiple
   int64_t offset[kLanes];  // where each element's parameters start in its sample's params
   SearchLanes<CT> search;
   GradLanes<CT> grad;
@@ -121,28 +126,29 @@ void stage_chunk(const SplineLayout& layout, const XS* x, const PS* params, int6
   }
   for (int e = 0; e < len; ++e) st.v[e] = decode<CT>(x[n0 + e]);
   if (sel.pattern == kPatternRange) {
-    for (int e = 0; e < len; ++e) st.selected[e] = true;
+    for (int e = 0; e < len; ++e) st.selected[e] = CT(1);
   } else if (sel.pattern == kPatternCheckerboard) {  // row i and column j walk along the plane
     const int64_t height = sel.plane / sel.width, r = n0 % sel.plane;
     int64_t i = r / sel.width, j = r % sel.width;
     for (int e = 0; e < len; ++e) {
-      st.selected[e] = ((i + j) & 1) == sel.parity;
+      st.selected[e] = ((i + j) & 1) == sel.parity ? CT(1) : CT(0);
       if (++j == sel.width) j = 0, i = i + 1 == height ? 0 : i + 1;
     }
   } else {
-    for (int e = 0; e < len; ++e) st.selected[e] = sel.transformed[n0 + e] != 0;
+    for (int e = 0; e < len; ++e) st.selected[e] = sel.transformed[n0 + e] != 0 ? CT(1) : CT(0);
   }
   // Lanes past len compute on copies of lane 0 (so the vectorized passes need no tail), their results unused.
-  for (int e = len; e < kLanes; ++e) st.v[e] = st.v[0], st.selected[e] = false, st.offset[e] = st.offset[0];
-  const int per = spline_params_per_element(layout.bins);
-  const bool contiguous = st.offset[kLanes - 1] - st.offset[0] == kLanes - 1;  // one channel, R >= the chunk
+  st.lanes = std::min(kLanes, (len + kLaneMultiple - 1) / kLaneMultiple * kLaneMultiple);
+  for (int e = len; e < st.lanes; ++e) st.v[e] = st.v[0], st.selected[e] = CT(0), st.offset[e] = st.offset[0];
+  const int per = spline_params_per_element(layout.bins), lanes = st.lanes;
+  const bool contiguous = st.offset[lanes - 1] - st.offset[0] == lanes - 1;  // one channel, R >= the chunk
   for (int j = 0; j < per; ++j) {
     CT* __restrict__ row = rows + j * kLanes;
     if (contiguous) {
       const PS* src = params + st.offset[0] + j * inner;
-      for (int e = 0; e < kLanes; ++e) row[e] = decode<CT>(src[e]);
+      for (int e = 0; e < lanes; ++e) row[e] = decode<CT>(src[e]);
     } else {
-      for (int e = 0; e < kLanes; ++e) row[e] = decode<CT>(params[st.offset[e] + j * inner]);
+      for (int e = 0; e < lanes; ++e) row[e] = decode<CT>(params[st.offset[e] + j * inner]);
     }
   }
 }
@@ -151,26 +157,30 @@ void stage_chunk(const SplineLayout& layout, const XS* x, const PS* params, int6
 // shares. Two passes where csrc/spline_math.h's per-element form has an online one: here the exponentials are
 // kept (the rows are in L1), so each is computed once for the normalizer, the bin search and the backward.
 template <class CT>
-void softmax_rows(CT* __restrict__ rows, int bins, CT* __restrict__ scratch, CT* __restrict__ sum) {
+void softmax_rows(CT* __restrict__ rows, int bins, int lanes, CT* __restrict__ scratch, CT* __restrict__ sum) {
+  CT* __restrict__ max = scratch;
 #pragma GCC ivdep
-  for (int e = 0; e < kLanes; ++e) scratch[e] = rows[e], sum[e] = CT(0);
+  for (int e = 0; e < lanes; ++e) max[e] = rows[e], sum[e] = CT(0);
   for (int j = 1; j < bins; ++j) {
+    const CT* __restrict__ row = rows + j * kLanes;
 #pragma GCC ivdep
-    for (int e = 0; e < kLanes; ++e) scratch[e] = rows[j * kLanes + e] > scratch[e] ? rows[j * kLanes + e] : scratch[e];
+    for (int e = 0; e < lanes; ++e) max[e] = row[e] > max[e] ? row[e] : max[e];
   }
   for (int j = 0; j < bins; ++j) {
+    CT* __restrict__ row = rows + j * kLanes;
 #pragma GCC ivdep
-    for (int e = 0; e < kLanes; ++e) {
-      const CT v = math::exp(rows[j * kLanes + e] - scratch[e]);
-      rows[j * kLanes + e] = v;
+    for (int e = 0; e < lanes; ++e) {
+      const CT v = math::exp(row[e] - max[e]);
+      row[e] = v;
       sum[e] += v;
     }
   }
 #pragma GCC ivdep
-  for (int e = 0; e < kLanes; ++e) sum[e] = CT(1) / sum[e];
+  for (int e = 0; e < lanes; ++e) sum[e] = CT(1) / sum[e];
   for (int j = 0; j < bins; ++j) {
+    CT* __restrict__ row = rows + j * kLanes;
 #pragma GCC ivdep
-    for (int e = 0; e < kLanes; ++e) rows[j * kLanes + e] *= sum[e];
+    for (int e = 0; e < lanes; ++e) row[e] *= sum[e];
   }
 }
 
@@ -180,16 +190,17 @@ void softmax_rows(CT* __restrict__ rows, int bins, CT* __restrict__ scratch, CT*
 template <bool kReverse, class CT>
 void find_bins(const spline::Constants<CT> c, Stage<CT>& st, CT* __restrict__ rows) {
   const int bins = c.bins;
-  softmax_rows(rows, bins, st.scratch, st.terms);
-  softmax_rows(rows + bins * kLanes, bins, st.scratch, st.terms);
+  const int lanes = st.lanes;
+  softmax_rows(rows, bins, lanes, st.scratch, st.terms);
+  softmax_rows(rows + bins * kLanes, bins, lanes, st.scratch, st.terms);
   const CT* __restrict__ widths = rows;
   const CT* __restrict__ heights = rows + bins * kLanes;
   const CT* __restrict__ derivatives = rows + 2 * bins * kLanes;
 #pragma GCC ivdep
-  for (int e = 0; e < kLanes; ++e) st.search.set(e, spline::bin_search_start(c, widths[e], heights[e]));
+  for (int e = 0; e < lanes; ++e) st.search.set(e, spline::bin_search_start(c, widths[e], heights[e]));
   for (int j = 1; j < bins; ++j) {
 #pragma GCC ivdep
-    for (int e = 0; e < kLanes; ++e) {
+    for (int e = 0; e < lanes; ++e) {
       spline::BinSearch<CT> s = st.search.search(e);
       spline::bin_search_step<kReverse>(s, c, j, derivatives[(j - 1) * kLanes + e], widths[j * kLanes + e],
                                         heights[j * kLanes + e], st.v[e]);
@@ -212,17 +223,19 @@ void copy_range(const S* src, S* dst, int64_t from, int64_t to) {
   if (to > from) std::memcpy(dst + from, src + from, static_cast<size_t>(to - from) * sizeof(S));
 }
 
-// The stage and the parameter rows (twice for the backward: parameters and their gradients), per tile call.
+// The stage and the parameter rows (twice for the backward: parameters and their gradients), in a buffer each
+// thread keeps (a tile may be a short sample: no allocation per tile).
 template <class CT>
 struct Workspace {
-  std::vector<unsigned char> memory;
   Stage<CT>* stage;
   CT* rows;
   CT* grad_rows;
 
   Workspace(int bins, bool with_grads) {
+    thread_local std::vector<unsigned char> memory;
     const size_t row_bytes = static_cast<size_t>(spline_params_per_element(bins)) * kLanes * sizeof(CT);
-    memory.resize(sizeof(Stage<CT>) + (with_grads ? 2 : 1) * row_bytes + 64);
+    const size_t bytes = sizeof(Stage<CT>) + (with_grads ? 2 : 1) * row_bytes + 64;
+    if (memory.size() < bytes) memory.resize(bytes);
     unsigned char* base = memory.data();
     base += (64 - reinterpret_cast<uintptr_t>(base) % 64) % 64;
     stage = new (base) Stage<CT>;
@@ -249,9 +262,10 @@ double forward_tile(const SplineLayout& layout, const spline::Constants<CT> c, c
     const int len = static_cast<int>(std::min<int64_t>(kLanes, span.last - n0));
     stage_chunk(layout, x, params, n0, len, st, ws.rows);
     find_bins<kReverse>(c, st, ws.rows);  // uses st.terms as scratch: the terms are written after it
+    const int lanes = st.lanes;
 #pragma GCC ivdep
-    for (int e = 0; e < kLanes; ++e) {
-      const spline::Result<CT> r = spline::evaluate<kReverse>(st.search.bin(e), c, st.v[e], st.selected[e]);
+    for (int e = 0; e < lanes; ++e) {
+      const spline::Result<CT> r = spline::evaluate<kReverse>(st.search.bin(e), c, st.v[e], st.selected[e] != CT(0));
       st.out[e] = r.value;
       st.terms[e] = r.logdet;
     }
@@ -278,24 +292,25 @@ int backward_tile(const SplineLayout& layout, const spline::Constants<CT> c, con
   Workspace<CT> ws(bins, true);
   Stage<CT>& st = *ws.stage;
   CT* __restrict__ grad_rows = ws.grad_rows;
-  const CT* __restrict__ shares = ws.rows;  // the widths' and heights' rows, once find_bins has run
+  const CT* shares = ws.rows;  // the widths' and heights' rows, once find_bins has run
   for (int64_t n0 = span.first; n0 < span.last; n0 += kLanes) {
     const int len = static_cast<int>(std::min<int64_t>(kLanes, span.last - n0));
     stage_chunk(layout, x, params, n0, len, st, ws.rows);
     for (int e = 0; e < len; ++e) st.g[e] = decode<CT>(grad_y[n0 + e]);
-    for (int e = len; e < kLanes; ++e) st.g[e] = CT(0);
+    for (int e = len; e < st.lanes; ++e) st.g[e] = CT(0);
+    const int lanes = st.lanes;
     find_bins<kReverse>(c, st, ws.rows);
 #pragma GCC ivdep
-    for (int e = 0; e < kLanes; ++e) {
+    for (int e = 0; e < lanes; ++e) {
       const spline::BinGrad<CT> g =
-          spline::local_backward<kReverse>(st.search.bin(e), c, st.v[e], st.g[e], g_logdet, st.selected[e]);
+          spline::local_backward<kReverse>(st.search.bin(e), c, st.v[e], st.g[e], g_logdet, st.selected[e] != CT(0));
       st.grad.set(e, g);
       st.out[e] = g.grad_v;
     }
     // The parameters' gradients, a row at a time: widths and heights j, and the derivative at knot j (j > 0).
     // The terms array served as scratch in find_bins; the backward has no log-det terms.
 #pragma GCC ivdep
-    for (int e = 0; e < kLanes; ++e) {
+    for (int e = 0; e < lanes; ++e) {
       const spline::ParameterGrads<CT> g =
           spline::parameter_gradients_at(c, st.grad.grad(e), 0, shares[e], shares[bins * kLanes + e]);
       grad_rows[e] = g.width;
@@ -303,9 +318,9 @@ int backward_tile(const SplineLayout& layout, const spline::Constants<CT> c, con
     }
     for (int j = 1; j < bins; ++j) {
 #pragma GCC ivdep
-      for (int e = 0; e < kLanes; ++e) {
-        const spline::ParameterGrads<CT> g = spline::parameter_gradients_at(c, st.grad.grad(e), j, shares[j * kLanes + e],
-                                                                            shares[(bins + j) * kLanes + e]);
+      for (int e = 0; e < lanes; ++e) {
+        const spline::ParameterGrads<CT> g = spline::parameter_gradients_at(
+            c, st.grad.grad(e), j, shares[j * kLanes + e], shares[(bins + j) * kLanes + e]);
         grad_rows[j * kLanes + e] = g.width;
         grad_rows[(bins + j) * kLanes + e] = g.height;
         grad_rows[(2 * bins + j - 1) * kLanes + e] = g.derivative;

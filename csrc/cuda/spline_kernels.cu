@@ -217,6 +217,18 @@ cudaError_t with_type(DType dtype, F&& f) {
   return cudaErrorInvalidValue;
 }
 
+// f(Type<XT>{}, Type<PT>{}, constants) for the dtypes of x and params, the constants in x's compute type.
+template <class F>
+cudaError_t with_types(DType x_dtype, DType params_dtype, const SplineLayout& layout, const SplineConfig& config,
+                       F&& f) {
+  return with_type(x_dtype, [&](auto xt) -> cudaError_t {
+    return with_type(params_dtype, [&](auto pt) -> cudaError_t {
+      using CT = compute_t<typename decltype(xt)::type>;
+      return f(xt, pt, spline::make_constants<CT>(config, layout.bins));
+    });
+  });
+}
+
 int64_t chunks_of(const SplineLayout& layout) { return (layout.select.numel + kChunk - 1) / kChunk; }
 
 // The launch's numbers; an error where the grid's 32-bit item numbering cannot hold the call.
@@ -250,24 +262,21 @@ cudaError_t launch_spline_forward(const SplineForwardArgs& args, void* workspace
   unsigned blocks = 0;
   if (cudaError_t error = prepare(layout, lp, blocks)) return error;
   if (lp.chunks > 1 && workspace == nullptr) return cudaErrorInvalidValue;
-  return with_type(args.x_dtype, [&](auto xt) -> cudaError_t {
-    return with_type(args.params_dtype, [&](auto pt) -> cudaError_t {
-      using XT = typename decltype(xt)::type;
-      using PT = typename decltype(pt)::type;
-      using CT = compute_t<XT>;
-      const spline::Constants<CT> c = spline::make_constants<CT>(args.config, layout.bins);
-      CT* partials = static_cast<CT*>(workspace);
-      if (args.config.reverse)
-        spline_forward_kernel<XT, PT, true><<<blocks, kThreads, 0, stream>>>(args, lp, c, partials);
-      else
-        spline_forward_kernel<XT, PT, false><<<blocks, kThreads, 0, stream>>>(args, lp, c, partials);
-      if (lp.chunks > 1) {
-        const auto sum_blocks = static_cast<unsigned>((layout.select.batch + kWarps - 1) / kWarps);
-        spline_sum_partials_kernel<CT><<<sum_blocks, kThreads, 0, stream>>>(
-            partials, static_cast<CT*>(args.logdet), layout.select.batch, lp.chunks);
-      }
-      return cudaGetLastError();
-    });
+  return with_types(args.x_dtype, args.params_dtype, layout, args.config, [&](auto xt, auto pt, auto c) -> cudaError_t {
+    using XT = typename decltype(xt)::type;
+    using PT = typename decltype(pt)::type;
+    using CT = compute_t<XT>;
+    CT* partials = static_cast<CT*>(workspace);
+    if (args.config.reverse)
+      spline_forward_kernel<XT, PT, true><<<blocks, kThreads, 0, stream>>>(args, lp, c, partials);
+    else
+      spline_forward_kernel<XT, PT, false><<<blocks, kThreads, 0, stream>>>(args, lp, c, partials);
+    if (lp.chunks > 1) {
+      const auto sum_blocks = static_cast<unsigned>((layout.select.batch + kWarps - 1) / kWarps);
+      spline_sum_partials_kernel<CT><<<sum_blocks, kThreads, 0, stream>>>(partials, static_cast<CT*>(args.logdet),
+                                                                          layout.select.batch, lp.chunks);
+    }
+    return cudaGetLastError();
   });
 }
 
@@ -277,18 +286,14 @@ cudaError_t launch_spline_backward(const SplineBackwardArgs& args, cudaStream_t 
   SplineLaunch lp;
   unsigned blocks = 0;
   if (cudaError_t error = prepare(layout, lp, blocks)) return error;
-  return with_type(args.x_dtype, [&](auto xt) -> cudaError_t {
-    return with_type(args.params_dtype, [&](auto pt) -> cudaError_t {
-      using XT = typename decltype(xt)::type;
-      using PT = typename decltype(pt)::type;
-      using CT = compute_t<XT>;
-      const spline::Constants<CT> c = spline::make_constants<CT>(args.config, layout.bins);
-      if (args.config.reverse)
-        spline_backward_kernel<XT, PT, true><<<blocks, kThreads, 0, stream>>>(args, lp, c);
-      else
-        spline_backward_kernel<XT, PT, false><<<blocks, kThreads, 0, stream>>>(args, lp, c);
-      return cudaGetLastError();
-    });
+  return with_types(args.x_dtype, args.params_dtype, layout, args.config, [&](auto xt, auto pt, auto c) -> cudaError_t {
+    using XT = typename decltype(xt)::type;
+    using PT = typename decltype(pt)::type;
+    if (args.config.reverse)
+      spline_backward_kernel<XT, PT, true><<<blocks, kThreads, 0, stream>>>(args, lp, c);
+    else
+      spline_backward_kernel<XT, PT, false><<<blocks, kThreads, 0, stream>>>(args, lp, c);
+    return cudaGetLastError();
   });
 }
 

@@ -34,7 +34,8 @@ using Pair = std::tuple<at::Tensor, at::Tensor>;
 using ForwardSig = Pair(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, c10::ArrayRef<int64_t>,
                         double, double, double, double, bool);
 using BackwardSig = Pair(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                         const std::optional<at::Tensor>&, c10::ArrayRef<int64_t>, double, double, double, double, bool);
+                         const std::optional<at::Tensor>&, c10::ArrayRef<int64_t>, double, double, double, double,
+                         bool);
 
 const c10::TypedOperatorHandle<ForwardSig>& forward_op() {
   static const auto op =
@@ -110,7 +111,8 @@ Case make_case(std::vector<int64_t> sizes, Mask mask, int bins, bool reverse, at
   } else {
     c.lo = 0, c.hi = numel;
     if (mask == Mask::kCheckerboard) {
-      pattern = nf_kernels::kPatternCheckerboard, parity = 1, width = sizes.back(), plane = sizes[sizes.size() - 2] * width;
+      pattern = nf_kernels::kPatternCheckerboard, parity = 1, width = sizes.back();
+      plane = sizes[sizes.size() - 2] * width;
     } else {
       pattern = nf_kernels::kPatternMask;
       c.transformed = (at::rand({numel}) < 0.6).to(at::kByte);
@@ -239,7 +241,8 @@ void test_knots_and_bounds() {
       if (i <= static_cast<size_t>(bins)) {
         const double want = reverse ? k.x[i] : k.y[i];
         check(std::abs(out - want) < 1e-12, "knot " + std::to_string(i) + (reverse ? " (inverse)" : "") +
-                                                " maps onto its knot: " + std::to_string(out) + " vs " + std::to_string(want));
+                                                " maps onto its knot: " + std::to_string(out) + " vs " +
+                                                std::to_string(want));
       } else {
         const bool outside = std::abs(inputs[i]) > 3.0;
         check(outside ? out == inputs[i] : std::abs(out - inputs[i]) < 1e-12, "the bound and beyond: identity");

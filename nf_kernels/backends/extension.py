@@ -27,8 +27,7 @@ import torch
 
 from .._arguments import logdet_dtype
 from .._build import load
-from .._layout import H_LAYOUT_FIELDS, FlatLayout, flat_layout, transformed_elements
-from ._spline_layout_local import spline_flat_layout
+from .._layout import H_LAYOUT_FIELDS, FlatLayout, flat_layout, spline_flat_layout, transformed_elements
 from .._outputs import poisoning
 from .._prepared import PreparedCall
 
@@ -97,8 +96,7 @@ def _spline_op_arguments(x: torch.Tensor, mask: Optional[torch.Tensor], config) 
     """The arguments both extension spline ops take after their tensors (csrc/ops/schema.cpp): the mask, the packed
     spline layout and the spline's four floats."""
     layout = spline_flat_layout(x, mask, config)
-    return (layout.transformed, layout.packed(), config.bound, config.min_bin_width, config.min_bin_height,
-            config.min_derivative)  # fmt: skip
+    return (layout.transformed, layout.packed(), *layout.floats())
 
 
 def _has_kernel(device_type: str) -> bool:
