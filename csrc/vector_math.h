@@ -1,4 +1,4 @@
-// float exp, log1p, tanh and atan made of arithmetic, bit operations and selects only, so that a C++ compiler can
+// float exp, log1p, log, tanh and atan made of arithmetic, bit operations and selects only, so that a C++ compiler can
 // vectorize a loop calling them (libm's scalar calls block vectorization). Host code only: CUDA uses libdevice.
 //
 // Each is within a few ulp of libm over the whole float range (csrc/tests/test_coupling.cpp measures it), and
@@ -62,17 +62,17 @@ inline float exp(float v) {
   return nan ? v : result;
 }
 
-inline float log1p(float v) {
-  const float u = 1.0f + v;
-  // u = 2^k * m with m in [sqrt(1/2), sqrt(2)), read from the bits (u is a normal float or special, see below).
+// log(u) for a positive normal float u (or inf), 2^extra_exponent times smaller: u = 2^k * m with m in
+// [sqrt(1/2), sqrt(2)), read from the bits; log(m) = 2 atanh(f) = 2 (f + f^3/3 + ...), f = (m - 1) / (m + 1),
+// |f| <= 0.172: to f^9 the remainder f^10 / 11 relative is 2e-9.
+inline float log_of_normal(float u, int32_t extra_exponent) {
   const uint32_t bits = to_bits(u);
   int32_t k = static_cast<int32_t>((bits >> 23) & 0xffu) - 127;
   float m = from_bits((bits & 0x007fffffu) | 0x3f800000u);
   const bool upper = m > 1.41421356f;
   m = upper ? 0.5f * m : m;
   k = upper ? k + 1 : k;
-  // log(m) = 2 atanh(f) = 2 (f + f^3/3 + ...), f = (m - 1) / (m + 1), |f| <= 0.172: to f^9 the remainder
-  // f^10 / 11 relative is 2e-9.
+  k -= extra_exponent;
   const float f = (m - 1.0f) / (m + 1.0f);
   const float f2 = f * f;
   float p = 1.0f / 9.0f;
@@ -81,14 +81,29 @@ inline float log1p(float v) {
   p = p * f2 + 1.0f / 3.0f;
   p = p * f2 + 1.0f;
   const float kf = static_cast<float>(k);
-  const float log_u = kf * kLn2Hi + (2.0f * f * p + kf * kLn2Lo);
+  return kf * kLn2Hi + (2.0f * f * p + kf * kLn2Lo);
+}
+
+inline float log1p(float v) {
+  const float u = 1.0f + v;  // a normal float or special, see below
   // u is 1 + v rounded; (v - (u - 1)) / u adds back the first-order effect of that rounding.
-  const float result = log_u + (v - (u - 1.0f)) / u;
+  const float result = log_of_normal(u, 0) + (v - (u - 1.0f)) / u;
   // u = inf, 0 and negative are the special cases of the bit decomposition; NaN propagates through the arithmetic.
   const float inf = from_bits(0x7f800000u);
   float special = u == inf ? inf : result;
   special = u == 0.0f ? -inf : special;
   return u < 0.0f ? from_bits(0x7fc00000u) : special;
+}
+
+// log(u) for u > 0 by the same decomposition; subnormal u are scaled by 2^24 first, so the exponent read from the
+// bits is the true one. 0 gives -inf, inf gives inf, negative and NaN give NaN.
+inline float log(float u) {
+  const bool subnormal = u < 1.17549435e-38f;
+  const float result = log_of_normal(subnormal ? u * 16777216.0f : u, subnormal ? 24 : 0);  // 2^24
+  const float inf = from_bits(0x7f800000u);
+  float special = u == inf ? inf : result;
+  special = u == 0.0f ? -inf : special;
+  return u < 0.0f || u != u ? from_bits(0x7fc00000u) : special;
 }
 
 inline float tanh(float u) {

@@ -36,9 +36,19 @@ CPU_SOURCES = [
     "csrc/cpu/tile_kernels_avx512.cpp",
     "csrc/cpu/tile_kernels_avx2.cpp",
     "csrc/cpu/tile_kernels_baseline.cpp",
+    "csrc/ops/spline_arguments.cpp",
+    "csrc/cpu/spline_ops_cpu.cpp",
+    "csrc/cpu/spline_tiles_avx512.cpp",
+    "csrc/cpu/spline_tiles_avx2.cpp",
+    "csrc/cpu/spline_tiles_baseline.cpp",
 ]
 # Added when torch has CUDA and nvcc is present. The .cu file is torch-free; ops_cuda.cpp is the torch glue.
-CUDA_SOURCES = ["csrc/cuda/coupling_kernels.cu", "csrc/cuda/ops_cuda.cpp"]
+CUDA_SOURCES = [
+    "csrc/cuda/coupling_kernels.cu",
+    "csrc/cuda/ops_cuda.cpp",
+    "csrc/cuda/spline_kernels.cu",
+    "csrc/cuda/spline_ops_cuda.cpp",
+]
 
 # torch's BuildExtension adds the C++ standard torch needs (C++20 for torch 2.13). -fno-math-errno lets sqrt and friends vectorize, nothing we read depends on errno or FP exception flags; no
 # -ffast-math, which would break the NaN and Inf propagation the SPEC promises. -fopenmp: at::parallel_for is

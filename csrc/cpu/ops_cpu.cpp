@@ -9,47 +9,12 @@
 #include <torch/library.h>
 
 #include "../ops/op_arguments.h"
-#include "pairwise_sum.h"
 #include "tile_kernels.h"
+#include "tiling.h"
 
 namespace nf_kernels {
 namespace cpu {
 namespace {
-
-// Below this many elements a parallel task is not worth its start-up cost.
-constexpr int64_t kMinElementsPerTask = 32768;
-
-struct Tiling {
-  int64_t per_sample;  // tiles in one sample
-  int64_t count;       // tiles in the batch
-  int64_t grain;       // tiles per parallel task, at least
-
-  explicit Tiling(const FlatLayout& layout)
-      : per_sample((layout.numel + kTileElements - 1) / kTileElements),
-        count(layout.batch * per_sample),
-        grain(std::max<int64_t>(1, kMinElementsPerTask / std::max<int64_t>(1, std::min(layout.numel, kTileElements)))) {}
-
-  int64_t start(int64_t tile) const { return (tile % per_sample) * kTileElements; }
-};
-
-template <class Body>
-void for_each_tile(const FlatLayout& layout, const Body& body) {
-  const Tiling tiling(layout);
-  at::parallel_for(0, tiling.count, tiling.grain, [&](int64_t begin, int64_t end) {
-    for (int64_t tile = begin; tile < end; ++tile) {
-      const int64_t start = tiling.start(tile);
-      body(tile, tile / tiling.per_sample, start, std::min(layout.numel, start + kTileElements));
-    }
-  });
-}
-
-// Overwrites `partials` (the tile sums, sample by sample).
-template <class T>
-void sum_partials(std::vector<double>& partials, int64_t per_sample, at::Tensor& logdet) {
-  T* out = logdet.mutable_data_ptr<T>();
-  for (int64_t b = 0; b < logdet.numel(); ++b)
-    out[b] = static_cast<T>(pairwise_sum(partials.data() + b * per_sample, per_sample));
-}
 
 std::tuple<at::Tensor, at::Tensor> coupling_forward(const at::Tensor& x, const at::Tensor& h,
                                                     const std::optional<at::Tensor>& transformed,
@@ -63,14 +28,12 @@ std::tuple<at::Tensor, at::Tensor> coupling_forward(const at::Tensor& x, const a
   const ForwardTensors io{call.x.const_data_ptr(), dtype_code(x.scalar_type()), call.h.const_data_ptr(),
                           dtype_code(h.scalar_type()), y.mutable_data_ptr()};
   const TileKernels& kernels = selected_tile_kernels();
-  std::vector<double> partials(static_cast<size_t>(Tiling(layout).count));
-  for_each_tile(layout, [&](int64_t tile, int64_t b, int64_t start, int64_t end) {
+  const Tiling tiling(layout.batch, layout.numel);
+  std::vector<double> partials(static_cast<size_t>(tiling.count));
+  for_each_tile(tiling, [&](int64_t tile, int64_t b, int64_t start, int64_t end) {
     partials[tile] = kernels.forward_tile(layout, call.config, io, b, start, end);
   });
-  if (logdet.scalar_type() == at::kDouble)
-    sum_partials<double>(partials, Tiling(layout).per_sample, logdet);
-  else
-    sum_partials<float>(partials, Tiling(layout).per_sample, logdet);
+  sum_partials(partials, tiling.per_sample, logdet);
   return {y, logdet};
 }
 
@@ -89,7 +52,7 @@ std::tuple<at::Tensor, at::Tensor> coupling_backward(const at::Tensor& grad_y, c
                            dtype_code(h.scalar_type()), out.grad_x.mutable_data_ptr(),
                            out.grad_h.mutable_data_ptr()};
   const TileKernels& kernels = selected_tile_kernels();
-  for_each_tile(layout, [&](int64_t, int64_t b, int64_t start, int64_t end) {
+  for_each_tile(Tiling(layout.batch, layout.numel), [&](int64_t, int64_t b, int64_t start, int64_t end) {
     kernels.backward_tile(layout, call.config, io, b, start, end);
   });
   return {out.grad_x, out.grad_h};

@@ -14,18 +14,24 @@
 
 #include "../coupling_layout.h"
 #include "../cpu/tile_kernels.h"
+#include "../spline_layout.h"
 
 namespace {
 
 std::string cpu_isa() { return nf_kernels::cpu::selected_tile_kernels().isa; }
 
 // The names of the kernel interface's codes, in code order: "scale", "pattern" or "layout" (the fields of the
-// packed `layout` argument). nf_kernels/_layout.py holds the same lists; tests/test_extension.py compares them.
+// packed `layout` argument), "spline_layout" (the spline ops' fields); "spline_max_bins" is the most bins the spline
+// kernels take. nf_kernels/_layout.py holds the same lists; tests/test_extension.py compares them.
 std::vector<std::string> kernel_codes(const std::string& kind) {
   if (kind == "scale") return {std::begin(nf_kernels::kScaleNames), std::end(nf_kernels::kScaleNames)};
   if (kind == "pattern") return {std::begin(nf_kernels::kPatternNames), std::end(nf_kernels::kPatternNames)};
   if (kind == "layout") return {std::begin(nf_kernels::kLayoutFieldNames), std::end(nf_kernels::kLayoutFieldNames)};
-  TORCH_CHECK_VALUE(false, "kernel_codes: kind must be 'scale', 'pattern' or 'layout', got '", kind, "'");
+  if (kind == "spline_layout")
+    return {std::begin(nf_kernels::kSplineLayoutFieldNames), std::end(nf_kernels::kSplineLayoutFieldNames)};
+  if (kind == "spline_max_bins") return {std::to_string(nf_kernels::kMaxSplineBins)};
+  TORCH_CHECK_VALUE(false, "kernel_codes: kind must be 'scale', 'pattern', 'layout', 'spline_layout' or ",
+                    "'spline_max_bins', got '", kind, "'");
 }
 
 }  // namespace
@@ -33,12 +39,19 @@ std::vector<std::string> kernel_codes(const std::string& kind) {
 // `layout` is nf_kernels._layout.FlatLayout.packed(): the ints of kLayoutFieldNames, in that order. `poison` fills
 // the outputs with NaN before the kernels write them (tests).
 #define NF_LAYOUT_ARGS "Tensor? transformed, int[] layout, float clamp, bool poison=False"
+// The spline ops' `layout` is nf_kernels._layout's spline layout packed (kSplineLayoutFieldNames, spline_layout.h).
+#define NF_SPLINE_ARGS                                                                                        \
+  "Tensor? transformed, int[] layout, float bound, float min_bin_width, float min_bin_height, float min_derivative, " \
+  "bool poison=False"
 
 TORCH_LIBRARY(nf_kernels_ext, m) {
   m.def("coupling_forward(Tensor x, Tensor h, " NF_LAYOUT_ARGS ") -> (Tensor y, Tensor logdet)");
   m.def("coupling(Tensor x, Tensor h, " NF_LAYOUT_ARGS ") -> (Tensor y, Tensor logdet)");
   m.def("coupling_backward(Tensor grad_y, Tensor grad_logdet, Tensor x, Tensor h, " NF_LAYOUT_ARGS
         ") -> (Tensor grad_x, Tensor grad_h)");
+  m.def("spline_forward(Tensor x, Tensor params, " NF_SPLINE_ARGS ") -> (Tensor y, Tensor logdet)");
+  m.def("spline_backward(Tensor grad_y, Tensor grad_logdet, Tensor x, Tensor params, " NF_SPLINE_ARGS
+        ") -> (Tensor grad_x, Tensor grad_params)");
   // Which instruction set the CPU kernels use here ("avx512", "avx2" or "baseline").
   m.def("cpu_isa() -> str", &cpu_isa);
   m.def("kernel_codes(str kind) -> str[]", &kernel_codes);
@@ -47,4 +60,6 @@ TORCH_LIBRARY(nf_kernels_ext, m) {
 TORCH_LIBRARY_IMPL(nf_kernels_ext, Autograd, m) {
   m.impl("coupling_forward", torch::autograd::autogradNotImplementedFallback());
   m.impl("coupling_backward", torch::autograd::autogradNotImplementedFallback());
+  m.impl("spline_forward", torch::autograd::autogradNotImplementedFallback());
+  m.impl("spline_backward", torch::autograd::autogradNotImplementedFallback());
 }

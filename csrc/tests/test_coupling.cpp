@@ -71,10 +71,14 @@ void test_vector_math() {
   check_function("tanh", [](float v) { return vm::tanh(v); }, [](double v) { return std::tanh(v); }, -12.0f, 12.0f, 4);
   check_function("atan", [](float v) { return vm::atan(v); }, [](double v) { return std::atan(v); }, -50.0f, 50.0f, 3);
   check_function("log1p", [](float v) { return vm::log1p(v); }, [](double v) { return std::log1p(v); }, -0.999f, 50.0f, 3);
+  check_function("log", [](float v) { return vm::log(v); }, [](double v) { return std::log(v); }, 1e-6f, 50.0f, 3);
+  check_function("log", [](float v) { return vm::log(v); }, [](double v) { return std::log(v); }, 0.0f, 1e-37f, 3);
   check(std::isnan(vm::exp(NAN)) && vm::exp(big) == big && vm::exp(-big) == 0.0f, "exp of NaN, +inf, -inf");
   check(vm::tanh(big) == 1.0f && vm::tanh(-big) == -1.0f && std::isnan(vm::tanh(NAN)), "tanh of +-inf and NaN");
   check(std::isnan(vm::atan(NAN)) && std::abs(vm::atan(big) - 1.5707964f) < 1e-7f, "atan of NaN and inf");
   check(vm::log1p(-1.0f) == -big && std::isnan(vm::log1p(-2.0f)) && vm::log1p(big) == big, "log1p specials");
+  check(vm::log(0.0f) == -big && std::isnan(vm::log(-1.0f)) && std::isnan(vm::log(NAN)) && vm::log(big) == big,
+        "log specials");
 }
 
 void test_half_conversions() {

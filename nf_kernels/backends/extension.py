@@ -27,7 +27,7 @@ import torch
 
 from .._arguments import logdet_dtype
 from .._build import load
-from .._layout import H_LAYOUT_FIELDS, FlatLayout, flat_layout, transformed_elements
+from .._layout import H_LAYOUT_FIELDS, FlatLayout, flat_layout, spline_flat_layout, transformed_elements
 from .._outputs import poisoning
 from .._prepared import PreparedCall
 
@@ -70,6 +70,33 @@ if _module is not None:
     def _coupling_backward_fake(grad_y, grad_logdet, x, h, transformed, layout, clamp, poison=False):
         grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device)
         return grad_x, torch.empty(h.shape, dtype=h.dtype, device=h.device)
+
+    @torch.library.register_fake("nf_kernels_ext::spline_forward")
+    def _spline_forward_fake(
+        x, params, transformed, layout, bound, min_bin_width, min_bin_height, min_derivative, poison=False
+    ):
+        y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        return y, x.new_empty(x.shape[0], dtype=logdet_dtype(x.dtype))
+
+    @torch.library.register_fake("nf_kernels_ext::spline_backward")
+    def _spline_backward_fake(
+        grad_y, grad_logdet, x, params, transformed, layout, bound, min_bin_width, min_bin_height, min_derivative,
+        poison=False,
+    ):
+        grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        return grad_x, torch.empty(params.shape, dtype=params.dtype, device=params.device)
+
+
+def spline_max_bins() -> int:
+    """The most bins this build's spline kernels take (csrc/spline_layout.h's kMaxSplineBins)."""
+    return int(kernel_codes("spline_max_bins")[0])
+
+
+def _spline_op_arguments(x: torch.Tensor, mask: Optional[torch.Tensor], config) -> tuple:
+    """The arguments both extension spline ops take after their tensors (csrc/ops/schema.cpp): the mask, the packed
+    spline layout and the spline's four floats."""
+    layout = spline_flat_layout(x, mask, config)
+    return (layout.transformed, layout.packed(), *layout.floats())
 
 
 def _has_kernel(device_type: str) -> bool:
@@ -124,6 +151,22 @@ class ExtensionBackend:
         layout = flat_layout(x, mask, config)
         return torch.ops.nf_kernels_ext.coupling_backward(
             grad_y, grad_logdet, x, h, *_op_arguments(layout), poison=poisoning()
+        )
+
+    def spline_why_unsupported(self, config) -> Optional[str]:
+        """None when this build's spline kernels take `config`, else why not (more bins than they are compiled for)."""
+        if _module is not None and config.bins > spline_max_bins():
+            return f"backend {self.name!r} supports at most {spline_max_bins()} bins, got bins={config.bins}"
+        return None
+
+    def spline_forward(self, x, params, mask, config):
+        return torch.ops.nf_kernels_ext.spline_forward(
+            x, params, *_spline_op_arguments(x, mask, config), poison=poisoning()
+        )
+
+    def spline_backward(self, grad_y, grad_logdet, x, params, mask, config):
+        return torch.ops.nf_kernels_ext.spline_backward(
+            grad_y, grad_logdet, x, params, *_spline_op_arguments(x, mask, config), poison=poisoning()
         )
 
     def eager_coupling(self, x, h, mask: Optional[torch.Tensor], prepared: PreparedCall):
