@@ -71,3 +71,14 @@ def h_position(p, pair_inner, PAIRS: tl.constexpr):
     else:
         base = p
     return base
+
+
+@triton.jit
+def spline_param_offsets(rows, p, params_stride, inner, P: tl.constexpr, KP: tl.constexpr):
+    """Where the spline parameters of a tile's elements sit in `params` (nf_kernels._layout's spline layout), as
+    ([ROWS, BLOCK, 1] element offsets, [1, 1, KP] lanes): parameter j of the element at position p (its channel
+    c = p // inner among the channels params covers, offset r = p % inner) is at c * P * inner + j * inner + r of
+    its sample. One 32-bit division per element; `inner` is the elements per channel."""
+    base = rows * params_stride + (p // inner) * (P * inner) + p % inner
+    lane = tl.arange(0, KP)[None, None, :]
+    return base[:, :, None], lane

@@ -1,0 +1,108 @@
+"""Fused rational-quadratic spline coupling forward/inverse in Triton: one pass reads x and the 3K - 1 parameters
+of each transformed element once, writes y and the log-det once.
+
+The grid and the log-det reduction are the affine forward's (forward.py): tiles of ROWS samples by BLOCK elements,
+one partial log-det per (sample, block), added in a fixed order by its second kernel when a sample spans several
+blocks. Tiles are smaller than the affine kernels' (SPLINE_MAX_BLOCK): an element holds three KP-lane tiles of
+parameters in registers.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..._arguments import logdet_dtype
+from ..._outputs import new_output
+from .forward import sum_partials
+from .indexing import program_tile, spline_param_offsets, tile_touches_range, transformed_elements
+from .launch import LaunchShape, compute_tl_dtype, mask_argument
+from .spline_math import inverse_theta, rq_value, spline_bin
+
+# Elements a program, for 4-byte dtypes (LaunchShape.for_layout): 2 an thread over 4 warps.
+SPLINE_MAX_BLOCK = 256
+
+
+@triton.jit
+def load_spline_params(params_ptr, rows, p, p_mask, params_stride, inner, K: tl.constexpr, KP: tl.constexpr,
+                       CT: tl.constexpr):  # fmt: skip
+    """The tile's (widths, heights, interior derivatives), unconstrained, as [ROWS, BLOCK, KP] tiles in CT, and
+    the lane index. Masked by the elements that have parameters (ranges only) and the lanes that exist."""
+    at, lane = spline_param_offsets(rows, p, params_stride, inner, 3 * K - 1, KP)
+    at = params_ptr + at + lane * inner
+    m = p_mask[:, :, None]
+    uw = tl.load(at, mask=m & (lane < K), other=0.0).to(CT)
+    uh = tl.load(at + K * inner, mask=m & (lane < K), other=0.0).to(CT)
+    ud = tl.load(at + 2 * K * inner, mask=m & (lane < K - 1), other=0.0).to(CT)
+    return uw, uh, ud, lane
+
+
+@triton.jit
+def _spline_forward_kernel(
+    x_ptr, params_ptr, mask_ptr, y_ptr, partial_ptr,
+    B, N, nblk, lo, hi, params_stride, inner, W, PLANE,
+    PATTERN: tl.constexpr, PARITY: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, BOUND: tl.constexpr,
+    MIN_W: tl.constexpr, MIN_H: tl.constexpr, MIN_D: tl.constexpr, REVERSE: tl.constexpr, CT: tl.constexpr,
+    BLOCK: tl.constexpr, ROWS: tl.constexpr,
+):  # fmt: skip
+    """y and the per-(sample, block) partial log-det of a tile of ROWS samples by BLOCK elements.
+
+    x_ptr, y_ptr: [B, N], x's dtype. params_ptr: [B, params_stride], the parameters of the elements in [lo, hi)
+    (nf_kernels._layout's spline layout, `inner` elements a channel). mask_ptr: as in forward.py. partial_ptr:
+    [B, nblk], CT. Elements outside [-BOUND, BOUND] (and kept ones) pass through and add nothing.
+    """
+    rows, n, in_bounds, blk = program_tile(B, N, nblk, BLOCK, ROWS)
+    x = tl.load(x_ptr + rows * N + n, mask=in_bounds, other=0.0).to(CT)
+    if tile_touches_range(blk, lo, hi, BLOCK):
+        in_range, sel, p, p_mask = transformed_elements(n, in_bounds, lo, hi, mask_ptr, W, PLANE, PATTERN, PARITY)
+        uw, uh, ud, lane = load_spline_params(params_ptr, rows, p, p_mask, params_stride, inner, K, KP, CT)
+        inside = sel & (x >= -BOUND) & (x <= BOUND)
+        v = tl.minimum(tl.maximum(x, -BOUND), BOUND)  # the spline where it is defined: no NaN in the unused lanes
+        k, xk, w, yk, h, d0, d1, sw, sh = spline_bin(v, uw, uh, ud, lane, K, BOUND, MIN_W, MIN_H, MIN_D, REVERSE)
+        s = h / w
+        if REVERSE:
+            theta = inverse_theta(v, yk, h, s, d0, d1)
+            out = xk + theta * w
+            _, term = rq_value(theta, yk, h, s, d0, d1)
+            term = -term
+        else:
+            theta = (v - xk) / w
+            out, term = rq_value(theta, yk, h, s, d0, d1)
+        y = tl.where(inside, out, x)
+        total = tl.sum(tl.where(inside, term, 0.0), axis=1)
+    else:
+        y = x
+        total = tl.zeros([ROWS], dtype=CT)
+    tl.store(y_ptr + rows * N + n, y.to(y_ptr.dtype.element_ty), mask=in_bounds)
+    sample = tl.reshape(rows, [ROWS])
+    tl.store(partial_ptr + sample * nblk + blk, total, mask=sample < B)
+
+
+def spline_constants(layout, config) -> dict:
+    """The spline's constexprs: the bins (and their power-of-two lane count) and the config's four floats."""
+    return dict(
+        K=layout.bins, KP=triton.next_power_of_2(layout.bins), BOUND=float(config.bound),
+        MIN_W=float(config.min_bin_width), MIN_H=float(config.min_bin_height), MIN_D=float(config.min_derivative),
+    )  # fmt: skip
+
+
+def launch_spline_forward(x: torch.Tensor, params: torch.Tensor, layout, config) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch the spline forward (or inverse, per layout.reverse) on contiguous x and params; returns (y, logdet).
+    `layout` is the spline flat layout (its batch, numel, lo, hi, params_stride, inner, pattern, parity, width,
+    plane, bins, reverse and transformed), `config` has the floats (bound, min_bin_width, min_bin_height,
+    min_derivative)."""
+    shape = LaunchShape.for_layout(layout, x.element_size(), SPLINE_MAX_BLOCK)
+    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+    y = new_output(x.shape, x.dtype, x.device)
+    logdet = new_output((layout.batch,), logdet_dtype(x.dtype), x.device)
+    partial = new_output((layout.batch, shape.nblk), ct, x.device)
+    _spline_forward_kernel[(shape.programs,)](
+        x, params, mask_argument(layout, x), y, partial,
+        layout.batch, layout.numel, shape.nblk, layout.lo, layout.hi, layout.params_stride, layout.inner,
+        layout.width, layout.plane,
+        PATTERN=layout.pattern, PARITY=layout.parity, **spline_constants(layout, config), REVERSE=layout.reverse,
+        CT=compute_tl_dtype(x.dtype), BLOCK=shape.block, ROWS=shape.rows, num_warps=shape.num_warps,
+    )  # fmt: skip
+    sum_partials(partial, logdet)
+    return y, logdet
