@@ -34,15 +34,15 @@ class LaunchShape(NamedTuple):
     num_warps: int
 
     @classmethod
-    def for_layout(cls, layout, itemsize: int, max_block: int = MAX_BLOCK) -> "LaunchShape":
-        """`max_block`: the elements of a program for 4-byte dtypes (kernels with more registers an element than
-        the affine ones ask for fewer)."""
+    def for_layout(cls, layout, itemsize: int, shrink: int = 1) -> "LaunchShape":
+        """`shrink`: programs of MAX_BLOCK / shrink elements (4-byte dtypes), for kernels that hold more registers
+        an element than the affine ones."""
         if layout.numel > MAX_SAMPLE_NUMEL:
             raise RuntimeError(
                 f"the Triton kernels index a sample with 32-bit integers: {layout.numel} elements a sample is more "
                 f"than {MAX_SAMPLE_NUMEL}; use backend='cuda' or 'reference'"
             )
-        most = max(16, max_block * 4 // itemsize)
+        most = max(16, MAX_BLOCK * 4 // itemsize // shrink)
         block = min(most, max(16, triton.next_power_of_2(layout.numel)))
         nblk = triton.cdiv(layout.numel, block)
         rows = max(1, min(most // block, triton.next_power_of_2(layout.batch)))

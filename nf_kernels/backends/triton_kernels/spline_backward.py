@@ -12,7 +12,7 @@ import triton.language as tl
 from ..._outputs import new_output
 from .indexing import program_tile, spline_param_offsets, tile_touches_range, transformed_elements
 from .launch import LaunchShape, compute_tl_dtype, mask_argument
-from .spline_forward import SPLINE_MAX_BLOCK, load_spline_params, spline_constants
+from .spline_forward import SPLINE_SHRINK, load_spline_params, spline_constants
 from .spline_math import derivative_grads, inverse_theta, rq_grads, size_grads, spline_bin
 
 
@@ -69,7 +69,7 @@ def launch_spline_backward(
     grad_y: torch.Tensor, grad_logdet: torch.Tensor, x: torch.Tensor, params: torch.Tensor, layout, config
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the spline backward on contiguous tensors (x: the op's input); returns (grad_x, grad_params)."""
-    shape = LaunchShape.for_layout(layout, x.element_size(), SPLINE_MAX_BLOCK)
+    shape = LaunchShape.for_layout(layout, x.element_size(), SPLINE_SHRINK)
     grad_x = new_output(x.shape, x.dtype, x.device)
     grad_params = new_output(params.shape, params.dtype, params.device)
     gp_via = tl.float32 if params.dtype in (torch.float16, torch.bfloat16) else compute_tl_dtype(x.dtype)

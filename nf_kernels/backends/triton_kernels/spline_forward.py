@@ -3,7 +3,7 @@ of each transformed element once, writes y and the log-det once.
 
 The grid and the log-det reduction are the affine forward's (forward.py): tiles of ROWS samples by BLOCK elements,
 one partial log-det per (sample, block), added in a fixed order by its second kernel when a sample spans several
-blocks. Tiles are smaller than the affine kernels' (SPLINE_MAX_BLOCK): an element holds three KP-lane tiles of
+blocks. Tiles are smaller than the affine kernels' (SPLINE_SHRINK): an element holds three KP-lane tiles of
 parameters in registers.
 """
 
@@ -20,8 +20,9 @@ from .indexing import program_tile, spline_param_offsets, tile_touches_range, tr
 from .launch import LaunchShape, compute_tl_dtype, mask_argument
 from .spline_math import inverse_theta, rq_value, spline_bin
 
-# Elements a program, for 4-byte dtypes (LaunchShape.for_layout): 2 an thread over 4 warps.
-SPLINE_MAX_BLOCK = 256
+# Programs of launch.MAX_BLOCK / 8 = 256 elements for 4-byte dtypes (LaunchShape.for_layout): 2 a thread over 4
+# warps, each with three KP-lane tiles of parameters in registers.
+SPLINE_SHRINK = 8
 
 
 @triton.jit
@@ -92,7 +93,7 @@ def launch_spline_forward(x: torch.Tensor, params: torch.Tensor, layout, config)
     `layout` is the spline flat layout (its batch, numel, lo, hi, params_stride, inner, pattern, parity, width,
     plane, bins, reverse and transformed), `config` has the floats (bound, min_bin_width, min_bin_height,
     min_derivative)."""
-    shape = LaunchShape.for_layout(layout, x.element_size(), SPLINE_MAX_BLOCK)
+    shape = LaunchShape.for_layout(layout, x.element_size(), SPLINE_SHRINK)
     ct = torch.float64 if x.dtype == torch.float64 else torch.float32
     y = new_output(x.shape, x.dtype, x.device)
     logdet = new_output((layout.batch,), logdet_dtype(x.dtype), x.device)
