@@ -16,36 +16,53 @@ import triton.language as tl
 from ..._arguments import logdet_dtype
 from ..._outputs import new_output
 from .forward import sum_partials
-from .indexing import program_tile, spline_param_offsets, tile_touches_range, transformed_elements
+from .indexing import program_tile, spline_lanes, spline_param_offsets, tile_touches_range, transformed_elements
 from .launch import LaunchShape, compute_tl_dtype, mask_argument
 from .spline_math import inverse_theta, rq_value, spline_bin
 
-# Programs of launch.MAX_BLOCK / 8 = 256 elements for 4-byte dtypes (LaunchShape.for_layout): 2 a thread over 4
-# warps, each with three KP-lane tiles of parameters in registers.
+# Programs of launch.MAX_BLOCK / 8 = 256 elements for 4-byte dtypes (LaunchShape.for_layout), each element with
+# three KP-lane tiles of parameters in registers.
 SPLINE_SHRINK = 8
+# Elements a thread: ALIGN consecutive ones (one 16-byte load of each parameter for float32) up to this, at least
+# 2. The forward fits 4 float32 elements in 143 registers (sm_90); the backward spills with 4, so it takes 2.
+FORWARD_PER_THREAD = 4
+BACKWARD_PER_THREAD = 2
+
+
+def spline_launch(layout, params: torch.Tensor, per_thread: int) -> tuple[LaunchShape, int]:
+    """(launch shape, ALIGN) of a spline kernel. ALIGN (indexing.spline_param_offsets): the elements whose
+    parameters a thread loads as one vector, the largest power of two that divides the elements a channel and
+    fits 16 bytes and `per_thread`. The warps are then chosen so that each thread has max(ALIGN, 2) elements and
+    all KP lanes of each: fewer warps would split an element's lanes over warps, and its sums over lanes with them."""
+    shape = LaunchShape.for_layout(layout, params.element_size(), SPLINE_SHRINK)
+    align = 1
+    while align * 2 <= min(per_thread, 16 // params.element_size()) and layout.inner % (align * 2) == 0:
+        align *= 2
+    elements = shape.block * shape.rows
+    return shape._replace(num_warps=max(1, min(8, elements // (32 * max(align, 2))))), align
 
 
 @triton.jit
 def load_spline_params(params_ptr, rows, p, p_mask, params_stride, inner, K: tl.constexpr, KP: tl.constexpr,
-                       CT: tl.constexpr):  # fmt: skip
+                       ALIGN: tl.constexpr, CT: tl.constexpr):  # fmt: skip
     """The tile's (widths, heights, interior derivatives), unconstrained, as [ROWS, BLOCK, KP] tiles in CT, and
     the lane index. Masked by the elements that have parameters (ranges only) and the lanes that exist."""
-    at, lane = spline_param_offsets(rows, p, params_stride, inner, 3 * K - 1, KP)
-    at = params_ptr + at + lane * inner
+    at = params_ptr + spline_param_offsets(rows, p, params_stride, inner, 3 * K - 1, ALIGN)
+    lane = tl.arange(0, KP)[None, None, :]
     m = p_mask[:, :, None]
-    uw = tl.load(at, mask=m & (lane < K), other=0.0).to(CT)
-    uh = tl.load(at + K * inner, mask=m & (lane < K), other=0.0).to(CT)
-    ud = tl.load(at + 2 * K * inner, mask=m & (lane < K - 1), other=0.0).to(CT)
+    uw = tl.load(at + spline_lanes(0, inner, KP, ALIGN), mask=m & (lane < K), other=0.0).to(CT)
+    uh = tl.load(at + spline_lanes(K, inner, KP, ALIGN), mask=m & (lane < K), other=0.0).to(CT)
+    ud = tl.load(at + spline_lanes(2 * K, inner, KP, ALIGN), mask=m & (lane < K - 1), other=0.0).to(CT)
     return uw, uh, ud, lane
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["inner"])  # see indexing.spline_param_offsets
 def _spline_forward_kernel(
     x_ptr, params_ptr, mask_ptr, y_ptr, partial_ptr,
     B, N, nblk, lo, hi, params_stride, inner, W, PLANE,
     PATTERN: tl.constexpr, PARITY: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, BOUND: tl.constexpr,
     MIN_W: tl.constexpr, MIN_H: tl.constexpr, MIN_D: tl.constexpr, REVERSE: tl.constexpr, CT: tl.constexpr,
-    BLOCK: tl.constexpr, ROWS: tl.constexpr,
+    ALIGN: tl.constexpr, BLOCK: tl.constexpr, ROWS: tl.constexpr,
 ):  # fmt: skip
     """y and the per-(sample, block) partial log-det of a tile of ROWS samples by BLOCK elements.
 
@@ -57,7 +74,7 @@ def _spline_forward_kernel(
     x = tl.load(x_ptr + rows * N + n, mask=in_bounds, other=0.0).to(CT)
     if tile_touches_range(blk, lo, hi, BLOCK):
         in_range, sel, p, p_mask = transformed_elements(n, in_bounds, lo, hi, mask_ptr, W, PLANE, PATTERN, PARITY)
-        uw, uh, ud, lane = load_spline_params(params_ptr, rows, p, p_mask, params_stride, inner, K, KP, CT)
+        uw, uh, ud, lane = load_spline_params(params_ptr, rows, p, p_mask, params_stride, inner, K, KP, ALIGN, CT)
         inside = sel & (x >= -BOUND) & (x <= BOUND)
         v = tl.minimum(tl.maximum(x, -BOUND), BOUND)  # the spline where it is defined: no NaN in the unused lanes
         k, xk, w, yk, h, d0, d1, sw, sh = spline_bin(v, uw, uh, ud, lane, K, BOUND, MIN_W, MIN_H, MIN_D, REVERSE)
@@ -93,7 +110,7 @@ def launch_spline_forward(x: torch.Tensor, params: torch.Tensor, layout, config)
     `layout` is the spline flat layout (its batch, numel, lo, hi, params_stride, inner, pattern, parity, width,
     plane, bins, reverse and transformed), `config` has the floats (bound, min_bin_width, min_bin_height,
     min_derivative)."""
-    shape = LaunchShape.for_layout(layout, x.element_size(), SPLINE_SHRINK)
+    shape, align = spline_launch(layout, params, FORWARD_PER_THREAD)
     ct = torch.float64 if x.dtype == torch.float64 else torch.float32
     y = new_output(x.shape, x.dtype, x.device)
     logdet = new_output((layout.batch,), logdet_dtype(x.dtype), x.device)
@@ -103,7 +120,7 @@ def launch_spline_forward(x: torch.Tensor, params: torch.Tensor, layout, config)
         layout.batch, layout.numel, shape.nblk, layout.lo, layout.hi, layout.params_stride, layout.inner,
         layout.width, layout.plane,
         PATTERN=layout.pattern, PARITY=layout.parity, **spline_constants(layout, config), REVERSE=layout.reverse,
-        CT=compute_tl_dtype(x.dtype), BLOCK=shape.block, ROWS=shape.rows, num_warps=shape.num_warps,
+        CT=compute_tl_dtype(x.dtype), ALIGN=align, BLOCK=shape.block, ROWS=shape.rows, num_warps=shape.num_warps,
     )  # fmt: skip
     sum_partials(partial, logdet)
     return y, logdet
