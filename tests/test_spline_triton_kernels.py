@@ -36,16 +36,13 @@ class Layout(NamedTuple):  # the fields the launchers read
     bins: int
     reverse: bool
     transformed: Optional[torch.Tensor]
-
-
-class Config(NamedTuple):
     bound: float = 3.0
     min_bin_width: float = 1e-3
     min_bin_height: float = 1e-3
     min_derivative: float = 1e-3
 
 
-def spline_formula(v, uw, uh, ud, config: Config, inverse: bool):
+def spline_formula(v, uw, uh, ud, config: Layout, inverse: bool):
     """nflows' unconstrained spline with linear tails, in float64 torch ops: v [M], u* [M, K] / [M, K - 1]."""
     bins, bound = uw.shape[-1], config.bound
 
@@ -124,13 +121,13 @@ def per_element(params: torch.Tensor, layout: Layout):
     return p.reshape(layout.batch, layout.hi - layout.lo, 3 * bins - 1)
 
 
-def expected(x, params, layout: Layout, config: Config):
+def expected(x, params, layout: Layout):
     """(y, logdet) by the formula, in float64."""
     x64, p = x.double().reshape(layout.batch, -1), per_element(params.double(), layout)
     bins = layout.bins
     part = x64[:, layout.lo : layout.hi].reshape(-1)
     p = p.reshape(-1, 3 * bins - 1)
-    out, term = spline_formula(part, p[:, :bins], p[:, bins : 2 * bins], p[:, 2 * bins :], config, layout.reverse)
+    out, term = spline_formula(part, p[:, :bins], p[:, bins : 2 * bins], p[:, 2 * bins :], layout, layout.reverse)
     sel = transformed_mask(layout)[layout.lo : layout.hi].expand(layout.batch, -1)
     out = torch.where(sel.reshape(-1), out, part).reshape(layout.batch, -1)
     term = torch.where(sel.reshape(-1), term, torch.zeros_like(term)).reshape(layout.batch, -1)
@@ -153,14 +150,16 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("bins", [8, 5])
+@pytest.mark.parametrize("bins", [8, 5, 2, 1])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_forward_matches_the_formula(case, reverse, bins):
     layout, x_shape, p_shape = case[1](bins, reverse)
+    if bins == 2:  # other constants too
+        layout = layout._replace(bound=1.5, min_bin_width=0.1, min_bin_height=0.05, min_derivative=0.2)
     x, params = inputs(x_shape, p_shape)
-    y, logdet = launch_spline_forward(x, params, layout, Config())
-    y_ref, logdet_ref = expected(x, params, layout, Config())
+    y, logdet = launch_spline_forward(x, params, layout)
+    y_ref, logdet_ref = expected(x, params, layout)
     torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(logdet, logdet_ref, rtol=1e-12, atol=1e-12)
 
@@ -174,9 +173,9 @@ def test_backward_matches_autograd_of_the_formula(case, reverse):
     gen = torch.Generator().manual_seed(2)
     grad_y = torch.randn(x_shape, generator=gen, dtype=torch.float64)
     grad_logdet = torch.randn(layout.batch, generator=gen, dtype=torch.float64)
-    grad_x, grad_params = launch_spline_backward(grad_y, grad_logdet, x, params, layout, Config())
+    grad_x, grad_params = launch_spline_backward(grad_y, grad_logdet, x, params, layout)
     xr, pr = x.clone().requires_grad_(), params.clone().requires_grad_()
-    y_ref, logdet_ref = expected(xr, pr, layout, Config())
+    y_ref, logdet_ref = expected(xr, pr, layout)
     gx_ref, gp_ref = torch.autograd.grad((y_ref * grad_y).sum() + (logdet_ref * grad_logdet).sum(), (xr, pr))
     torch.testing.assert_close(grad_x, gx_ref, rtol=1e-9, atol=1e-10)
     torch.testing.assert_close(grad_params, gp_ref, rtol=1e-9, atol=1e-10)
@@ -186,16 +185,16 @@ def test_backward_matches_autograd_of_the_formula(case, reverse):
 def test_low_precision_round_trip(dtype):
     layout, _, p_shape = vector_case(4, 6, 8, False)
     x, params = inputs([4, 6], p_shape, dtype=dtype)
-    y, logdet = launch_spline_forward(x, params, layout, Config())
+    y, logdet = launch_spline_forward(x, params, layout)
     assert y.dtype == dtype and logdet.dtype == torch.float32
-    y_ref, logdet_ref = expected(x, params, layout, Config())
+    y_ref, logdet_ref = expected(x, params, layout)
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(y.double(), y_ref, rtol=tol, atol=tol)
     torch.testing.assert_close(logdet.double(), logdet_ref, rtol=tol, atol=tol)
     if dtype == torch.float32:
         # Compared where y lives: x itself is off by ulp(y) / (dy/dx), and dy/dx goes down to ~1e-3 here.
-        back, logdet_back = launch_spline_forward(y, params, layout._replace(reverse=True), Config())
-        again, _ = launch_spline_forward(back, params, layout, Config())
+        back, logdet_back = launch_spline_forward(y, params, layout._replace(reverse=True))
+        again, _ = launch_spline_forward(back, params, layout)
         torch.testing.assert_close(again, y, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(logdet_back, -logdet, rtol=1e-4, atol=1e-4)
 
@@ -212,11 +211,11 @@ def test_inverse_of_forward_on_knots_edges_and_extreme_params():
     which = torch.arange(features // 2) % (bins - 1)
     x[1, features // 2 :] = knots.gather(1, which[:, None])[:, 0]
     x[2, features // 2 :] = torch.tensor([-3.0, 3.0, -3.0, 3.0, 0.0, 1e-300], dtype=torch.float64)
-    y, logdet = launch_spline_forward(x, params, layout, Config())
-    y_ref, logdet_ref = expected(x, params, layout, Config())
+    y, logdet = launch_spline_forward(x, params, layout)
+    y_ref, logdet_ref = expected(x, params, layout)
     torch.testing.assert_close(y, y_ref, rtol=1e-11, atol=1e-11)
     torch.testing.assert_close(logdet, logdet_ref, rtol=1e-10, atol=1e-10)
-    back, logdet_back = launch_spline_forward(y, params, layout._replace(reverse=True), Config())
+    back, logdet_back = launch_spline_forward(y, params, layout._replace(reverse=True))
     torch.testing.assert_close(back, x, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(logdet_back, -logdet, rtol=1e-9, atol=1e-9)
 
@@ -249,14 +248,14 @@ def test_samples_over_several_programs(small_triton_blocks, reverse):
     layout, x_shape, p_shape = image_case(3, 4, 3, 3, 4, reverse, PATTERN_CHECKERBOARD)
     assert LaunchShape.for_layout(layout, 8, 8).nblk == 3
     x, params = inputs(x_shape, p_shape, seed=4)
-    y, logdet = launch_spline_forward(x, params, layout, Config())
-    y_ref, logdet_ref = expected(x, params, layout, Config())
+    y, logdet = launch_spline_forward(x, params, layout)
+    y_ref, logdet_ref = expected(x, params, layout)
     torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(logdet, logdet_ref, rtol=1e-12, atol=1e-12)
     grad_y, grad_logdet = torch.ones_like(x), torch.full((3,), 0.5, dtype=torch.float64)
-    grad_x, grad_params = launch_spline_backward(grad_y, grad_logdet, x, params, layout, Config())
+    grad_x, grad_params = launch_spline_backward(grad_y, grad_logdet, x, params, layout)
     xr, pr = x.clone().requires_grad_(), params.clone().requires_grad_()
-    y_ref, logdet_ref = expected(xr, pr, layout, Config())
+    y_ref, logdet_ref = expected(xr, pr, layout)
     gx_ref, gp_ref = torch.autograd.grad(y_ref.sum() + 0.5 * logdet_ref.sum(), (xr, pr))
     torch.testing.assert_close(grad_x, gx_ref, rtol=1e-9, atol=1e-10)
     torch.testing.assert_close(grad_params, gp_ref, rtol=1e-9, atol=1e-10)

@@ -68,7 +68,7 @@ def _spline_backward_kernel(
 
 
 def launch_spline_backward(
-    grad_y: torch.Tensor, grad_logdet: torch.Tensor, x: torch.Tensor, params: torch.Tensor, layout, config
+    grad_y: torch.Tensor, grad_logdet: torch.Tensor, x: torch.Tensor, params: torch.Tensor, layout
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the spline backward on contiguous tensors (x: the op's input); returns (grad_x, grad_params)."""
     shape, align = spline_launch(layout, params, BACKWARD_PER_THREAD)
@@ -79,7 +79,7 @@ def launch_spline_backward(
         grad_y, grad_logdet, x, params, mask_argument(layout, x), grad_x, grad_params,
         layout.batch, layout.numel, shape.nblk, layout.lo, layout.hi, layout.params_stride, layout.inner,
         layout.width, layout.plane,
-        PATTERN=layout.pattern, PARITY=layout.parity, **spline_constants(layout, config), REVERSE=layout.reverse,
+        PATTERN=layout.pattern, PARITY=layout.parity, **spline_constants(layout), REVERSE=layout.reverse,
         CT=compute_tl_dtype(x.dtype), GP_VIA=gp_via, ALIGN=align, BLOCK=shape.block, ROWS=shape.rows, num_warps=shape.num_warps,
     )  # fmt: skip
     return grad_x, grad_params

@@ -97,19 +97,17 @@ def _spline_forward_kernel(
     tl.store(partial_ptr + sample * nblk + blk, total, mask=sample < B)
 
 
-def spline_constants(layout, config) -> dict:
-    """The spline's constexprs: the bins (and their power-of-two lane count) and the config's four floats."""
+def spline_constants(layout) -> dict:
+    """The spline's constexprs: the bins (and their power-of-two lane count) and the four floats."""
     return dict(
-        K=layout.bins, KP=triton.next_power_of_2(layout.bins), BOUND=float(config.bound),
-        MIN_W=float(config.min_bin_width), MIN_H=float(config.min_bin_height), MIN_D=float(config.min_derivative),
+        K=layout.bins, KP=triton.next_power_of_2(layout.bins), BOUND=float(layout.bound),
+        MIN_W=float(layout.min_bin_width), MIN_H=float(layout.min_bin_height), MIN_D=float(layout.min_derivative),
     )  # fmt: skip
 
 
-def launch_spline_forward(x: torch.Tensor, params: torch.Tensor, layout, config) -> tuple[torch.Tensor, torch.Tensor]:
+def launch_spline_forward(x: torch.Tensor, params: torch.Tensor, layout) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the spline forward (or inverse, per layout.reverse) on contiguous x and params; returns (y, logdet).
-    `layout` is the spline flat layout (its batch, numel, lo, hi, params_stride, inner, pattern, parity, width,
-    plane, bins, reverse and transformed), `config` has the floats (bound, min_bin_width, min_bin_height,
-    min_derivative)."""
+    `layout` is the spline flat layout (nf_kernels._layout.SplineLayout)."""
     shape, align = spline_launch(layout, params, FORWARD_PER_THREAD)
     ct = torch.float64 if x.dtype == torch.float64 else torch.float32
     y = new_output(x.shape, x.dtype, x.device)
@@ -119,7 +117,7 @@ def launch_spline_forward(x: torch.Tensor, params: torch.Tensor, layout, config)
         x, params, mask_argument(layout, x), y, partial,
         layout.batch, layout.numel, shape.nblk, layout.lo, layout.hi, layout.params_stride, layout.inner,
         layout.width, layout.plane,
-        PATTERN=layout.pattern, PARITY=layout.parity, **spline_constants(layout, config), REVERSE=layout.reverse,
+        PATTERN=layout.pattern, PARITY=layout.parity, **spline_constants(layout), REVERSE=layout.reverse,
         CT=compute_tl_dtype(x.dtype), ALIGN=align, BLOCK=shape.block, ROWS=shape.rows, num_warps=shape.num_warps,
     )  # fmt: skip
     sum_partials(partial, logdet)
