@@ -12,7 +12,7 @@ import triton.language as tl
 from ..._outputs import new_output
 from .indexing import program_tile, spline_lanes, spline_param_offsets, tile_touches_range, transformed_elements
 from .launch import compute_tl_dtype, mask_argument
-from .spline_forward import BACKWARD_PER_THREAD, load_spline_params, spline_constants, spline_launch
+from .spline_forward import load_spline_params, spline_constants, spline_launch
 from .spline_math import derivative_grads, inverse_theta, rq_grads, size_grads, spline_bin
 
 
@@ -40,7 +40,7 @@ def _spline_backward_kernel(
         g_logdet = tl.load(grad_logdet_ptr + sample, mask=sample < B, other=0.0).to(CT)[:, None]
         inside = sel & (x >= -BOUND) & (x <= BOUND)
         v = tl.minimum(tl.maximum(x, -BOUND), BOUND)  # the spline where it is defined: no NaN in the unused lanes
-        k, xk, w, yk, h, d0, d1, sw, sh = spline_bin(v, uw, uh, ud, lane, K, BOUND, MIN_W, MIN_H, MIN_D, REVERSE)
+        k, xk, w, yk, h, d0, d1, sw, sh, u0, u1 = spline_bin(v, uw, uh, ud, lane, K, BOUND, MIN_W, MIN_H, MIN_D, REVERSE)
         s = h / w
         if REVERSE:
             theta = inverse_theta(v, yk, h, s, d0, d1)
@@ -50,7 +50,7 @@ def _spline_backward_kernel(
         grad_x = tl.where(inside, gx, g)
         g_uw = size_grads(sw, lane, k, g_left, g_width, K, MIN_W, BOUND)
         g_uh = size_grads(sh, lane, k, g_bottom, g_height, K, MIN_H, BOUND)
-        g_ud = derivative_grads(ud, lane, k, g_d0, g_d1, K)
+        g_ud = derivative_grads(lane, k, g_d0, g_d1, u0, u1, K)
         # Rounded to a half type through GP_VIA (float32), as backward.py rounds grad_h.
         gp_ty = grad_params_ptr.dtype.element_ty
         at = grad_params_ptr + spline_param_offsets(rows, p, params_stride, inner, 3 * K - 1, ALIGN)
@@ -71,7 +71,7 @@ def launch_spline_backward(
     grad_y: torch.Tensor, grad_logdet: torch.Tensor, x: torch.Tensor, params: torch.Tensor, layout
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the spline backward on contiguous tensors (x: the op's input); returns (grad_x, grad_params)."""
-    shape, align = spline_launch(layout, params, BACKWARD_PER_THREAD)
+    shape, align = spline_launch(layout, params)
     grad_x = new_output(x.shape, x.dtype, x.device)
     grad_params = new_output(params.shape, params.dtype, params.device)
     gp_via = tl.float32 if params.dtype in (torch.float16, torch.bfloat16) else compute_tl_dtype(x.dtype)

@@ -24,19 +24,19 @@ from .spline_math import inverse_theta, rq_value, spline_bin
 # three KP-lane tiles of parameters in registers.
 SPLINE_SHRINK = 8
 # Elements a thread: ALIGN consecutive ones (one 16-byte load of each parameter for float32) up to this, at least
-# 2. The forward fits 4 float32 elements in 143 registers (sm_90); the backward spills with 4, so it takes 2.
-FORWARD_PER_THREAD = 4
-BACKWARD_PER_THREAD = 2
+# 2. With 4 float32 elements a thread (8 bins, sm_90) the forward takes about 166 registers and the backward 230,
+# without spills (the backward keeps two softmax tiles, not the derivatives' tile: knot_derivatives).
+PER_THREAD = 4
 
 
-def spline_launch(layout, params: torch.Tensor, per_thread: int) -> tuple[LaunchShape, int]:
+def spline_launch(layout, params: torch.Tensor) -> tuple[LaunchShape, int]:
     """(launch shape, ALIGN) of a spline kernel. ALIGN (indexing.spline_param_offsets): the elements whose
     parameters a thread loads as one vector, the largest power of two that divides the elements a channel and
-    fits 16 bytes and `per_thread`. The warps are then chosen so that each thread has max(ALIGN, 2) elements and
+    fits 16 bytes and PER_THREAD. The warps are then chosen so that each thread has max(ALIGN, 2) elements and
     all KP lanes of each: fewer warps would split an element's lanes over warps, and its sums over lanes with them."""
     shape = LaunchShape.for_layout(layout, params.element_size(), SPLINE_SHRINK)
     align = 1
-    while align * 2 <= min(per_thread, 16 // params.element_size()) and layout.inner % (align * 2) == 0:
+    while align * 2 <= min(PER_THREAD, 16 // params.element_size()) and layout.inner % (align * 2) == 0:
         align *= 2
     elements = shape.block * shape.rows
     return shape._replace(num_warps=max(1, min(8, elements // (32 * max(align, 2))))), align
@@ -77,7 +77,7 @@ def _spline_forward_kernel(
         uw, uh, ud, lane = load_spline_params(params_ptr, rows, p, p_mask, params_stride, inner, K, KP, ALIGN, CT)
         inside = sel & (x >= -BOUND) & (x <= BOUND)
         v = tl.minimum(tl.maximum(x, -BOUND), BOUND)  # the spline where it is defined: no NaN in the unused lanes
-        k, xk, w, yk, h, d0, d1, sw, sh = spline_bin(v, uw, uh, ud, lane, K, BOUND, MIN_W, MIN_H, MIN_D, REVERSE)
+        k, xk, w, yk, h, d0, d1, sw, sh, u0, u1 = spline_bin(v, uw, uh, ud, lane, K, BOUND, MIN_W, MIN_H, MIN_D, REVERSE)
         s = h / w
         if REVERSE:
             theta = inverse_theta(v, yk, h, s, d0, d1)
@@ -108,7 +108,7 @@ def spline_constants(layout) -> dict:
 def launch_spline_forward(x: torch.Tensor, params: torch.Tensor, layout) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the spline forward (or inverse, per layout.reverse) on contiguous x and params; returns (y, logdet).
     `layout` is the spline flat layout (nf_kernels._layout.SplineLayout)."""
-    shape, align = spline_launch(layout, params, FORWARD_PER_THREAD)
+    shape, align = spline_launch(layout, params)
     ct = torch.float64 if x.dtype == torch.float64 else torch.float32
     y = new_output(x.shape, x.dtype, x.device)
     logdet = new_output((layout.batch,), logdet_dtype(x.dtype), x.device)

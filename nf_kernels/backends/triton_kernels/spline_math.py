@@ -67,19 +67,22 @@ def bin_edges(knots, lane, k, BOUND: tl.constexpr):
 
 @triton.jit
 def knot_derivatives(ud, lane, k, K: tl.constexpr, MIN_DERIVATIVE: tl.constexpr):
-    """(d_k, d_{k+1}), the derivatives at bin k's knots: MIN_DERIVATIVE + softplus(ud) inside, 1 at both ends (what
-    nflows' padding constant gives after the same map)."""
-    d = MIN_DERIVATIVE + softplus(ud)
-    d0 = tl.where(k == 0, 1.0, lane_sum(d, lane, k - 1))
-    d1 = tl.where(k == K - 1, 1.0, lane_sum(d, lane, k))
-    return d0, d1
+    """(d_k, d_{k+1}, u_k, u_{k+1}): the derivatives at bin k's knots, MIN_DERIVATIVE + softplus(u) inside, 1 at
+    both ends (what nflows' padding constant gives after the same map), and the two unconstrained values they come
+    from (lane j holds knot j + 1's; 0 at the ends). Only the bin's two lanes are mapped, and the backward needs
+    only these two values, not the tile."""
+    u0 = lane_sum(ud, lane, k - 1)
+    u1 = lane_sum(ud, lane, k)
+    d0 = tl.where(k == 0, 1.0, MIN_DERIVATIVE + softplus(u0))
+    d1 = tl.where(k == K - 1, 1.0, MIN_DERIVATIVE + softplus(u1))
+    return d0, d1, u0, u1
 
 
 @triton.jit
 def spline_bin(v, uw, uh, ud, lane, K: tl.constexpr, BOUND: tl.constexpr, MIN_W: tl.constexpr,
                MIN_H: tl.constexpr, MIN_D: tl.constexpr, INVERSE: tl.constexpr):  # fmt: skip
     """The bin that v (x, or y for the inverse) falls in and its numbers: (k, left knot, width, bottom knot,
-    height, d_k, d_{k+1}, softmax of the widths, softmax of the heights)."""
+    height, d_k, d_{k+1}, softmax of the widths, softmax of the heights, u_k, u_{k+1} of knot_derivatives)."""
     sw = bin_softmax(uw, lane, K)
     sh = bin_softmax(uh, lane, K)
     xknots = right_knots(sw, lane, K, MIN_W, BOUND)
@@ -90,8 +93,8 @@ def spline_bin(v, uw, uh, ud, lane, K: tl.constexpr, BOUND: tl.constexpr, MIN_W:
         k = bin_of(v, xknots, lane, K)
     xk, w = bin_edges(xknots, lane, k, BOUND)
     yk, h = bin_edges(yknots, lane, k, BOUND)
-    d0, d1 = knot_derivatives(ud, lane, k, K, MIN_D)
-    return k, xk, w, yk, h, d0, d1, sw, sh
+    d0, d1, u0, u1 = knot_derivatives(ud, lane, k, K, MIN_D)
+    return k, xk, w, yk, h, d0, d1, sw, sh, u0, u1
 
 
 @triton.jit
@@ -178,10 +181,11 @@ def size_grads(softmax, lane, k, g_left, g_size, K: tl.constexpr, MIN_SIZE: tl.c
 
 
 @triton.jit
-def derivative_grads(ud, lane, k, g_d0, g_d1, K: tl.constexpr):
+def derivative_grads(lane, k, g_d0, g_d1, u0, u1, K: tl.constexpr):
     """Gradients of the unconstrained interior derivatives: lane j is the derivative at knot j + 1, so d_k is lane
-    k - 1 and d_{k+1} lane k (the end knots' derivatives are constants); softplus' = sigmoid."""
-    g = tl.where(lane == k[:, :, None] - 1, g_d0[:, :, None], 0.0) + tl.where(
-        lane == k[:, :, None], g_d1[:, :, None], 0.0
+    k - 1 and d_{k+1} lane k (the end knots' derivatives are constants), u0 and u1 their unconstrained values;
+    softplus' = sigmoid."""
+    g = tl.where(lane == k[:, :, None] - 1, (g_d0 * tl.sigmoid(u0))[:, :, None], 0.0) + tl.where(
+        lane == k[:, :, None], (g_d1 * tl.sigmoid(u1))[:, :, None], 0.0
     )
-    return tl.where(lane < K - 1, g * tl.sigmoid(ud), 0.0)
+    return tl.where(lane < K - 1, g, 0.0)
