@@ -12,7 +12,7 @@ import triton.language as tl
 from ..._outputs import new_output
 from .indexing import program_tile, spline_lanes, spline_param_offsets, tile_touches_range, transformed_elements
 from .launch import compute_tl_dtype, mask_argument
-from .spline_forward import load_spline_params, spline_constants, spline_launch
+from .spline_forward import BACKWARD_LEAST, load_spline_params, spline_constants, spline_launch
 from .spline_math import derivative_grads, inverse_theta, rq_grads, size_grads, spline_bin
 
 
@@ -71,7 +71,7 @@ def launch_spline_backward(
     grad_y: torch.Tensor, grad_logdet: torch.Tensor, x: torch.Tensor, params: torch.Tensor, layout
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the spline backward on contiguous tensors (x: the op's input); returns (grad_x, grad_params)."""
-    shape, align = spline_launch(layout, params)
+    shape, align = spline_launch(layout, params, BACKWARD_LEAST)
     grad_x = new_output(x.shape, x.dtype, x.device)
     grad_params = new_output(params.shape, params.dtype, params.device)
     gp_via = tl.float32 if params.dtype in (torch.float16, torch.bfloat16) else compute_tl_dtype(x.dtype)

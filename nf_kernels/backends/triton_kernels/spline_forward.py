@@ -23,23 +23,27 @@ from .spline_math import inverse_theta, rq_value, spline_bin
 # Programs of launch.MAX_BLOCK / 8 = 256 elements for 4-byte dtypes (LaunchShape.for_layout), each element with
 # three KP-lane tiles of parameters in registers.
 SPLINE_SHRINK = 8
-# Elements a thread: ALIGN consecutive ones (one 16-byte load of each parameter for float32) up to this, at least
-# 2. With 4 float32 elements a thread (8 bins, sm_90) the forward takes about 166 registers and the backward 230,
-# without spills (the backward keeps two softmax tiles, not the derivatives' tile: knot_derivatives).
+# Elements a thread: ALIGN consecutive ones (one 16-byte load of each parameter for float32, up to PER_THREAD), and
+# at least FORWARD_LEAST or BACKWARD_LEAST. sm_90, 8 bins, float32, 4 elements a thread: the forward takes about
+# 166 registers, the backward 230 with 16-byte loads (it keeps two softmax tiles, not the derivatives' tile:
+# knot_derivatives), both without spills; the backward of a vector flow (ALIGN 1: 23 scalar loads and stores an
+# element, each with its own address) spills with 4, so it takes 2.
 PER_THREAD = 4
+FORWARD_LEAST = 4
+BACKWARD_LEAST = 2
 
 
-def spline_launch(layout, params: torch.Tensor) -> tuple[LaunchShape, int]:
+def spline_launch(layout, params: torch.Tensor, least: int) -> tuple[LaunchShape, int]:
     """(launch shape, ALIGN) of a spline kernel. ALIGN (indexing.spline_param_offsets): the elements whose
     parameters a thread loads as one vector, the largest power of two that divides the elements a channel and
-    fits 16 bytes and PER_THREAD. The warps are then chosen so that each thread has max(ALIGN, 2) elements and
+    fits 16 bytes and PER_THREAD. The warps are then chosen so that each thread has max(ALIGN, least) elements and
     all KP lanes of each: fewer warps would split an element's lanes over warps, and its sums over lanes with them."""
     shape = LaunchShape.for_layout(layout, params.element_size(), SPLINE_SHRINK)
     align = 1
     while align * 2 <= min(PER_THREAD, 16 // params.element_size()) and layout.inner % (align * 2) == 0:
         align *= 2
     elements = shape.block * shape.rows
-    return shape._replace(num_warps=max(1, min(8, elements // (32 * max(align, 2))))), align
+    return shape._replace(num_warps=max(1, min(8, elements // (32 * max(align, least))))), align
 
 
 @triton.jit
@@ -108,7 +112,7 @@ def spline_constants(layout) -> dict:
 def launch_spline_forward(x: torch.Tensor, params: torch.Tensor, layout) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the spline forward (or inverse, per layout.reverse) on contiguous x and params; returns (y, logdet).
     `layout` is the spline flat layout (nf_kernels._layout.SplineLayout)."""
-    shape, align = spline_launch(layout, params)
+    shape, align = spline_launch(layout, params, FORWARD_LEAST)
     ct = torch.float64 if x.dtype == torch.float64 else torch.float32
     y = new_output(x.shape, x.dtype, x.device)
     logdet = new_output((layout.batch,), logdet_dtype(x.dtype), x.device)
