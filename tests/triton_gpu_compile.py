@@ -115,9 +115,9 @@ def compile_spline_kernels() -> int:
         )  # fmt: skip
         jobs = [
             ("spline_forward", _spline_forward_kernel,
-             dict(x_ptr=x_ty, params_ptr=p_ty, mask_ptr="u8", y_ptr=x_ty, partial_ptr=ct_name), {}),
+             dict(x_ptr=x_ty, params_ptr=p_ty, mask_ptr="i32", y_ptr=x_ty, partial_ptr=ct_name), {}),
             ("spline_backward", _spline_backward_kernel,
-             dict(grad_y_ptr=x_ty, grad_logdet_ptr=ct_name, x_ptr=x_ty, params_ptr=p_ty, mask_ptr="u8",
+             dict(grad_y_ptr=x_ty, grad_logdet_ptr=ct_name, x_ptr=x_ty, params_ptr=p_ty, mask_ptr="i32",
                   grad_x_ptr=x_ty, grad_params_ptr=p_ty),
              dict(GP_VIA=tl.float32 if p_ty in ("fp16", "bf16") else ct)),
         ]  # fmt: skip

@@ -11,8 +11,8 @@ import triton.language as tl
 
 from ..._outputs import new_output
 from .indexing import program_tile, spline_lanes, spline_param_offsets, tile_touches_range, transformed_elements
-from .launch import compute_tl_dtype, mask_argument
-from .spline_forward import BACKWARD_LEAST, load_spline_params, spline_constants, spline_launch
+from .launch import compute_tl_dtype
+from .spline_forward import BACKWARD_LEAST, load_spline_params, spline_constants, spline_launch, spline_mask_argument
 from .spline_math import derivative_grads, inverse_theta, rq_grads, size_grads, spline_bin
 
 
@@ -76,7 +76,7 @@ def launch_spline_backward(
     grad_params = new_output(params.shape, params.dtype, params.device)
     gp_via = tl.float32 if params.dtype in (torch.float16, torch.bfloat16) else compute_tl_dtype(x.dtype)
     _spline_backward_kernel[(shape.programs,)](
-        grad_y, grad_logdet, x, params, mask_argument(layout, x), grad_x, grad_params,
+        grad_y, grad_logdet, x, params, spline_mask_argument(layout, x), grad_x, grad_params,
         layout.batch, layout.numel, shape.nblk, layout.lo, layout.hi, layout.params_stride, layout.inner,
         layout.width, layout.plane,
         PATTERN=layout.pattern, PARITY=layout.parity, **spline_constants(layout), REVERSE=layout.reverse,

@@ -46,6 +46,13 @@ def spline_launch(layout, params: torch.Tensor, least: int) -> tuple[LaunchShape
     return shape._replace(num_warps=max(1, min(8, elements // (32 * max(align, least))))), align
 
 
+def spline_mask_argument(layout, x: torch.Tensor) -> torch.Tensor:
+    """launch.mask_argument for the spline kernels: a bool mask as int32, 16 bytes for 4 elements a thread."""
+    if layout.transformed is not None:
+        return layout.transformed.to(torch.int32)
+    return mask_argument(layout, x)
+
+
 @triton.jit
 def load_spline_params(params_ptr, rows, p, p_mask, params_stride, inner, K: tl.constexpr, KP: tl.constexpr,
                        ALIGN: tl.constexpr, CT: tl.constexpr):  # fmt: skip
@@ -118,7 +125,7 @@ def launch_spline_forward(x: torch.Tensor, params: torch.Tensor, layout) -> tupl
     logdet = new_output((layout.batch,), logdet_dtype(x.dtype), x.device)
     partial = new_output((layout.batch, shape.nblk), ct, x.device)
     _spline_forward_kernel[(shape.programs,)](
-        x, params, mask_argument(layout, x), y, partial,
+        x, params, spline_mask_argument(layout, x), y, partial,
         layout.batch, layout.numel, shape.nblk, layout.lo, layout.hi, layout.params_stride, layout.inner,
         layout.width, layout.plane,
         PATTERN=layout.pattern, PARITY=layout.parity, **spline_constants(layout), REVERSE=layout.reverse,
