@@ -69,7 +69,8 @@ def spline_formula(v, uw, uh, ud, config: Layout, inverse: bool):
         a = h * (s - d0) + dy * (d0 + d1 - 2 * s)
         b = h * d0 - dy * (d0 + d1 - 2 * s)
         c = -s * dy
-        theta = 2 * c / (-b - torch.sqrt(b * b - 4 * a * c))
+        root = torch.sqrt(b * b - 4 * a * c)
+        theta = torch.where(b >= 0, 2 * c / (-b - root), (root - b) / (2 * a))  # no cancellation (as the reference)
         out = x0 + theta * w
     else:
         theta = (v - x0) / w

@@ -99,15 +99,17 @@ def spline_bin(v, uw, uh, ud, lane, K: tl.constexpr, BOUND: tl.constexpr, MIN_W:
 
 @triton.jit
 def inverse_theta(y, yk, h, s, d0, d1):
-    """theta in [0, 1] of the bin where the spline reaches y: the root of a theta^2 + b theta + c = 0 in the form
-    2c / (-b - sqrt(b^2 - 4ac)), which does not cancel (b > 0 >= c there)."""
+    """theta in [0, 1] of the bin where the spline reaches y: the root of a theta^2 + b theta + c = 0 (c <= 0)
+    in a form that does not cancel: 2c / (-b - sqrt(b^2 - 4ac)) where b >= 0 (nflows' form, always), and
+    (-b + sqrt(b^2 - 4ac)) / 2a where b < 0 (steep bins next to flat ones; a > 0 there), as the reference."""
     dy = y - yk
     slope = d0 + d1 - 2.0 * s
     a = h * (s - d0) + dy * slope
     b = h * d0 - dy * slope
     c = -s * dy
-    disc = tl.maximum(b * b - 4.0 * a * c, 0.0)
-    return (2.0 * c) / (-b - tl.sqrt(disc))
+    root = tl.sqrt(tl.maximum(b * b - 4.0 * a * c, 0.0))
+    positive = b >= 0
+    return tl.where(positive, 2.0 * c, root - b) / tl.where(positive, -b - root, 2.0 * a)
 
 
 @triton.jit
