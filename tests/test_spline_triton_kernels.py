@@ -260,3 +260,13 @@ def test_samples_over_several_programs(small_triton_blocks, reverse):
     gx_ref, gp_ref = torch.autograd.grad(y_ref.sum() + 0.5 * logdet_ref.sum(), (xr, pr))
     torch.testing.assert_close(grad_x, gx_ref, rtol=1e-9, atol=1e-10)
     torch.testing.assert_close(grad_params, gp_ref, rtol=1e-9, atol=1e-10)
+
+
+def test_a_sample_with_more_than_2_31_parameters_is_refused():
+    """The kernels index a sample's parameters in 32 bits: the launcher says so before launching anything."""
+    from nf_kernels.backends.triton_kernels.spline_forward import spline_launch
+
+    layout, _, _ = vector_case(1, 2 * 2**26, 8, False)  # 2^26 transformed elements x 23 parameters > 2^31
+    with pytest.raises(RuntimeError, match="32-bit"):
+        spline_launch(layout, torch.empty(0), 4)
+    spline_launch(layout._replace(params_stride=2**31 - 1), torch.empty(0), 4)

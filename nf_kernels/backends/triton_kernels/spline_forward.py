@@ -38,6 +38,11 @@ def spline_launch(layout, params: torch.Tensor, least: int) -> tuple[LaunchShape
     parameters a thread loads as one vector, the largest power of two that divides the elements a channel and
     fits 16 bytes and PER_THREAD. The warps are then chosen so that each thread has max(ALIGN, least) elements and
     all KP lanes of each: fewer warps would split an element's lanes over warps, and its sums over lanes with them."""
+    if layout.params_stride > 2**31 - 1:
+        raise RuntimeError(
+            f"the Triton spline kernels index a sample's parameters with 32-bit integers: {layout.params_stride} "
+            "parameters a sample is more than 2^31 - 1; use backend='cuda' or 'reference'"
+        )
     shape = LaunchShape.for_layout(layout, params.element_size(), SPLINE_SHRINK)
     align = 1
     while align * 2 <= min(PER_THREAD, 16 // params.element_size()) and layout.inner % (align * 2) == 0:
