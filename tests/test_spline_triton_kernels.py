@@ -266,7 +266,7 @@ def test_a_sample_with_more_than_2_31_parameters_is_refused():
     """The kernels index a sample's parameters in 32 bits: the launcher says so before launching anything."""
     from nf_kernels.backends.triton_kernels.spline_forward import spline_launch
 
-    layout, _, _ = vector_case(1, 2 * 2**26, 8, False)  # 2^26 transformed elements x 23 parameters > 2^31
+    layout, _, _ = vector_case(1, 2 * 2**27, 8, False)  # 2^27 transformed elements x 23 parameters > 2^31
     with pytest.raises(RuntimeError, match="32-bit"):
         spline_launch(layout, torch.empty(0), 4)
     spline_launch(layout._replace(params_stride=2**31 - 1), torch.empty(0), 4)
