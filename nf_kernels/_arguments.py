@@ -65,10 +65,21 @@ def _check_floating(name: str, tensor: torch.Tensor) -> None:
         raise TypeError(f"{name} must have a supported floating dtype ({supported}), got {tensor.dtype}")
 
 
-def _check_bound(name: str, value) -> float:
+def check_real(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     return value
+
+
+def check_input_tensors(x: torch.Tensor, other: torch.Tensor, other_name: str) -> None:
+    """`x` and the conditioner output `other` (named `other_name` in errors): supported floating tensors on one
+    device, `x` with a batch dimension and at least one more. Shared by every coupling op's checks."""
+    _check_floating("x", x)
+    _check_floating(other_name, other)
+    if x.dim() < 2:
+        raise ValueError(f"x must have a batch dimension and at least one more, got shape {tuple(x.shape)}")
+    if other.device != x.device:
+        raise ValueError(f"x is on {x.device} but {other_name} is on {other.device}; put them on one device")
 
 
 def check_scale_and_clamp(scale: str, clamp) -> tuple[float, float]:
@@ -86,9 +97,9 @@ def check_scale_and_clamp(scale: str, clamp) -> tuple[float, float]:
         if isinstance(clamp, (tuple, list)):
             if len(clamp) != 2:
                 raise ValueError(f"scale={scale!r} takes clamp=(low, high), got {len(clamp)} values")
-            low, high = (_check_bound("clamp", bound) for bound in clamp)
+            low, high = (check_real("clamp", bound) for bound in clamp)
         else:
-            high = _check_bound("clamp", clamp)
+            high = check_real("clamp", clamp)
             low = -high
         # Comparisons only (no math.isfinite): under torch.compile(dynamic=True) a bound can be a symbolic float.
         if not -math.inf < low < high < math.inf:
@@ -98,7 +109,7 @@ def check_scale_and_clamp(scale: str, clamp) -> tuple[float, float]:
     if isinstance(clamp, (tuple, list)):
         raise TypeError(f"clamp=(low, high) is for scale={TWO_SIDED_SCALES[0]!r} only; scale={scale!r} takes one "
                         "real number")  # fmt: skip
-    _check_bound("clamp", clamp)
+    check_real("clamp", clamp)
     # inf would make tanh/atan's clamp * f(s / clamp) inf * 0 = NaN; NaN fails every comparison.
     # Comparisons only (no math.isfinite): under torch.compile(dynamic=True) clamp can be a symbolic float.
     if not 0.0 < clamp < math.inf:
@@ -136,12 +147,7 @@ def check_coupling_args(
     or layout.
     """
     h_name = "t" if additive else "h"
-    _check_floating("x", x)
-    _check_floating(h_name, h)
-    if x.dim() < 2:
-        raise ValueError(f"x must have a batch dimension and at least one more, got shape {tuple(x.shape)}")
-    if h.device != x.device:
-        raise ValueError(f"x is on {x.device} but {h_name} is on {h.device}; put them on one device")
+    check_input_tensors(x, h, h_name)
     mask_kind = check_mask(mask, x.shape[1:], x.device)
     mask_tensor = mask if mask_kind == "tensor" else None
     clamp_low = 0.0

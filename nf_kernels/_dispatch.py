@@ -58,6 +58,23 @@ def why_unsupported(name: str, scale: str, h_layout: str, mask_kind: str) -> Opt
     return None if backend is None else backend.why_unsupported(scale, h_layout, mask_kind)
 
 
+# The features of a spline coupling call, in place of an affine call's (scale, h_layout, mask kind): a backend
+# supports splines by having their methods (backends/base.py), all masks included.
+SPLINE_FEATURES = ("spline",)
+
+
+def why_spline_unsupported(name: str) -> Optional[str]:
+    """None if backend `name` computes spline couplings (it has `spline_forward`), else why not."""
+    backend, _ = _load(name)
+    if backend is None or getattr(backend, "spline_forward", None) is not None:
+        return None
+    return f"backend {name!r} does not support spline couplings yet"
+
+
+def _why_not_supported(name: str, features: tuple[str, ...]) -> Optional[str]:
+    return why_spline_unsupported(name) if features == SPLINE_FEATURES else why_unsupported(name, *features)
+
+
 def get_backend(name: str):
     """The backend object for a concrete name (never "auto"); RuntimeError if it cannot be loaded."""
     backend, error = _load(name)
@@ -72,7 +89,7 @@ def _one_of(names: list[str]) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def _resolve(requested: str, env_choice: Optional[str], device_type: str, features: tuple[str, str, str]) -> str:
+def _resolve(requested: str, env_choice: Optional[str], device_type: str, features: tuple[str, ...]) -> str:
     device = torch.device(device_type)
     if requested == "auto" and env_choice:
         if env_choice not in BACKEND_NAMES:
@@ -83,7 +100,7 @@ def _resolve(requested: str, env_choice: Optional[str], device_type: str, featur
     # What would work is said here, from what can run and compute the call, and only here: backends' reasons say
     # why not.
     preferred = AUTO_ORDER.get(device_type, ("reference",))
-    working = [n for n in _LOCATIONS if why_unavailable(n, device) is None and why_unsupported(n, *features) is None]
+    working = [n for n in _LOCATIONS if why_unavailable(n, device) is None and _why_not_supported(n, features) is None]
     working.sort(key=lambda n: preferred.index(n) if n in preferred else len(preferred))
     if requested == "auto":
         return next((name for name in preferred if name in working), "reference")
@@ -93,7 +110,7 @@ def _resolve(requested: str, env_choice: Optional[str], device_type: str, featur
             f"backend {requested!r} cannot run on {device_type}: {reason}. "
             f"On {device_type} use backend={_one_of(working)} (or 'auto')"
         )
-    reason = why_unsupported(requested, *features)
+    reason = _why_not_supported(requested, features)
     if reason is not None:
         raise NotImplementedError(f"{reason}; use backend={_one_of(working)} (or 'auto')")
     return requested
@@ -113,6 +130,19 @@ def resolve_backend(requested: str, device: torch.device, config: Optional[Coupl
 def _resolve_constant(requested: str, device_type: str, scale: str, h_layout: str, mask_kind: str) -> str:
     env_choice = (os.environ.get(ENV_VAR) or None) if requested == "auto" else None
     return _resolve(requested, env_choice, device_type, (scale, h_layout, mask_kind))
+
+
+def resolve_spline_backend(requested: str, device: torch.device) -> str:
+    """:func:`resolve_backend` for a spline coupling call: "auto" takes the first backend of its order that has
+    the spline methods; an explicit one without them is the SPEC's NotImplementedError."""
+    check_backend_name(requested)
+    return _resolve_spline_constant(requested, device.type)
+
+
+@torch.compiler.assume_constant_result
+def _resolve_spline_constant(requested: str, device_type: str) -> str:
+    env_choice = (os.environ.get(ENV_VAR) or None) if requested == "auto" else None
+    return _resolve(requested, env_choice, device_type, SPLINE_FEATURES)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 
 from ._arguments import ADDITIVE, SCALES, CouplingConfig
+from ._spline_arguments import SplineConfig
 from ._masks import checkerboard_kept_parity, compact_transformed, half_split_channels, kept_elements
 
 # The kernel interface, defined here once for Python. A scale map's code is its index in SCALE_NAMES, a pattern's
@@ -93,6 +94,35 @@ def transformed_elements(mask: torch.Tensor, flip: bool) -> torch.Tensor:
     return (~kept_elements(mask.shape, mask, flip)).reshape(-1).to(torch.uint8).contiguous()
 
 
+class MaskSelection(NamedTuple):
+    """Which elements of a sample a mask transforms, in the flat picture: the range [lo, hi) and the pattern inside
+    it (shared by the affine and the spline layouts)."""
+
+    lo: int
+    hi: int
+    pattern: int  # PATTERN_RANGE, PATTERN_CHECKERBOARD or PATTERN_MASK
+    parity: int
+    width: int
+    plane: int
+    transformed: Optional[torch.Tensor]  # PATTERN_MASK: uint8 [N], 1 where transformed
+
+
+def mask_selection(x_shape: Sequence[int], mask: Optional[torch.Tensor], mask_kind: str, flip: bool) -> MaskSelection:
+    """The flat form of a "half", "checkerboard" or bool ("tensor") mask over samples of `x_shape` (batch first)."""
+    channels = x_shape[1]
+    numel = math.prod(x_shape[1:])
+    inner = numel // channels if channels else 0  # elements per channel: R = prod(x.shape[2:])
+    if mask_kind == "half":
+        transformed_channels = half_split_channels(channels, flip)[1]
+        return MaskSelection(transformed_channels.start * inner, transformed_channels.stop * inner, PATTERN_RANGE,
+                             0, 0, 0, None)  # fmt: skip
+    if mask_kind == "checkerboard":
+        parity = 1 - checkerboard_kept_parity(flip)  # the kernels test for the transformed parity
+        return MaskSelection(0, numel, PATTERN_CHECKERBOARD, parity, x_shape[3], x_shape[2] * x_shape[3], None)
+    assert mask is not None and mask_kind == "tensor", mask_kind
+    return MaskSelection(0, numel, PATTERN_MASK, 0, 0, 0, transformed_elements(mask, flip))
+
+
 def flat_layout(
     x: torch.Tensor, mask: Optional[torch.Tensor], config: CouplingConfig, h_shape: Optional[Sequence[int]] = None
 ) -> FlatLayout:
@@ -101,15 +131,10 @@ def flat_layout(
     batch, channels = x.shape[0], x.shape[1]
     numel = math.prod(x.shape[1:])
     inner = numel // channels if channels else 0  # elements per channel: R = prod(x.shape[2:])
-    parity = width = plane = 0
     transformed = h_index = None
+    parity = width = plane = 0
     channel_size = inner  # elements in one channel of h
-    if config.mask_kind == "half":
-        transformed_channels = half_split_channels(channels, config.flip)[1]
-        lo, hi = transformed_channels.start * inner, transformed_channels.stop * inner
-        pattern = PATTERN_RANGE
-        s_size = hi - lo
-    elif config.mask_kind == "compact":
+    if config.mask_kind == "compact":
         assert mask is not None and h_shape is not None
         lo, hi = 0, numel
         pattern = PATTERN_GATHER
@@ -119,15 +144,8 @@ def flat_layout(
         s_size = math.prod(h_shape[1:]) // (1 if config.additive else 2)
         channel_size = math.prod(h_shape[2:])
     else:
-        lo, hi, s_size = 0, numel, numel
-        if config.mask_kind == "checkerboard":
-            pattern = PATTERN_CHECKERBOARD
-            parity = 1 - checkerboard_kept_parity(config.flip)  # the kernels test for the transformed parity
-            width, plane = x.shape[3], x.shape[2] * x.shape[3]
-        else:
-            assert mask is not None
-            pattern = PATTERN_MASK
-            transformed = transformed_elements(mask, config.flip)
+        lo, hi, pattern, parity, width, plane, transformed = mask_selection(x.shape, mask, config.mask_kind, config.flip)
+        s_size = hi - lo
     if config.additive:
         h_stride, s_offset, t_offset, pair_inner = s_size, 0, 0, 0
     else:
@@ -136,4 +154,57 @@ def flat_layout(
     return FlatLayout(
         batch, numel, lo, hi, h_stride, t_offset, pattern, parity, width, plane, SCALE_CODES[config.scale],
         config.clamp, config.shift_first, config.reverse, transformed, s_offset, pair_inner, h_index, config.clamp_low,
+    )  # fmt: skip
+
+
+# ---- the spline coupling (SPEC section 1b) --------------------------------------------------------------------
+
+# The C++ spline ops' `layout` ints, in this order (csrc declares the same list; new fields are only appended).
+SPLINE_LAYOUT_FIELDS = ("lo", "hi", "params_stride", "inner", "pattern", "parity", "width", "plane", "bins", "reverse")
+
+
+class SplineLayout(NamedTuple):
+    """The flat view of a spline coupling call. The transformed elements are picked exactly as for the affine op
+    (:class:`MaskSelection`); parameter j of flat element n in [lo, hi) sits at
+    ``params_flat[b * params_stride + (local // inner) * (P * inner) + j * inner + local % inner]``, local = n - lo,
+    P = 3 * bins - 1 (the params of a channel are P planes of `inner` elements: nflows' layout along dim 1)."""
+
+    batch: int  # B
+    numel: int  # N, elements in one sample of x
+    lo: int
+    hi: int
+    params_stride: int  # elements in one sample of params: (hi - lo) * P
+    inner: int  # R = prod(x.shape[2:]), elements per channel
+    pattern: int
+    parity: int
+    width: int
+    plane: int
+    bins: int  # K
+    reverse: bool
+    transformed: Optional[torch.Tensor]  # PATTERN_MASK: uint8 [N], 1 where transformed
+    bound: float
+    min_bin_width: float
+    min_bin_height: float
+    min_derivative: float
+
+    def packed(self) -> list[int]:
+        """The ints of the C++ spline ops' `layout` argument, in SPLINE_LAYOUT_FIELDS order."""
+        return [int(getattr(self, field)) for field in SPLINE_LAYOUT_FIELDS]
+
+    def floats(self) -> tuple[float, float, float, float]:
+        """The C++ spline ops' float arguments: (bound, min_bin_width, min_bin_height, min_derivative)."""
+        return self.bound, self.min_bin_width, self.min_bin_height, self.min_derivative
+
+
+def spline_flat_layout(x: torch.Tensor, mask: Optional[torch.Tensor], config: SplineConfig) -> SplineLayout:
+    """The flat layout of a spline coupling call."""
+    channels = x.shape[1]
+    numel = math.prod(x.shape[1:])
+    inner = numel // channels if channels else 0
+    selection = mask_selection(x.shape, mask, config.mask_kind, config.flip)
+    per_element = config.params_per_element
+    return SplineLayout(
+        x.shape[0], numel, selection.lo, selection.hi, (selection.hi - selection.lo) * per_element, inner,
+        selection.pattern, selection.parity, selection.width, selection.plane, config.bins, config.reverse,
+        selection.transformed, config.bound, config.min_bin_width, config.min_bin_height, config.min_derivative,
     )  # fmt: skip

@@ -58,6 +58,17 @@ def expected_h_shape(x_shape: Sequence[int], mask_kind: str, additive: bool) -> 
     return tuple(shape)
 
 
+def expected_params_shape(x_shape: Sequence[int], mask_kind: str, per_element: int) -> tuple[int, ...]:
+    """The shape of a spline coupling's `params` (SPEC section 1b) for `x` of shape `x_shape`: `x`'s shape with dim 1
+    holding `per_element` parameters for each channel the mask can transform: the transformed channels for "half"
+    (as :func:`expected_h_shape`), every channel for the others (values at kept positions are ignored)."""
+    shape = list(x_shape)
+    channels = shape[1]
+    covered = channels - channels // 2 if mask_kind == "half" else channels
+    shape[1] = covered * per_element
+    return tuple(shape)
+
+
 def could_be_compact(x_shape: Sequence[int], h_shape: Sequence[int], additive: bool) -> bool:
     """Whether `h_shape` can be a compact `h` for a bool mask over samples of `x_shape` (SPEC mask table): only the
     transformed elements, batch first, with dim 1 even for an affine `h` (its two parameters). How many elements

@@ -1,6 +1,7 @@
-"""The op layer: two registered custom ops, shared by every backend, and the eager shortcut past them.
+"""The op layer: the registered custom ops, shared by every backend, and the eager shortcut past them.
 
-`nf_kernels::coupling` computes (y, logdet) and `nf_kernels::coupling_backward` its gradient; both take the
+`nf_kernels::coupling` computes (y, logdet) and `nf_kernels::coupling_backward` its gradient (the spline
+coupling's `nf_kernels::spline_coupling` and `nf_kernels::spline_coupling_backward` likewise); they take the
 backend's name as an argument and hand the work to it. Fake (meta) implementations and the autograd formula are
 registered here once, so eager mode, autograd, `torch.compile(fullgraph=True)` and autocast behave the same for
 every backend. This is THE path whenever something traces the call.
@@ -22,6 +23,7 @@ from torch import Tensor
 from ._arguments import CouplingConfig, logdet_dtype
 from ._dispatch import get_backend
 from ._prepared import PreparedCall
+from ._spline_arguments import SplineConfig
 
 
 def _is_empty(x: Tensor) -> bool:
@@ -121,6 +123,85 @@ coupling_backward_op.register_autograd(_no_double_backward, setup_context=lambda
 # schema's parameters after `mask` are the config's fields, in order. Checked once here, at import.
 _op_parameters = [argument.name for argument in torch.ops.nf_kernels.coupling.default._schema.arguments]
 assert _op_parameters[3:-1] == list(CouplingConfig._fields), (_op_parameters, CouplingConfig._fields)
+
+
+# ---- the spline coupling (SPEC section 1b): the same pattern, its own config ------------------------------------
+
+
+@torch.library.custom_op("nf_kernels::spline_coupling", mutates_args=())
+def spline_coupling_op(
+    x: Tensor,
+    params: Tensor,
+    mask: Optional[Tensor],
+    mask_kind: str,
+    flip: bool,
+    bins: int,
+    bound: float,
+    min_bin_width: float,
+    min_bin_height: float,
+    min_derivative: float,
+    reverse: bool,
+    backend: str,
+) -> tuple[Tensor, Tensor]:
+    if _is_empty(x):
+        return torch.empty(x.shape, dtype=x.dtype, device=x.device), x.new_zeros(
+            x.shape[0], dtype=logdet_dtype(x.dtype)
+        )
+    config = SplineConfig(mask_kind, flip, bins, bound, min_bin_width, min_bin_height, min_derivative, reverse)
+    return get_backend(backend).spline_forward(x, params, mask, config)
+
+
+@spline_coupling_op.register_fake
+def _spline_coupling_fake(x, params, mask, *scalars):
+    return _coupling_fake(x, params, mask, *([None] * 9))
+
+
+@torch.library.custom_op("nf_kernels::spline_coupling_backward", mutates_args=())
+def spline_coupling_backward_op(
+    grad_y: Tensor,
+    grad_logdet: Tensor,
+    x: Tensor,
+    params: Tensor,
+    mask: Optional[Tensor],
+    mask_kind: str,
+    flip: bool,
+    bins: int,
+    bound: float,
+    min_bin_width: float,
+    min_bin_height: float,
+    min_derivative: float,
+    reverse: bool,
+    backend: str,
+) -> tuple[Tensor, Tensor]:
+    if _is_empty(x):
+        return torch.zeros(x.shape, dtype=x.dtype, device=x.device), torch.zeros(
+            params.shape, dtype=params.dtype, device=params.device
+        )
+    config = SplineConfig(mask_kind, flip, bins, bound, min_bin_width, min_bin_height, min_derivative, reverse)
+    return get_backend(backend).spline_backward(grad_y, grad_logdet, x, params, mask, config)
+
+
+@spline_coupling_backward_op.register_fake
+def _spline_coupling_backward_fake(grad_y, grad_logdet, x, params, mask, *scalars):
+    return _coupling_backward_fake(grad_y, grad_logdet, x, params, mask, *([None] * 9))
+
+
+def _spline_backward(ctx, grad_y: Optional[Tensor], grad_logdet: Optional[Tensor]):
+    x, params, mask = ctx.saved_tensors
+    if grad_y is None:
+        grad_y = torch.zeros(x.shape, dtype=x.dtype, device=x.device)
+    if grad_logdet is None:
+        grad_logdet = torch.zeros(x.shape[0], dtype=logdet_dtype(x.dtype), device=x.device)
+    grad_x, grad_params = spline_coupling_backward_op(grad_y, grad_logdet, x, params, mask, *ctx.scalars)
+    return grad_x, grad_params, None, *([None] * len(ctx.scalars))
+
+
+# Both ops save only their input and params (and the mask): the backward recomputes the rest.
+spline_coupling_op.register_autograd(_spline_backward, setup_context=_setup_context)
+spline_coupling_backward_op.register_autograd(_no_double_backward, setup_context=lambda ctx, inputs, output: None)
+
+_spline_parameters = [argument.name for argument in torch.ops.nf_kernels.spline_coupling.default._schema.arguments]
+assert _spline_parameters[3:-1] == list(SplineConfig._fields), (_spline_parameters, SplineConfig._fields)
 
 
 # Parameters are plain tensors too; any other subclass (fake, functional, a user's) may need the custom op's

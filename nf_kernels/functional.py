@@ -1,4 +1,4 @@
-"""The functional API of SPEC section 1: `affine_coupling` and `additive_coupling`."""
+"""The functional API of SPEC section 1: `affine_coupling`, `additive_coupling` and `spline_coupling`."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import torch
 from . import _ops
 from ._arguments import check_coupling_args
 from ._masks import MaskArg
-from ._dispatch import resolve_backend
+from ._dispatch import resolve_backend, resolve_spline_backend
 from ._prepared import prepare_call
+from ._spline_arguments import check_spline_args
 
 
 def affine_coupling(
@@ -118,6 +119,66 @@ def additive_coupling(
     (True, True, 0.0)
     """
     return _coupling(x, t, mask, flip, None, 1.0, False, reverse, backend, True, "scale_shift")
+
+
+def spline_coupling(
+    x: torch.Tensor,
+    params: torch.Tensor,
+    *,
+    mask: MaskArg = "half",
+    flip: bool = False,
+    bins: int = 8,
+    bound: float = 3.0,
+    min_bin_width: float = 1e-3,
+    min_bin_height: float = 1e-3,
+    min_derivative: float = 1e-3,
+    reverse: bool = False,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rational-quadratic spline coupling (neural spline flows) and its per-sample log-determinant.
+
+    Kept elements pass through. Each transformed element goes through its own monotonic rational-quadratic spline
+    of ``bins`` bins on ``[-bound, bound]`` (identity outside: linear tails), made from its ``3 * bins - 1``
+    unconstrained parameters exactly as nflows' ``unconstrained_rational_quadratic_spline(tails="linear")`` does:
+    ``bins`` widths and ``bins`` heights (softmax, then at least ``min_bin_width`` / ``min_bin_height``) and
+    ``bins - 1`` interior derivatives (``min_derivative + softplus``; 1 at both ends). ``logdet[b]`` sums
+    ``log dy/dx`` over the transformed elements. ``reverse=True`` computes the inverse with the same ``params``
+    (the stable root of the quadratic) and the negated log-det. Differentiable in ``x`` and ``params`` (first
+    order). The full contract is docs/spec.md, section 1b.
+
+    Args:
+        x: ``[B, *sample]``, at least 2-D; float32, float16, bfloat16 or float64; any strides. ``B`` may be 0.
+        params: the conditioner's output, on ``x``'s device, any supported floating dtype. Shape, for ``x`` of
+            shape ``[B, C, ...]`` and ``P = 3 * bins - 1``: ``mask="half"``: ``[B, (C - C // 2) * P, ...]``;
+            ``"checkerboard"`` or a bool mask: ``[B, C * P, ...]`` (values at kept positions are ignored).
+            Parameter ``j`` of an element of channel ``c`` sits at dim-1 index ``c * P + j``: ``j < bins`` widths,
+            then ``bins`` heights, then ``bins - 1`` derivatives (``params.view(B, C_t, P, ...)``, as nflows).
+        mask, flip, reverse, backend: as in :func:`affine_coupling` (a backend without spline kernels refuses the
+            call; "auto" picks one that has them).
+        bins: the number of bins ``K >= 1``. Default 8.
+        bound: the spline's interval ``[-bound, bound]``, a finite float > 0. Default 3.0.
+        min_bin_width, min_bin_height: the smallest bin, as a fraction of the interval (``>= 0``, times ``bins``
+            below 1). Default 1e-3.
+        min_derivative: the smallest derivative at an interior knot, > 0. Default 1e-3.
+
+    Returns:
+        ``(y, logdet)`` as for :func:`affine_coupling`.
+
+    >>> x = torch.randn(8, 6, dtype=torch.float64)
+    >>> params = torch.randn(8, 3 * 23, dtype=torch.float64)  # 3 transformed features, 3 * 8 - 1 = 23 each
+    >>> y, logdet = spline_coupling(x, params)
+    >>> x_back, minus_logdet = spline_coupling(y, params, reverse=True)
+    >>> torch.allclose(x_back, x), torch.allclose(minus_logdet, -logdet)
+    (True, True)
+
+    (In float32 a round trip is exact only to the spline's conditioning: where a bin is nearly flat, the inverse
+    multiplies y's rounding error by the inverse slope.)
+    """
+    mask_tensor, config = check_spline_args(
+        x, params, mask=mask, flip=flip, bins=bins, bound=bound, min_bin_width=min_bin_width,
+        min_bin_height=min_bin_height, min_derivative=min_derivative, reverse=reverse, backend=backend,
+    )  # fmt: skip
+    return _ops.spline_coupling_op(x, params, mask_tensor, *config, resolve_spline_backend(backend, x.device))
 
 
 def _coupling(x, h, mask, flip, scale, clamp, shift_first, reverse, backend, additive, h_layout):

@@ -47,3 +47,11 @@ class Backend(Protocol):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(grad_x, grad_h): gradients of the forward's inputs, `grad_h` zero at kept positions."""
         ...
+
+    # Optional: the spline coupling (SPEC section 1b). A backend without these methods does not support splines
+    # (the dispatcher says so, and "auto" passes it over).
+    #
+    # def spline_forward(self, x, params, mask, config: SplineConfig) -> (y, logdet)
+    # def spline_backward(self, grad_y, grad_logdet, x, params, mask, config: SplineConfig) -> (grad_x, grad_params)
+    #
+    # `x` is the op's input (y when config.reverse); grad_params is zero at kept positions.

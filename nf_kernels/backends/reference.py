@@ -3,7 +3,7 @@
 It is the oracle every other backend is tested against, so it shares no code with them but the SPEC's mask table
 (`nf_kernels._masks`): it builds the masks with tensor ops and applies the formulas literally. Its gradient is written out by hand too (autograd does not
 record inside a custom op's implementation), and the tests hold that gradient to finite differences (gradcheck)
-and to slogdet of the Jacobian.
+and to slogdet of the Jacobian. The spline coupling is `reference_spline.py`, its masks `reference_masks.py`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ import torch
 from torch import Tensor
 
 from .._arguments import FREIA_ATAN_FACTOR, NFLOWS_SCALE_FLOOR, CouplingConfig, compute_dtype, logdet_dtype
-from .._masks import compact_transformed, half_split_channels, kept_elements
+from .._masks import compact_transformed
+from . import reference_spline
+from .reference_masks import half_join, half_split, transformed_elements
 
 
 def scale_map(s: Tensor, scale: str, clamp: float, clamp_low: float = 0.0) -> Tensor:
@@ -71,23 +73,7 @@ def scale_map_derivative(s: Tensor, scale: str, clamp: float) -> Tensor:
     raise ValueError(f"unknown scale {scale!r}")
 
 
-# ---- which elements are transformed -------------------------------------------------------------------------
-
-
-def _transformed_elements(x: Tensor, mask: Optional[Tensor], config: CouplingConfig) -> Tensor:
-    """For checkerboard and bool masks: a bool tensor of shape x.shape[1:], True where transformed."""
-    mask_arg = mask if config.mask_kind in ("tensor", "compact") else config.mask_kind
-    return ~kept_elements(x.shape[1:], mask_arg, config.flip, device=x.device)
-
-
-def _half_split(v: Tensor, config: CouplingConfig) -> tuple[Tensor, Tensor]:
-    """For the "half" mask: (kept, transformed) channels of v along dim 1."""
-    kept, transformed = half_split_channels(v.shape[1], config.flip)
-    return v[:, kept], v[:, transformed]
-
-
-def _half_join(kept: Tensor, transformed: Tensor, config: CouplingConfig) -> Tensor:
-    return torch.cat([transformed, kept] if config.flip else [kept, transformed], dim=1)
+# ---- parameters of h ----------------------------------------------------------------------------------------
 
 
 def _split_h(h: Tensor, config: CouplingConfig) -> tuple[Optional[Tensor], Tensor]:
@@ -156,11 +142,11 @@ def reference_forward(x: Tensor, h: Tensor, mask: Optional[Tensor], config: Coup
     xc, hc = x.to(ct).contiguous(), h.to(ct).contiguous()
     s, t = _parameters(hc, x, mask, config)
     if config.mask_kind == "half":
-        x_kept, x_t = _half_split(xc, config)
+        x_kept, x_t = half_split(xc, config)
         out_t, a = _step(x_t, s, t, config)
-        y = _half_join(x_kept, out_t, config)
+        y = half_join(x_kept, out_t, config)
     else:
-        transformed = _transformed_elements(x, mask, config)
+        transformed = transformed_elements(x, mask, config)
         out, a = _step(xc, s, t, config)
         # torch.where, not multiplication by the mask: values at kept positions are ignored, even NaN or Inf.
         y = torch.where(transformed, out, xc)
@@ -202,12 +188,12 @@ def reference_backward(grad_y, grad_logdet, x, h, mask, config: CouplingConfig) 
     g_logdet = grad_logdet.to(ct).view(-1, *([1] * (x.dim() - 1)))
     s, t = _parameters(hc, x, mask, config)
     if config.mask_kind == "half":
-        g_kept, g_t = _half_split(g, config)
-        x_kept, x_t = _half_split(xc, config)
+        g_kept, g_t = half_split(g, config)
+        x_kept, x_t = half_split(xc, config)
         grad_x_t, grad_s, grad_t = _step_grads(g_t, g_logdet, x_t, s, t, config)
-        grad_x = _half_join(g_kept, grad_x_t, config)
+        grad_x = half_join(g_kept, grad_x_t, config)
     else:
-        transformed = _transformed_elements(x, mask, config)
+        transformed = transformed_elements(x, mask, config)
         zero = torch.zeros_like(xc)
         grad_x_t, grad_s, grad_t = _step_grads(g, g_logdet, xc, s, t, config)
         grad_x = torch.where(transformed, grad_x_t, g)
@@ -241,6 +227,12 @@ class ReferenceBackend:
 
     def backward(self, grad_y, grad_logdet, x, h, mask, config):
         return reference_backward(grad_y, grad_logdet, x, h, mask, config)
+
+    def spline_forward(self, x, params, mask, config):
+        return reference_spline.spline_forward(x, params, mask, config)
+
+    def spline_backward(self, grad_y, grad_logdet, x, params, mask, config):
+        return reference_spline.spline_backward(grad_y, grad_logdet, x, params, mask, config)
 
 
 BACKEND = ReferenceBackend()
