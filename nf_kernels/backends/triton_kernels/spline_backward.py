@@ -13,7 +13,7 @@ from ..._outputs import new_output
 from .indexing import program_tile, spline_lanes, spline_param_offsets, tile_touches_range, transformed_elements
 from .launch import compute_tl_dtype
 from .spline_forward import BACKWARD_LEAST, load_spline_params, spline_constants, spline_launch, spline_mask_argument
-from .spline_math import derivative_grads, inverse_theta, rq_grads, size_grads, spline_bin
+from .spline_math import derivative_grads, forward_theta, inverse_theta, rq_grads, size_grads, spline_bin
 
 
 @triton.jit(do_not_specialize=["inner"])  # see indexing.spline_param_offsets
@@ -45,7 +45,7 @@ def _spline_backward_kernel(
         if REVERSE:
             theta = inverse_theta(v, yk, h, s, d0, d1)
         else:
-            theta = (v - xk) / w
+            theta = forward_theta(v, xk, w)
         gx, g_left, g_width, g_bottom, g_height, g_d0, g_d1 = rq_grads(theta, w, h, s, d0, d1, g, g_logdet, REVERSE)
         grad_x = tl.where(inside, gx, g)
         g_uw = size_grads(sw, lane, k, g_left, g_width, K, MIN_W, BOUND)

@@ -18,7 +18,7 @@ from ..._outputs import new_output
 from .forward import sum_partials
 from .indexing import program_tile, spline_lanes, spline_param_offsets, tile_touches_range, transformed_elements
 from .launch import LaunchShape, compute_tl_dtype, mask_argument
-from .spline_math import inverse_theta, rq_value, spline_bin
+from .spline_math import forward_theta, inverse_theta, rq_value, spline_bin
 
 # Programs of launch.MAX_BLOCK / 8 = 256 elements for 4-byte dtypes (LaunchShape.for_layout), each element with
 # three KP-lane tiles of parameters in registers.
@@ -101,7 +101,7 @@ def _spline_forward_kernel(
             _, term = rq_value(theta, yk, h, s, d0, d1)
             term = -term
         else:
-            theta = (v - xk) / w
+            theta = forward_theta(v, xk, w)
             out, term = rq_value(theta, yk, h, s, d0, d1)
         y = tl.where(inside, out, x)
         total = tl.sum(tl.where(inside, term, 0.0), axis=1)

@@ -109,7 +109,20 @@ def inverse_theta(y, yk, h, s, d0, d1):
     c = -s * dy
     root = tl.sqrt(tl.maximum(b * b - 4.0 * a * c, 0.0))
     positive = b >= 0
-    return tl.where(positive, 2.0 * c, root - b) / tl.where(positive, -b - root, 2.0 * a)
+    return unit(tl.where(positive, 2.0 * c, root - b) / tl.where(positive, -b - root, 2.0 * a))
+
+
+@triton.jit
+def forward_theta(x, xk, w):
+    """theta in [0, 1] of x in the bin that starts at xk and is w wide."""
+    return unit((x - xk) / w)
+
+
+@triton.jit
+def unit(theta):
+    """theta clamped to [0, 1], where it lies in exact arithmetic: rounding (a bin of the minimal size, an input on
+    a knot) can put it just outside, where the log-det's q and denominator can turn negative (NaN logs)."""
+    return tl.minimum(tl.maximum(theta, 0.0), 1.0)
 
 
 @triton.jit
