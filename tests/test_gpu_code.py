@@ -354,12 +354,23 @@ TRITON_FORWARD, TRITON_BACKWARD = "_coupling_forward_kernel", "_coupling_backwar
 CUDA_FORWARD, CUDA_BACKWARD = "coupling_forward_kernel", "coupling_backward_kernel"
 
 # Why today's kernels break a rule, {case: reason} (what the report shows for sm_90; docs/gpu_code_before.md has the
-# numbers of the kernels before the fixes). Every kernel now passes every rule.
-XFAILS: dict[tuple[str, str, str, str], str] = {}
+# numbers of the kernels before the fixes). Every affine kernel now passes every rule; the spline kernels' vector
+# flows do not.
+TRITON_SPLINE_FORWARD, TRITON_SPLINE_BACKWARD = "_spline_forward_kernel", "_spline_backward_kernel"
+_SPLINE_VECTOR_LOADS = ("a vector flow's element has its 23 parameters at a 92-byte stride: 32-bit loads (each "
+                        "thread reads its own elements' lanes)")  # fmt: skip
+XFAILS: dict[tuple[str, str, str, str], str] = {
+    ("triton", TRITON_SPLINE_FORWARD, "vector-half", "a"): _SPLINE_VECTOR_LOADS,
+    ("triton", TRITON_SPLINE_BACKWARD, "vector-half", "a"): _SPLINE_VECTOR_LOADS,
+    ("triton", TRITON_SPLINE_BACKWARD, "vector-half", "c"): (
+        "2 elements a thread: with 4, the 46 scalar accesses an element spill (spline_forward.BACKWARD_LEAST)"
+    ),
+}
 
 TRITON_GROUPS = ("image-half", "image-checkerboard", "image-bool", "vector-half")
-CASES = [("triton", kernel, group, rule) for kernel in (TRITON_FORWARD, TRITON_BACKWARD) for group in TRITON_GROUPS
-         for rule in "abc"]  # fmt: skip
+CASES = [("triton", kernel, group, rule)
+         for kernel in (TRITON_FORWARD, TRITON_BACKWARD, TRITON_SPLINE_FORWARD, TRITON_SPLINE_BACKWARD)
+         for group in TRITON_GROUPS for rule in "abc"]  # fmt: skip
 CASES += [("cuda", kernel, group, rule) for kernel in (CUDA_FORWARD, CUDA_BACKWARD)
           for group, rule in (("all", "a"), ("all", "b"), ("image", "c"), ("vector", "c"))]  # fmt: skip
 

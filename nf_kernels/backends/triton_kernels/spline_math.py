@@ -185,12 +185,16 @@ def rq_grads(theta, w, h, s, d0, d1, g, g_logdet, INVERSE: tl.constexpr):
 def size_grads(softmax, lane, k, g_left, g_size, K: tl.constexpr, MIN_SIZE: tl.constexpr, BOUND: tl.constexpr):
     """Gradients of the unconstrained sizes (widths or heights) from those of bin k's left knot and size.
 
-    The left knot is -B + 2B sum_{i<k} size_i and the size 2B size_k (the knots' difference equals it up to a
-    constant over i, which the softmax's gradient removes), so size_i gets 2B g_left for i < k and 2B g_size at k;
-    then back through size = MIN_SIZE + (1 - MIN_SIZE K) softmax(u)."""
-    g = tl.where(lane < k[:, :, None], g_left[:, :, None], 0.0) + tl.where(
-        lane == k[:, :, None], g_size[:, :, None], 0.0
-    )
+    As nflows computes them: the left knot is knot k = -B + 2B sum_{i<k} size_i and the size knot k + 1 minus knot
+    k, where knot K is B exactly. So size_i gets 2B g_left for i < k and 2B g_size at k, and in the last bin, whose
+    right knot is the constant B, 2B (g_left - g_size) for i < k and nothing at k. (The two forms differ by a
+    constant over i, which the softmax's gradient removes, but at the last knot the first would take the
+    difference of two large numbers: g_left and g_size go with 1 / width and nearly cancel there.) Then back
+    through size = MIN_SIZE + (1 - MIN_SIZE K) softmax(u)."""
+    last = k == K - 1
+    below = tl.where(last, g_left - g_size, g_left)
+    at_k = tl.where(last, 0.0, g_size)
+    g = tl.where(lane < k[:, :, None], below[:, :, None], 0.0) + tl.where(lane == k[:, :, None], at_k[:, :, None], 0.0)
     g = g * ((2.0 * BOUND) * (1.0 - MIN_SIZE * K))
     return softmax * (g - tl.sum(softmax * g, axis=2)[:, :, None])
 
