@@ -270,3 +270,21 @@ def test_a_sample_with_more_than_2_31_parameters_is_refused():
     with pytest.raises(RuntimeError, match="32-bit"):
         spline_launch(layout, torch.empty(0), 4)
     spline_launch(layout._replace(params_stride=2**31 - 1), torch.empty(0), 4)
+
+
+def test_gradients_at_the_bound_with_large_parameters():
+    """x next to +-bound, parameters x10 (bins of the minimal size next to wide ones): the gradients of the sizes
+    go with 1 / width there, and only nflows' form of them (the last knot a constant) keeps full precision. (At
+    +-bound itself y is the bound and the log-det term 0 whatever the parameters. The inverse there is
+    ill-conditioned in the formula itself, to ~5e-12.)"""
+    layout, x_shape, p_shape = vector_case(4, 16, 8, False)
+    x, params = inputs(x_shape, p_shape, seed=5, spread=10.0)
+    x[:, 8:] = torch.tensor([-3.0 + 1e-4, 3.0 - 1e-4])[torch.randint(0, 2, (4, 8), generator=torch.Generator().manual_seed(6))].double()
+    grad_y = torch.randn(x_shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    grad_logdet = torch.randn(4, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    grad_x, grad_params = launch_spline_backward(grad_y, grad_logdet, x, params, layout)
+    xr, pr = x.clone().requires_grad_(), params.clone().requires_grad_()
+    y_ref, logdet_ref = expected(xr, pr, layout)
+    gx_ref, gp_ref = torch.autograd.grad((y_ref * grad_y).sum() + (logdet_ref * grad_logdet).sum(), (xr, pr))
+    assert (grad_x - gx_ref).norm() <= 1e-12 * gx_ref.norm()
+    assert (grad_params - gp_ref).norm() <= 1e-12 * gp_ref.norm()
