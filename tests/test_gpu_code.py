@@ -300,7 +300,8 @@ def report(tmp_path_factory) -> dict:
 
 # Triton's rules for a runtime argument (triton/runtime/jit.py create_function_from_signature and the native
 # specialize_impl, checked against Triton 3.6): ints equal to 1 become constants, other ints are i32 when they fit
-# (i64, then u64, when not), and pointers and ints divisible by 16 get tt.divisibility=16.
+# (i64, then u64, when not), and pointers and ints divisible by 16 get tt.divisibility=16; an int the kernel marks
+# do_not_specialize gets neither.
 _TRITON_DTYPES = {"torch.float32": "fp32", "torch.float16": "fp16", "torch.bfloat16": "bf16",
                   "torch.float64": "fp64", "torch.uint8": "u8", "torch.int16": "i16", "torch.int32": "i32"}  # fmt: skip
 
@@ -313,6 +314,8 @@ def expected_specialization(arguments: dict) -> str:
             parts.append(f"{name}:*{_TRITON_DTYPES[value['pointer']]}{'/16' if divisible else ''}")
         elif "float" in value or "bool" in value:  # never specialized
             parts.append(f"{name}:{'fp32' if 'float' in value else 'u1'}")
+        elif value.get("not_specialized"):  # do_not_specialize: only its width
+            parts.append(f"{name}:{'i32' if -(2**31) <= value['int'] < 2**31 else 'i64'}")
         elif value["int"] == 1:
             parts.append(f"{name}=1")
         else:

@@ -641,7 +641,7 @@ def describe_specialization(compiled) -> str:
 def runtime_arguments(launch: TritonLaunch) -> dict[str, dict]:
     """The launch's non-constexpr arguments as the JSON report records them, so that a test can derive the
     specialization from them independently of Triton: {"N": {"int": 6144}, "x_ptr": {"pointer": "torch.float32",
-    "address_mod_256": 0}}."""
+    "address_mod_256": 0}}, an int the kernel does not let Triton specialize with "not_specialized": True."""
     values = dict(zip((p.name for p in launch.kernel.params), launch.args))
     values.update(launch.kwargs)
     out = {}
@@ -655,6 +655,8 @@ def runtime_arguments(launch: TritonLaunch) -> dict[str, dict]:
             out[param.name] = {"bool": value}
         elif isinstance(value, int):
             out[param.name] = {"int": value}
+            if param.do_not_specialize:  # the kernel's do_not_specialize: neither =1 nor /16
+                out[param.name]["not_specialized"] = True
         else:
             out[param.name] = {"float": float(value)}
     return out
