@@ -13,7 +13,7 @@ from ..._outputs import new_output
 from .indexing import program_tile, spline_lanes, spline_param_offsets, tile_touches_range, transformed_elements
 from .launch import compute_tl_dtype
 from .spline_forward import BACKWARD_LEAST, load_spline_params, spline_constants, spline_launch, spline_mask_argument
-from .spline_math import derivative_grads, forward_theta, inverse_theta, rq_grads, size_grads, spline_bin
+from .spline_math import derivative_grads, rq_grads, size_grads, spline_point
 
 
 @triton.jit(do_not_specialize=["inner"])  # see indexing.spline_param_offsets
@@ -38,14 +38,9 @@ def _spline_backward_kernel(
         uw, uh, ud, lane = load_spline_params(params_ptr, rows, p, p_mask, params_stride, inner, K, KP, ALIGN, CT)
         sample = tl.reshape(rows, [ROWS])
         g_logdet = tl.load(grad_logdet_ptr + sample, mask=sample < B, other=0.0).to(CT)[:, None]
-        inside = sel & (x >= -BOUND) & (x <= BOUND)
-        v = tl.minimum(tl.maximum(x, -BOUND), BOUND)  # the spline where it is defined: no NaN in the unused lanes
-        k, xk, w, yk, h, d0, d1, sw, sh, u0, u1 = spline_bin(v, uw, uh, ud, lane, K, BOUND, MIN_W, MIN_H, MIN_D, REVERSE)
-        s = h / w
-        if REVERSE:
-            theta = inverse_theta(v, yk, h, s, d0, d1)
-        else:
-            theta = forward_theta(v, xk, w)
+        inside, theta, k, xk, w, yk, h, s, d0, d1, sw, sh, u0, u1 = spline_point(
+            x, sel, uw, uh, ud, lane, K, BOUND, MIN_W, MIN_H, MIN_D, REVERSE
+        )
         gx, g_left, g_width, g_bottom, g_height, g_d0, g_d1 = rq_grads(theta, w, h, s, d0, d1, g, g_logdet, REVERSE)
         grad_x = tl.where(inside, gx, g)
         g_uw = size_grads(sw, lane, k, g_left, g_width, K, MIN_W, BOUND)

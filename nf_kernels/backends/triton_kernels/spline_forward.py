@@ -18,7 +18,7 @@ from ..._outputs import new_output
 from .forward import sum_partials
 from .indexing import program_tile, spline_lanes, spline_param_offsets, tile_touches_range, transformed_elements
 from .launch import LaunchShape, compute_tl_dtype, mask_argument
-from .spline_math import forward_theta, inverse_theta, rq_value, spline_bin
+from .spline_math import rq_value, spline_point
 
 # Programs of launch.MAX_BLOCK / 8 = 256 elements for 4-byte dtypes (LaunchShape.for_layout), each element with
 # three KP-lane tiles of parameters in registers.
@@ -91,17 +91,14 @@ def _spline_forward_kernel(
     if tile_touches_range(blk, lo, hi, BLOCK):
         in_range, sel, p, p_mask = transformed_elements(n, in_bounds, lo, hi, mask_ptr, W, PLANE, PATTERN, PARITY)
         uw, uh, ud, lane = load_spline_params(params_ptr, rows, p, p_mask, params_stride, inner, K, KP, ALIGN, CT)
-        inside = sel & (x >= -BOUND) & (x <= BOUND)
-        v = tl.minimum(tl.maximum(x, -BOUND), BOUND)  # the spline where it is defined: no NaN in the unused lanes
-        k, xk, w, yk, h, d0, d1, sw, sh, u0, u1 = spline_bin(v, uw, uh, ud, lane, K, BOUND, MIN_W, MIN_H, MIN_D, REVERSE)
-        s = h / w
+        inside, theta, k, xk, w, yk, h, s, d0, d1, sw, sh, u0, u1 = spline_point(
+            x, sel, uw, uh, ud, lane, K, BOUND, MIN_W, MIN_H, MIN_D, REVERSE
+        )
         if REVERSE:
-            theta = inverse_theta(v, yk, h, s, d0, d1)
             out = xk + theta * w
             _, term = rq_value(theta, yk, h, s, d0, d1)
             term = -term
         else:
-            theta = forward_theta(v, xk, w)
             out, term = rq_value(theta, yk, h, s, d0, d1)
         y = tl.where(inside, out, x)
         total = tl.sum(tl.where(inside, term, 0.0), axis=1)

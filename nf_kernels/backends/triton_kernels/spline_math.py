@@ -98,6 +98,23 @@ def spline_bin(v, uw, uh, ud, lane, K: tl.constexpr, BOUND: tl.constexpr, MIN_W:
 
 
 @triton.jit
+def spline_point(v, sel, uw, uh, ud, lane, K: tl.constexpr, BOUND: tl.constexpr, MIN_W: tl.constexpr,
+                 MIN_H: tl.constexpr, MIN_D: tl.constexpr, INVERSE: tl.constexpr):  # fmt: skip
+    """Where the input v (x, or y for the inverse; [ROWS, BLOCK]) lies on its element's spline: (inside, theta,
+    and spline_bin's numbers). `inside`: transformed (sel) and in [-BOUND, BOUND], the elements the spline moves;
+    the others pass through, and their numbers, computed at v clamped to the bound, are finite but unused."""
+    inside = sel & (v >= -BOUND) & (v <= BOUND)
+    v = tl.minimum(tl.maximum(v, -BOUND), BOUND)
+    k, xk, w, yk, h, d0, d1, sw, sh, u0, u1 = spline_bin(v, uw, uh, ud, lane, K, BOUND, MIN_W, MIN_H, MIN_D, INVERSE)
+    s = h / w
+    if INVERSE:
+        theta = inverse_theta(v, yk, h, s, d0, d1)
+    else:
+        theta = forward_theta(v, xk, w)
+    return inside, theta, k, xk, w, yk, h, s, d0, d1, sw, sh, u0, u1
+
+
+@triton.jit
 def inverse_theta(y, yk, h, s, d0, d1):
     """theta in [0, 1] of the bin where the spline reaches y: the root of a theta^2 + b theta + c = 0 (c <= 0)
     in a form that does not cancel: 2c / (-b - sqrt(b^2 - 4ac)) where b >= 0 (nflows' form, always), and
