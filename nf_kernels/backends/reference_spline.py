@@ -19,14 +19,21 @@ from .._spline_arguments import SplineConfig
 from .reference_masks import half_join, half_split, transformed_elements
 
 
+def _softmax(v: Tensor) -> Tensor:
+    """Softmax along the last dim, written out: torch.softmax parallelizes over rows even for a few of them, and
+    on a busy machine its threads' wake-ups cost milliseconds a call (gradcheck makes thousands)."""
+    e = torch.exp(v - v.amax(dim=-1, keepdim=True))
+    return e / e.sum(dim=-1, keepdim=True)
+
+
 def spline_knots(unnormalized: Tensor, minimum: float, bound: float) -> tuple[Tensor, Tensor]:
     """(knots, bin sizes) of one axis from K unconstrained values along the last dim: sizes
     ``minimum + (1 - minimum K) softmax``, knots their cumulative sum mapped onto [-bound, bound] with both ends
     exact, and the bin sizes the knots' differences (as nflows computes them, so both agree to the bit)."""
     bins = unnormalized.shape[-1]
-    sizes = minimum + (1.0 - minimum * bins) * torch.softmax(unnormalized, dim=-1)
+    sizes = minimum + (1.0 - minimum * bins) * _softmax(unnormalized)
     interior = 2.0 * bound * torch.cumsum(sizes, dim=-1)[..., :-1] - bound
-    ends = torch.full_like(interior[..., :1], bound)
+    ends = interior.new_full((*interior.shape[:-1], 1), bound)
     knots = torch.cat([-ends, interior, ends], dim=-1)
     return knots, knots[..., 1:] - knots[..., :-1]
 

@@ -48,8 +48,9 @@ def _config_setting(name: str, help: str, type: Callable[[str], Any] = str, *, f
 _SIZES = {
     "hidden": "conditioner width (hidden units or channels)",
     "num_layers": "couplings of nice, or of realnvp on vectors",
-    "num_scales": "scales of an image model (realnvp, glow)",
-    "num_steps": "steps per scale (realnvp, glow; steps of a vector glow)",
+    "num_scales": "scales of an image model (realnvp, glow, nsf)",
+    "num_steps": "steps per scale (realnvp, glow, nsf; steps of a vector glow or nsf)",
+    "bins": "spline bins of nsf",
     "depth": "hidden layers / residual blocks per conditioner",
 }
 SIZE_OPTIONS = tuple(_SIZES)

@@ -19,9 +19,10 @@ from .dequantize import bits_per_dim, dequantize
 from .distributions import StandardLogistic, StandardNormal
 from .flow import Flow
 from .labels import LabelEmbedding
-from .models import MODEL_SIZES, MODELS, build_model, glow, nice, realnvp, sizes_used
+from .models import MODEL_SIZES, MODELS, build_model, glow, nice, nsf, realnvp, sizes_used
 from .permutations import Permutation, RandomPermutation, ReversePermutation
 from .scaling import Scaling
+from .spline_coupling import SplineCoupling
 from .split import MultiScaleSplit
 from .squeeze import Squeeze
 from .transforms import FlowTransform
@@ -29,8 +30,8 @@ from .transforms import FlowTransform
 __all__ = [
     "ActNorm", "ActivationMemory", "AdditiveCoupling", "AffineCoupling", "Flow", "FlowLayer", "FlowTransform",
     "Invertible1x1Conv", "LabelEmbedding", "MLP", "MODELS", "MODEL_SIZES", "MultiScaleSplit", "Permutation",
-    "RandomPermutation", "ResNetConditioner", "ReversePermutation", "Scaling", "Squeeze", "StandardLogistic",
-    "StandardNormal", "activation_memory", "bits_per_dim", "build_model", "dequantize", "glow", "nice", "realnvp",
+    "RandomPermutation", "ResNetConditioner", "ReversePermutation", "Scaling", "SplineCoupling", "Squeeze", "StandardLogistic",
+    "StandardNormal", "activation_memory", "bits_per_dim", "build_model", "dequantize", "glow", "nice", "nsf", "realnvp",
     "sizes_used",
 ]  # fmt: skip
 

@@ -79,11 +79,19 @@ class _CouplingLayer(FlowLayer):
             self.register_buffer("_kept_mask", kept_mask, persistent=False)
             conditioner_in = self.input_shape
         self.register_buffer("_mask_tensor", mask.clone() if self.mask_kind == "tensor" else None, persistent=False)
-        self.h_shape = expected_h_shape(torch.Size((1, *self.input_shape)), self.mask_kind, self._additive)[1:]
+        self.h_shape = self._h_shape()
         if conditioner is None:
             conditioner = default_conditioner(conditioner_in, self.h_shape[0], hidden, depth, context_features)
+            self._init_default_conditioner(conditioner)
         self.conditioner = conditioner
         self._check_conditioner(conditioner_in)
+
+    def _h_shape(self) -> Shape:
+        """The shape of one sample of the conditioner's output, which the op takes."""
+        return expected_h_shape(torch.Size((1, *self.input_shape)), self.mask_kind, self._additive)[1:]
+
+    def _init_default_conditioner(self, conditioner: nn.Module) -> None:
+        """What the layer's default conditioner needs beyond a zero last layer to start as the identity: nothing."""
 
     def _check_conditioner(self, conditioner_in: Shape) -> None:
         """One dry run on zeros: a conditioner of the wrong width fails here, naming the shapes."""
@@ -133,6 +141,13 @@ class _CouplingLayer(FlowLayer):
     def _couple(self, x: Tensor, h: Tensor, reverse: bool) -> tuple[Tensor, Tensor]:  # pragma: no cover
         raise NotImplementedError
 
+    def _fused_backward(self, grad_y: Tensor, grad_logdet: Tensor, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        """(grad_x, grad_h) of the layer's forward op at input `x`, from the op layer's backward."""
+        mask, config = check_coupling_args(x, h, mask=self._mask_arg, flip=self.flip, reverse=False,
+                                           backend=self.backend, **self._op_options())  # fmt: skip
+        backend = resolve_backend(self.backend, x.device, config)
+        return _ops.coupling_backward_op(grad_y, grad_logdet, x, h, mask, *config, backend)
+
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         return self._couple(x, self._conditioner_output(x, context), reverse=False)
 
@@ -157,12 +172,7 @@ class _CouplingLayer(FlowLayer):
             h = self._run_conditioner(kept, context)
         with torch.no_grad():
             x, _ = self._couple(y, h, reverse=True)
-            mask, config = check_coupling_args(x, h, mask=self._mask_arg, flip=self.flip, reverse=False,
-                                               backend=self.backend, **self._op_options())  # fmt: skip
-            grad_x, grad_h = _ops.coupling_backward_op(
-                grad_y, grad_logdet.to(logdet_dtype(x.dtype)), x, h, mask, *config,
-                resolve_backend(self.backend, x.device),
-            )  # fmt: skip
+            grad_x, grad_h = self._fused_backward(grad_y, grad_logdet.to(logdet_dtype(x.dtype)), x, h)
         if not h.requires_grad:  # a conditioner with nothing to train that ignores its input
             return x, grad_x
         wrt = [kept, *params] + ([context] if with_context else [])

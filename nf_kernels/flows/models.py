@@ -1,9 +1,9 @@
-"""Model builders: NICE, RealNVP and Glow on the fused coupling ops, for vectors (D,) and images (C, H, W).
+"""Model builders: NICE, RealNVP, Glow and NSF on the fused coupling ops, for vectors (D,) and images (C, H, W).
 
 Every builder returns a :class:`Flow`. Sizes have small defaults and can be raised by keyword. Which sizes
 a model uses depends on the data (see :func:`sizes_used`): vectors use `num_layers` (NICE, RealNVP) or `num_steps`
-(Glow); images use `num_layers` (NICE) or `num_scales` and `num_steps` (RealNVP, Glow); only RealNVP has `scale`,
-`clamp` and `final_steps` (images). A size the model does not use is a ValueError naming it, never silently
+(Glow, NSF); images use `num_layers` (NICE) or `num_scales` and `num_steps` (RealNVP, Glow, NSF); only RealNVP has
+`scale`, `clamp` and `final_steps` (images), only NSF `bins` and `bound`. A size the model does not use is a ValueError naming it, never silently
 ignored. `hidden` is the conditioners' width and `depth` their hidden-layer (MLP) or residual-block (CNN) count.
 `num_classes` makes the model class-conditional: labels (an integer tensor of values in ``[0, num_classes)``, one
 per sample or a single one for all, passed as `context`) are embedded into `context_features`-wide vectors that
@@ -25,12 +25,13 @@ from .distributions import StandardLogistic, StandardNormal
 from .flow import Flow
 from .labels import LabelEmbedding
 from .scaling import Scaling
+from .spline_coupling import SplineCoupling
 from .split import MultiScaleSplit
 from .squeeze import Squeeze
 
-MODELS = ("nice", "realnvp", "glow")
+MODELS = ("nice", "realnvp", "glow", "nsf")
 # Sizes some model uses for some data kind; each builder takes those of `_SIZES_USED` and rejects the others.
-MODEL_SIZES = ("num_layers", "num_scales", "num_steps", "final_steps", "scale", "clamp")
+MODEL_SIZES = ("num_layers", "num_scales", "num_steps", "final_steps", "scale", "clamp", "bins", "bound")
 _SIZES_USED = {
     ("nice", "vectors"): ("num_layers",),
     ("nice", "images"): ("num_layers",),
@@ -38,6 +39,8 @@ _SIZES_USED = {
     ("realnvp", "images"): ("num_scales", "num_steps", "final_steps", "scale", "clamp"),
     ("glow", "vectors"): ("num_steps",),
     ("glow", "images"): ("num_scales", "num_steps"),
+    ("nsf", "vectors"): ("num_steps", "bins", "bound"),
+    ("nsf", "images"): ("num_scales", "num_steps", "bins", "bound"),
 }
 
 
@@ -52,7 +55,7 @@ def sizes_used(model: str, sample_shape: Sequence[int]) -> tuple[str, ...]:
     models passes each model only these.
 
     Args:
-        model: ``"nice"``, ``"realnvp"`` or ``"glow"`` (one of `MODELS`).
+        model: ``"nice"``, ``"realnvp"``, ``"glow"`` or ``"nsf"`` (one of `MODELS`).
         sample_shape: one data sample's shape, vectors ``(D,)`` with ``D >= 2`` or images ``(C, H, W)``.
 
     Returns:
@@ -335,20 +338,28 @@ def glow(
     num_scales = 2 if num_scales is None else num_scales
     _check_positive(num_scales=num_scales, num_steps=num_steps)
 
+    def coupling(input_shape: Shape, step: int) -> nn.Module:
+        return AffineCoupling(input_shape, mask="half", scale="sigmoid", shift_first=True, **common.coupling_options)
+
+    return _glow_levels("glow", shape, common, num_scales, num_steps, coupling)
+
+
+def _glow_levels(model: str, shape: Shape, common: _Common, num_scales: int, num_steps: int,
+                 coupling: Callable[[Shape, int], nn.Module]) -> Flow:  # fmt: skip
+    """Glow's architecture with `coupling(input_shape, step)` as each step's coupling: steps of ActNorm, 1x1 conv
+    and coupling; on images `num_scales` levels of a squeeze and the steps, half the channels factored out between
+    them."""
+
     def steps(input_shape: Shape) -> list[nn.Module]:
         channels = input_shape[0]
         layers: list[nn.Module] = []
-        for _ in range(num_steps):
-            layers += [
-                ActNorm(channels),
-                Invertible1x1Conv(channels),
-                AffineCoupling(input_shape, mask="half", scale="sigmoid", shift_first=True, **common.coupling_options),
-            ]
+        for step in range(num_steps):
+            layers += [ActNorm(channels), Invertible1x1Conv(channels), coupling(input_shape, step)]
         return layers
 
     if len(shape) == 1:
         return common.flow(steps(shape), shape, StandardNormal)
-    _check_squeezes(shape, num_scales, num_scales, "glow")
+    _check_squeezes(shape, num_scales, num_scales, model)
 
     def level_body(input_shape: Shape, last: bool) -> tuple[list[nn.Module], Shape]:
         squeeze = Squeeze(input_shape=input_shape)
@@ -358,7 +369,62 @@ def glow(
     return common.flow(_multi_scale(shape, num_scales, level_body), shape, StandardNormal)
 
 
-_BUILDERS = {"nice": nice, "realnvp": realnvp, "glow": glow}
+def nsf(
+    sample_shape: Sequence[int],
+    *,
+    num_scales: Optional[int] = None,
+    num_steps: int = 4,
+    bins: int = 8,
+    bound: float = 3.0,
+    **options: Any,
+) -> Flow:
+    """A neural spline flow (Durkan et al. 2019): Glow's steps with rational-quadratic spline couplings.
+
+    Each step is :class:`ActNorm`, :class:`Invertible1x1Conv` (the linear mixing the paper puts between
+    couplings) and a :class:`SplineCoupling` on channel halves with `bins` bins on ``[-bound, bound]``, flipping
+    halves from step to step; images get Glow's levels (:class:`Squeeze`, the steps, :class:`MultiScaleSplit`).
+    Couplings start as the identity. `num_layers`, `final_steps`, `scale`, `clamp` and `num_scales` on vectors are
+    ValueErrors, any other unknown option a TypeError.
+
+    Args:
+        sample_shape: one data sample's shape: vectors ``(D,)`` with ``D >= 2``, or images ``(C, H, W)`` with
+            ``H`` and ``W`` divisible by ``2 ** num_scales``.
+        num_scales: images only: how many levels (int >= 1); default None, meaning 2.
+        num_steps: steps per level (images) or in all (vectors), int >= 1; default 4.
+        bins: spline bins (int >= 1); default 8.
+        bound: the splines' interval ``[-bound, bound]``, the identity outside; default 3.0.
+        hidden: the conditioners' width (int >= 1); default 64.
+        depth: the conditioners' hidden layers (MLP, vectors) or residual blocks (CNN, images), int >= 1; default 2.
+        num_classes: make the model class-conditional on this many classes (int >= 1); default None.
+        context_features: the width of the embedded labels the conditioners read (int >= 1); default 16.
+        backend: the fused ops' backend: ``"auto"`` (the default: one with spline kernels), ``"reference"``,
+            ``"triton"``, ``"cuda"`` or ``"cpu"``.
+        memory_saving: train with memory-saving backprop (see :class:`Flow`); default False.
+        compile: run the flow as ``torch.compile(fullgraph=True)`` graphs (see :class:`Flow`); default False.
+
+    Returns:
+        A :class:`Flow` over samples of `sample_shape`; its latent is of the same shape for vectors, a flat
+        ``(C * H * W,)`` vector for images.
+
+    Example:
+        >>> import torch
+        >>> flow = nsf((2,), num_steps=2, hidden=8, bins=4)
+        >>> flow.log_prob(torch.randn(3, 2)).shape
+        torch.Size([3])
+    """
+    shape = _sample_shape(sample_shape, "nsf")
+    common = _Common.parse("nsf", shape, options, dict(num_scales=num_scales))
+    num_scales = 2 if num_scales is None else num_scales
+    _check_positive(num_scales=num_scales, num_steps=num_steps, bins=bins)
+
+    def coupling(input_shape: Shape, step: int) -> nn.Module:
+        return SplineCoupling(input_shape, mask="half", flip=step % 2 == 1, bins=bins, bound=bound,
+                              **common.coupling_options)  # fmt: skip
+
+    return _glow_levels("nsf", shape, common, num_scales, num_steps, coupling)
+
+
+_BUILDERS = {"nice": nice, "realnvp": realnvp, "glow": glow, "nsf": nsf}
 
 
 def build_model(
@@ -371,10 +437,11 @@ def build_model(
     num_classes: Optional[int] = None,
     **sizes: Any,
 ) -> Flow:
-    """Build the model called `name` for samples of `sample_shape`: :func:`nice`, :func:`realnvp` or :func:`glow`.
+    """Build the model called `name` for samples of `sample_shape`: :func:`nice`, :func:`realnvp`, :func:`glow` or
+    :func:`nsf`.
 
     Args:
-        name: ``"nice"``, ``"realnvp"`` or ``"glow"`` (one of `MODELS`).
+        name: ``"nice"``, ``"realnvp"``, ``"glow"`` or ``"nsf"`` (one of `MODELS`).
         sample_shape: one data sample's shape: vectors ``(D,)`` with ``D >= 2``, or images ``(C, H, W)``.
         backend: the fused coupling ops' backend: ``"auto"`` (the default), ``"reference"``, ``"triton"``,
             ``"cuda"`` or ``"cpu"``.

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..errors import UserError
 
-MODEL_NAMES = ("nice", "realnvp", "glow")
+MODEL_NAMES = ("nice", "realnvp", "glow", "nsf")
 # What every builder of nf_kernels.flows takes, whatever the model and data (the conditioners' size).
 COMMON_SIZES = ("hidden", "depth")
 

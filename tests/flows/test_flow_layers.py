@@ -13,6 +13,7 @@ from nf_kernels.flows import (
     RandomPermutation,
     ReversePermutation,
     Scaling,
+    SplineCoupling,
     Squeeze,
 )
 
@@ -35,6 +36,10 @@ LAYERS = [
     ("affine-bool-mask", (6,), lambda s: AffineCoupling(s, mask=_bool_mask(s), hidden=8)),
     ("additive-half", (4,), lambda s: AdditiveCoupling(s, hidden=8)),
     ("additive-checkerboard", (1, 4, 4), lambda s: AdditiveCoupling(s, mask="checkerboard", flip=True, hidden=8, depth=1)),
+    ("spline-half-vector", (5,), lambda s: SplineCoupling(s, hidden=8, bins=4)),
+    ("spline-half-image-flip", (3, 2, 2), lambda s: SplineCoupling(s, hidden=8, depth=1, flip=True, bins=3, bound=2.0)),
+    ("spline-checkerboard", (1, 3, 4), lambda s: SplineCoupling(s, mask="checkerboard", hidden=8, depth=1)),
+    ("spline-bool-mask", (6,), lambda s: SplineCoupling(s, mask=_bool_mask(s), hidden=8, bins=5)),
     ("scaling", (2, 3), lambda s: Scaling(s)),
     ("actnorm-vector", (4,), lambda s: ActNorm(4)),
     ("actnorm-image", (3, 2, 2), lambda s: ActNorm(3)),
@@ -77,6 +82,12 @@ def test_couplings_start_as_identity():
     for layer in (AffineCoupling((2, 4, 4), hidden=8), AdditiveCoupling((2, 4, 4), mask="checkerboard", hidden=8)):
         y, logdet = layer(x)
         assert torch.equal(y, x) and torch.equal(logdet.abs(), torch.zeros(4))
+    # A spline is the identity to rounding: equal bins and derivatives 1 (its conditioner's bias).
+    for layer in (SplineCoupling((2, 4, 4), hidden=8), SplineCoupling((2, 4, 4), mask="checkerboard", hidden=8,
+                                                                       min_derivative=0.1)):  # fmt: skip
+        y, logdet = layer(x)
+        torch.testing.assert_close(y, x, rtol=0, atol=1e-6)
+        torch.testing.assert_close(logdet, torch.zeros(4), rtol=0, atol=1e-5)
 
 
 def test_conditioner_sees_only_kept_elements():

@@ -1,4 +1,4 @@
-"""NICE, RealNVP and Glow: densities, sampling, state_dict, conditioning, and agreement across backends."""
+"""NICE, RealNVP, Glow and NSF: densities, sampling, state_dict, conditioning, and agreement across backends."""
 
 import io
 import math
@@ -8,6 +8,7 @@ import torch
 from conftest import CPU_BACKENDS, TOLERANCE
 from flows_helpers import IMAGE_SHAPE, VECTOR_SHAPE, rel_err, tiny_model, tiny_sizes
 
+from nf_kernels import _dispatch
 from nf_kernels.flows import MODELS, build_model
 
 SHAPES = [VECTOR_SHAPE, IMAGE_SHAPE]
@@ -73,9 +74,14 @@ def test_actnorm_initialization_survives_a_state_dict_round_trip():
     assert torch.equal(fresh.log_prob(x), flow.log_prob(x))  # fresh is in training mode: it must not re-init
 
 
-@pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if b != "reference"])
+def _fused_model_backends(name):
+    """The fused backends that run here and compute every coupling of model `name` (splines for "nsf")."""
+    fused = [b for b in CPU_BACKENDS if b != "reference"]
+    return [b for b in fused if name != "nsf" or _dispatch.why_spline_unsupported(b) is None]
+
+
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name, backend", [(n, b) for n in MODELS for b in _fused_model_backends(n)])
 def test_every_backend_gives_the_reference_log_prob(name, shape, backend):
     reference = tiny_model(name, shape, backend="reference")
     fused = tiny_model(name, shape, backend=backend)
@@ -118,11 +124,11 @@ def test_default_sizes_build_for_the_cli_shapes():
 @pytest.mark.parametrize("name", MODELS)
 def test_every_coupling_goes_through_the_fused_op_with_the_model_backend(name, monkeypatch):
     """No layer re-implements the coupling math: each coupling layer calls the functional op once per pass."""
-    from nf_kernels.flows import AdditiveCoupling, AffineCoupling
+    from nf_kernels.flows import AdditiveCoupling, AffineCoupling, SplineCoupling
     from nf_kernels.flows import coupling as coupling_module
 
     calls = []
-    for op_name in ("affine_coupling", "additive_coupling"):
+    for op_name in ("affine_coupling", "additive_coupling", "spline_coupling"):
         original = getattr(coupling_module.functional, op_name)
 
         def spy(*args, _original=original, **kwargs):
@@ -131,7 +137,7 @@ def test_every_coupling_goes_through_the_fused_op_with_the_model_backend(name, m
 
         monkeypatch.setattr(coupling_module.functional, op_name, spy)
     flow = tiny_model(name, IMAGE_SHAPE, backend="reference")
-    couplings = sum(isinstance(m, (AffineCoupling, AdditiveCoupling)) for m in flow.modules())
+    couplings = sum(isinstance(m, (AffineCoupling, AdditiveCoupling, SplineCoupling)) for m in flow.modules())
     flow.log_prob(torch.rand(2, *IMAGE_SHAPE))
     assert calls == ["reference"] * couplings and couplings > 0
     calls.clear()
@@ -139,9 +145,10 @@ def test_every_coupling_goes_through_the_fused_op_with_the_model_backend(name, m
     assert calls == ["reference"] * couplings
 
 
-@pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if b != "reference"])
-def test_memory_saving_with_fused_backends(backend):
-    flow = tiny_model("realnvp", IMAGE_SHAPE, backend=backend)
+@pytest.mark.parametrize("name, backend", [("realnvp", b) for b in _fused_model_backends("realnvp")]
+                         + [("nsf", b) for b in _fused_model_backends("nsf") + ["reference"]])
+def test_memory_saving_with_fused_backends(name, backend):
+    flow = tiny_model(name, IMAGE_SHAPE, backend=backend)
     x = torch.rand(2, *IMAGE_SHAPE)
     grads = []
     for memory_saving in (False, True):
