@@ -300,7 +300,8 @@ def report(tmp_path_factory) -> dict:
 
 # Triton's rules for a runtime argument (triton/runtime/jit.py create_function_from_signature and the native
 # specialize_impl, checked against Triton 3.6): ints equal to 1 become constants, other ints are i32 when they fit
-# (i64, then u64, when not), and pointers and ints divisible by 16 get tt.divisibility=16.
+# (i64, then u64, when not), and pointers and ints divisible by 16 get tt.divisibility=16; an int the kernel marks
+# do_not_specialize gets neither.
 _TRITON_DTYPES = {"torch.float32": "fp32", "torch.float16": "fp16", "torch.bfloat16": "bf16",
                   "torch.float64": "fp64", "torch.uint8": "u8", "torch.int16": "i16", "torch.int32": "i32"}  # fmt: skip
 
@@ -313,6 +314,8 @@ def expected_specialization(arguments: dict) -> str:
             parts.append(f"{name}:*{_TRITON_DTYPES[value['pointer']]}{'/16' if divisible else ''}")
         elif "float" in value or "bool" in value:  # never specialized
             parts.append(f"{name}:{'fp32' if 'float' in value else 'u1'}")
+        elif value.get("not_specialized"):  # do_not_specialize: only its width
+            parts.append(f"{name}:{'i32' if -(2**31) <= value['int'] < 2**31 else 'i64'}")
         elif value["int"] == 1:
             parts.append(f"{name}=1")
         else:
@@ -354,12 +357,23 @@ TRITON_FORWARD, TRITON_BACKWARD = "_coupling_forward_kernel", "_coupling_backwar
 CUDA_FORWARD, CUDA_BACKWARD = "coupling_forward_kernel", "coupling_backward_kernel"
 
 # Why today's kernels break a rule, {case: reason} (what the report shows for sm_90; docs/gpu_code_before.md has the
-# numbers of the kernels before the fixes). Every kernel now passes every rule.
-XFAILS: dict[tuple[str, str, str, str], str] = {}
+# numbers of the kernels before the fixes). Every affine kernel now passes every rule; the spline kernels' vector
+# flows do not.
+TRITON_SPLINE_FORWARD, TRITON_SPLINE_BACKWARD = "_spline_forward_kernel", "_spline_backward_kernel"
+_SPLINE_VECTOR_LOADS = ("a vector flow's element has its 23 parameters at a 92-byte stride: 32-bit loads (each "
+                        "thread reads its own elements' lanes)")  # fmt: skip
+XFAILS: dict[tuple[str, str, str, str], str] = {
+    ("triton", TRITON_SPLINE_FORWARD, "vector-half", "a"): _SPLINE_VECTOR_LOADS,
+    ("triton", TRITON_SPLINE_BACKWARD, "vector-half", "a"): _SPLINE_VECTOR_LOADS,
+    ("triton", TRITON_SPLINE_BACKWARD, "vector-half", "c"): (
+        "2 elements a thread: with 4, the 46 scalar accesses an element spill (spline_forward.BACKWARD_LEAST)"
+    ),
+}
 
 TRITON_GROUPS = ("image-half", "image-checkerboard", "image-bool", "vector-half")
-CASES = [("triton", kernel, group, rule) for kernel in (TRITON_FORWARD, TRITON_BACKWARD) for group in TRITON_GROUPS
-         for rule in "abc"]  # fmt: skip
+CASES = [("triton", kernel, group, rule)
+         for kernel in (TRITON_FORWARD, TRITON_BACKWARD, TRITON_SPLINE_FORWARD, TRITON_SPLINE_BACKWARD)
+         for group in TRITON_GROUPS for rule in "abc"]  # fmt: skip
 CASES += [("cuda", kernel, group, rule) for kernel in (CUDA_FORWARD, CUDA_BACKWARD)
           for group, rule in (("all", "a"), ("all", "b"), ("image", "c"), ("vector", "c"))]  # fmt: skip
 

@@ -20,6 +20,8 @@ from triton.compiler import ASTSource  # noqa: E402
 from nf_kernels._layout import PATTERN_CHECKERBOARD, PATTERN_GATHER, PATTERN_MASK, PATTERN_RANGE, SCALE_CODES  # noqa: E402
 from nf_kernels.backends.triton_kernels.backward import _coupling_backward_kernel  # noqa: E402
 from nf_kernels.backends.triton_kernels.forward import _coupling_forward_kernel, _sum_partials_kernel  # noqa: E402
+from nf_kernels.backends.triton_kernels.spline_backward import _spline_backward_kernel  # noqa: E402
+from nf_kernels.backends.triton_kernels.spline_forward import _spline_forward_kernel  # noqa: E402
 
 TL_NAMES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64"}
 
@@ -82,11 +84,54 @@ def main() -> int:
             except Exception as error:  # report every failing variant, not just the first
                 failures += 1
                 print("FAIL", label, f"{type(error).__name__}: {error}")
+    failures += compile_spline_kernels()
     for arch, ty in ((80, "fp32"), (90, "fp64")):
         compile_kernel(_sum_partials_kernel, dict(partial_ptr=ty, out_ptr="fp32"), dict(BLOCK=256), arch)
         print("ok  ", f"sm_{arch} sum_partials {ty}")
     print(f"{failures} failed")
     return 1 if failures else 0
+
+
+def spline_variants():
+    """The spline kernels: every dtype x direction, the patterns cycled through, 8 bins and an odd count (5, whose
+    lanes are padded to 8), each alignment the launcher picks (1 for vectors, up to 16 bytes for images)."""
+    patterns = itertools.cycle([PATTERN_RANGE, PATTERN_CHECKERBOARD, PATTERN_MASK])
+    for dtype in TL_NAMES:
+        for reverse in (False, True):
+            for bins, align in ((8, {"float64": 2, "float32": 4}.get(dtype, 4)), (5, 1)):
+                yield dtype, reverse, bins, align, next(patterns)
+
+
+def compile_spline_kernels() -> int:
+    failures = 0
+    for dtype, reverse, bins, align, pattern in spline_variants():
+        x_ty = TL_NAMES[dtype]
+        p_ty = {"bfloat16": "fp32"}.get(dtype, x_ty)  # autocast: a float32 conditioner output under bf16 x
+        ct_name = "fp64" if dtype == "float64" else "fp32"
+        ct = tl.float64 if dtype == "float64" else tl.float32
+        constexprs = dict(
+            PATTERN=pattern, PARITY=1, K=bins, KP=triton.next_power_of_2(bins), BOUND=3.0, MIN_W=1e-3, MIN_H=1e-3,
+            MIN_D=1e-3, REVERSE=reverse, CT=ct, ALIGN=align, BLOCK=256, ROWS=1 if reverse else 2,
+        )  # fmt: skip
+        jobs = [
+            ("spline_forward", _spline_forward_kernel,
+             dict(x_ptr=x_ty, params_ptr=p_ty, mask_ptr="i32", y_ptr=x_ty, partial_ptr=ct_name), {}),
+            ("spline_backward", _spline_backward_kernel,
+             dict(grad_y_ptr=x_ty, grad_logdet_ptr=ct_name, x_ptr=x_ty, params_ptr=p_ty, mask_ptr="i32",
+                  grad_x_ptr=x_ty, grad_params_ptr=p_ty),
+             dict(GP_VIA=tl.float32 if p_ty in ("fp16", "bf16") else ct)),
+        ]  # fmt: skip
+        arch = 80 if reverse else 90
+        for name, kernel, pointers, extra in jobs:
+            label = f"sm_{arch} {name:<15} x={dtype:<8} params={p_ty} reverse={reverse} bins={bins} pattern={pattern}"
+            try:
+                compiled = compile_kernel(kernel, pointers, dict(constexprs, **extra), arch)
+                assert compiled.asm["cubin"], "no cubin"
+                print("ok  ", label)
+            except Exception as error:
+                failures += 1
+                print("FAIL", label, f"{type(error).__name__}: {error}")
+    return failures
 
 
 if __name__ == "__main__":

@@ -370,7 +370,7 @@ class Problem:
     mask: str  # "half", "checkerboard" or "bool"
     dtype: str  # x: "fp32", "bf16", "fp16"
     h_dtype: str
-    scale: str  # "none" is the additive coupling
+    scale: str  # "none" is the additive coupling, SPLINE the spline coupling (SPLINE_BINS bins)
     directions: tuple[str, ...] = ("forward", "inverse", "backward")
 
     @property
@@ -385,12 +385,16 @@ class Problem:
 IMAGE = (256, 6, 32, 32)  # 1.5 M elements a launch; N = 6144 elements a sample, two programs each
 IMAGE_LARGE = (64, 6, 64, 64)  # the same elements in bigger samples: six programs each, a 4096-element plane
 VECTOR = (65536, 64)  # [B, D] vector flows (tabular data, simulation-based inference): 4 M elements
+# The spline coupling's problems are marked by this scale; its parameters are 3 * SPLINE_BINS - 1 channels a
+# transformed channel.
+SPLINE = "spline"
+SPLINE_BINS = 8
 
 
 def problems() -> list[Problem]:
     """A covering set: each mask path and problem class in every dtype and direction (tanh, the usual scale of
-    RealNVP-style flows), bigger samples, the other scale maps and the additive coupling once, and autocast's
-    mixed dtypes."""
+    RealNVP-style flows), bigger samples, the other scale maps and the additive coupling once, autocast's
+    mixed dtypes, and the spline coupling (8 bins) on each mask path and problem class."""
     out = []
     for dtype in ("fp32", "bf16", "fp16"):
         for group, shape, mask in (
@@ -409,6 +413,11 @@ def problems() -> list[Problem]:
     out.append(Problem("vector-half", VECTOR, "half", "fp32", "fp32", "none", ("forward", "backward")))
     # Autocast: the conditioner's h in bfloat16 under a float32 flow.
     out.append(Problem("image-half", IMAGE, "half", "fp32", "bf16", "tanh", ("forward", "backward")))
+    # The spline coupling: each mask path and problem class, in float32 (its 4 elements a thread make 8 bytes of a
+    # half type: 64-bit loads, which rule (a) would count against the float32 kernels of the same group).
+    for group, shape, mask in (("image-half", IMAGE, "half"), ("image-checkerboard", IMAGE, "checkerboard"),
+                               ("image-bool", IMAGE, "bool"), ("vector-half", VECTOR, "half")):  # fmt: skip
+        out.append(Problem(group, shape, mask, "fp32", "fp32", SPLINE))
     return out
 
 
@@ -496,7 +505,9 @@ def run_problem(problem: Problem, device: str, before: Callable[[str], None], af
     x = new(problem.shape, dtype=dtype, device=device)
     channels = problem.shape[1]
     h_channels = channels - channels // 2 if problem.mask == "half" else channels
-    if problem.scale != "none":
+    if problem.scale == SPLINE:
+        h_channels *= 3 * SPLINE_BINS - 1
+    elif problem.scale != "none":
         h_channels *= 2
     h = new((problem.shape[0], h_channels, *problem.shape[2:]), dtype=h_dtype, device=device)
     mask: Any = problem.mask
@@ -504,6 +515,8 @@ def run_problem(problem: Problem, device: str, before: Callable[[str], None], af
         mask = (torch.rand(problem.shape[1:], generator=torch.Generator().manual_seed(0)) < 0.5).to(device)
 
     def op(x, h, reverse=False):
+        if problem.scale == SPLINE:
+            return nf_kernels.spline_coupling(x, h, mask=mask, bins=SPLINE_BINS, reverse=reverse, backend="triton")
         if problem.scale == "none":
             return nf_kernels.additive_coupling(x, h, mask=mask, reverse=reverse, backend="triton")
         return nf_kernels.affine_coupling(x, h, mask=mask, scale=problem.scale, reverse=reverse, backend="triton")
@@ -628,7 +641,7 @@ def describe_specialization(compiled) -> str:
 def runtime_arguments(launch: TritonLaunch) -> dict[str, dict]:
     """The launch's non-constexpr arguments as the JSON report records them, so that a test can derive the
     specialization from them independently of Triton: {"N": {"int": 6144}, "x_ptr": {"pointer": "torch.float32",
-    "address_mod_256": 0}}."""
+    "address_mod_256": 0}}, an int the kernel does not let Triton specialize with "not_specialized": True."""
     values = dict(zip((p.name for p in launch.kernel.params), launch.args))
     values.update(launch.kwargs)
     out = {}
@@ -642,6 +655,8 @@ def runtime_arguments(launch: TritonLaunch) -> dict[str, dict]:
             out[param.name] = {"bool": value}
         elif isinstance(value, int):
             out[param.name] = {"int": value}
+            if param.do_not_specialize:  # the kernel's do_not_specialize: neither =1 nor /16
+                out[param.name]["not_specialized"] = True
         else:
             out[param.name] = {"float": float(value)}
     return out
@@ -677,6 +692,9 @@ OWN_SCALARS = {
     # scalar for one sample; for a tile of 32 vector samples the compiler spreads the 32 values over two
     # instruction sites (each thread holds two rows' values).
     "_coupling_backward_kernel": {"loads": 2, "stores": 0},
+    # The spline kernels' the same: the partial, and grad_logdet[b].
+    "_spline_forward_kernel": {"loads": 0, "stores": 1},
+    "_spline_backward_kernel": {"loads": 2, "stores": 0},
 }
 # CUDA: by source line, not by count. A line of code in CUDA_SOURCE whose comment carries OWN_SCALAR_MARK is one (the
 # sample's log-det or chunk partial the forward stores, grad_logdet[b] the backward loads), and every narrow access

@@ -12,9 +12,11 @@ from typing import Optional
 
 import torch
 
-from ..._layout import flat_layout
+from ..._layout import flat_layout, spline_flat_layout
 from .backward import launch_backward
 from .forward import launch_forward
+from .spline_backward import launch_spline_backward
+from .spline_forward import launch_spline_forward
 
 
 def _interpreting() -> bool:
@@ -54,7 +56,6 @@ class TritonBackend:
     def why_unsupported(self, scale, h_layout, mask_kind):
         return None  # every scale map, h layout and mask of the SPEC
 
-
     def forward(self, x, h, mask, config):
         with _on_device(x.device):
             x, h = _aligned(x), _aligned(h)
@@ -65,6 +66,17 @@ class TritonBackend:
             x, h = _aligned(x), _aligned(h)
             layout = flat_layout(x, mask, config, h.shape)
             return launch_backward(_aligned(grad_y), grad_logdet.contiguous(), x, h, layout)
+
+    def spline_forward(self, x, params, mask, config):
+        with _on_device(x.device):
+            x, params = _aligned(x), _aligned(params)
+            return launch_spline_forward(x, params, spline_flat_layout(x, mask, config))
+
+    def spline_backward(self, grad_y, grad_logdet, x, params, mask, config):
+        with _on_device(x.device):
+            x, params = _aligned(x), _aligned(params)
+            layout = spline_flat_layout(x, mask, config)
+            return launch_spline_backward(_aligned(grad_y), grad_logdet.contiguous(), x, params, layout)
 
 
 BACKEND = TritonBackend()

@@ -94,9 +94,15 @@ def launch_forward(x: torch.Tensor, h: torch.Tensor, layout: FlatLayout) -> tupl
         CT=compute_tl_dtype(x.dtype), BLOCK=shape.block, ROWS=shape.rows, num_warps=shape.num_warps,
     )  # fmt: skip
     if not layout.additive:
-        if shape.nblk == 1:
-            logdet.copy_(partial.view(-1))
-        else:
-            block = min(1024, triton.next_power_of_2(shape.nblk))
-            _sum_partials_kernel[(layout.batch,)](partial, logdet, shape.nblk, BLOCK=block)
+        sum_partials(partial, logdet)
     return y, logdet
+
+
+def sum_partials(partial: torch.Tensor, logdet: torch.Tensor) -> None:
+    """logdet[b] = the sum of partial[b, :] (one partial per block of the sample), in a fixed order."""
+    batch, nblk = partial.shape
+    if nblk == 1:
+        logdet.copy_(partial.view(-1))
+    else:
+        block = min(1024, triton.next_power_of_2(nblk))
+        _sum_partials_kernel[(batch,)](partial, logdet, nblk, BLOCK=block)

@@ -34,13 +34,15 @@ class LaunchShape(NamedTuple):
     num_warps: int
 
     @classmethod
-    def for_layout(cls, layout, itemsize: int) -> "LaunchShape":
+    def for_layout(cls, layout, itemsize: int, shrink: int = 1) -> "LaunchShape":
+        """`shrink`: programs of MAX_BLOCK / shrink elements (4-byte dtypes), for kernels that hold more registers
+        an element than the affine ones."""
         if layout.numel > MAX_SAMPLE_NUMEL:
             raise RuntimeError(
                 f"the Triton kernels index a sample with 32-bit integers: {layout.numel} elements a sample is more "
                 f"than {MAX_SAMPLE_NUMEL}; use backend='cuda' or 'reference'"
             )
-        most = max(16, MAX_BLOCK * 4 // itemsize)
+        most = max(16, MAX_BLOCK * 4 // itemsize // shrink)
         block = min(most, max(16, triton.next_power_of_2(layout.numel)))
         nblk = triton.cdiv(layout.numel, block)
         rows = max(1, min(most // block, triton.next_power_of_2(layout.batch)))
@@ -52,7 +54,7 @@ def mask_argument(layout, x: torch.Tensor) -> torch.Tensor:
     """The kernels' `mask_ptr`: the layout's transformed-element mask in the width that loads 16 bytes a thread
     (see MASK_DTYPES), a compact h's int32 table of positions, or `x` as a pointer that is never read when the
     pattern needs neither."""
-    if layout.h_index is not None:
+    if getattr(layout, "h_index", None) is not None:  # the spline layout has no compact form
         return layout.h_index
     if layout.transformed is None:
         return x
