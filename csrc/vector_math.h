@@ -1,4 +1,4 @@
-// float exp, log1p, tanh and atan made of arithmetic, bit operations and selects only, so that a C++ compiler can
+// float exp, log, log1p, tanh and atan made of arithmetic, bit operations and selects only, so that a C++ compiler can
 // vectorize a loop calling them (libm's scalar calls block vectorization). Host code only: CUDA uses libdevice.
 //
 // Each is within a few ulp of libm over the whole float range (csrc/tests/test_coupling.cpp measures it), and
@@ -62,8 +62,9 @@ inline float exp(float v) {
   return nan ? v : result;
 }
 
-inline float log1p(float v) {
-  const float u = 1.0f + v;
+// log(u) for a u that is not 1 + a rounded v: the bit decomposition both log and log1p use. Special cases (inf, 0,
+// negative) as libm's; NaN propagates through the arithmetic.
+inline float log_decomposed(float u) {
   // u = 2^k * m with m in [sqrt(1/2), sqrt(2)), read from the bits (u is a normal float or special, see below).
   const uint32_t bits = to_bits(u);
   int32_t k = static_cast<int32_t>((bits >> 23) & 0xffu) - 127;
@@ -81,14 +82,25 @@ inline float log1p(float v) {
   p = p * f2 + 1.0f / 3.0f;
   p = p * f2 + 1.0f;
   const float kf = static_cast<float>(k);
-  const float log_u = kf * kLn2Hi + (2.0f * f * p + kf * kLn2Lo);
-  // u is 1 + v rounded; (v - (u - 1)) / u adds back the first-order effect of that rounding.
-  const float result = log_u + (v - (u - 1.0f)) / u;
-  // u = inf, 0 and negative are the special cases of the bit decomposition; NaN propagates through the arithmetic.
+  return kf * kLn2Hi + (2.0f * f * p + kf * kLn2Lo);
+}
+
+// The special values of log(u) where the decomposition does not apply: inf, 0, negative u and NaN (whose bits
+// decompose into a finite number).
+inline float log_special(float u, float result) {
   const float inf = from_bits(0x7f800000u);
-  float special = u == inf ? inf : result;
+  float special = u == inf ? inf : (u != u ? u : result);
   special = u == 0.0f ? -inf : special;
   return u < 0.0f ? from_bits(0x7fc00000u) : special;
+}
+
+// For normal u (subnormal u is not a case the kernels meet: they take log of numbers above 1e-3).
+inline float log(float u) { return log_special(u, log_decomposed(u)); }
+
+inline float log1p(float v) {
+  const float u = 1.0f + v;
+  // u is 1 + v rounded; (v - (u - 1)) / u adds back the first-order effect of that rounding.
+  return log_special(u, log_decomposed(u) + (v - (u - 1.0f)) / u);
 }
 
 inline float tanh(float u) {
