@@ -154,6 +154,76 @@ void scatter(const CT* src, void* base, DType dtype, int64_t offset, const int64
   }
 }
 
+// (t, s_raw) pairs of single elements (normflows' and zuko's interleaved parameters of vectors): t[k] = src[offset +
+// 2k], s[k] = src[offset + 2k + 1], in one loop the compiler vectorizes (two loads and a shuffle), and its inverse.
+template <class CT>
+void load_pairs(const void* base, DType dtype, int64_t offset, int64_t len, CT* __restrict__ t, CT* __restrict__ s) {
+  switch (dtype) {
+    case DType::kFloat32: {
+      const float* __restrict__ src = static_cast<const float*>(base) + offset;
+      for (int64_t k = 0; k < len; ++k) t[k] = static_cast<CT>(src[2 * k]), s[k] = static_cast<CT>(src[2 * k + 1]);
+      break;
+    }
+    case DType::kFloat64: {
+      const double* __restrict__ src = static_cast<const double*>(base) + offset;
+      for (int64_t k = 0; k < len; ++k) t[k] = static_cast<CT>(src[2 * k]), s[k] = static_cast<CT>(src[2 * k + 1]);
+      break;
+    }
+    case DType::kFloat16: {
+      const uint16_t* src = static_cast<const uint16_t*>(base) + offset;
+      for (int64_t k = 0; k < len; ++k)
+        t[k] = static_cast<CT>(float16_to_float(src[2 * k])), s[k] = static_cast<CT>(float16_to_float(src[2 * k + 1]));
+      break;
+    }
+    case DType::kBFloat16: {
+      const uint16_t* src = static_cast<const uint16_t*>(base) + offset;
+      for (int64_t k = 0; k < len; ++k)
+        t[k] = static_cast<CT>(bfloat16_to_float(src[2 * k])), s[k] = static_cast<CT>(bfloat16_to_float(src[2 * k + 1]));
+      break;
+    }
+  }
+}
+
+template <class CT>
+void store_pairs(const CT* __restrict__ t, const CT* __restrict__ s, void* base, DType dtype, int64_t offset,
+                 int64_t len) {
+  switch (dtype) {
+    case DType::kFloat32: {
+      float* __restrict__ dst = static_cast<float*>(base) + offset;
+      for (int64_t k = 0; k < len; ++k) dst[2 * k] = static_cast<float>(t[k]), dst[2 * k + 1] = static_cast<float>(s[k]);
+      break;
+    }
+    case DType::kFloat64: {
+      double* __restrict__ dst = static_cast<double*>(base) + offset;
+      for (int64_t k = 0; k < len; ++k) dst[2 * k] = static_cast<double>(t[k]), dst[2 * k + 1] = static_cast<double>(s[k]);
+      break;
+    }
+    case DType::kFloat16: {
+      uint16_t* dst = static_cast<uint16_t*>(base) + offset;
+      for (int64_t k = 0; k < len; ++k)
+        dst[2 * k] = float_to_float16(static_cast<float>(t[k])), dst[2 * k + 1] = float_to_float16(static_cast<float>(s[k]));
+      break;
+    }
+    case DType::kBFloat16: {
+      uint16_t* dst = static_cast<uint16_t*>(base) + offset;
+      for (int64_t k = 0; k < len; ++k)
+        dst[2 * k] = float_to_bfloat16(static_cast<float>(t[k])), dst[2 * k + 1] = float_to_bfloat16(static_cast<float>(s[k]));
+      break;
+    }
+  }
+}
+
+// How a chunk finds its s_raw and t in h: one run each (every layout but the two below), (t, s_raw) pairs of single
+// elements over [lo, hi) (base(p) = 2p), or each element's own position (channel pairs of longer channels, and a
+// compact h: param_positions).
+enum class ParamAccess { kRuns, kElementPairs, kPositions };
+
+inline ParamAccess param_access(const FlatLayout& layout) {
+  if (params_in_runs(layout)) return ParamAccess::kRuns;
+  if (layout.pair_inner == 1 && layout.pattern != kPatternGather) return ParamAccess::kElementPairs;
+  return ParamAccess::kPositions;
+}
+
 // base(p) of elements n0 .. n0 + len - 1 (coupling_layout.h), relative to the sample's h, for the layouts whose
 // parameters are not runs. Channel pairs walk the channels (one division a chunk); a compact h reads its table, and
 // gives kept elements position 0, which exists: their values are selected away and their gradients not written.
@@ -283,7 +353,7 @@ struct ForwardTile {
     const int64_t x_base = b * layout.numel;
     const int64_t sample_h = b * layout.h_stride;
     const int64_t h_base = sample_h - layout.lo;  // h index of element n's base(p) for runs: h_base + n
-    const bool runs = params_in_runs(layout);
+    const ParamAccess access = param_access(layout);
     const TransformableSpan span(layout, start, end);
     copy_elements<CT>(io.x, io.x_dtype, io.y, io.x_dtype, x_base + start, span.first - start);
     copy_elements<CT>(io.x, io.x_dtype, io.y, io.x_dtype, x_base + span.last, end - span.last);
@@ -300,9 +370,12 @@ struct ForwardTile {
       const CT* x = input(io.x, io.x_dtype, x_base + n0, len, st.x);
       const CT* t = st.t;
       const CT* s = st.t;  // unused by additive couplings
-      if (runs) {
+      if (access == ParamAccess::kRuns) {
         t = input(io.h, io.h_dtype, h_base + n0 + layout.t_offset, len, st.t);
         if constexpr (kScale != kAdditive) s = input(io.h, io.h_dtype, h_base + n0 + layout.s_offset, len, st.s);
+      } else if (access == ParamAccess::kElementPairs) {
+        load_pairs(io.h, io.h_dtype, sample_h + 2 * (n0 - layout.lo), len, st.t, st.s);
+        s = st.s;
       } else {
         param_positions(layout, n0, len, st.at);
         gather(io.h, io.h_dtype, sample_h + layout.t_offset, st.at, len, st.t);
@@ -336,7 +409,7 @@ struct BackwardTile {
     const int64_t x_base = b * layout.numel;
     const int64_t sample_h = b * layout.h_stride;
     const int64_t h_base = sample_h - layout.lo;
-    const bool runs = params_in_runs(layout);
+    const ParamAccess access = param_access(layout);
     const TransformableSpan span(layout, start, end);
     // Outside [lo, hi) an element is passed through: its gradient is grad_y's, and it owns no part of grad_h.
     copy_elements<CT>(io.grad_y, io.grad_y_dtype, io.grad_x, io.x_dtype, x_base + start, span.first - start);
@@ -353,13 +426,16 @@ struct BackwardTile {
       const CT* s = st.t;  // unused by additive couplings
       CT* grad_s = st.grad_s;
       CT* grad_t = st.grad_t;
-      if (runs) {
+      if (access == ParamAccess::kRuns) {
         t = input(io.h, io.h_dtype, t_at, len, st.t);
         grad_t = output(io.grad_h, io.h_dtype, t_at, st.grad_t);
         if constexpr (kScale != kAdditive) {
           s = input(io.h, io.h_dtype, s_at, len, st.s);
           grad_s = output(io.grad_h, io.h_dtype, s_at, st.grad_s);
         }
+      } else if (access == ParamAccess::kElementPairs) {
+        load_pairs(io.h, io.h_dtype, sample_h + 2 * (n0 - layout.lo), len, st.t, st.s);
+        s = st.s;
       } else {
         param_positions(layout, n0, len, st.at);
         gather(io.h, io.h_dtype, sample_h + layout.t_offset, st.at, len, st.t);
@@ -382,9 +458,11 @@ struct BackwardTile {
         }
       }
       commit(grad_x, io.grad_x, io.x_dtype, x_base + n0, len);
-      if (runs) {
+      if (access == ParamAccess::kRuns) {
         commit(grad_t, io.grad_h, io.h_dtype, t_at, len);
         if constexpr (kScale != kAdditive) commit(grad_s, io.grad_h, io.h_dtype, s_at, len);
+      } else if (access == ParamAccess::kElementPairs) {
+        store_pairs(grad_t, grad_s, io.grad_h, io.h_dtype, sample_h + 2 * (n0 - layout.lo), len);
       } else {
         // A compact h's kept elements own no position (the transformed ones cover h); channel pairs own one each.
         const uint8_t* owned = layout.pattern == kPatternGather ? selected : nullptr;
