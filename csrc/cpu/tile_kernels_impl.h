@@ -296,6 +296,20 @@ void commit(const CT* computed, void* base, DType dtype, int64_t offset, int64_t
   if (dtype != native_dtype<CT>()) store(computed, base, dtype, offset, len);
 }
 
+// The chunk's t and s_raw copied into `t` and `s` for the layouts whose parameters are not runs (param_access); for
+// kPositions their positions stay in `at`, where the backward scatters grad_h.
+template <int kScale, class CT>
+void stage_params(const FlatLayout& layout, ParamAccess access, const void* h, DType h_dtype, int64_t sample_h,
+                  int64_t n0, int64_t len, int64_t* at, CT* t, CT* s) {
+  if (access == ParamAccess::kElementPairs) {  // never additive: pairs hold an s_raw
+    load_pairs(h, h_dtype, sample_h + 2 * (n0 - layout.lo), len, t, s);
+    return;
+  }
+  param_positions(layout, n0, len, at);
+  gather(h, h_dtype, sample_h + layout.t_offset, at, len, t);
+  if constexpr (kScale != kAdditive) gather(h, h_dtype, sample_h + layout.s_offset, at, len, s);
+}
+
 template <class CT>
 struct alignas(64) ForwardStage {
   CT x[kChunk], s[kChunk], t[kChunk], y[kChunk], a[kChunk];
@@ -373,16 +387,9 @@ struct ForwardTile {
       if (access == ParamAccess::kRuns) {
         t = input(io.h, io.h_dtype, h_base + n0 + layout.t_offset, len, st.t);
         if constexpr (kScale != kAdditive) s = input(io.h, io.h_dtype, h_base + n0 + layout.s_offset, len, st.s);
-      } else if (access == ParamAccess::kElementPairs) {
-        load_pairs(io.h, io.h_dtype, sample_h + 2 * (n0 - layout.lo), len, st.t, st.s);
-        s = st.s;
       } else {
-        param_positions(layout, n0, len, st.at);
-        gather(io.h, io.h_dtype, sample_h + layout.t_offset, st.at, len, st.t);
-        if constexpr (kScale != kAdditive) {
-          gather(io.h, io.h_dtype, sample_h + layout.s_offset, st.at, len, st.s);
-          s = st.s;
-        }
+        stage_params<kScale>(layout, access, io.h, io.h_dtype, sample_h, n0, len, st.at, st.t, st.s);
+        s = st.s;
       }
       CT* y = output(io.y, io.x_dtype, x_base + n0, st.y);
       CT* a = st.a;
@@ -433,16 +440,9 @@ struct BackwardTile {
           s = input(io.h, io.h_dtype, s_at, len, st.s);
           grad_s = output(io.grad_h, io.h_dtype, s_at, st.grad_s);
         }
-      } else if (access == ParamAccess::kElementPairs) {
-        load_pairs(io.h, io.h_dtype, sample_h + 2 * (n0 - layout.lo), len, st.t, st.s);
-        s = st.s;
       } else {
-        param_positions(layout, n0, len, st.at);
-        gather(io.h, io.h_dtype, sample_h + layout.t_offset, st.at, len, st.t);
-        if constexpr (kScale != kAdditive) {
-          gather(io.h, io.h_dtype, sample_h + layout.s_offset, st.at, len, st.s);
-          s = st.s;
-        }
+        stage_params<kScale>(layout, access, io.h, io.h_dtype, sample_h, n0, len, st.at, st.t, st.s);
+        s = st.s;
       }
       CT* grad_x = output(io.grad_x, io.x_dtype, x_base + n0, st.grad_x);
       backward_elements<kScale, kShiftFirst, kReverse>(len, clamp, low, g_logdet, g, x, s, t, grad_x, grad_s,

@@ -26,7 +26,13 @@
 //
 // Selection. The half split is the range [lo, hi); the checkerboard parity comes from checkerboard_bits
 // (coupling_layout.h): two multiply-high divisions per group, none per element; a bool mask is read from memory
-// (on the vector path as the team's 16-byte blocks, a bit an element after nonzero_bytes).
+// (on the vector path as the team's 16-byte blocks, a bit an element after nonzero_bytes); a compact h's table of
+// positions (pattern "gather") an entry an element, on the element path only.
+//
+// Parameters. s_raw and t sit at base(p) + s_offset and base(p) + t_offset of a sample's h (coupling_layout.h): one
+// run each for [s_raw, t] and [t, s_raw]; for (t, s_raw) channel pairs a group or block of the vector path lies in
+// one channel (pair_inner is whole units, vector_sizes), so one pair_shift serves it; shorter channels and a compact
+// h take the element path, each element's position computed (load_params, store_params).
 //
 // Log-det: each thread sums its elements in order, the team adds its threads with warp shuffles in a fixed tree,
 // and the team's first thread writes the sample's log-det (one chunk a sample) or the chunk's partial sum, which a

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "../coupling_layout.h"
+#include "checks.h"
 #include "../cpu/half_bits.h"
 #include "../cpu/tile_kernels.h"
 #include "../cuda/block_exchange.h"
@@ -25,15 +26,6 @@
 #include "../vector_math.h"
 
 namespace {
-
-int failures = 0;
-
-void check(bool ok, const std::string& what) {
-  if (!ok) {
-    ++failures;
-    std::printf("FAIL: %s\n", what.c_str());
-  }
-}
 
 // Distance in units in the last place of the float result, measured against a double computation.
 double ulps(float got, double want) {

@@ -11,17 +11,9 @@
 #include <vector>
 
 #include "../coupling_math.h"
+#include "checks.h"
 
 namespace {
-
-int failures = 0;
-
-void check(bool ok, const std::string& what) {
-  if (!ok) {
-    ++failures;
-    std::printf("FAIL: %s\n", what.c_str());
-  }
-}
 
 using Long = long double;
 constexpr double kClamp = 1.7, kLow = -1.1;  // "clip" takes (kLow, kClamp); every other map kClamp
