@@ -1,10 +1,12 @@
 // The flat description of a coupling that every fused kernel works from (mirrors nf_kernels/_layout.py).
 //
-// A sample of x is `numel` contiguous elements. The ones that may be transformed form the range [lo, hi); for
-// element n of that range, s_raw sits at h[b * h_stride + n - lo] and the shift `t_offset` elements further on.
-// Inside the range a pattern picks the transformed elements: all of them ("half"), a checkerboard parity computed
-// from the indices, or a uint8 mask read from memory. Python computes these numbers once (flat_layout()); C++
-// never re-derives a mask.
+// A sample of x is `numel` contiguous elements. The ones that may be transformed form the range [lo, hi); element n
+// of that range has a position p in h's parameter blocks, p = n - lo, or (pattern "gather", a compact h) read from
+// a per-element table. Its s_raw sits at h[b * h_stride + base(p) + s_offset] and its shift at
+// h[b * h_stride + base(p) + t_offset], where base(p) = p, or p + (p / pair_inner) * pair_inner for (t, s_raw)
+// channel pairs (h_base() below). Inside the range a pattern picks the transformed elements: all of them ("half"),
+// a checkerboard parity computed from the indices, a uint8 mask read from memory, or the table's entries >= 0.
+// Python computes these numbers once (flat_layout()); C++ never re-derives a mask.
 //
 // Torch-free and usable from C++ and CUDA: plain data plus one index helper.
 #pragma once
@@ -20,59 +22,6 @@
 #endif
 
 namespace nf_kernels {
-
-// The kernel interface's codes and the packed layout argument of the nf_kernels_ext ops. A scale map's code is its
-// index in kScaleNames, a pattern's its index in kPatternNames, and the ops' `int[] layout` holds the fields of
-// kLayoutFieldNames in that order. nf_kernels/_layout.py defines the same lists for Python (SCALE_NAMES,
-// PATTERN_NAMES, LAYOUT_FIELDS); the extension exports these (kernel_codes) and a test checks that they agree.
-enum ScaleCode : int { kAdditive = 0, kExp, kTanh, kAtan, kSigmoid, kScaleCount };
-inline constexpr const char* kScaleNames[kScaleCount] = {"none", "exp", "tanh", "atan", "sigmoid"};
-
-enum PatternCode : int { kPatternRange = 0, kPatternCheckerboard, kPatternMask, kPatternCount };
-inline constexpr const char* kPatternNames[kPatternCount] = {"range", "checkerboard", "mask"};
-
-enum LayoutField : int {
-  kFieldLo = 0, kFieldHi, kFieldHStride, kFieldTOffset, kFieldPattern, kFieldParity, kFieldWidth, kFieldPlane,
-  kFieldScale, kFieldShiftFirst, kFieldReverse, kLayoutFieldCount
-};
-inline constexpr const char* kLayoutFieldNames[kLayoutFieldCount] = {
-    "lo", "hi", "h_stride", "t_offset", "pattern", "parity", "width", "plane", "scale_code", "shift_first", "reverse"};
-
-// The element types the kernels read and write; half types travel as raw 16-bit words in torch-free code.
-enum class DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
-
-struct FlatLayout {
-  int64_t batch;     // B
-  int64_t numel;     // N, elements in one sample of x
-  int64_t lo, hi;    // flat indices [lo, hi) may be transformed
-  int64_t h_stride;  // elements in one sample of h
-  int64_t t_offset;  // shift position relative to s_raw inside a sample of h (0 for additive couplings)
-  int pattern;       // PatternCode
-  int parity;        // checkerboard: transformed where (i + j) % 2 == parity
-  int64_t width;     // checkerboard: W
-  int64_t plane;     // checkerboard: H * W
-  const uint8_t* transformed;  // kPatternMask: [numel], nonzero where transformed; else unused
-};
-
-struct CouplingConfig {
-  int scale;  // ScaleCode
-  double clamp;
-  bool shift_first;
-  bool reverse;
-};
-
-// True where flat element n of a sample is transformed. The reference definition of the patterns; kernels may
-// compute the same thing incrementally (the CPU walks checkerboard rows), and the C++ test checks they agree.
-NF_HOST_DEVICE bool is_transformed(const FlatLayout& layout, int64_t n) {
-  if (n < layout.lo || n >= layout.hi) return false;
-  if (layout.pattern == kPatternCheckerboard) {
-    const int64_t r = n % layout.plane;
-    return ((r / layout.width + r % layout.width) & 1) == layout.parity;
-  }
-  if (layout.pattern == kPatternMask) return layout.transformed[n] != 0;
-  return true;
-}
-
 
 // ---- Index arithmetic without division, for the CUDA kernels (csrc/tests/test_coupling.cpp checks it) ----------
 
@@ -135,6 +84,90 @@ NF_HOST_DEVICE U fast_div(const FastDiv<U>& f, U n) {
   const U t = mul_hi(f.magic, n);
   return (t + ((n - t) >> f.shift1)) >> f.shift2;
 }
+
+// The kernel interface's codes and the packed layout argument of the nf_kernels_ext ops. A scale map's code is its
+// index in kScaleNames, a pattern's its index in kPatternNames, and the ops' `int[] layout` holds the fields of
+// kLayoutFieldNames in that order. nf_kernels/_layout.py defines the same lists for Python (SCALE_NAMES,
+// PATTERN_NAMES, LAYOUT_FIELDS); the extension exports these (kernel_codes) and a test checks that they agree.
+// Codes 5 on reproduce a peer library's map (docs/spec.md's scale table names which).
+enum ScaleCode : int {
+  kAdditive = 0, kExp, kTanh, kAtan, kSigmoid,
+  kRSigmoid, kNflowsSigmoid, kSoftclamp, kClip, kFreiaAtan, kFreiaTanh, kFreiaSigmoid, kScaleCount
+};
+inline constexpr const char* kScaleNames[kScaleCount] = {
+    "none", "exp", "tanh", "atan", "sigmoid",
+    "rsigmoid", "nflows_sigmoid", "softclamp", "clip", "freia_atan", "freia_tanh", "freia_sigmoid"};
+
+enum PatternCode : int { kPatternRange = 0, kPatternCheckerboard, kPatternMask, kPatternGather, kPatternCount };
+inline constexpr const char* kPatternNames[kPatternCount] = {"range", "checkerboard", "mask", "gather"};
+
+enum LayoutField : int {
+  kFieldLo = 0, kFieldHi, kFieldHStride, kFieldTOffset, kFieldPattern, kFieldParity, kFieldWidth, kFieldPlane,
+  kFieldScale, kFieldShiftFirst, kFieldReverse, kFieldSOffset, kFieldPairInner, kLayoutFieldCount
+};
+inline constexpr const char* kLayoutFieldNames[kLayoutFieldCount] = {
+    "lo", "hi", "h_stride", "t_offset", "pattern", "parity", "width", "plane", "scale_code", "shift_first", "reverse",
+    "s_offset", "pair_inner"};
+
+// The element types the kernels read and write; half types travel as raw 16-bit words in torch-free code.
+enum class DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
+
+struct FlatLayout {
+  int64_t batch;     // B
+  int64_t numel;     // N, elements in one sample of x
+  int64_t lo, hi;    // flat indices [lo, hi) may be transformed
+  int64_t h_stride;  // elements in one sample of h
+  int64_t t_offset;  // shift position relative to s_raw inside a sample of h (0 for additive couplings)
+  int pattern;       // PatternCode
+  int parity;        // checkerboard: transformed where (i + j) % 2 == parity
+  int64_t width;     // checkerboard: W
+  int64_t plane;     // checkerboard: H * W
+  const uint8_t* transformed;  // kPatternMask: [numel], nonzero where transformed; else unused
+  int64_t s_offset = 0;        // s_raw's position relative to base(p) (t_offset the shift's)
+  int64_t pair_inner = 0;      // (t, s_raw) channel pairs: elements in a channel of h; 0 for the other layouts
+  FastDiv<uint64_t> pair_div{};  // p / pair_inner, when pair_inner > 0 (make_coupling_call fills it)
+  const int32_t* h_index = nullptr;  // kPatternGather: [numel], p of each transformed element, -1 where kept
+};
+
+struct CouplingConfig {
+  int scale;  // ScaleCode
+  double clamp;  // the map's bound; the upper one of "clip"
+  bool shift_first;
+  bool reverse;
+  double clamp_low = 0.0;  // the lower bound of "clip"
+};
+
+// True where flat element n of a sample is transformed. The reference definition of the patterns; kernels may
+// compute the same thing incrementally (the CPU walks checkerboard rows), and the C++ test checks they agree.
+NF_HOST_DEVICE bool is_transformed(const FlatLayout& layout, int64_t n) {
+  if (n < layout.lo || n >= layout.hi) return false;
+  if (layout.pattern == kPatternCheckerboard) {
+    const int64_t r = n % layout.plane;
+    return ((r / layout.width + r % layout.width) & 1) == layout.parity;
+  }
+  if (layout.pattern == kPatternMask) return layout.transformed[n] != 0;
+  if (layout.pattern == kPatternGather) return layout.h_index[n] >= 0;
+  return true;
+}
+
+// The position p of transformed element n in h's parameter blocks: n - lo, or a compact h's table entry.
+NF_HOST_DEVICE int64_t h_position(const FlatLayout& layout, int64_t n) {
+  return layout.pattern == kPatternGather ? layout.h_index[n] : n - layout.lo;
+}
+
+// Whether each parameter of a run of elements is one run of h (from h_base + n on, plus s_offset or t_offset): every
+// layout but channel pairs and a compact h.
+NF_HOST_DEVICE bool params_in_runs(const FlatLayout& layout) {
+  return layout.pair_inner == 0 && layout.pattern != kPatternGather;
+}
+
+// base(p): where position p's parameters start in a sample of h, before s_offset and t_offset. (t, s_raw) channel
+// pairs put the c-th channel of parameters at channel 2c: base(p) = p + (p / pair_inner) * pair_inner.
+NF_HOST_DEVICE int64_t h_base(const FlatLayout& layout, int64_t p) {
+  if (layout.pair_inner == 0) return p;
+  return p + static_cast<int64_t>(fast_div(layout.pair_div, static_cast<uint64_t>(p))) * layout.pair_inner;
+}
+
 
 // The checkerboard selection of G consecutive flat elements n0 .. n0 + G - 1 (bit k: element n0 + k is at an
 // (i + j) parity equal to `parity`, the pattern part of is_transformed, range not included). The row i and column j

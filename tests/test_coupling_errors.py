@@ -227,23 +227,48 @@ def test_compact_h_of_the_wrong_size_names_both_counts():
             affine(x, h, mask=mask)
 
 
-UNSUPPORTED_BY_CPU = [
+# The peers' layouts and maps (issue 13), which the C++ kernels have since its second stage.
+PEER_FEATURES = [
     (dict(scale="clip", clamp=(-5.0, 3.0)), "scale='clip'"),
     (dict(scale="nflows_sigmoid"), "scale='nflows_sigmoid'"),
     (dict(h_layout="shift_scale"), "h_layout='shift_scale'"),
     (dict(h_layout="shift_scale_pairs"), "h_layout='shift_scale_pairs'"),
     (dict(mask=torch.arange(6) % 2 == 0, h=torch.randn(2, 6)), "a bool mask with a compact h"),
 ]
+# What a build of the extension before them exports (csrc/coupling_layout.h's lists then): a prefix of each.
+FIRST_STAGE_CODES = {"scale": 5, "pattern": 3, "layout": 11}
+
+
+def _peer_call(kwargs):
+    kwargs = dict(kwargs)
+    return torch.randn(2, 6), kwargs.pop("h", torch.randn(2, 6)), kwargs
 
 
 @pytest.mark.skipif("cpu" not in CPU_BACKENDS, reason="the C++ extension is not built")
-@pytest.mark.parametrize("kwargs, named", UNSUPPORTED_BY_CPU, ids=lambda v: str(v)[:40])
-def test_cpu_refuses_what_its_kernels_lack_and_auto_picks_a_backend_that_has_it(kwargs, named, fresh_dispatch):
-    """Until the C++ kernels have the peer libraries' layouts and maps (SPEC section 2), asking "cpu" for one is a
-    clear error naming what is missing and what has it, and "auto" falls back to a backend that computes it."""
+@pytest.mark.parametrize("kwargs, named", PEER_FEATURES, ids=lambda v: str(v)[:40])
+def test_cpu_computes_the_peer_layouts_and_maps_and_auto_picks_it(kwargs, named, fresh_dispatch):
     fresh_dispatch.delenv("NF_KERNELS_BACKEND", raising=False)
-    kwargs = dict(kwargs)
-    x, h = torch.randn(2, 6), kwargs.pop("h", torch.randn(2, 6))
+    x, h, kwargs = _peer_call(kwargs)
+    y, logdet = nf_kernels.affine_coupling(x, h, backend="cpu", **kwargs)
+    y_ref, logdet_ref = nf_kernels.affine_coupling(x, h, backend="reference", **kwargs)
+    torch.testing.assert_close(y, y_ref)
+    torch.testing.assert_close(logdet, logdet_ref)
+    config = nf_kernels._arguments.check_coupling_args(x, h, flip=False, reverse=False, backend="auto",
+                                                       **{"mask": "half", "scale": "exp", **kwargs})[1]  # fmt: skip
+    assert _dispatch.resolve_backend("auto", x.device, config) == "cpu"
+
+
+@pytest.mark.skipif("cpu" not in CPU_BACKENDS, reason="the C++ extension is not built")
+@pytest.mark.parametrize("kwargs, named", PEER_FEATURES, ids=lambda v: str(v)[:40])
+def test_a_build_without_a_code_refuses_it_and_auto_picks_a_backend_that_has_it(kwargs, named, fresh_dispatch):
+    """What the extension's exported code lists lack (an older build's), "cpu" refuses with a clear error naming it and
+    what has it, and "auto" falls back to a backend that computes it."""
+    from nf_kernels.backends import extension
+
+    fresh_dispatch.delenv("NF_KERNELS_BACKEND", raising=False)
+    current = extension.kernel_codes
+    fresh_dispatch.setattr(extension, "kernel_codes", lambda kind: current(kind)[: FIRST_STAGE_CODES[kind]])
+    x, h, kwargs = _peer_call(kwargs)
     working = "'reference' or 'triton'" if "triton" in CPU_BACKENDS else "'reference'"
     with pytest.raises(NotImplementedError, match=rf"backend 'cpu' does not support {re.escape(named)} yet; use backend={working} \(or 'auto'\)"):
         nf_kernels.affine_coupling(x, h, backend="cpu", **kwargs)

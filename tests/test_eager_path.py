@@ -5,17 +5,18 @@ for a check or for a bool mask's current contents."""
 
 import pytest
 import torch
-from conftest import FUSED_CPU_BACKENDS, SCALES, Coupling, MaskCase, supports
+from conftest import FUSED_CPU_BACKENDS, H_LAYOUTS, SCALES, Coupling, MaskCase, supports
 
 import nf_kernels
 from nf_kernels import _ops, _prepared
-from nf_kernels._arguments import CouplingConfig
+from nf_kernels._arguments import CouplingConfig, check_coupling_args
 from nf_kernels.backends import extension, reference
 
 pytestmark = pytest.mark.skipif("cpu" not in FUSED_CPU_BACKENDS, reason="the C++ extension is not built")
 
 EAGER_NODE = "CppNode<nf_kernels::(anonymous namespace)::Coupling>"
-MASKS = [MaskCase("half", (3, 5, 2, 3)), MaskCase("checkerboard", (2, 3, 5, 4)), MaskCase("bool", (3, 4, 3, 5))]
+MASKS = [MaskCase("half", (3, 5, 2, 3)), MaskCase("checkerboard", (2, 3, 5, 4)), MaskCase("bool", (3, 4, 3, 5)),
+         MaskCase("compact", (3, 11)), MaskCase("compact", (2, 5, 2, 3))]  # fmt: skip
 DTYPES = [torch.float32, torch.float64, torch.bfloat16]
 
 
@@ -27,11 +28,13 @@ def _strided(t: torch.Tensor) -> torch.Tensor:
 
 
 def _custom_op(case: Coupling, x, h, mask):
-    """The same call through the custom op, as a traced call would make it."""
-    mask_tensor = mask if isinstance(mask, torch.Tensor) else None
-    kind = "tensor" if mask_tensor is not None else mask
-    scale = case.scale or "none"
-    config = CouplingConfig(kind, case.flip, scale, case.clamp, case.shift_first, case.reverse)
+    """The same call through the custom op, as a traced call would make it (the config as the op layer checks it)."""
+    options = {"additive": True} if case.additive else {
+        "scale": case.scale, "clamp": case.clamp_arg, "shift_first": case.shift_first, "h_layout": case.h_layout}  # fmt: skip
+    mask_tensor, config = check_coupling_args(x, h, mask=mask, flip=case.flip, reverse=case.reverse, backend="cpu",
+                                              **options)  # fmt: skip
+    if config.mask_kind == "compact":
+        mask_tensor = mask
     return _ops.coupling_op(x, h, mask_tensor, *config, "cpu")
 
 
@@ -44,12 +47,15 @@ def _run(fn, x, h, grads):
 
 
 def _cases():
-    """Every scale map and mask the C++ kernels compute (the others they refuse: tests/test_coupling_errors.py)."""
+    """Every scale map, h layout (taken in turn) and mask the C++ kernels compute (the others they refuse:
+    tests/test_coupling_errors.py)."""
     cases = []
-    for mask in MASKS:
+    for m, mask in enumerate(MASKS):
         for i, scale in enumerate([*SCALES, None]):
             for reverse in (False, True):
-                cases.append(Coupling(mask, scale, flip=(i + reverse) % 2 == 1, shift_first=i % 2 == 0, reverse=reverse))
+                layout = H_LAYOUTS[(i + reverse + m) % len(H_LAYOUTS)] if scale else "scale_shift"
+                cases.append(Coupling(mask, scale, flip=(i + reverse) % 2 == 1, shift_first=i % 2 == 0, reverse=reverse,
+                                      h_layout=layout))  # fmt: skip
     return [case for case in cases if supports("cpu", case)]
 
 
@@ -72,7 +78,8 @@ def test_eager_path_equals_the_custom_op_bitwise(case, dtype, contiguous):
         assert torch.equal(ours, theirs)
 
 
-@pytest.mark.parametrize("case", [c for c in _cases() if c.scale in ("tanh", "sigmoid", None)][::2], ids=str)
+@pytest.mark.parametrize("case", [c for c in _cases() if c.scale in ("tanh", "sigmoid", "nflows_sigmoid", "softclamp",
+                                                                  "freia_sigmoid", None)][::2], ids=str)
 def test_gradcheck_through_the_eager_path(case):
     x, h = case.inputs(torch.float64)
     x.requires_grad_(True)
@@ -168,6 +175,20 @@ def test_a_bool_mask_changed_in_place_is_read_anew():
                    lambda m: m.numpy().__setitem__((1, 0), True), lambda m: m.zero_()):  # fmt: skip
         change(mask)
         y, logdet = nf_kernels.affine_coupling(x, h, mask=mask, scale="tanh", backend="cpu")
+        y_ref, logdet_ref = reference.reference_forward(x, h, mask.clone(), config)
+        torch.testing.assert_close(y, y_ref)
+        torch.testing.assert_close(logdet, logdet_ref)
+
+
+def test_a_compact_hs_mask_changed_in_place_is_read_anew():
+    """A compact h's positions come from the mask's contents: a mask permuted in place moves them."""
+    x, h = torch.randn(3, 8), torch.randn(3, 6)
+    mask = torch.tensor([True, False, True, True, False, True, True, False])  # 3 transformed elements
+    config = nf_kernels._arguments.CouplingConfig("compact", False, "softclamp", 2.0, False, False, "shift_scale_pairs")
+    for change in (lambda m: None, lambda m: m.copy_(m.flip(0)), lambda m: m.copy_(m.roll(3))):
+        change(mask)
+        y, logdet = nf_kernels.affine_coupling(x, h, mask=mask, scale="softclamp", h_layout="shift_scale_pairs",
+                                               backend="cpu")  # fmt: skip
         y_ref, logdet_ref = reference.reference_forward(x, h, mask.clone(), config)
         torch.testing.assert_close(y, y_ref)
         torch.testing.assert_close(logdet, logdet_ref)

@@ -36,17 +36,26 @@ def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out - ref).norm() / ref.norm().clamp_min(1e-300)).item()
 
 
-def _case(shape, mask, scale="tanh", dtype=torch.float32, h_dtype=None, flip=False, shift_first=False, reverse=False, seed=0):
-    """(x, h, bool mask or None, config) for a call of the backends' forward and backward."""
+def _case(shape, mask, scale="tanh", dtype=torch.float32, h_dtype=None, flip=False, shift_first=False, reverse=False,
+          seed=0, h_layout="scale_shift"):
+    """(x, h, bool mask or None, config) for a call of the backends' forward and backward. mask="compact" is a bool
+    mask with a compact h (h_layout "shift_scale_pairs": the channels of h hold one element each)."""
     g = torch.Generator().manual_seed(seed)
-    mask_tensor = torch.rand(shape[1:], generator=g) < 0.5 if mask == "tensor" else None
+    mask_tensor = torch.rand(shape[1:], generator=g) < 0.5 if mask in ("tensor", "compact") else None
     x = torch.randn(shape, generator=g).to(dtype)
-    h = torch.randn(expected_h_shape(torch.Size(shape), mask, scale == "none"), generator=g).to(h_dtype or dtype)
-    return x, h, mask_tensor, CouplingConfig(mask, flip, scale, 1.5, shift_first, reverse)
+    additive = scale == "none"
+    if mask == "compact":
+        transformed = int((~mask_tensor).sum())
+        h_shape = (shape[0], transformed * (1 if additive else 2))
+    else:
+        h_shape = expected_h_shape(torch.Size(shape), mask, additive)
+    h = torch.randn(h_shape, generator=g).to(h_dtype or dtype)
+    clamp, clamp_low = (1.5, -0.5) if scale == "clip" else (1.5, 0.0)
+    return x, h, mask_tensor, CouplingConfig(mask, flip, scale, clamp, shift_first, reverse, h_layout, clamp_low)
 
 
 def _op_inputs(x, h, mask, config, backward=False):
-    mask_and_layout = _op_arguments(flat_layout(x, mask, config))
+    mask_and_layout = _op_arguments(flat_layout(x, mask, config, h.shape))
     if not backward:
         return (x, h, *mask_and_layout)
     grad_y = torch.randn_like(x)
@@ -60,14 +69,21 @@ OPCHECK_CASES = [
     ((3, 2, 4, 4), "tensor", "atan", torch.bfloat16, None),
     ((3, 7), "half", "none", torch.float16, None),
     ((2, 4, 4, 4), "half", "tanh", torch.float32, torch.bfloat16),  # autocast: h in a lower precision
+    # The peers' layouts and maps (issue 13): [t, s_raw], channel pairs, a compact h (pattern "gather").
+    ((2, 4, 3, 3), "half", "nflows_sigmoid", torch.float32, None, "shift_scale"),
+    ((3, 4, 2, 2), "checkerboard", "softclamp", torch.float64, None, "shift_scale_pairs"),
+    ((3, 9), "compact", "clip", torch.float32, None, "shift_scale_pairs"),
+    ((2, 3, 4), "compact", "freia_sigmoid", torch.float16, None, "shift_scale"),
+    ((2, 7), "compact", "none", torch.float32, None),
 ]
 
 
 @needs_extension
 @pytest.mark.parametrize("backward", [False, True], ids=["forward", "backward"])
-@pytest.mark.parametrize("shape,mask,scale,dtype,h_dtype", OPCHECK_CASES, ids=lambda v: str(v))
-def test_opcheck_extension_ops(shape, mask, scale, dtype, h_dtype, backward):
-    x, h, mask_tensor, config = _case(shape, mask, scale, dtype, h_dtype)
+@pytest.mark.parametrize("case", OPCHECK_CASES, ids=str)
+def test_opcheck_extension_ops(case, backward):
+    shape, mask, scale, dtype, h_dtype, *h_layout = case
+    x, h, mask_tensor, config = _case(shape, mask, scale, dtype, h_dtype, h_layout=(h_layout or ["scale_shift"])[0])
     op = torch.ops.nf_kernels_ext.coupling_backward if backward else torch.ops.nf_kernels_ext.coupling_forward
     torch.library.opcheck(op.default, _op_inputs(x, h, mask_tensor, config, backward))
 
@@ -188,20 +204,63 @@ def test_each_instruction_set_variant_matches_reference(isa):
 def test_ops_reject_a_layout_that_does_not_fit_the_tensors():
     x, h, mask, config = _case((2, 6), "half", "exp")
 
-    def forward_with(field, value):
-        x_, h_, transformed, packed, clamp = _op_inputs(x, h, mask, config)
+    def forward_with(field, value, case=(x, h, mask, config)):
+        x_, h_, transformed, packed, *scalars = _op_inputs(*case)
         packed[LAYOUT_FIELDS.index(field)] = value
-        return torch.ops.nf_kernels_ext.coupling_forward(x_, h_, transformed, packed, clamp)
+        return torch.ops.nf_kernels_ext.coupling_forward(x_, h_, transformed, packed, *scalars)
 
     with pytest.raises(RuntimeError, match="h_stride=99"):
         forward_with("h_stride", 99)
     with pytest.raises(RuntimeError, match="lo <= hi <= numel"):
         forward_with("hi", 7)  # beyond the sample
-    with pytest.raises(RuntimeError, match="scale code 9"):
-        forward_with("scale_code", 9)
-    x_, h_, transformed, packed, clamp = _op_inputs(x, h, mask, config)
+    with pytest.raises(RuntimeError, match=f"scale code {len(SCALE_NAMES)}"):
+        forward_with("scale_code", len(SCALE_NAMES))
+    # The h layouts: s_raw and t must cover h once, as [s_raw, t], [t, s_raw] or (t, s_raw) channel pairs.
+    with pytest.raises(RuntimeError, match="describe none of"):
+        forward_with("s_offset", 1)  # s_raw and t overlap
+    with pytest.raises(RuntimeError, match="describe none of"):
+        forward_with("pair_inner", 2)  # pairs of channels of 2 for 3 positions, and with [s_raw, t]'s offsets
+    pairs = _case((2, 6), "half", "exp", h_layout="shift_scale_pairs")
+    with pytest.raises(RuntimeError, match="describe none of"):
+        forward_with("pair_inner", 2, pairs)  # does not divide the 3 positions
+    x_, h_, transformed, packed, *scalars = _op_inputs(x, h, mask, config)
     with pytest.raises(RuntimeError, match="packed layout needs"):
-        torch.ops.nf_kernels_ext.coupling_forward(x_, h_, transformed, packed[:-1], clamp)
+        torch.ops.nf_kernels_ext.coupling_forward(x_, h_, transformed, packed[:-1], *scalars)
+    additive = _case((2, 6), "half", "none")
+    with pytest.raises(RuntimeError, match="additive coupling's h is t alone"):
+        forward_with("s_offset", 3, additive)
+    clip = _case((2, 6), "half", "clip")
+    x_, h_, transformed, packed, clamp, _, h_index = _op_inputs(*clip)
+    with pytest.raises(RuntimeError, match="clamp_low < clamp"):
+        torch.ops.nf_kernels_ext.coupling_forward(x_, h_, transformed, packed, clamp, clamp + 1.0, h_index)
+
+
+@needs_extension
+def test_ops_reject_a_compact_table_that_does_not_fit():
+    """A compact h's table of positions (pattern "gather"): present, int32, one entry a sample element, and each
+    entry -1 or a position of h (on the CPU, where checking costs one pass over the table)."""
+    x, h, mask, config = _case((2, 9), "compact", "exp", h_layout="shift_scale")
+    x_, h_, transformed, packed, clamp, clamp_low, h_index = _op_inputs(x, h, mask, config)
+    op = torch.ops.nf_kernels_ext.coupling_forward
+    op(x_, h_, transformed, packed, clamp, clamp_low, h_index)  # as given, it runs
+    with pytest.raises(RuntimeError, match="needs `h_index`"):
+        op(x_, h_, transformed, packed, clamp, clamp_low, None)
+    with pytest.raises(RuntimeError, match="must be Int with one entry per element"):
+        op(x_, h_, transformed, packed, clamp, clamp_low, h_index.long())
+    with pytest.raises(RuntimeError, match="must be Int with one entry per element"):
+        op(x_, h_, transformed, packed, clamp, clamp_low, h_index[:-1])
+    beyond = h_index.clone()
+    beyond[beyond.argmax()] = h.shape[1] // 2  # one past the last position
+    with pytest.raises(RuntimeError, match="entries must be -1 or positions below"):
+        op(x_, h_, transformed, packed, clamp, clamp_low, beyond)
+    below = h_index.clone()
+    below[0] = -2
+    with pytest.raises(RuntimeError, match="entries must be -1 or positions below"):
+        op(x_, h_, transformed, packed, clamp, clamp_low, below)
+    packed_range = list(packed)
+    packed_range[LAYOUT_FIELDS.index("lo")] = 1
+    with pytest.raises(RuntimeError, match="covers the whole sample"):
+        op(x_, h_, transformed, packed_range, clamp, clamp_low, h_index)
 
 
 @needs_extension

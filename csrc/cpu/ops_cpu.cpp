@@ -18,9 +18,11 @@ namespace {
 
 std::tuple<at::Tensor, at::Tensor> coupling_forward(const at::Tensor& x, const at::Tensor& h,
                                                     const std::optional<at::Tensor>& transformed,
-                                                    at::IntArrayRef packed_layout, double clamp, bool poison) {
+                                                    at::IntArrayRef packed_layout, double clamp, double clamp_low,
+                                                    const std::optional<at::Tensor>& h_index, bool poison) {
   const ForwardOp out =
-      prepare_forward("nf_kernels_ext::coupling_forward", x, h, transformed, packed_layout, clamp, poison);
+      prepare_forward("nf_kernels_ext::coupling_forward", x, h,
+                      LayoutArgs{transformed, packed_layout, clamp, clamp_low, h_index}, poison);
   at::Tensor y = out.y, logdet = out.logdet;
   if (out.empty) return {y, logdet};
   const CouplingCall& call = out.call;
@@ -40,9 +42,10 @@ std::tuple<at::Tensor, at::Tensor> coupling_forward(const at::Tensor& x, const a
 std::tuple<at::Tensor, at::Tensor> coupling_backward(const at::Tensor& grad_y, const at::Tensor& grad_logdet,
                                                      const at::Tensor& x, const at::Tensor& h,
                                                      const std::optional<at::Tensor>& transformed,
-                                                     at::IntArrayRef packed_layout, double clamp, bool poison) {
+                                                     at::IntArrayRef packed_layout, double clamp, double clamp_low,
+                                                     const std::optional<at::Tensor>& h_index, bool poison) {
   const BackwardOp out = prepare_backward("nf_kernels_ext::coupling_backward", grad_y, grad_logdet, x, h,
-                                          transformed, packed_layout, clamp, poison, GradYDType::kAsGiven);
+                       LayoutArgs{transformed, packed_layout, clamp, clamp_low, h_index}, poison, GradYDType::kAsGiven);
   if (out.empty) return {out.grad_x, out.grad_h};
   const CouplingCall& call = out.call;
   const FlatLayout& layout = call.layout;

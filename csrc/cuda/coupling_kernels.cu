@@ -26,7 +26,13 @@
 //
 // Selection. The half split is the range [lo, hi); the checkerboard parity comes from checkerboard_bits
 // (coupling_layout.h): two multiply-high divisions per group, none per element; a bool mask is read from memory
-// (on the vector path as the team's 16-byte blocks, a bit an element after nonzero_bytes).
+// (on the vector path as the team's 16-byte blocks, a bit an element after nonzero_bytes); a compact h's table of
+// positions (pattern "gather") an entry an element, on the element path only.
+//
+// Parameters. s_raw and t sit at base(p) + s_offset and base(p) + t_offset of a sample's h (coupling_layout.h): one
+// run each for [s_raw, t] and [t, s_raw]; for (t, s_raw) channel pairs a group or block of the vector path lies in
+// one channel (pair_inner is whole units, vector_sizes), so one pair_shift serves it; shorter channels and a compact
+// h take the element path, each element's position computed (load_params, store_params).
 //
 // Log-det: each thread sums its elements in order, the team adds its threads with warp shuffles in a fixed tree,
 // and the team's first thread writes the sample's log-det (one chunk a sample) or the chunk's partial sum, which a
@@ -181,6 +187,49 @@ __device__ __forceinline__ void store_group(T* dst, int64_t at, uint32_t present
   }
 }
 
+// base(p) - p for element n (p = n - lo) of channel pairs, 0 for the other layouts. On the vector path the units
+// (groups, blocks) lie inside one channel (vector_sizes), so one shift serves a unit's elements.
+__device__ __forceinline__ int64_t pair_shift(const FlatLayout& layout, int64_t n) {
+  return layout.pair_inner == 0 ? 0 : h_base(layout, n - layout.lo) - (n - layout.lo);
+}
+
+// The parameter at `offset` (s_offset or t_offset) of the group's elements named by `present`, from a sample's h
+// (its pointer at b * h_stride - lo): one run from n0 + shift + offset on the vector path and for the layouts whose
+// parameters are runs; each element's own position lo + base(p) + offset for channel pairs and a compact h on the
+// element path (coupling_layout.h).
+template <bool kVector, class T, int G>
+__device__ __forceinline__ Words<sizeof(T) * G> load_params(const T* h, const FlatLayout& layout, int64_t n0,
+                                                            int64_t shift, int64_t offset, uint32_t present) {
+  if constexpr (!kVector) {
+    if (!params_in_runs(layout)) {
+      Words<sizeof(T) * G> g;
+      const bits_t<T>* p = reinterpret_cast<const bits_t<T>*>(h) + layout.lo + offset;
+#pragma unroll
+      for (int q = 0; q < static_cast<int>(sizeof(T)) * G / 4; ++q) g.w[q] = 0;
+#pragma unroll
+      for (int k = 0; k < G; ++k)
+        if ((present >> k) & 1) set_bits<T>(g, k, p[h_base(layout, h_position(layout, n0 + k))]);
+      return g;
+    }
+  }
+  return load_group<kVector, T, G>(h, n0 + shift + offset, present);
+}
+
+template <bool kVector, class T, int G>
+__device__ __forceinline__ void store_params(T* h, const FlatLayout& layout, int64_t n0, int64_t shift, int64_t offset,
+                                             uint32_t present, const Words<sizeof(T) * G>& g) {
+  if constexpr (!kVector) {
+    if (!params_in_runs(layout)) {
+      bits_t<T>* p = reinterpret_cast<bits_t<T>*>(h) + layout.lo + offset;
+#pragma unroll
+      for (int k = 0; k < G; ++k)
+        if ((present >> k) & 1) p[h_base(layout, h_position(layout, n0 + k))] = get_bits<T>(g, k);
+      return;
+    }
+  }
+  store_group<kVector, T, G>(h, n0 + shift + offset, present, g);
+}
+
 // Everything a kernel needs besides the op's arguments, computed on the host per launch.
 struct LaunchParams {
   int team_log2;            // T = 1 << team_log2 threads a chunk
@@ -203,16 +252,17 @@ __device__ __forceinline__ uint32_t index_selection(const FlatLayout& layout, co
   return inside & checkerboard_bits<G>(checkerboard, n0);
 }
 
-// The same for every pattern on the element path, the mask read a byte an element (the vector path reads it in
-// pass_selection).
+// The same for every pattern on the element path, the mask read a byte an element and a compact h's table an entry
+// an element (the vector path reads the mask in pass_selection, and never takes a compact h).
 template <int G>
 __device__ __forceinline__ uint32_t group_selection(const FlatLayout& layout, const CheckerboardIndex& checkerboard,
                                                     int64_t n0, uint32_t inside) {
-  if (layout.pattern != kPatternMask) return index_selection<G>(layout, checkerboard, n0, inside);
+  if (layout.pattern != kPatternMask && layout.pattern != kPatternGather)
+    return index_selection<G>(layout, checkerboard, n0, inside);
   uint32_t bits = 0;
 #pragma unroll
   for (int k = 0; k < G; ++k)
-    if ((inside >> k) & 1) bits |= static_cast<uint32_t>(layout.transformed[n0 + k] != 0) << k;
+    if ((inside >> k) & 1) bits |= static_cast<uint32_t>(is_transformed(layout, n0 + k)) << k;
   return inside & bits;
 }
 
@@ -230,8 +280,9 @@ __device__ __forceinline__ HBlocks load_h_blocks(const HT* h, const FlatLayout& 
   const int64_t n = p.block_start(kPerBlock);
   HBlocks blocks{};
   if (h_block_present(layout, p, kPerBlock, n)) {
-    blocks.t = load_block(h, n + layout.t_offset);
-    if constexpr (kWithS) blocks.s = load_block(h, n);
+    const int64_t at = n + pair_shift(layout, n);
+    blocks.t = load_block(h, at + layout.t_offset);
+    if constexpr (kWithS) blocks.s = load_block(h, at + layout.s_offset);
   }
   return blocks;
 }
@@ -259,13 +310,14 @@ __device__ __forceinline__ void store_h_groups(HT* grad_h, const FlatLayout& lay
   constexpr int kBytes = sizeof(HT) * G, kPerBlock = h_block_elements(sizeof(HT));
   const int64_t n = p.block_start(kPerBlock);
   const bool present = h_block_present(layout, p, kPerBlock, n);
+  const int64_t at = present ? n + pair_shift(layout, n) : 0;
   const Words<16> tb = block_from_groups<kBytes, U>(
       p.member, p.team, [&](int u, int k, int lane) { return __shfl_sync(kFullWarp, gtg[u].w[k], lane, p.team); });
-  if (present) store_block(grad_h, n + layout.t_offset, tb);
+  if (present) store_block(grad_h, at + layout.t_offset, tb);
   if constexpr (kWithS) {
     const Words<16> sb = block_from_groups<kBytes, U>(
         p.member, p.team, [&](int u, int k, int lane) { return __shfl_sync(kFullWarp, gsg[u].w[k], lane, p.team); });
-    if (present) store_block(grad_h, n, sb);
+    if (present) store_block(grad_h, at + layout.s_offset, sb);
   }
 }
 
@@ -349,7 +401,8 @@ __device__ __forceinline__ TeamCursor team_cursor(const LaunchParams& lp) {
 
 // y for one group of x (and of s and t where `inside`), added to the log-scale sum in element order.
 template <class XT, class HT, int kScale, bool kVector, int G, class CT>
-__device__ __forceinline__ void forward_group(const CouplingConfig& config, CT clamp, XT* y, int64_t n0, uint32_t live,
+__device__ __forceinline__ void forward_group(const CouplingConfig& config, CT clamp, CT low, XT* y, int64_t n0,
+                                              uint32_t live,
                                               uint32_t inside, uint32_t sel, const Words<16>& xg,
                                               const Words<sizeof(HT) * G>& sg, const Words<sizeof(HT) * G>& tg,
                                               CT& acc) {
@@ -363,7 +416,7 @@ __device__ __forceinline__ void forward_group(const CouplingConfig& config, CT c
     const bits_t<XT> x_bits = get_bits<XT>(xg, k);
     const CT xv = decode<CT, XT>(x_bits);
     const CT tv = decode<CT, HT>(get_bits<HT>(tg, k));
-    const CT a = kScale == kAdditive ? CT(0) : log_scale<kScale>(decode<CT, HT>(get_bits<HT>(sg, k)), clamp);
+    const CT a = kScale == kAdditive ? CT(0) : log_scale<kScale>(decode<CT, HT>(get_bits<HT>(sg, k)), clamp, low);
     const bool on = (sel >> k) & 1;
     set_bits<XT>(yg, k, on ? encode<XT>(step<kScale>(config, xv, a, tv)) : x_bits);
     acc += on ? a : CT(0);
@@ -385,7 +438,7 @@ __device__ __forceinline__ void forward_items(const ForwardArgs& args, const Lau
   constexpr bool kHBlocks = h_in_blocks(sizeof(XT), sizeof(HT));
   const FlatLayout& layout = args.layout;
   const int64_t numel = layout.numel;
-  const CT clamp = static_cast<CT>(args.config.clamp);
+  const CT clamp = static_cast<CT>(args.config.clamp), low = static_cast<CT>(args.config.clamp_low);
   const TeamCursor tc = team_cursor(lp);
   for (uint32_t base = tc.first; base < lp.items; base += lp.item_step) {
     const uint32_t item = base + tc.in_warp;
@@ -411,8 +464,9 @@ __device__ __forceinline__ void forward_items(const ForwardArgs& args, const Lau
           if (live[u]) xg[u] = load_group<true, XT, G>(x, n0, live[u]);
           if constexpr (!kHBlocks) {
             if (inside[u]) {
-              tg[u] = load_group<true, HT, G>(h, n0 + layout.t_offset, inside[u]);
-              if (!kAdd) sg[u] = load_group<true, HT, G>(h, n0, inside[u]);
+              const int64_t shift = pair_shift(layout, n0);
+              tg[u] = load_params<true, HT, G>(h, layout, n0, shift, layout.t_offset, inside[u]);
+              if (!kAdd) sg[u] = load_params<true, HT, G>(h, layout, n0, shift, layout.s_offset, inside[u]);
             }
           }
         }
@@ -424,8 +478,8 @@ __device__ __forceinline__ void forward_items(const ForwardArgs& args, const Lau
 #pragma unroll
         for (int u = 0; u < U; ++u)
           if (live[u])
-            forward_group<XT, HT, kScale, true, G>(args.config, clamp, y, p.group_start<G>(u), live[u], inside[u],
-                                                   sel[u], xg[u], sg[u], tg[u], acc);
+            forward_group<XT, HT, kScale, true, G>(args.config, clamp, low, y, p.group_start<G>(u), live[u],
+                                                   inside[u], sel[u], xg[u], sg[u], tg[u], acc);
       } else {
 #pragma unroll 1
         for (int u = 0; u < U; ++u) {
@@ -433,11 +487,12 @@ __device__ __forceinline__ void forward_items(const ForwardArgs& args, const Lau
           const uint32_t live = span_bits<G>(n0, 0, end);
           if (!live) continue;
           const uint32_t inside = live & span_bits<G>(n0, layout.lo, layout.hi);
-          const Words<16> xg = load_group<false, XT, G>(x, n0, live);
-          const HWords tg = load_group<false, HT, G>(h, n0 + layout.t_offset, inside);
-          const HWords sg = kAdd ? HWords{} : load_group<false, HT, G>(h, n0, inside);
           const uint32_t sel = group_selection<G>(layout, lp.checkerboard, n0, inside);
-          forward_group<XT, HT, kScale, false, G>(args.config, clamp, y, n0, live, inside, sel, xg, sg, tg, acc);
+          const uint32_t params = layout.pattern == kPatternGather ? sel : inside;  // kept ones have none in a compact h
+          const Words<16> xg = load_group<false, XT, G>(x, n0, live);
+          const HWords tg = load_params<false, HT, G>(h, layout, n0, 0, layout.t_offset, params);
+          const HWords sg = kAdd ? HWords{} : load_params<false, HT, G>(h, layout, n0, 0, layout.s_offset, params);
+          forward_group<XT, HT, kScale, false, G>(args.config, clamp, low, y, n0, live, inside, sel, xg, sg, tg, acc);
         }
       }
     }
@@ -460,6 +515,13 @@ __global__ void __launch_bounds__(kThreads, (min_blocks<XT, HT, false>()))
     case kTanh: forward_items<XT, HT, kTanh, kVector>(args, lp, partials); break;
     case kAtan: forward_items<XT, HT, kAtan, kVector>(args, lp, partials); break;
     case kSigmoid: forward_items<XT, HT, kSigmoid, kVector>(args, lp, partials); break;
+    case kRSigmoid: forward_items<XT, HT, kRSigmoid, kVector>(args, lp, partials); break;
+    case kNflowsSigmoid: forward_items<XT, HT, kNflowsSigmoid, kVector>(args, lp, partials); break;
+    case kSoftclamp: forward_items<XT, HT, kSoftclamp, kVector>(args, lp, partials); break;
+    case kClip: forward_items<XT, HT, kClip, kVector>(args, lp, partials); break;
+    case kFreiaAtan: forward_items<XT, HT, kFreiaAtan, kVector>(args, lp, partials); break;
+    case kFreiaTanh: forward_items<XT, HT, kFreiaTanh, kVector>(args, lp, partials); break;
+    case kFreiaSigmoid: forward_items<XT, HT, kFreiaSigmoid, kVector>(args, lp, partials); break;
     default: forward_items<XT, HT, kAdditive, kVector>(args, lp, partials); break;
   }
 }
@@ -486,8 +548,8 @@ __global__ void __launch_bounds__(kThreads)
 // the gradient passes through and grad_h is zero (whatever h holds there, even NaN). The additive coupling needs
 // neither x nor h (grad_t = +-grad_y).
 template <class XT, class HT, int kScale, bool kVector, bool kStoreH, int G, class CT>
-__device__ __forceinline__ void backward_group(const CouplingConfig& config, CT clamp, CT g_logdet, XT* grad_x,
-                                               HT* grad_h, int64_t t_offset, int64_t n0, uint32_t live,
+__device__ __forceinline__ void backward_group(const CouplingConfig& config, CT clamp, CT low, CT g_logdet, XT* grad_x,
+                                               HT* grad_h, const FlatLayout& layout, int64_t n0, uint32_t live,
                                                uint32_t inside, uint32_t sel, const Words<16>& gg,
                                                const Words<16>& xg, const Words<sizeof(HT) * G>& sg,
                                                const Words<sizeof(HT) * G>& tg, Words<sizeof(HT) * G>& gsg,
@@ -510,7 +572,7 @@ __device__ __forceinline__ void backward_group(const CouplingConfig& config, CT 
       const CT xv = decode<CT, XT>(get_bits<XT>(xg, k));
       const CT sv = decode<CT, HT>(get_bits<HT>(sg, k));
       const CT tv = decode<CT, HT>(get_bits<HT>(tg, k));
-      const CT a = log_scale<kScale>(sv, clamp);
+      const CT a = log_scale<kScale>(sv, clamp, low);
       const StepGrad<CT> grad = step_grad<kScale>(config, g, g_logdet, xv, a, tv);
       set_bits<XT>(gxg, k, on ? encode<XT>(grad.x) : g_bits);
       set_bits<HT>(gtg, k, on ? encode<HT>(grad.t) : bits_t<HT>(0));
@@ -519,8 +581,11 @@ __device__ __forceinline__ void backward_group(const CouplingConfig& config, CT 
   }
   store_group<kVector, XT, G>(grad_x, n0, live, gxg);
   if constexpr (kStoreH) {
-    store_group<kVector, HT, G>(grad_h, n0 + t_offset, inside, gtg);
-    if (kScale != kAdditive) store_group<kVector, HT, G>(grad_h, n0, inside, gsg);
+    // A compact h's kept elements own no parameters (the transformed ones cover h); every other layout's do.
+    const uint32_t params = layout.pattern == kPatternGather ? sel : inside;
+    const int64_t shift = kVector ? pair_shift(layout, n0) : 0;
+    store_params<kVector, HT, G>(grad_h, layout, n0, shift, layout.t_offset, params, gtg);
+    if (kScale != kAdditive) store_params<kVector, HT, G>(grad_h, layout, n0, shift, layout.s_offset, params, gsg);
   }
 }
 
@@ -534,7 +599,7 @@ __device__ __forceinline__ void backward_items(const BackwardArgs& args, const L
   constexpr bool kHBlocks = h_in_blocks(sizeof(XT), sizeof(HT));
   const FlatLayout& layout = args.layout;
   const int64_t numel = layout.numel;
-  const CT clamp = static_cast<CT>(args.config.clamp);
+  const CT clamp = static_cast<CT>(args.config.clamp), low = static_cast<CT>(args.config.clamp_low);
   const TeamCursor tc = team_cursor(lp);
   for (uint32_t base = tc.first; base < lp.items; base += lp.item_step) {
     const uint32_t item = base + tc.in_warp;
@@ -565,8 +630,9 @@ __device__ __forceinline__ void backward_items(const BackwardArgs& args, const L
           if (!kAdd && inside[u]) {
             xg[u] = load_group<true, XT, G>(x, n0, inside[u]);
             if constexpr (!kHBlocks) {
-              tg[u] = load_group<true, HT, G>(h, n0 + layout.t_offset, inside[u]);
-              sg[u] = load_group<true, HT, G>(h, n0, inside[u]);
+              const int64_t shift = pair_shift(layout, n0);
+              tg[u] = load_params<true, HT, G>(h, layout, n0, shift, layout.t_offset, inside[u]);
+              sg[u] = load_params<true, HT, G>(h, layout, n0, shift, layout.s_offset, inside[u]);
             }
           }
         }
@@ -579,8 +645,8 @@ __device__ __forceinline__ void backward_items(const BackwardArgs& args, const L
 #pragma unroll
         for (int u = 0; u < U; ++u)
           if (live[u])
-            backward_group<XT, HT, kScale, true, !kHBlocks, G>(args.config, clamp, g_logdet, grad_x, grad_h,
-                                                               layout.t_offset, p.group_start<G>(u), live[u],
+            backward_group<XT, HT, kScale, true, !kHBlocks, G>(args.config, clamp, low, g_logdet, grad_x, grad_h,
+                                                               layout, p.group_start<G>(u), live[u],
                                                                inside[u], sel[u], gg[u], xg[u], sg[u], tg[u], gsg[u],
                                                                gtg[u]);
         if constexpr (kHBlocks) store_h_groups<HT, G, U, !kAdd>(grad_h, layout, p, gsg, gtg);
@@ -591,16 +657,16 @@ __device__ __forceinline__ void backward_items(const BackwardArgs& args, const L
           const uint32_t live = span_bits<G>(n0, 0, end);
           if (!live) continue;
           const uint32_t inside = live & span_bits<G>(n0, layout.lo, layout.hi);
-          const uint32_t needed = kAdd ? 0u : inside;
+          const uint32_t sel = group_selection<G>(layout, lp.checkerboard, n0, inside);
+          // The additive coupling reads neither x nor h; a compact h has no parameters for kept elements.
+          const uint32_t needed = kAdd ? 0u : inside, params = kAdd ? 0u : layout.pattern == kPatternGather ? sel : inside;
           const Words<16> gg = load_group<false, XT, G>(grad_y, n0, live);
           const Words<16> xg = load_group<false, XT, G>(x, n0, needed);
-          const HWords tg = load_group<false, HT, G>(h, n0 + layout.t_offset, needed);
-          const HWords sg = load_group<false, HT, G>(h, n0, needed);
-          const uint32_t sel = group_selection<G>(layout, lp.checkerboard, n0, inside);
+          const HWords tg = load_params<false, HT, G>(h, layout, n0, 0, layout.t_offset, params);
+          const HWords sg = load_params<false, HT, G>(h, layout, n0, 0, layout.s_offset, params);
           HWords gsg{}, gtg{};
-          backward_group<XT, HT, kScale, false, true, G>(args.config, clamp, g_logdet, grad_x, grad_h,
-                                                         layout.t_offset, n0, live, inside, sel, gg, xg, sg, tg, gsg,
-                                                         gtg);
+          backward_group<XT, HT, kScale, false, true, G>(args.config, clamp, low, g_logdet, grad_x, grad_h, layout,
+                                                         n0, live, inside, sel, gg, xg, sg, tg, gsg, gtg);
         }
       }
     }
@@ -615,6 +681,13 @@ __global__ void __launch_bounds__(kThreads, (min_blocks<XT, HT, true>()))
     case kTanh: backward_items<XT, HT, kTanh, kVector>(args, lp); break;
     case kAtan: backward_items<XT, HT, kAtan, kVector>(args, lp); break;
     case kSigmoid: backward_items<XT, HT, kSigmoid, kVector>(args, lp); break;
+    case kRSigmoid: backward_items<XT, HT, kRSigmoid, kVector>(args, lp); break;
+    case kNflowsSigmoid: backward_items<XT, HT, kNflowsSigmoid, kVector>(args, lp); break;
+    case kSoftclamp: backward_items<XT, HT, kSoftclamp, kVector>(args, lp); break;
+    case kClip: backward_items<XT, HT, kClip, kVector>(args, lp); break;
+    case kFreiaAtan: backward_items<XT, HT, kFreiaAtan, kVector>(args, lp); break;
+    case kFreiaTanh: backward_items<XT, HT, kFreiaTanh, kVector>(args, lp); break;
+    case kFreiaSigmoid: backward_items<XT, HT, kFreiaSigmoid, kVector>(args, lp); break;
     default: backward_items<XT, HT, kAdditive, kVector>(args, lp); break;
   }
 }

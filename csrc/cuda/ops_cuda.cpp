@@ -26,10 +26,11 @@ int sm_count(const char* op) {
 
 std::tuple<at::Tensor, at::Tensor> coupling_forward(const at::Tensor& x, const at::Tensor& h,
                                                     const std::optional<at::Tensor>& transformed,
-                                                    at::IntArrayRef packed_layout, double clamp, bool poison) {
+                                                    at::IntArrayRef packed_layout, double clamp, double clamp_low,
+                                                    const std::optional<at::Tensor>& h_index, bool poison) {
   const char* op = "nf_kernels_ext::coupling_forward";
   const c10::cuda::CUDAGuard guard(x.device());
-  const ForwardOp out = prepare_forward(op, x, h, transformed, packed_layout, clamp, poison);
+  const ForwardOp out = prepare_forward(op, x, h, LayoutArgs{transformed, packed_layout, clamp, clamp_low, h_index}, poison);
   if (out.empty) return {out.y, out.logdet};
   const CouplingCall& call = out.call;
   const FlatLayout& layout = call.layout;
@@ -53,12 +54,13 @@ std::tuple<at::Tensor, at::Tensor> coupling_forward(const at::Tensor& x, const a
 std::tuple<at::Tensor, at::Tensor> coupling_backward(const at::Tensor& grad_y, const at::Tensor& grad_logdet,
                                                      const at::Tensor& x, const at::Tensor& h,
                                                      const std::optional<at::Tensor>& transformed,
-                                                     at::IntArrayRef packed_layout, double clamp, bool poison) {
+                                                     at::IntArrayRef packed_layout, double clamp, double clamp_low,
+                                                     const std::optional<at::Tensor>& h_index, bool poison) {
   const char* op = "nf_kernels_ext::coupling_backward";
   const c10::cuda::CUDAGuard guard(x.device());
   // The kernels read grad_y in x's dtype (autograd always passes that) and grad_logdet in the compute type.
-  const BackwardOp out = prepare_backward(op, grad_y, grad_logdet, x, h, transformed, packed_layout, clamp, poison,
-                                          GradYDType::kLikeX);
+  const BackwardOp out = prepare_backward(op, grad_y, grad_logdet, x, h, LayoutArgs{transformed, packed_layout, clamp, clamp_low, h_index},
+                       poison, GradYDType::kLikeX);
   if (out.empty) return {out.grad_x, out.grad_h};
   const CouplingCall& call = out.call;
   const FlatLayout& layout = call.layout;

@@ -34,12 +34,16 @@ constexpr int kMaskBlockElements = 16;
 // Whether the sizes and offsets of a layout allow the vector path (the pointers must also be 16-byte aligned,
 // which the launcher checks): whole groups, so that a group lies entirely inside or outside [lo, hi); when h moves
 // in blocks, whole blocks of h, so that a block does too and a pass's h is at least one block; and for the mask
-// pattern a sample of whole mask blocks (no block passes the mask's end).
+// pattern a sample of whole mask blocks (no block passes the mask's end). s_offset and channel pairs' pair_inner are
+// whole units too.
 inline bool vector_sizes(const FlatLayout& layout, int x_size, int h_size) {
   const int64_t unit = h_in_blocks(x_size, h_size) ? h_block_elements(h_size) : group_elements(x_size);
   if (layout.numel % unit || layout.lo % unit || layout.hi % unit || layout.h_stride % unit ||
-      layout.t_offset % unit)
+      layout.t_offset % unit || layout.s_offset % unit || layout.pair_inner % unit)
     return false;
+  // A compact h's positions are a table's: element by element. Channel pairs of whole units keep a unit (a group or
+  // a block) inside one channel, whose parameters are then one run: base(p) moves by a constant a unit.
+  if (layout.pattern == kPatternGather) return false;
   return layout.pattern != kPatternMask || layout.numel % kMaskBlockElements == 0;
 }
 

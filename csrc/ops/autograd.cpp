@@ -20,10 +20,14 @@ using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 using TensorPair = std::tuple<at::Tensor, at::Tensor>;
-using ForwardSignature = TensorPair(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                                    at::IntArrayRef, double, bool);
+using OptionalTensor = std::optional<at::Tensor>;
+using ForwardSignature = TensorPair(const at::Tensor&, const at::Tensor&, const OptionalTensor&, at::IntArrayRef,
+                                    double, double, const OptionalTensor&, bool);
 using BackwardSignature = TensorPair(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                     const std::optional<at::Tensor>&, at::IntArrayRef, double, bool);
+                                     const OptionalTensor&, at::IntArrayRef, double, double, const OptionalTensor&,
+                                     bool);
+
+OptionalTensor defined_or_none(const at::Tensor& t) { return t.defined() ? OptionalTensor(t) : std::nullopt; }
 
 // The raw ops, looked up once; called below autograd, they go straight to the device's kernel.
 const c10::TypedOperatorHandle<ForwardSignature>& raw_forward() {
@@ -43,10 +47,12 @@ const c10::TypedOperatorHandle<BackwardSignature>& raw_backward() {
 // backward, a second derivative, is not implemented, and says so (the custom op path's message).
 struct CouplingGradient : public torch::autograd::Function<CouplingGradient> {
   static variable_list forward(AutogradContext*, const at::Tensor& grad_y, const at::Tensor& grad_logdet,
-                               const at::Tensor& x, const at::Tensor& h, const std::optional<at::Tensor>& transformed,
-                               at::IntArrayRef layout, double clamp, bool poison) {
+                               const at::Tensor& x, const at::Tensor& h, const OptionalTensor& transformed,
+                               at::IntArrayRef layout, double clamp, double clamp_low, const OptionalTensor& h_index,
+                               bool poison) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [grad_x, grad_h] = raw_backward().call(grad_y, grad_logdet, x, h, transformed, layout, clamp, poison);
+    auto [grad_x, grad_h] =
+        raw_backward().call(grad_y, grad_logdet, x, h, transformed, layout, clamp, clamp_low, h_index, poison);
     return {grad_x, grad_h};
   }
 
@@ -59,14 +65,15 @@ struct CouplingGradient : public torch::autograd::Function<CouplingGradient> {
 
 struct Coupling : public torch::autograd::Function<Coupling> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& h,
-                               const std::optional<at::Tensor>& transformed, at::IntArrayRef layout, double clamp,
-                               bool poison) {
+                               const OptionalTensor& transformed, at::IntArrayRef layout, double clamp,
+                               double clamp_low, const OptionalTensor& h_index, bool poison) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [y, logdet] = raw_forward().call(x, h, transformed, layout, clamp, poison);
+    auto [y, logdet] = raw_forward().call(x, h, transformed, layout, clamp, clamp_low, h_index, poison);
     // x and h as given (the custom op saves the same): the raw backward makes its own contiguous copies.
-    ctx->save_for_backward({x, h, transformed.value_or(at::Tensor())});
+    ctx->save_for_backward({x, h, transformed.value_or(at::Tensor()), h_index.value_or(at::Tensor())});
     ctx->saved_data["layout"] = layout.vec();
     ctx->saved_data["clamp"] = clamp;
+    ctx->saved_data["clamp_low"] = clamp_low;
     // Poisoning is decided by the forward call (nf_kernels.poison_outputs() around it) for both kernels.
     ctx->saved_data["poison"] = poison;
     return {y, logdet};
@@ -75,27 +82,29 @@ struct Coupling : public torch::autograd::Function<Coupling> {
   // `grads` are materialized: an output that got no gradient arrives as zeros, as the custom op path makes them.
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list saved = ctx->get_saved_variables();
-    const std::optional<at::Tensor> transformed = saved[2].defined() ? std::optional(saved[2]) : std::nullopt;
+    const OptionalTensor transformed = defined_or_none(saved[2]), h_index = defined_or_none(saved[3]);
     const std::vector<int64_t> layout = ctx->saved_data["layout"].toIntVector();
-    const double clamp = ctx->saved_data["clamp"].toDouble();
+    const double clamp = ctx->saved_data["clamp"].toDouble(), clamp_low = ctx->saved_data["clamp_low"].toDouble();
     const bool poison = ctx->saved_data["poison"].toBool();
     variable_list grad_inputs;
     if (torch::autograd::GradMode::is_enabled()) {  // create_graph=True: record the gradient's own node
-      grad_inputs = CouplingGradient::apply(grads[0], grads[1], saved[0], saved[1], transformed, layout, clamp, poison);
+      grad_inputs = CouplingGradient::apply(grads[0], grads[1], saved[0], saved[1], transformed, layout, clamp,
+                                            clamp_low, h_index, poison);
     } else {
       at::AutoDispatchBelowADInplaceOrView below_autograd;
       auto [grad_x, grad_h] = raw_backward().call(grads[0], grads[1], saved[0], saved[1], transformed, layout, clamp,
-                                                  poison);
+                                                  clamp_low, h_index, poison);
       grad_inputs = {grad_x, grad_h};
     }
-    // One entry per forward argument: x, h, then nothing for transformed, layout, clamp and poison.
-    return {grad_inputs[0], grad_inputs[1], at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    // One entry per forward argument: x, h, then nothing for transformed, layout, clamp, clamp_low, h_index, poison.
+    return {grad_inputs[0], grad_inputs[1], at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor(),   at::Tensor(),   at::Tensor()};
   }
 };
 
-TensorPair coupling(const at::Tensor& x, const at::Tensor& h, const std::optional<at::Tensor>& transformed,
-                    at::IntArrayRef layout, double clamp, bool poison) {
-  variable_list outputs = Coupling::apply(x, h, transformed, layout, clamp, poison);
+TensorPair coupling(const at::Tensor& x, const at::Tensor& h, const OptionalTensor& transformed,
+                    at::IntArrayRef layout, double clamp, double clamp_low, const OptionalTensor& h_index, bool poison) {
+  variable_list outputs = Coupling::apply(x, h, transformed, layout, clamp, clamp_low, h_index, poison);
   return {outputs[0], outputs[1]};
 }
 

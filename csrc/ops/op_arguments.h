@@ -16,15 +16,25 @@ struct CouplingCall {
   at::Tensor x;
   at::Tensor h;
   at::Tensor transformed;  // undefined unless layout.pattern == kPatternMask
+  at::Tensor h_index;      // undefined unless layout.pattern == kPatternGather
   FlatLayout layout;
   CouplingConfig config;
 };
 
-// `layout` is the ops' packed layout argument (the ints of kLayoutFieldNames, as nf_kernels._layout computed
-// them). It is unpacked here, once for every op and device, and checked against the tensors' shapes, so a wrong
-// call fails with a message instead of reading out of bounds.
-CouplingCall make_coupling_call(const char* op, const at::Tensor& x, const at::Tensor& h,
-                                const std::optional<at::Tensor>& transformed, at::IntArrayRef layout, double clamp);
+// The ops' arguments after x and h (csrc/ops/schema.cpp), as one value. `layout` is the packed layout (the ints of
+// kLayoutFieldNames, as nf_kernels._layout computed them); `clamp_low` the lower bound of "clip"; `h_index` a compact
+// h's table of positions (pattern "gather").
+struct LayoutArgs {
+  const std::optional<at::Tensor>& transformed;
+  at::IntArrayRef layout;
+  double clamp;
+  double clamp_low;
+  const std::optional<at::Tensor>& h_index;
+};
+
+// Unpacked here, once for every op and device, and checked against the tensors' shapes, so a wrong call fails with
+// a message instead of reading out of bounds.
+CouplingCall make_coupling_call(const char* op, const at::Tensor& x, const at::Tensor& h, const LayoutArgs& args);
 
 // The backward's extra inputs, checked against the call: grad_y like x (any floating dtype), grad_logdet [B].
 void check_backward_grads(const char* op, const CouplingCall& call, const at::Tensor& grad_y,
@@ -48,8 +58,7 @@ struct ForwardOp {
   bool empty = false;
 };
 
-ForwardOp prepare_forward(const char* op, const at::Tensor& x, const at::Tensor& h,
-                          const std::optional<at::Tensor>& transformed, at::IntArrayRef layout, double clamp,
+ForwardOp prepare_forward(const char* op, const at::Tensor& x, const at::Tensor& h, const LayoutArgs& args,
                           bool poison);
 
 // How the backward's glue hands grad_y to the kernels.
@@ -71,7 +80,7 @@ struct BackwardOp {
 };
 
 BackwardOp prepare_backward(const char* op, const at::Tensor& grad_y, const at::Tensor& grad_logdet,
-                            const at::Tensor& x, const at::Tensor& h, const std::optional<at::Tensor>& transformed,
-                            at::IntArrayRef layout, double clamp, bool poison, GradYDType grad_y_dtype);
+                            const at::Tensor& x, const at::Tensor& h, const LayoutArgs& args, bool poison,
+                            GradYDType grad_y_dtype);
 
 }  // namespace nf_kernels

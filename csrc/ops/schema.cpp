@@ -36,9 +36,11 @@ std::vector<std::string> kernel_codes(const std::string& kind) {
 
 }  // namespace
 
-// `layout` is nf_kernels._layout.FlatLayout.packed(): the ints of kLayoutFieldNames, in that order. `poison` fills
-// the outputs with NaN before the kernels write them (tests).
-#define NF_LAYOUT_ARGS "Tensor? transformed, int[] layout, float clamp, bool poison=False"
+// `layout` is nf_kernels._layout.FlatLayout.packed(): the ints of kLayoutFieldNames, in that order. `clamp_low` is the
+// lower bound of "clip" (clamp the upper), `h_index` a compact h's table of positions (pattern "gather"): int32, one
+// entry per element of a sample. `poison` fills the outputs with NaN before the kernels write them (tests).
+#define NF_LAYOUT_ARGS \
+  "Tensor? transformed, int[] layout, float clamp, float clamp_low=0., Tensor? h_index=None, bool poison=False"
 // The spline ops' `layout` is nf_kernels._layout's spline layout packed (kSplineLayoutFieldNames, spline_layout.h).
 #define NF_SPLINE_ARGS                                                                                        \
   "Tensor? transformed, int[] layout, float bound, float min_bin_width, float min_bin_height, float min_derivative, " \

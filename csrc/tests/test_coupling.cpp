@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "../coupling_layout.h"
+#include "checks.h"
 #include "../cpu/half_bits.h"
 #include "../cpu/tile_kernels.h"
 #include "../cuda/block_exchange.h"
@@ -25,15 +26,6 @@
 #include "../vector_math.h"
 
 namespace {
-
-int failures = 0;
-
-void check(bool ok, const std::string& what) {
-  if (!ok) {
-    ++failures;
-    std::printf("FAIL: %s\n", what.c_str());
-  }
-}
 
 // Distance in units in the last place of the float result, measured against a double computation.
 double ulps(float got, double want) {
@@ -115,7 +107,7 @@ void test_half_conversions() {
 
 using ForwardOp = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
                                                      const std::optional<at::Tensor>&, c10::ArrayRef<int64_t>,
-                                                     double, bool);
+                                                     double, double, const std::optional<at::Tensor>&, bool);
 
 double max_abs(const at::Tensor& a) { return a.abs().max().item<double>(); }
 
@@ -130,9 +122,10 @@ void test_ops() {
   const at::Tensor h = at::randn({batch, 6, 40, 300}, at::kDouble);
   const at::Tensor s = h.slice(1, 0, 3), t = h.slice(1, 3, 6);
   // The packed layout, in kLayoutFieldNames order: lo, hi, h_stride, t_offset, pattern, parity, width, plane,
-  // scale, shift_first, reverse.
-  const std::vector<int64_t> half_layout{lo, hi, 2 * span, span, nf_kernels::kPatternRange, 0, 0, 0, nf_kernels::kExp, 0, 0};
-  auto [y, logdet] = forward.call(x, h, std::nullopt, half_layout, 2.0, false);
+  // scale, shift_first, reverse, s_offset, pair_inner.
+  const std::vector<int64_t> half_layout{lo, hi, 2 * span, span, nf_kernels::kPatternRange, 0, 0, 0, nf_kernels::kExp,
+                                         0, 0, 0, 0};
+  auto [y, logdet] = forward.call(x, h, std::nullopt, half_layout, 2.0, 0.0, std::nullopt, false);
   const at::Tensor want_y = at::cat({x.slice(1, 0, 2), x.slice(1, 2, 5) * s.exp() + t}, 1);
   check(max_abs(y - want_y) < 1e-12, "forward, half mask, exp: y = x * exp(s) + t");
   check(max_abs(logdet - s.flatten(1).sum(1)) < 1e-10, "forward, half mask, exp: logdet = sum s");
@@ -141,8 +134,10 @@ void test_ops() {
   const at::Tensor xc = at::randn({4, 3, 64, 96}, at::kFloat), hc = at::randn({4, 6, 64, 96}, at::kFloat);
   const int64_t nc = 3 * 64 * 96;
   const std::vector<int64_t> checkerboard_layout{0, nc, 2 * nc, nc, nf_kernels::kPatternCheckerboard, 0, 96, 64 * 96,
-                                                 nf_kernels::kTanh, 1, 0};
-  auto call_checkerboard = [&] { return forward.call(xc, hc, std::nullopt, checkerboard_layout, 1.5, false); };
+                                                 nf_kernels::kTanh, 1, 0, 0, 0};
+  auto call_checkerboard = [&] {
+    return forward.call(xc, hc, std::nullopt, checkerboard_layout, 1.5, 0.0, std::nullopt, false);
+  };
   const int threads = at::get_num_threads();
   at::set_num_threads(1);
   auto [y1, logdet1] = call_checkerboard();
@@ -157,6 +152,20 @@ void test_ops() {
   const at::Tensor want_logdet = at::where(transformed, a, at::zeros_like(a)).flatten(1).sum(1);
   check(max_abs(y1 - want_c) / max_abs(want_c) < 1e-6, "forward, checkerboard, tanh, shift_first");
   check(max_abs(logdet1 - want_logdet) / max_abs(want_logdet) < 1e-5, "checkerboard log-det");
+
+  // A compact h (pattern "gather") in (t, s_raw) channel pairs of one element, zuko's layout, with pyro's clip: the
+  // transformed elements 1, 4, 5 of 7 take positions 0, 1, 2, so s_raw of position p at h[2p + 1], t at h[2p].
+  const at::Tensor xg = at::randn({2, 7}, at::kDouble), hg = at::randn({2, 6}, at::kDouble);
+  const at::Tensor h_index = at::tensor({-1, 0, -1, -1, 1, 2, -1}, at::kInt);
+  const std::vector<int64_t> gather_layout{0, 7, 6, 0, nf_kernels::kPatternGather, 0, 0, 0, nf_kernels::kClip,
+                                           0, 0, 1, 1};
+  auto [yg, logdet_g] = forward.call(xg, hg, std::nullopt, gather_layout, 0.5, -0.25, h_index, false);
+  const at::Tensor sg = hg.slice(1, 1, 6, 2).clamp(-0.25, 0.5), tg = hg.slice(1, 0, 6, 2);
+  at::Tensor want_g = xg.clone();
+  const at::Tensor where = at::tensor({1, 4, 5}, at::kLong);
+  want_g.index_copy_(1, where, xg.index_select(1, where) * sg.exp() + tg);
+  check(max_abs(yg - want_g) < 1e-12, "forward, compact h in channel pairs, clip: y");
+  check(max_abs(logdet_g - sg.sum(1)) < 1e-12, "forward, compact h in channel pairs, clip: logdet");
 }
 
 // The tile kernels of every instruction set this build has and this CPU runs, baseline first.

@@ -42,15 +42,10 @@ def kernel_codes(kind: str) -> tuple[str, ...]:
     return tuple(torch.ops.nf_kernels_ext.kernel_codes(kind))
 
 
-# The packed layout as this build's ops take it: the fields it knows, a prefix of nf_kernels._layout.LAYOUT_FIELDS
-# (the rest describe only calls it refuses). Its ops check the count.
-_FIELD_COUNT = len(kernel_codes("layout")) if _module is not None else 0
-
-
 def _op_arguments(layout: FlatLayout) -> tuple:
     """The arguments both extension ops take after their tensors (csrc/ops/schema.cpp): the mask, the packed
-    layout (the fields this build knows) and the clamp."""
-    return layout.transformed, layout.packed()[:_FIELD_COUNT], layout.clamp
+    layout, the clamp, the lower bound of "clip" and a compact h's table of positions."""
+    return layout.transformed, layout.packed(), layout.clamp, layout.clamp_low, layout.h_index
 
 
 # What a call needs of the extension that its kernel-code lists can lack, by mask kind: the pattern it reduces to
@@ -62,12 +57,13 @@ if _module is not None:
     _differentiable_op = torch.ops.nf_kernels_ext.coupling.default
 
     @torch.library.register_fake("nf_kernels_ext::coupling_forward")
-    def _coupling_forward_fake(x, h, transformed, layout, clamp, poison=False):
+    def _coupling_forward_fake(x, h, transformed, layout, clamp, clamp_low=0.0, h_index=None, poison=False):
         y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
         return y, x.new_empty(x.shape[0], dtype=logdet_dtype(x.dtype))
 
     @torch.library.register_fake("nf_kernels_ext::coupling_backward")
-    def _coupling_backward_fake(grad_y, grad_logdet, x, h, transformed, layout, clamp, poison=False):
+    def _coupling_backward_fake(grad_y, grad_logdet, x, h, transformed, layout, clamp, clamp_low=0.0, h_index=None,
+                                poison=False):
         grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device)
         return grad_x, torch.empty(h.shape, dtype=h.dtype, device=h.device)
 
@@ -144,11 +140,11 @@ class ExtensionBackend:
         return f"backend {self.name!r} does not support {' or '.join(missing)} yet"
 
     def forward(self, x, h, mask, config):
-        layout = flat_layout(x, mask, config)
+        layout = flat_layout(x, mask, config, h.shape)
         return torch.ops.nf_kernels_ext.coupling_forward(x, h, *_op_arguments(layout), poison=poisoning())
 
     def backward(self, grad_y, grad_logdet, x, h, mask, config):
-        layout = flat_layout(x, mask, config)
+        layout = flat_layout(x, mask, config, h.shape)
         return torch.ops.nf_kernels_ext.coupling_backward(
             grad_y, grad_logdet, x, h, *_op_arguments(layout), poison=poisoning()
         )
@@ -172,13 +168,16 @@ class ExtensionBackend:
     def eager_coupling(self, x, h, mask: Optional[torch.Tensor], prepared: PreparedCall):
         """(y, logdet) of a plain eager call, differentiable through the extension's own C++ autograd node.
 
-        Only the bool mask's pattern is computed here (its contents may have changed since the last call); the
-        layout is the prepared one. Outputs are poisoned under poison_outputs() at the forward call, the
-        gradients too (the node remembers it).
+        Only what depends on the bool mask's contents is computed here (they may have changed since the last call):
+        its pattern, or for a compact h the whole layout; otherwise the layout is the prepared one. Outputs are
+        poisoned under poison_outputs() at the forward call, the gradients too (the node remembers it).
         """
-        transformed = None if mask is None else transformed_elements(mask, prepared.config.flip)
-        layout = prepared.layout[:_FIELD_COUNT]
-        return _differentiable_op(x, h, transformed, layout, prepared.config.clamp, poisoning())
+        config = prepared.config
+        if prepared.layout is None:  # a compact h: its positions come from the mask's contents
+            layout = flat_layout(x, mask, config, h.shape)
+            return _differentiable_op(x, h, *_op_arguments(layout), poisoning())
+        transformed = None if mask is None else transformed_elements(mask, config.flip)
+        return _differentiable_op(x, h, transformed, prepared.layout, config.clamp, config.clamp_low, None, poisoning())
 
 
 CPU_BACKEND = ExtensionBackend("cpu", "cpu")
