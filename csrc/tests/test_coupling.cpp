@@ -521,6 +521,45 @@ void walk_all_h_sizes(const nf_kernels::FlatLayout& layout, bool with_s, const s
   walk_vector_passes<kX, 8>(layout, with_s, mask, walk);
 }
 
+// Channel pairs on the CUDA vector path (vector_sizes): with pair_inner a whole number of units, each unit-aligned run of
+// a unit's positions is one run of h (base(p0 + k) = base(p0) + k), which is what lets one pair_shift serve a group
+// or a block; other pair_inner values, and a compact h, are left to the element path. And base(p) itself against
+// p + (p / pair_inner) * pair_inner, every position of h taken once by the t and s_raw of [0, half).
+void test_channel_pairs() {
+  int bad = 0;
+  for (int64_t inner : {1, 2, 3, 4, 8, 12, 16, 40, 64}) {
+    for (int64_t channels : {1, 2, 5}) {
+      const int64_t half = inner * channels;
+      nf_kernels::FlatLayout layout{2, half, 0, half, 2 * half, 0, nf_kernels::kPatternRange, 0, 0, 0, nullptr};
+      layout.s_offset = inner;
+      layout.pair_inner = inner;
+      layout.pair_div = nf_kernels::make_fast_div(static_cast<uint64_t>(inner));
+      std::vector<int> taken(2 * half, 0);
+      for (int64_t p = 0; p < half; ++p) {
+        const int64_t base = nf_kernels::h_base(layout, p);
+        bad += base != p + (p / inner) * inner;
+        ++taken[base + layout.t_offset];
+        ++taken[base + layout.s_offset];
+      }
+      for (int count : taken) bad += count != 1;
+      for (int x_size : {2, 4, 8})
+        for (int h_size : {2, 4, 8}) {
+          const int64_t unit = nf_kernels::cuda::h_in_blocks(x_size, h_size) ? nf_kernels::cuda::h_block_elements(h_size)
+                                                                              : nf_kernels::cuda::group_elements(x_size);
+          const bool vector = nf_kernels::cuda::vector_sizes(layout, x_size, h_size);
+          if (vector != (half % unit == 0 && inner % unit == 0)) ++bad;
+          if (!vector) continue;
+          for (int64_t p0 = 0; p0 < half; p0 += unit)
+            for (int64_t k = 0; k < unit; ++k) bad += nf_kernels::h_base(layout, p0 + k) != nf_kernels::h_base(layout, p0) + k;
+        }
+      layout.pattern = nf_kernels::kPatternGather;
+      bad += nf_kernels::cuda::vector_sizes(layout, 4, 4);  // a compact h: never the vector path
+    }
+  }
+  check(bad == 0, "channel pairs: base(p), h covered once, and the vector path only where a unit is one run (" +
+                      std::to_string(bad) + " mismatches)");
+}
+
 void test_vector_passes() {
   PassWalk walk;
   std::mt19937 rng(4);
@@ -570,6 +609,7 @@ int main() {
   test_checkerboard_index();
   test_nonzero_bytes();
   test_vector_passes();
+  test_channel_pairs();
   std::printf(failures ? "%d check(s) failed\n" : "all checks passed\n", failures);
   return failures ? 1 : 0;
 }
