@@ -34,16 +34,7 @@ namespace nf_kernels {
 namespace math {
 namespace {  // internal linkage, as coupling_math.h
 
-NF_HOST_DEVICE float log(float v) {
-#if defined(__CUDA_ARCH__)
-  return ::logf(v);
-#else
-  return vector_math::log(v);
-#endif
-}
-
-NF_HOST_DEVICE double log(double v) { return ::log(v); }
-
+// log comes from coupling_math.h (shared with the peers' scale maps).
 NF_HOST_DEVICE float sqrt(float v) {
 #if defined(__CUDA_ARCH__)
   return ::sqrtf(v);

