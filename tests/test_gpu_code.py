@@ -370,6 +370,16 @@ XFAILS: dict[tuple[str, str, str, str], str] = {
     ("triton", TRITON_SPLINE_BACKWARD, "vector-half", "c"): (
         "2 elements a thread: with 4, the 46 scalar accesses an element spill (spline_forward.BACKWARD_LEAST)"
     ),
+    # A regression of the peers' layouts and maps in the CUDA kernels (issue 13's C++ stage), seen in CI at
+    # 09abfd6: the element-path instantiations (<..., false>) gained 48-192 64-bit div/rem (the channel-pairs and
+    # compact-h positions), and the fp16/bf16/fp32 vector forwards 18-41 spill instructions (16-24 B local).
+    ("cuda", "coupling_forward_kernel", "all", "b"): (
+        "64-bit div/rem in the element path and spills in the 16-bit vector forwards since the peers' maps and "
+        "layouts (issue 13)"
+    ),
+    ("cuda", "coupling_backward_kernel", "all", "b"): (
+        "64-bit div/rem in the element path since the peers' layouts (issue 13)"
+    ),
 }
 
 TRITON_GROUPS = ("image-half", "image-checkerboard", "image-bool", "vector-half")
