@@ -58,21 +58,28 @@ def why_unsupported(name: str, scale: str, h_layout: str, mask_kind: str) -> Opt
     return None if backend is None else backend.why_unsupported(scale, h_layout, mask_kind)
 
 
-# The features of a spline coupling call, in place of an affine call's (scale, h_layout, mask kind): a backend
-# supports splines by having their methods (backends/base.py), all masks included.
-SPLINE_FEATURES = ("spline",)
+# The features of a spline coupling call, in place of an affine call's (scale, h_layout, mask kind): ("spline",
+# bins). A backend supports splines by having their methods (backends/base.py), all masks included, and may limit
+# the bins (its optional `spline_why_unsupported(bins)`).
+SPLINE = "spline"
 
 
-def why_spline_unsupported(name: str) -> Optional[str]:
-    """None if backend `name` computes spline couplings (it has `spline_forward`), else why not."""
+def why_spline_unsupported(name: str, bins: Optional[int] = None) -> Optional[str]:
+    """None if backend `name` computes spline couplings (it has `spline_forward`) of `bins` bins (None: any it
+    has kernels for), else why not."""
     backend, _ = _load(name)
-    if backend is None or getattr(backend, "spline_forward", None) is not None:
+    if backend is None:
         return None
-    return f"backend {name!r} does not support spline couplings yet"
+    if getattr(backend, "spline_forward", None) is None:
+        return f"backend {name!r} does not support spline couplings yet"
+    limit = getattr(backend, "spline_why_unsupported", None)
+    return None if bins is None or limit is None else limit(bins)
 
 
-def _why_not_supported(name: str, features: tuple[str, ...]) -> Optional[str]:
-    return why_spline_unsupported(name) if features == SPLINE_FEATURES else why_unsupported(name, *features)
+def _why_not_supported(name: str, features: tuple) -> Optional[str]:
+    if features[0] == SPLINE:
+        return why_spline_unsupported(name, features[1])
+    return why_unsupported(name, *features)
 
 
 def get_backend(name: str):
@@ -132,17 +139,18 @@ def _resolve_constant(requested: str, device_type: str, scale: str, h_layout: st
     return _resolve(requested, env_choice, device_type, (scale, h_layout, mask_kind))
 
 
-def resolve_spline_backend(requested: str, device: torch.device) -> str:
-    """:func:`resolve_backend` for a spline coupling call: "auto" takes the first backend of its order that has
-    the spline methods; an explicit one without them is the SPEC's NotImplementedError."""
+def resolve_spline_backend(requested: str, device: torch.device, bins: int = 8) -> str:
+    """:func:`resolve_backend` for a spline coupling call of `bins` bins: "auto" takes the first backend of its
+    order that has the spline methods and kernels for that many bins; an explicit one without them is the SPEC's
+    NotImplementedError."""
     check_backend_name(requested)
-    return _resolve_spline_constant(requested, device.type)
+    return _resolve_spline_constant(requested, device.type, bins)
 
 
 @torch.compiler.assume_constant_result
-def _resolve_spline_constant(requested: str, device_type: str) -> str:
+def _resolve_spline_constant(requested: str, device_type: str, bins: int) -> str:
     env_choice = (os.environ.get(ENV_VAR) or None) if requested == "auto" else None
-    return _resolve(requested, env_choice, device_type, SPLINE_FEATURES)
+    return _resolve(requested, env_choice, device_type, (SPLINE, bins))
 
 
 @dataclass(frozen=True)

@@ -178,7 +178,8 @@ def spline_coupling(
         x, params, mask=mask, flip=flip, bins=bins, bound=bound, min_bin_width=min_bin_width,
         min_bin_height=min_bin_height, min_derivative=min_derivative, reverse=reverse, backend=backend,
     )  # fmt: skip
-    return _ops.spline_coupling_op(x, params, mask_tensor, *config, resolve_spline_backend(backend, x.device))
+    backend = resolve_spline_backend(backend, x.device, config.bins)
+    return _ops.spline_coupling_op(x, params, mask_tensor, *config, backend)
 
 
 def _coupling(x, h, mask, flip, scale, clamp, shift_first, reverse, backend, additive, h_layout):

@@ -119,3 +119,30 @@ def test_auto_picks_the_first_backend_of_its_order_with_spline_kernels(fresh_dis
     order = _dispatch.AUTO_ORDER["cpu"]
     expected = next(name for name in order if name in SPLINE_BACKENDS)
     assert _dispatch.resolve_spline_backend("auto", torch.device("cpu")) == expected
+
+
+def test_auto_passes_over_a_backend_compiled_for_fewer_bins(fresh_dispatch):
+    fresh_dispatch.delenv("NF_KERNELS_BACKEND", raising=False)
+    load = _dispatch._load
+
+    class _FewBins(_AffineOnly):
+        spline_forward = spline_backward = staticmethod(lambda *args: None)
+
+        def spline_why_unsupported(self, bins):
+            return None if bins <= 4 else f"backend 'cpu' supports at most 4 bins, got bins={bins}"
+
+    fresh_dispatch.setattr(_dispatch, "_load", lambda name: (_FewBins(), None) if name == "cpu" else load(name))
+    assert _dispatch.resolve_spline_backend("auto", torch.device("cpu"), bins=4) == "cpu"
+    assert _dispatch.resolve_spline_backend("auto", torch.device("cpu"), bins=5) != "cpu"
+    with pytest.raises(NotImplementedError, match=r"^backend 'cpu' supports at most 4 bins, got bins=5; use "):
+        _dispatch.resolve_spline_backend("cpu", torch.device("cpu"), bins=5)
+
+
+def test_auto_computes_more_bins_than_the_extension_is_compiled_for(fresh_dispatch):
+    fresh_dispatch.delenv("NF_KERNELS_BACKEND", raising=False)
+    bins = 33  # one more than csrc/spline_layout.h's kMaxSplineBins
+    x = torch.randn(3, 4, dtype=torch.float64)
+    params = torch.randn(3, 2 * (3 * bins - 1), dtype=torch.float64)
+    y, logdet = nf_kernels.spline_coupling(x, params, bins=bins)
+    expected = nf_kernels.spline_coupling(x, params, bins=bins, backend="reference")
+    torch.testing.assert_close((y, logdet), expected, rtol=1e-10, atol=1e-10)

@@ -53,5 +53,6 @@ class Backend(Protocol):
     #
     # def spline_forward(self, x, params, mask, config: SplineConfig) -> (y, logdet)
     # def spline_backward(self, grad_y, grad_logdet, x, params, mask, config: SplineConfig) -> (grad_x, grad_params)
+    # def spline_why_unsupported(self, bins: int) -> Optional[str]   (optional: None, or why not that many bins)
     #
     # `x` is the op's input (y when config.reverse); grad_params is zero at kept positions.

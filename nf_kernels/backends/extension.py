@@ -149,10 +149,10 @@ class ExtensionBackend:
             grad_y, grad_logdet, x, h, *_op_arguments(layout), poison=poisoning()
         )
 
-    def spline_why_unsupported(self, config) -> Optional[str]:
-        """None when this build's spline kernels take `config`, else why not (more bins than they are compiled for)."""
-        if _module is not None and config.bins > spline_max_bins():
-            return f"backend {self.name!r} supports at most {spline_max_bins()} bins, got bins={config.bins}"
+    def spline_why_unsupported(self, bins: int) -> Optional[str]:
+        """None when this build's spline kernels take `bins` bins, else why not (more than they are compiled for)."""
+        if _module is not None and bins > spline_max_bins():
+            return f"backend {self.name!r} supports at most {spline_max_bins()} bins, got bins={bins}"
         return None
 
     def spline_forward(self, x, params, mask, config):

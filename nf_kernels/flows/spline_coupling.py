@@ -112,7 +112,7 @@ class SplineCoupling(_CouplingLayer):
     def _fused_backward(self, grad_y: Tensor, grad_logdet: Tensor, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
         mask, config = check_spline_args(x, h, mask=self._mask_arg, flip=self.flip, reverse=False,
                                          backend=self.backend, **self._op_options())  # fmt: skip
-        backend = resolve_spline_backend(self.backend, x.device)
+        backend = resolve_spline_backend(self.backend, x.device, self.bins)
         return _ops.spline_coupling_backward_op(grad_y, grad_logdet, x, h, mask, *config, backend)
 
     def extra_repr(self) -> str:
