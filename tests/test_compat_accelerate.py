@@ -53,3 +53,26 @@ def test_importing_compat_imports_no_peer_library():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
     assert nf_kernels.compat.__all__
+
+
+def test_accelerate_swaps_the_spline_couplings_it_can_and_says_why_not_the_others():
+    nflows_transforms = pytest.importorskip("nflows.transforms")
+    nets = pytest.importorskip("nflows.nn.nets")
+    zuko = pytest.importorskip("zuko")
+    nf = pytest.importorskip("normflows")
+
+    def net(i, o):
+        return nets.ResidualNet(i, o, 8)
+
+    spline = nflows_transforms.PiecewiseRationalQuadraticCouplingTransform
+    layers = [spline([1, 0, 1, 0], net, tails="linear"), spline([1, 0, 1, 0], net),
+              zuko.flows.GeneralCouplingTransform(4, univariate=zuko.transforms.MonotonicRQSTransform,
+                                                  shapes=[(4,), (4,), (3,)]),
+              nf.flows.CoupledRationalQuadraticSpline(4, 1, 8)]  # fmt: skip
+    weights = [p.clone() for layer in layers for p in layer.parameters()]
+    report = accelerate(layers)
+    assert [r.path for r in report.replaced] == ["0", "2"], report
+    assert isinstance(layers[0], spline) and isinstance(layers[0], Accelerated)
+    assert all(torch.equal(a, b) for a, b in zip(weights, (p for layer in layers for p in layer.parameters())))
+    reasons = {entry.path: entry.reason for entry in report.left_alone}
+    assert set(reasons) == {"1", "3"} and "tails=None" in reasons["1"] and "unconditional spline" in reasons["3"]

@@ -9,7 +9,7 @@ from compat_helpers import BACKENDS, Questions, accelerated_copy, assert_close, 
 from compat_helpers import check_against_the_library, check_compiled_like_the_library
 
 nf = pytest.importorskip("normflows")
-from nf_kernels.compat import Unsupported  # noqa: E402
+from nf_kernels.compat import Unsupported, accelerate  # noqa: E402
 from nf_kernels.compat import normflows as fused  # noqa: E402
 
 
@@ -125,3 +125,16 @@ def nf_kernels_accelerate(model):
 def test_compiles_whole_where_normflows_does(backend):
     model = _model("realnvp-odd-sigmoid", torch.float32)
     check_compiled_like_the_library(model, lambda m, x: m.log_prob(x), torch.randn(8, 5), backend, "normflows")
+
+
+def test_spline_couplings_are_left_alone_saying_why():
+    """normflows fixes apply_unconditional_transform=True in both spline couplings: no op computes that."""
+    flow = nf.NormalizingFlow(nf.distributions.DiagGaussian(4), [
+        nf.flows.CoupledRationalQuadraticSpline(4, 1, 8),
+        nf.flows.CircularCoupledRationalQuadraticSpline(4, 1, 8, ind_circ=[0])])  # fmt: skip
+    report = accelerate(flow)
+    assert not report.replaced
+    reasons = {entry.path: entry.reason for entry in report.left_alone}
+    assert set(reasons) == {"flows.0", "flows.1"}, report
+    assert "unconditional spline too (apply_unconditional_transform=True" in reasons["flows.0"]
+    assert "circular tails" in reasons["flows.1"] and "apply_unconditional_transform=True" in reasons["flows.1"]

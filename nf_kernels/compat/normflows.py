@@ -154,6 +154,14 @@ class MaskedAffineFlow(Accelerated, nf.flows.MaskedAffineFlow):
 # the base class of the library's flow layers (what accelerate reports when it leaves one alone).
 DROP_INS = {cls.replaces: cls for cls in (AffineCoupling, AffineCouplingBlock, MaskedAffineFlow)}
 FLOW_BASE = nf.flows.Flow
-# Coupling layers with no drop-in, and why (accelerate reports it).
-NOT_FUSED = {cls: "a spline coupling: the fused ops are affine and additive couplings"
-             for cls in (nf.flows.CoupledRationalQuadraticSpline, nf.flows.CircularCoupledRationalQuadraticSpline)}
+# Coupling layers with no drop-in, and why (accelerate reports it). Both spline couplings wrap normflows' copy of
+# nflows' PiecewiseRationalQuadraticCoupling, whose spline the op computes, but always build it with
+# apply_unconditional_transform=True: their identity features go through a spline of their own parameters too (the
+# NSF paper's equations 4 to 6), which a coupling op, passing the kept features through unchanged, does not compute.
+_UNCONDITIONAL = ("its identity features through an unconditional spline too (apply_unconditional_transform=True, "
+                  "fixed by normflows), which the fused coupling passes through unchanged")  # fmt: skip
+NOT_FUSED = {
+    nf.flows.CoupledRationalQuadraticSpline: f"a spline coupling that sends {_UNCONDITIONAL}",
+    nf.flows.CircularCoupledRationalQuadraticSpline: "a spline coupling with circular tails (the fused spline has "
+    f"linear tails only) that sends {_UNCONDITIONAL}",
+}

@@ -125,4 +125,6 @@ class ConditionalAffineCoupling(pyro_transforms.ConditionalAffineCoupling, Accel
 DROP_INS = {cls.replaces: cls for cls in (AffineCoupling, ConditionalAffineCoupling)}
 FLOW_BASE = pyro_torch_transform.TransformModule
 # Coupling layers with no drop-in, and why (accelerate reports it).
-NOT_FUSED = {pyro_transforms.SplineCoupling: "a spline coupling: the fused ops are affine and additive couplings"}
+NOT_FUSED = {pyro_transforms.SplineCoupling: "a spline coupling with pyro's own splines (order='linear', the default, "
+             "is a rational-linear spline, and unless identity=True the kept part goes through an element-wise spline "
+             "too): no drop-in maps them onto the fused rational-quadratic spline"}
