@@ -129,5 +129,14 @@ def measure(make_call: Callable[[], Callable[[], object]], device: torch.device,
     except Exception as error:
         if device.type == "cuda":
             torch.cuda.empty_cache()  # after an out-of-memory error, give the next case a clean pool
-        first_line = (str(error).strip().splitlines() or [""])[0]
-        return Measurement(None, None, f"{type(error).__name__}: {first_line}")
+        return Measurement(None, None, describe_error(error))
+
+
+def describe_error(error: BaseException) -> str:
+    """"ErrorType: first line of the message": what a results table says of a call that failed.
+
+    >>> describe_error(ValueError("bad size\\nmore detail"))
+    'ValueError: bad size'
+    """
+    first_line = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {first_line}"
