@@ -83,8 +83,19 @@ def warning_lines(env: dict, results: Sequence[SplineOpResult]) -> list[str]:
     return warnings
 
 
+def graph_break_lines(graph_breaks: dict[str, int]) -> list[str]:
+    """torch.compile's graph breaks of the run (dynamo's counter: reason -> count), the first line of each reason.
+
+    >>> graph_break_lines({"Backend compiler exception\\n  Explanation: ...": 4})
+    ['- 4 x Backend compiler exception']
+    """
+    if not graph_breaks:
+        return ["- none"]
+    return [f"- {count} x {(reason.strip().splitlines() or [''])[0]}" for reason, count in graph_breaks.items()]
+
+
 def format_report(env: dict, settings: dict, results: Sequence[SplineOpResult], agreements: Sequence[Agreement],
-                  command: str) -> str:  # fmt: skip
+                  command: str, graph_breaks: dict[str, int]) -> str:  # fmt: skip
     """The whole markdown report of a run."""
     copy = results[0].copy_bytes_per_s / 1e9 if results else None
     peers = ", ".join(f"{name} {version}" for name, version in env.get("peers", {}).items() if version)
@@ -132,17 +143,25 @@ def format_report(env: dict, settings: dict, results: Sequence[SplineOpResult], 
         *goal_lines(results),
         "",
     ]
+    lines += ["## torch.compile graph breaks (all cases)", "", *graph_break_lines(graph_breaks), "",
+              "A graph break leaves the code around it to eager PyTorch; the compiled pieces between still run "
+              "compiled. nflows' spline indexes with boolean masks (data-dependent shapes), which inductor does "
+              "not compile.", ""]  # fmt: skip
     warnings = warning_lines(env, results)
     if warnings:
         lines += ["## Warnings", "", *warnings, ""]
     lines += ["## Results", "", format_table(results), ""]
+    failures = [f"- {r.case.label()} {r.implementation}: {r.error}" for r in results if r.error]
+    if failures:
+        lines += ["## Failures", "", "An implementation that refuses a case (a dtype, a compile) says why:", "",
+                  *failures, ""]  # fmt: skip
     return "\n".join(lines)
 
 
 def write_json(path: Path, env: dict, settings: dict, results: Sequence[SplineOpResult],
-               agreements: Sequence[Agreement], command: str) -> None:  # fmt: skip
+               agreements: Sequence[Agreement], command: str, graph_breaks: dict[str, int]) -> None:  # fmt: skip
     record = dict(environment=env, settings=settings, command=command, agreements=[vars(a) for a in agreements],
-                  goals=goal_lines(results), results=[r.to_dict() for r in results])  # fmt: skip
+                  goals=goal_lines(results), graph_breaks=graph_breaks, results=[r.to_dict() for r in results])  # fmt: skip
     path.write_text(json.dumps(record, indent=1, default=str) + "\n")
 
 
