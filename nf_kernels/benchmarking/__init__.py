@@ -29,4 +29,7 @@ The modules, each using only those above it:
 * ``targets``: the speed targets, judged on a run's results.
 * ``report``: markdown tables, timing warnings, plots, the JSON record and the file names.
 * ``presets``: the named plans, and ``run_plan``, which runs one start to finish.
+* ``spline_cases``, ``spline_peers``, ``spline_op_runner``, ``spline_op_report``: the spline op benchmark
+  (``benchmarks/spline_op.py``): its cases, nflows' and zuko's splines and their agreement with ours, the
+  round-robin timing against them (eager and ``torch.compile``), the report. Its byte model is in ``byte_model``.
 """

@@ -23,6 +23,20 @@ Checkerboard ``h`` counts whole although half of its values are ignored: the kep
 alternate element by element, so every cache line of ``h`` holds values the kernel needs. The "half" backward
 counts ``x`` whole as the SPEC does; a kernel that reads only its transformed half moves 4.5 N e, so its
 fraction of the copy bandwidth would read about 10% lower under that stricter count.
+
+**The spline op** (SPEC section 1b's cost model) reads ``x`` and ``P = 3K - 1`` parameters per transformed
+element: per element of itemsize ``e``,
+
+=============  =================  ====================
+element        forward, inverse   backward
+=============  =================  ====================
+transformed    (2 + P) e          (3 + 2P) e          (x in, y out, P params in; grad_y, x, grad_x, P in, P out)
+kept           2 e                3 e                 (a copy; the backward counts ``x`` whole, as the SPEC does)
+=============  =================  ====================
+
+plus ``logdet`` (forward) or ``grad_logdet`` (backward), one float a sample. Nothing of size ``T x K`` counts: the
+knots are recomputed, never stored. The peers (nflows, zuko) are given the transformed elements alone, so their
+count has no kept elements (``kept_half=False``).
 """
 
 from __future__ import annotations
@@ -31,6 +45,7 @@ import math
 
 from .._arguments import logdet_dtype
 from .cases import OpCase
+from .spline_cases import SplineOpCase
 
 
 def _nbytes(shape, itemsize: int) -> int:
@@ -63,3 +78,35 @@ def backward_bytes(case: OpCase) -> int:
 def bytes_moved(case: OpCase) -> int:
     """The SPEC byte count of the whole timed call: forward (or inverse), plus the backward if it is timed."""
     return forward_bytes(case) + (backward_bytes(case) if case.backward else 0)
+
+
+def spline_forward_bytes(case: SplineOpCase, kept_half: bool = True) -> int:
+    """Bytes read and written by a fused spline forward (or inverse) of `case`; without the kept half's copy when
+    not `kept_half`.
+
+    >>> case = SplineOpCase("forward", "fp32", 2, 6, features=3)  # 2 samples of 3 kept and 3 transformed, P = 5
+    >>> spline_forward_bytes(case), spline_forward_bytes(case, kept_half=False)  # (12 * 2 + 6 * 5) * 4 + 2 * 4
+    (224, 176)
+    """
+    item = case.torch_dtype.itemsize
+    kept = case.elements if kept_half else 0
+    per_sample = logdet_dtype(case.torch_dtype).itemsize
+    return (2 * (case.elements + kept) + case.per_element * case.elements) * item + case.batch * per_sample
+
+
+def spline_backward_bytes(case: SplineOpCase, kept_half: bool = True) -> int:
+    """Bytes read and written by a fused spline backward of `case` (see the module docstring).
+
+    >>> spline_backward_bytes(SplineOpCase("forward+backward", "fp32", 2, 6, features=3))  # (36 + 60) * 4 + 8
+    392
+    """
+    item = case.torch_dtype.itemsize
+    kept = case.elements if kept_half else 0
+    per_sample = logdet_dtype(case.torch_dtype).itemsize
+    return (3 * (case.elements + kept) + 2 * case.per_element * case.elements) * item + case.batch * per_sample
+
+
+def spline_bytes_moved(case: SplineOpCase, kept_half: bool = True) -> int:
+    """The byte count of the whole timed spline call: forward (or inverse), plus the backward if it is timed."""
+    backward = spline_backward_bytes(case, kept_half) if case.backward else 0
+    return spline_forward_bytes(case, kept_half) + backward

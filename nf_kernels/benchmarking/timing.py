@@ -20,7 +20,9 @@ it costs), which makes glibc keep freed memory the same way.
 from __future__ import annotations
 
 import time
+import traceback
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Optional
 
 import torch
@@ -129,5 +131,18 @@ def measure(make_call: Callable[[], Callable[[], object]], device: torch.device,
     except Exception as error:
         if device.type == "cuda":
             torch.cuda.empty_cache()  # after an out-of-memory error, give the next case a clean pool
-        first_line = (str(error).strip().splitlines() or [""])[0]
-        return Measurement(None, None, f"{type(error).__name__}: {first_line}")
+        return Measurement(None, None, describe_error(error))
+
+
+def describe_error(error: BaseException) -> str:
+    """"ErrorType: first line of the message": what a results table says of a call that failed. An error without
+    a message (a bare ``assert``) names the line that raised it instead.
+
+    >>> describe_error(ValueError("bad size\\nmore detail"))
+    'ValueError: bad size'
+    """
+    first_line = (str(error).strip().splitlines() or [""])[0]
+    if not first_line and error.__traceback__ is not None:
+        frame = traceback.extract_tb(error.__traceback__)[-1]
+        first_line = f"at {Path(frame.filename).parent.name}/{Path(frame.filename).name}:{frame.lineno}: {frame.line}"
+    return f"{type(error).__name__}: {first_line}"
