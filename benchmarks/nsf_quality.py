@@ -1,6 +1,6 @@
 """NSF quality (issue 14): the same NSF trained in nf_kernels, nflows and zuko from the same seed, then tested.
 
-    python benchmarks/nsf_quality.py                              # moons (1500 steps) and digits (800), 1 thread
+    python benchmarks/nsf_quality.py                              # moons (1000 steps) and digits (500), 1 thread
     python benchmarks/nsf_quality.py --toys moons eight_gaussians --digits-steps 3000
     python benchmarks/nsf_quality.py --out benchmarks/results     # a run to publish (commit it)
 

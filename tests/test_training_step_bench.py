@@ -282,10 +282,10 @@ def test_the_nsf_memory_goal_is_judged_against_nflows():
     saving = training_step.StepResult("nf_kernels-memory-saving", spec, 8, round_seconds=[1.2], ratio_rounds=[1.25],
                                       fastest_peer="zuko", saved_bytes=1 << 19)  # fmt: skip
     lines = training_step.goal_lines([ours, saving, nflows])
-    assert lines[0] == ("D=8: nf_kernels's step saves 1 MiB of activations, 0.333 of nflows' 3 MiB; goal <= 0.25: "
+    assert lines[0] == ("D=8 nf_kernels: the step saves 1 MiB of activations, 0.333 of nflows' 3 MiB; goal <= 0.25: "
                         "not met"), lines
-    assert lines[1].startswith("D=8: nf_kernels-memory-saving's step saves 0.5 MiB") and lines[1].endswith(": met")
-    assert lines[2] == "D=8: nf_kernels's step is 1.50x the fastest peer (zuko) (no goal set)"
+    assert lines[1].startswith("D=8 nf_kernels-memory-saving: the step saves 0.5 MiB") and lines[1].endswith(": met")
+    assert lines[2] == "D=8 nf_kernels: the step is 1.50x the fastest peer (zuko) (no goal set)"
     assert len(lines) == 4  # no issue 12 memory-saving time goal for the NSF
     nflows.saved_bytes = 4 << 20
     assert training_step.goal_lines([ours, nflows])[0].endswith(": met")

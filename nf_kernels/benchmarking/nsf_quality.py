@@ -40,7 +40,7 @@ from .training_step import LEARNING_RATE, nsf_spec
 
 QUALITY_LIBRARIES = ("nf_kernels",) + NSF_PEERS
 DEFAULT_TOYS = ("moons",)
-DEFAULT_STEPS = {"toy": 1500, "digits": 800}
+DEFAULT_STEPS = {"toy": 1000, "digits": 500}
 DEFAULT_BATCH = 256
 QUALITY_TOLERANCE = 0.01  # nats per sample (toys) or bits per dimension (digits)
 TAIL_FRACTION = 0.1  # the final training loss: the mean over this last fraction of the steps

@@ -342,13 +342,13 @@ def nsf_goal_lines(results: Sequence[StepResult]) -> list[str]:
             if ours and nflows and ours.saved_bytes and nflows.saved_bytes:
                 fraction = ours.saved_bytes / nflows.saved_bytes
                 verdict = "met" if fraction <= NSF_MEMORY_GOAL else "not met"
-                lines.append(f"{spec.label}: {library}'s step saves {_mib(ours.saved_bytes)} MiB of activations, "
+                lines.append(f"{spec.label} {library}: the step saves {_mib(ours.saved_bytes)} MiB of activations, "
                              f"{fraction:.3f} of nflows' {_mib(nflows.saved_bytes)} MiB; goal <= {NSF_MEMORY_GOAL:g}: "
                              f"{verdict}")  # fmt: skip
         for library in ("nf_kernels", "nf_kernels-memory-saving"):
             ours = by_size.get((spec, library))
             if ours and ours.ratio is not None:
-                lines.append(f"{spec.label}: {library}'s step is {ours.ratio:.2f}x the fastest peer "
+                lines.append(f"{spec.label} {library}: the step is {ours.ratio:.2f}x the fastest peer "
                              f"({ours.fastest_peer}) (no goal set)")  # fmt: skip
     return lines
 
