@@ -1,13 +1,15 @@
-"""One training step of the same RealNVP in nf_kernels and in normflows, nflows, zuko and FrEIA, side by side.
+"""One training step of the same RealNVP in nf_kernels and in normflows, nflows, zuko and FrEIA, side by side;
+with --model nsf, of the same neural spline flow in nf_kernels, nflows and zuko (issue 14).
 
     python benchmarks/training_step.py                            # D=2, 64, 4096 on the CPU, 1 thread, 5 rounds
     python benchmarks/training_step.py --sizes 64 --libraries nf_kernels zuko --rounds 3
     python benchmarks/training_step.py --profile                  # also where nf_kernels' step spends its time
+    python benchmarks/training_step.py --model nsf                # the 4-coupling NSF at D=8 and 64
     python benchmarks/training_step.py --out benchmarks/results   # a run to publish (commit it)
 
 The peers are installed with `pip install --no-deps -r requirements-bench.txt`; a library that is not installed is
 skipped with a line saying so. Writes `<out>/<machine>-<date>-training-step.md` and `.json` (and, with --profile,
-`-training-step-profile.md`); `<out>` is `./benchmark-out` unless --out names another folder. The models and the
+`-training-step-profile.md`; `-nsf-step` in place of `-training-step` with --model nsf); `<out>` is `./benchmark-out` unless --out names another folder. The models and the
 timing are in nf_kernels/benchmarking/peer_models.py and training_step.py, the profile in step_profile.py.
 """
 
@@ -29,23 +31,33 @@ import torch  # noqa: E402
 
 from nf_kernels.benchmarking import step_profile, training_step  # noqa: E402
 from nf_kernels.benchmarking.environment import base_commit, environment, load_average  # noqa: E402
-from nf_kernels.benchmarking.peer_models import LIBRARIES, PEERS  # noqa: E402
+from nf_kernels.benchmarking.peer_models import LIBRARIES, NSF_LIBRARIES, PEERS  # noqa: E402
 from nf_kernels.benchmarking.report import results_stem  # noqa: E402
 from nf_kernels import keep_freed_cpu_memory  # noqa: E402
 
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# Per --model: the model of each size, the default sizes and libraries, and the results' file name part.
+MODELS = {
+    "realnvp": (training_step.issue_spec, training_step.DEFAULT_SIZES, LIBRARIES, "training-step"),
+    "nsf": (training_step.nsf_spec, training_step.NSF_DEFAULT_SIZES, NSF_LIBRARIES, "nsf-step"),
+}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="A training step (forward, backward, Adam) of the same RealNVP in nf_kernels and the peer "
-        "libraries, timed round-robin in one process.",
+        description="A training step (forward, backward, Adam) of the same RealNVP (or NSF) in nf_kernels and the "
+        "peer libraries, timed round-robin in one process.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--sizes", type=int, nargs="+", default=list(training_step.DEFAULT_SIZES), metavar="D",
-                        help="data dimensions; D >= 1024 gets 4 couplings of hidden 64, smaller D 8 of hidden 128")
-    parser.add_argument("--libraries", nargs="+", default=list(LIBRARIES), choices=LIBRARIES, metavar="NAME",
-                        help=f"any of {', '.join(LIBRARIES)}")
+    parser.add_argument("--model", choices=tuple(MODELS), default="realnvp",
+                        help="realnvp: affine couplings (issue 12); nsf: 4 rational-quadratic spline couplings, 8 "
+                        "bins on [-3, 3] (issue 14), against nflows and zuko")
+    parser.add_argument("--sizes", type=int, nargs="+", metavar="D",
+                        help="data dimensions (default: 2 64 4096 for realnvp, 8 64 for nsf); realnvp: D >= 1024 gets "
+                        "4 couplings of hidden 64, smaller D 8 of hidden 128; nsf: hidden 128 from D=64 on, 64 below")
+    parser.add_argument("--libraries", nargs="+", choices=LIBRARIES, metavar="NAME",
+                        help=f"any of {', '.join(LIBRARIES)} (default: all for realnvp, "
+                        f"{', '.join(NSF_LIBRARIES)} for nsf)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (CPU)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--batch", type=int, default=training_step.DEFAULT_BATCH)
@@ -62,6 +74,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "nf_kernels.keep_freed_cpu_memory (by default freed memory is kept, as nf-kernels train does)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    _, default_sizes, default_libraries, _ = MODELS[args.model]
+    args.sizes = list(args.sizes or default_sizes)
+    args.libraries = list(args.libraries or default_libraries)
     for name in ("threads", "batch", "steps", "rounds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
@@ -92,8 +107,9 @@ def main(argv=None) -> int:
     env = dict(environment(device), peers=training_step.peer_versions(), base_commit=base_commit())
     out = args.out.resolve()
     print(f"training step benchmark on {env['device_name']}, commit {env['commit']}; results go to {out}", flush=True)
-    specs = [training_step.issue_spec(d) for d in args.sizes]
-    settings = dict(batch=args.batch, steps=args.steps, warmup=args.warmup, rounds=args.rounds,
+    spec_of, _, _, what = MODELS[args.model]
+    specs = [spec_of(d) for d in args.sizes]
+    settings = dict(model=args.model, batch=args.batch, steps=args.steps, warmup=args.warmup, rounds=args.rounds,
                     autocast=args.autocast, sizes=args.sizes, libraries=args.libraries,
                     freed_memory_kept=kept_memory)  # fmt: skip
     results = training_step.run_training_steps(
@@ -106,7 +122,7 @@ def main(argv=None) -> int:
                                                learning_rate=training_step.LEARNING_RATE)  # fmt: skip
     env["load_average_1m_end"] = load_average()
     out.mkdir(parents=True, exist_ok=True)
-    paths = training_step.report_paths(results_stem(out, env))
+    paths = training_step.report_paths(results_stem(out, env), what)
     report = training_step.format_report(env, settings, results, command)
     paths["markdown"].write_text(report)
     training_step.write_json(paths["json"], env, settings, results, command, [p.to_dict() for p in profiles])

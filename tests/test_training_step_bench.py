@@ -1,5 +1,5 @@
 """The training-step benchmark against the peer libraries (nf_kernels/benchmarking/peer_models.py,
-training_step.py, step_profile.py and benchmarks/training_step.py), at tiny sizes. Peers that are not installed
+training_step.py, step_profile.py and benchmarks/training_step.py), at tiny sizes, for the RealNVP and the NSF. Peers that are not installed
 are skipped: they are benchmark dependencies (requirements-bench.txt), not test ones."""
 
 import json
@@ -13,13 +13,23 @@ import pytest
 import torch
 
 from nf_kernels.benchmarking import peer_models, step_profile, training_step
-from nf_kernels.benchmarking.peer_models import LIBRARIES, PEERS, RealNVPSpec, build, expected_init_log_prob
+from nf_kernels.benchmarking.peer_models import (
+    LIBRARIES,
+    NSF_LIBRARIES,
+    PEERS,
+    NSFSpec,
+    RealNVPSpec,
+    build,
+    expected_init_log_prob,
+)
+from nf_kernels.flows import StandardNormal
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = RealNVPSpec(features=4, couplings=4, hidden=8)
+TINY_NSF = NSFSpec(features=4, hidden=8, bins=4)
 
 
-def _build_or_skip(library: str, spec: RealNVPSpec = TINY) -> peer_models.BenchModel:
+def _build_or_skip(library: str, spec=TINY) -> peer_models.BenchModel:
     torch.manual_seed(0)
     try:
         return build(library, spec)
@@ -194,3 +204,109 @@ def test_autocast_runs_the_forward_in_bf16(monkeypatch):
                                                  autocast=torch.bfloat16, progress=False)  # fmt: skip
     assert result.error is None and result.round_seconds and math.isfinite(result.first_loss)
     assert torch.bfloat16 in seen  # the init check runs in float32, the steps in bf16
+
+
+# ---- the NSF (issue 14) ------------------------------------------------------------------------------------------
+
+
+def _nsf_batch(spec: NSFSpec = TINY_NSF, batch: int = 32) -> torch.Tensor:
+    """Most of it inside [-bound, bound], some outside, where every library's spline is the identity."""
+    return peer_models.sample_batch(spec, batch) * 2
+
+
+@pytest.mark.parametrize("library", NSF_LIBRARIES)
+def test_every_nsf_starts_as_the_identity_and_trains(library):
+    model = _build_or_skip(library, TINY_NSF)
+    x = _nsf_batch()
+    assert model.init_scale == 1
+    base = StandardNormal((TINY_NSF.features,)).log_prob(x)  # the identity: the base density of x
+    torch.testing.assert_close(expected_init_log_prob(model, TINY_NSF, x), base)
+    torch.testing.assert_close(model.log_prob(x), base, rtol=1e-5, atol=1e-5)
+    before = [p.detach().clone() for p in model.parameters()]
+    step = training_step.training_step(model, torch.optim.Adam(model.parameters(), lr=1e-2), x)
+    assert math.isfinite(float(step()))
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters())), "the step changed nothing"
+    after = model.log_prob(x)
+    assert not torch.allclose(after, base, atol=1e-4), "still the identity after a step"
+
+
+@pytest.mark.parametrize("library", NSF_LIBRARIES)
+def test_every_nsf_has_the_same_parameters_as_ours(library):
+    """4 couplings of an MLP 2 -> 8 -> 8 -> 2 * (3 * 4 - 1) each."""
+    ours = sum(p.numel() for p in build("nf_kernels", TINY_NSF).parameters())
+    assert ours == 4 * ((2 * 8 + 8) + (8 * 8 + 8) + (8 * 22 + 22))
+    assert sum(p.numel() for p in _build_or_skip(library, TINY_NSF).parameters()) == ours
+
+
+def test_nflows_spline_is_the_identity_only_with_our_derivative_bias():
+    """nflows' interior derivatives are 1e-3 + softplus(parameter): a zero last layer gives slope 0.694 at the
+    knots, not the identity, which the init check must catch."""
+    model = _build_or_skip("nflows", TINY_NSF)
+    for coupling in model.network._transform._transforms:
+        torch.nn.init.zeros_(coupling.transform_net.net[-1].bias)
+    x = _nsf_batch()
+    assert not torch.allclose(model.log_prob(x), expected_init_log_prob(model, TINY_NSF, x), rtol=1e-3)
+
+
+def test_the_nsf_matches_nflows_at_trained_parameters():
+    """Same conditioner, same parametrization: with nf_kernels' parameters copied into nflows' model (both at
+    random, far from the identity), float64 log-probs agree, inside and outside the bound."""
+    ours, theirs = build("nf_kernels-reference", TINY_NSF).double(), _build_or_skip("nflows", TINY_NSF).double()
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for mine, peer in zip(ours.parameters(), theirs.parameters()):
+            peer.copy_(mine.add_(0.3 * torch.randn_like(mine)))
+    x = _nsf_batch(batch=64).double()
+    torch.testing.assert_close(ours.log_prob(x), theirs.log_prob(x), rtol=1e-9, atol=1e-9)
+
+
+def test_nsf_specs_and_peers_without_one_are_rejected():
+    with pytest.raises(ValueError, match="even"):
+        NSFSpec(features=5)
+    with pytest.raises(ValueError, match="bins"):
+        NSFSpec(features=4, bins=0)
+    with pytest.raises(ValueError, match="bound"):
+        NSFSpec(features=4, bound=float("inf"))
+    with pytest.raises(peer_models.Unsupported, match="no NSF of normflows"):
+        build("normflows", TINY_NSF)
+    results = training_step.run_training_steps([TINY_NSF], ["nf_kernels", "FrEIA"], batch=8, steps=1, warmup=0,
+                                               rounds=1, progress=False, on_skip=lambda line: None)  # fmt: skip
+    assert results[1].error.startswith("unsupported: no NSF of FrEIA") and results[0].round_seconds
+
+
+def test_the_nsf_memory_goal_is_judged_against_nflows():
+    spec = NSFSpec(8)
+    ours = training_step.StepResult("nf_kernels", spec, 8, round_seconds=[1.0], ratio_rounds=[1.5],
+                                    fastest_peer="zuko", saved_bytes=1 << 20)  # fmt: skip
+    nflows = training_step.StepResult("nflows", spec, 8, round_seconds=[2.0], saved_bytes=3 << 20)
+    saving = training_step.StepResult("nf_kernels-memory-saving", spec, 8, round_seconds=[1.2], ratio_rounds=[1.25],
+                                      fastest_peer="zuko", saved_bytes=1 << 19)  # fmt: skip
+    lines = training_step.goal_lines([ours, saving, nflows])
+    assert lines[0] == ("D=8 nf_kernels: the step saves 1 MiB of activations, 0.333 of nflows' 3 MiB; goal <= 0.25: "
+                        "not met"), lines
+    assert lines[1].startswith("D=8 nf_kernels-memory-saving: the step saves 0.5 MiB") and lines[1].endswith(": met")
+    assert lines[2] == "D=8 nf_kernels: the step is 1.50x the fastest peer (zuko) (no goal set)"
+    assert len(lines) == 4  # no issue 12 memory-saving time goal for the NSF
+    nflows.saved_bytes = 4 << 20
+    assert training_step.goal_lines([ours, nflows])[0].endswith(": met")
+
+
+def test_the_nsf_entry_point_writes_a_row_per_library(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    command = [sys.executable, str(REPO / "benchmarks" / "training_step.py"), "--model", "nsf", "--sizes", "4",
+               "--steps", "1", "--rounds", "1", "--warmup", "0", "--batch", "8", "--no-progress", "--out", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (markdown,) = tmp_path.glob("*-nsf-step.md")
+    (record,) = tmp_path.glob("*-nsf-step.json")
+    text, data = markdown.read_text(), json.loads(record.read_text())
+    assert {r["library"] for r in data["results"]} == set(NSF_LIBRARIES)
+    assert all(r["spec"]["model"] == "NSF" and r["spec"]["bins"] == 8 for r in data["results"])
+    for r in data["results"]:
+        installed = not (r["error"] or "").startswith("not installed")
+        assert (f"| {r['library']} |" in text) == installed and (r["seconds"] is not None) == installed, r
+        assert installed or r["library"] in peer_models.NSF_PEERS
+    assert "## NSF D=4: 4 spline couplings (8 bins on [-3, 3], linear tails), hidden 64" in text
+    assert "## How each library builds the NSF" in text and "MonotonicRQSTransform" in text
+    if "| nflows |" in text:
+        assert "of nflows'" in text  # the memory goal was judged

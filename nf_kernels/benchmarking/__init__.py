@@ -23,9 +23,12 @@ The modules, each using only those above it:
 * ``machine``: what the device's memory can do: copy bandwidth (the ceiling) and last-level cache.
 * ``environment``: where and on what a run ran (commit, versions, device, load).
 * ``op_runner`` and ``model_runner``: running op cases and model training steps.
-* ``peer_models``: the same RealNVP in nf_kernels and in normflows, nflows, zuko and FrEIA, one interface.
+* ``peer_models``: the same RealNVP in nf_kernels and in normflows, nflows, zuko and FrEIA, and the same NSF in
+  nf_kernels, nflows and zuko, one interface.
 * ``training_step``: their training steps timed round-robin against each other, and the report
   (``benchmarks/training_step.py``); ``step_profile``: where one step's time goes, per layer kind.
+* ``nsf_quality``: the NSF trained in each of those libraries alike, its test NLL or bits/dim
+  (``benchmarks/nsf_quality.py``).
 * ``targets``: the speed targets, judged on a run's results.
 * ``report``: markdown tables, timing warnings, plots, the JSON record and the file names.
 * ``presets``: the named plans, and ``run_plan``, which runs one start to finish.

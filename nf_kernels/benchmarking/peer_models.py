@@ -1,4 +1,5 @@
-"""The same RealNVP written in nf_kernels and in each peer library, behind one interface: ``log_prob(x) -> [B]``.
+"""The same RealNVP, and the same NSF, written in nf_kernels and in each peer library, behind one interface:
+``log_prob(x) -> [B]``.
 
 The model (issue 12): `couplings` affine couplings on alternating halves of a vector of `features` elements, each
 conditioned by an MLP of `depth` hidden ReLU layers `hidden` wide whose last layer starts at zero, on a standard
@@ -11,26 +12,36 @@ Every library's model is the identity at init (the conditioners output zeros) ex
 gives ``sigmoid(2) + 1e-3`` at zero: :attr:`BenchModel.init_scale` records that, and
 :func:`expected_init_log_prob` computes what each model must return at init, the check that the models compare.
 
+The NSF (issue 14, :class:`NSFSpec`): `couplings` rational-quadratic spline couplings on alternating halves,
+`bins` bins on ``[-bound, bound]`` with linear tails (the identity outside), each conditioned by an MLP as above,
+built in nf_kernels (:class:`~nf_kernels.flows.SplineCoupling`), nflows and zuko (:data:`NSF_LIBRARY_NOTES`). All
+three start as the identity, so :func:`expected_init_log_prob` (``init_scale`` 1) is the base density of the input.
+
 A library that is not installed raises :class:`LibraryUnavailable` from its builder, with the install hint.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
+import warnings
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Union
 
 import torch
 from torch import Tensor, nn
 
-from ..flows import StandardNormal, build_model
+from ..flows import Flow, SplineCoupling, StandardNormal, build_model
 from ..flows.conditioners import MLP
+from ..flows.spline_coupling import identity_derivative_parameter
 
 # nf_kernels first, then the peers; the name a library is asked for by (--libraries) is also its import name.
 PEERS = ("normflows", "nflows", "zuko", "FrEIA")
 OURS = ("nf_kernels", "nf_kernels-reference", "nf_kernels-memory-saving")
 LIBRARIES = OURS + PEERS
+NSF_PEERS = ("nflows", "zuko")  # the peers issue 14 compares the NSF with
+NSF_LIBRARIES = OURS + NSF_PEERS
 INSTALL_HINT = "pip install --no-deps -r requirements-bench.txt"
 
 # Each library's scale map (log-scale a(s) of the conditioner's raw output s) and how its model differs from ours.
@@ -51,6 +62,28 @@ LIBRARY_NOTES = {
     "FrEIA": "a(s) = 2 * 0.636 atan(s) (clamp 2, 'ATAN'); couplings in pairs: GLOWCouplingBlock is two couplings "
     "(each half conditioned on the other), so 8 couplings are 4 blocks; no base distribution object: the loss is "
     "0.5 |z|^2 - log|det| as FrEIA documents; conditioner: nf_kernels' MLP",
+}
+
+
+# The same for the NSF (NSFSpec): how each library's spline coupling is parametrized and how it differs from ours.
+NSF_LIBRARY_NOTES = {
+    "nf_kernels": "SplineCoupling (mask 'half', flip alternated), the fused spline op, backend 'auto'; nflows' "
+    "parametrization: softmax widths and heights with minimum 1e-3, interior derivatives 1e-3 + softplus, boundary "
+    "derivatives 1 (linear tails); its MLP's last layer zero but for the derivative biases, which make it the identity",
+    "nf_kernels-reference": "as nf_kernels, with backend='reference' (the plain-PyTorch oracle): the control",
+    "nf_kernels-memory-saving": "as nf_kernels, with memory_saving=True (activations rebuilt during backward)",
+    "nflows": "PiecewiseRationalQuadraticCouplingTransform, tails='linear', tail_bound = bound, nflows' default "
+    "minimum widths, heights and derivative (1e-3, as ours); +-1 halves masks alternated; conditioner: nf_kernels' "
+    "MLP with the same initialization as ours (zero-derivative parameters would start nflows' spline at slope "
+    "0.694, not the identity); that MLP has no hidden_features, so nflows does not divide the width and height "
+    "parameters by sqrt(hidden) (its warning about that is silenced), as ours does not",
+    "zuko": "GeneralCouplingTransform with MonotonicRQSTransform (bins, bins and bins - 1 parameters per element) "
+    "and bound = bound (zuko.flows.NSF is autoregressive, its coupling form passes=2 a masked MLP over all "
+    "features, and its bound fixed at 5); halves masks alternated; zuko's MLP with its last layer zeroed (the "
+    "identity in zuko's parametrization). Differs from ours in the map from parameters to spline: no minimum bin "
+    "width or height but logits soft-clipped to |w| < 3.45 before the softmax, derivatives exp of a soft-clipped "
+    "parameter in (1e-3, 1e3) instead of 1e-3 + softplus; identity outside [-bound, bound] and boundary "
+    "derivatives 1, as ours",
 }
 
 
@@ -82,6 +115,52 @@ class RealNVPSpec:
     def label(self) -> str:
         return f"D={self.features}"
 
+    @property
+    def description(self) -> str:
+        return f"{self.couplings} couplings, hidden {self.hidden}, {self.depth} hidden layers"
+
+
+@dataclass(frozen=True)
+class NSFSpec:
+    """The NSF every library builds (issue 14): `couplings` spline couplings of `bins` bins on ``[-bound, bound]``.
+
+    >>> NSFSpec(8).description
+    '4 spline couplings (8 bins on [-3, 3], linear tails), hidden 64, 2 hidden layers'
+    """
+
+    features: int
+    couplings: int = 4
+    hidden: int = 64
+    depth: int = 2
+    bins: int = 8
+    bound: float = 3.0
+
+    def __post_init__(self):
+        for name in ("couplings", "hidden", "depth", "bins"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"NSFSpec.{name} must be >= 1, got {getattr(self, name)}")
+        if not (math.isfinite(self.bound) and self.bound > 0):
+            raise ValueError(f"NSFSpec.bound must be finite and > 0, got {self.bound}")
+        if self.features < 2 or self.features % 2:
+            raise ValueError(f"NSFSpec.features must be even and >= 2 (halves), got {self.features}")
+
+    @property
+    def label(self) -> str:
+        return f"D={self.features}"
+
+    @property
+    def description(self) -> str:
+        return (f"{self.couplings} spline couplings ({self.bins} bins on [-{self.bound:g}, {self.bound:g}], linear "
+                f"tails), hidden {self.hidden}, {self.depth} hidden layers")  # fmt: skip
+
+    @property
+    def params_per_element(self) -> int:
+        """Unconstrained spline parameters per transformed element: widths, heights, interior derivatives."""
+        return 3 * self.bins - 1
+
+
+ModelSpec = Union[RealNVPSpec, NSFSpec]
+
 
 class BenchModel(nn.Module):
     """One library's model: `network` holds every parameter, ``log_prob(x)`` calls the library's own density.
@@ -100,12 +179,12 @@ class BenchModel(nn.Module):
         return self._log_prob(x)
 
 
-def sample_batch(spec: RealNVPSpec, batch: int, device="cpu") -> Tensor:
+def sample_batch(spec: ModelSpec, batch: int, device="cpu") -> Tensor:
     """The training batch every model of `spec` gets: standard normal data, the same for every library."""
     return torch.randn(batch, spec.features, generator=torch.Generator().manual_seed(1)).to(device)
 
 
-def expected_init_log_prob(model: BenchModel, spec: RealNVPSpec, x: Tensor) -> Tensor:
+def expected_init_log_prob(model: BenchModel, spec: ModelSpec, x: Tensor) -> Tensor:
     """What `model` computes at init: the couplings' scales are all ``init_scale`` and the shifts zero.
 
     With alternating halves, the element ``x[k]`` is transformed ``n[k]`` times: ``couplings / 2``, rounded up
@@ -202,6 +281,85 @@ def _freia(spec: RealNVPSpec) -> BenchModel:
     return BenchModel("FrEIA", nn.ModuleDict(dict(inn=inn, base=base)), log_prob)
 
 
+# ---- the NSF -------------------------------------------------------------------------------------------------
+
+
+def _identity_spline_conditioner(spec: NSFSpec, min_derivative: float) -> Callable[[int, int], nn.Module]:
+    """nf_kernels' MLP initialized as SplineCoupling initializes its own: a zero last layer whose derivative
+    biases make every interior knot's derivative ``min_derivative + softplus(bias) = 1`` (nflows' parametrization,
+    as ours), so the spline starts as the identity."""
+
+    def create(in_features: int, out_features: int) -> nn.Module:
+        net = MLP(in_features, out_features, spec.hidden, spec.depth)
+        with torch.no_grad():
+            net.net[-1].bias.view(-1, spec.params_per_element)[:, 2 * spec.bins :] = identity_derivative_parameter(
+                min_derivative
+            )
+        return net
+
+    return create
+
+
+def _nf_kernels_nsf(spec: NSFSpec, library: str, backend: str = "auto", memory_saving: bool = False) -> BenchModel:
+    # The couplings alone, as the peers build them: build_model("nsf") adds ActNorm and a 1x1 convolution per step.
+    couplings = [SplineCoupling((spec.features,), mask="half", flip=i % 2 == 1, bins=spec.bins, bound=spec.bound,
+                                hidden=spec.hidden, depth=spec.depth, backend=backend)
+                 for i in range(spec.couplings)]  # fmt: skip
+    flow = Flow(couplings, StandardNormal((spec.features,)), memory_saving=memory_saving)
+    return BenchModel(library, flow, flow.log_prob)
+
+
+def _nflows_nsf(spec: NSFSpec) -> BenchModel:
+    _require("nflows")
+    from nflows.distributions.normal import StandardNormal as NflowsStandardNormal
+    from nflows.flows.base import Flow as NflowsFlow
+    from nflows.transforms.base import CompositeTransform
+    from nflows.transforms.coupling import PiecewiseRationalQuadraticCouplingTransform
+    from nflows.transforms.splines.rational_quadratic import DEFAULT_MIN_DERIVATIVE
+
+    # nflows warns on every call whose conditioner lacks `hidden_features`; ours does, on purpose (the same
+    # network and parametrization as nf_kernels'), so the warning says nothing here.
+    warnings.filterwarnings("ignore", message="Inputs to the softmax are not scaled down")
+    half = spec.features // 2
+    mask = torch.tensor([-1] * half + [1] * half)  # > 0: transformed
+    create = _identity_spline_conditioner(spec, DEFAULT_MIN_DERIVATIVE)
+    couplings = [PiecewiseRationalQuadraticCouplingTransform(mask * (-1) ** i, create, num_bins=spec.bins,
+                                                             tails="linear", tail_bound=spec.bound)
+                 for i in range(spec.couplings)]  # fmt: skip
+    flow = NflowsFlow(CompositeTransform(couplings), NflowsStandardNormal([spec.features]))
+    return BenchModel("nflows", flow, flow.log_prob)
+
+
+def _zuko_nsf(spec: NSFSpec) -> BenchModel:
+    _require("zuko")
+    from zuko.distributions import DiagNormal
+    from zuko.flows import Flow as ZukoFlow, GeneralCouplingTransform
+    from zuko.lazy import UnconditionalDistribution
+    from zuko.transforms import MonotonicRQSTransform
+
+    spline = functools.partial(MonotonicRQSTransform, bound=spec.bound)
+    shapes = [(spec.bins,), (spec.bins,), (spec.bins - 1,)]  # as zuko.flows.NSF
+    kept = torch.arange(spec.features) < spec.features // 2  # True: the constant half
+    couplings = []
+    for i in range(spec.couplings):
+        coupling = GeneralCouplingTransform(spec.features, mask=kept if i % 2 == 0 else ~kept, univariate=spline,
+                                            shapes=shapes, hidden_features=[spec.hidden] * spec.depth)  # fmt: skip
+        nn.init.zeros_(coupling.hyper[-1].weight)
+        nn.init.zeros_(coupling.hyper[-1].bias)
+        couplings.append(coupling)
+    base = UnconditionalDistribution(DiagNormal, torch.zeros(spec.features), torch.ones(spec.features), buffer=True)
+    flow = ZukoFlow(couplings, base)
+    return BenchModel("zuko", flow, lambda x: flow().log_prob(x))
+
+
+_NSF_BUILDERS: dict[str, Callable[[NSFSpec], BenchModel]] = {
+    "nf_kernels": lambda spec: _nf_kernels_nsf(spec, "nf_kernels"),
+    "nf_kernels-reference": lambda spec: _nf_kernels_nsf(spec, "nf_kernels-reference", backend="reference"),
+    "nf_kernels-memory-saving": lambda spec: _nf_kernels_nsf(spec, "nf_kernels-memory-saving", memory_saving=True),
+    "nflows": _nflows_nsf,
+    "zuko": _zuko_nsf,
+}
+
 _BUILDERS: dict[str, Callable[[RealNVPSpec], BenchModel]] = {
     "nf_kernels": lambda spec: _nf_kernels(spec, "nf_kernels"),
     "nf_kernels-reference": lambda spec: _nf_kernels(spec, "nf_kernels-reference", backend="reference"),
@@ -213,19 +371,29 @@ _BUILDERS: dict[str, Callable[[RealNVPSpec], BenchModel]] = {
 }
 
 
-def build(library: str, spec: RealNVPSpec) -> BenchModel:
-    """`library`'s model of `spec` (float32, on the CPU; move it with ``.to``).
+def library_notes(spec: ModelSpec) -> dict[str, str]:
+    """How each library builds `spec`'s kind of model: :data:`LIBRARY_NOTES` or :data:`NSF_LIBRARY_NOTES`."""
+    return NSF_LIBRARY_NOTES if isinstance(spec, NSFSpec) else LIBRARY_NOTES
+
+
+def build(library: str, spec: ModelSpec) -> BenchModel:
+    """`library`'s model of `spec`, a RealNVP or an NSF (float32, on the CPU; move it with ``.to``).
 
     Raises:
         ValueError: `library` is not one of `LIBRARIES`.
         LibraryUnavailable: the library is not installed.
-        Unsupported: the library cannot express the model.
+        Unsupported: the library cannot express the model, or has no NSF here (normflows, FrEIA: the NSF is
+            compared with nflows and zuko, `NSF_PEERS`).
 
     Example:
         >>> model = build("nf_kernels", RealNVPSpec(features=4, couplings=2, hidden=8))
         >>> model.log_prob(torch.zeros(3, 4)).shape
         torch.Size([3])
     """
-    if library not in _BUILDERS:
+    if library not in LIBRARIES:
         raise ValueError(f"unknown library {library!r}: valid choices are {', '.join(LIBRARIES)}")
+    if isinstance(spec, NSFSpec):
+        if library not in _NSF_BUILDERS:
+            raise Unsupported(f"no NSF of {library} in this benchmark: it compares {', '.join(NSF_PEERS)}")
+        return _NSF_BUILDERS[library](spec)
     return _BUILDERS[library](spec)

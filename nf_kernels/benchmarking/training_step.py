@@ -1,4 +1,5 @@
-"""Training steps of the same RealNVP in nf_kernels and in the peer libraries, timed round-robin in one process.
+"""Training steps of the same RealNVP (or NSF) in nf_kernels and in the peer libraries, timed round-robin in one
+process.
 
 For each size, every library's model (:mod:`.peer_models`) is built from the same seed, checked, then timed in
 turns: each round gives every model a few warm steps, then times `steps` steps of it (on the CPU one by one, the
@@ -13,7 +14,8 @@ finite first loss; a model that fails either is reported and not timed. Memory: 
 activations at their peak during one step (:func:`nf_kernels.flows.memory_report.activation_memory`, any device)
 and, on CUDA, the peak allocated during one step above what was allocated before it.
 
-The issue's goals (:data:`ISSUE_GOALS`) are judged on each size's median ratio.
+The issue's goals (:data:`ISSUE_GOALS`) are judged on each size's median ratio; the NSF's (issue 14,
+:data:`NSF_MEMORY_GOAL`) on its saved activations against nflows'.
 """
 
 from __future__ import annotations
@@ -35,13 +37,15 @@ from ..progress import progress_bar
 from .model_runner import training_step
 from .peer_models import (
     LIBRARIES,
-    LIBRARY_NOTES,
     PEERS,
     LibraryUnavailable,
+    ModelSpec,
+    NSFSpec,
     RealNVPSpec,
     Unsupported,
     build,
     expected_init_log_prob,
+    library_notes,
     sample_batch,
 )
 from .report import SPREAD_LIMIT, format_number, load_warning, markdown_table
@@ -56,6 +60,10 @@ LARGE_FEATURES = 1024  # from this D on, the issue's large model: 4 couplings, h
 INIT_LOG_PROB_RTOL = 1e-5  # float32 sums of D terms; the check compares models, not rounding
 LEARNING_RATE = 1e-3
 MIB = 1 << 20
+NSF_DEFAULT_SIZES = (8, 64)
+NSF_WIDE_FEATURES = 64  # from this D on, the NSF's conditioners are 128 wide, below it 64
+# Issue 14: the saved activations of nf_kernels' 4-coupling NSF step at most this fraction of nflows'.
+NSF_MEMORY_GOAL = 0.25
 
 
 def issue_spec(features: int) -> RealNVPSpec:
@@ -70,12 +78,26 @@ def issue_spec(features: int) -> RealNVPSpec:
     return RealNVPSpec(features, couplings=8, hidden=128)
 
 
+def nsf_spec(features: int) -> NSFSpec:
+    """Issue 14's NSF for data of `features` dimensions: 4 spline couplings of 8 bins on [-3, 3], conditioners of
+    2 hidden layers, 64 wide below `NSF_WIDE_FEATURES` and 128 from it on.
+
+    >>> nsf_spec(8).hidden, nsf_spec(64).hidden
+    (64, 128)
+    """
+    return NSFSpec(features, hidden=128 if features >= NSF_WIDE_FEATURES else 64)
+
+
+def model_name(spec: ModelSpec) -> str:
+    return "NSF" if isinstance(spec, NSFSpec) else "RealNVP"
+
+
 @dataclass
 class StepResult:
     """One library's training step at one size: every round's time per step, memory, the checks."""
 
     library: str
-    spec: RealNVPSpec
+    spec: ModelSpec
     batch: int
     round_seconds: list = dataclasses.field(default_factory=list)  # time per step, one entry per round
     ratio_rounds: list = dataclasses.field(default_factory=list)  # the fastest peer's time over this one's, per round
@@ -106,7 +128,7 @@ class StepResult:
 
     def to_dict(self) -> dict:
         record = dataclasses.asdict(self)
-        record.update(spec=dataclasses.asdict(self.spec), seconds=self.seconds, steps_per_s=self.steps_per_s,
+        record.update(spec=dict(dataclasses.asdict(self.spec), model=model_name(self.spec)), seconds=self.seconds, steps_per_s=self.steps_per_s,
                       spread=self.spread, ratio=self.ratio)  # fmt: skip
         return record
 
@@ -192,7 +214,7 @@ def _add_ratios(results: Sequence[StepResult]) -> None:
 
 
 def run_training_steps(
-    specs: Sequence[RealNVPSpec],
+    specs: Sequence[ModelSpec],
     libraries: Sequence[str] = LIBRARIES,
     device="cpu",
     *,
@@ -207,8 +229,9 @@ def run_training_steps(
     """Time one training step (forward, backward, Adam) of each library's model of each spec, round-robin.
 
     Args:
-        specs: the models' sizes, one per data size.
-        libraries: which of `peer_models.LIBRARIES` to run; those not installed are skipped (a line to `on_skip`).
+        specs: the models' sizes, one per data size: :class:`RealNVPSpec` or :class:`NSFSpec`.
+        libraries: which of `peer_models.LIBRARIES` to run; those not installed, or without the model
+            (normflows and FrEIA have no NSF here), are skipped (a line to `on_skip`).
         device: where to run.
         batch: samples per step.
         steps: timed steps per model per round; `warmup` untimed steps come before them.
@@ -288,12 +311,14 @@ def goal_lines(results: Sequence[StepResult]) -> list[str]:
     """The issue's goals, each judged on this run: nf_kernels against the fastest peer, memory-saving mode."""
     lines = []
     for r in results:
+        if isinstance(r.spec, NSFSpec):
+            continue  # nsf_goal_lines
         if r.library == "nf_kernels" and r.ratio is not None and r.spec.features in ISSUE_GOALS:
             goal = ISSUE_GOALS[r.spec.features]
             verdict = "met" if r.ratio >= goal else "not met"
             lines.append(f"{r.spec.label}: nf_kernels is {r.ratio:.2f}x the fastest peer ({r.fastest_peer}); goal "
                          f">= {goal:g}x: {verdict}")  # fmt: skip
-    by_size = {(r.spec, r.library): r for r in results}
+    by_size = {(r.spec, r.library): r for r in results if not isinstance(r.spec, NSFSpec)}
     for (spec, library), r in by_size.items():
         standard = by_size.get((spec, "nf_kernels"))
         if library == "nf_kernels-memory-saving" and r.seconds and standard and standard.seconds:
@@ -301,6 +326,30 @@ def goal_lines(results: Sequence[StepResult]) -> list[str]:
             verdict = "met" if ratio <= MEMORY_SAVING_GOAL else "not met"
             lines.append(f"{spec.label}: the memory-saving step takes {ratio:.2f}x the standard one; goal "
                          f"<= {MEMORY_SAVING_GOAL:g}x: {verdict}")  # fmt: skip
+    return lines + nsf_goal_lines(results)
+
+
+def nsf_goal_lines(results: Sequence[StepResult]) -> list[str]:
+    """Issue 14's memory goal for each NSF size: the saved activations of nf_kernels' step, standard and
+    memory-saving, over nflows'; then the speed of both against the fastest peer, which the issue sets no figure
+    for."""
+    lines = []
+    by_size = {(r.spec, r.library): r for r in results if isinstance(r.spec, NSFSpec) and not r.error}
+    for spec in dict.fromkeys(spec for spec, _ in by_size):
+        nflows = by_size.get((spec, "nflows"))
+        for library in ("nf_kernels", "nf_kernels-memory-saving"):
+            ours = by_size.get((spec, library))
+            if ours and nflows and ours.saved_bytes and nflows.saved_bytes:
+                fraction = ours.saved_bytes / nflows.saved_bytes
+                verdict = "met" if fraction <= NSF_MEMORY_GOAL else "not met"
+                lines.append(f"{spec.label} {library}: the step saves {_mib(ours.saved_bytes)} MiB of activations, "
+                             f"{fraction:.3f} of nflows' {_mib(nflows.saved_bytes)} MiB; goal <= {NSF_MEMORY_GOAL:g}: "
+                             f"{verdict}")  # fmt: skip
+        for library in ("nf_kernels", "nf_kernels-memory-saving"):
+            ours = by_size.get((spec, library))
+            if ours and ours.ratio is not None:
+                lines.append(f"{spec.label} {library}: the step is {ours.ratio:.2f}x the fastest peer "
+                             f"({ours.fastest_peer}) (no goal set)")  # fmt: skip
     return lines
 
 
@@ -319,8 +368,11 @@ def warning_lines(env: dict, results: Sequence[StepResult]) -> list[str]:
 def format_report(env: dict, settings: dict, results: Sequence[StepResult], command: str = "") -> str:
     """The markdown document of one run: settings, goals, a table per size, what was skipped, how models differ."""
     versions = ", ".join(f"{name} {version or 'not installed'}" for name, version in env["peers"].items())
+    specs = list(dict.fromkeys(r.spec for r in results))
+    models = " and ".join(dict.fromkeys(model_name(spec) for spec in specs)) or "RealNVP"
+    issues = ", ".join(dict.fromkeys("14" if isinstance(spec, NSFSpec) else "12" for spec in specs)) or "12"
     parts = [
-        f"# Training step against the peer libraries: {env['device_name']}",
+        f"# {models} training step against the peer libraries: {env['device_name']}",
         "",
         f"- date: {env['date']}, commit `{env['commit']}` (on main `{env.get('base_commit') or 'unknown'}`)",
         f"- torch {env['torch']}, Python {env['python']}; {versions}",
@@ -335,7 +387,7 @@ def format_report(env: dict, settings: dict, results: Sequence[StepResult], comm
         "(nf_kernels.flows.memory_report.activation_memory); on CUDA also the peak allocated during one step "
         "above what was allocated before it",
         "- init log-prob: every model at init against what its scale map predicts (the base density of x, "
-        "except nflows: see below); a model that fails it is not timed",
+        "except nflows' RealNVP: see below); a model that fails it is not timed",
     ]
     if command:
         parts.append(f"- command: `{command}`")
@@ -349,31 +401,38 @@ def format_report(env: dict, settings: dict, results: Sequence[StepResult], comm
     warnings = warning_lines(env, results)
     if warnings:
         parts += ["", "## Warnings", "", *(f"- warning: {line}" for line in warnings)]
-    parts += ["", "## Goals (issue 12)", "", *(f"- {line}" for line in goal_lines(results) or ["- nothing to judge"])]
-    specs = list(dict.fromkeys(r.spec for r in results))
+    parts += ["", f"## Goals (issue {issues})", "", *(f"- {line}" for line in goal_lines(results) or ["nothing to judge"])]
     for spec in specs:
         rows = [r for r in results if r.spec == spec]
-        parts += ["", f"## {spec.label}: {spec.couplings} couplings, hidden {spec.hidden}, {spec.depth} hidden layers",
-                  "", format_size_table(rows)]  # fmt: skip
+        parts += ["", f"## {model_name(spec)} {spec.label}: {spec.description}", "", format_size_table(rows)]
     skipped = [r for r in results if r.error]
     if skipped:
         parts += ["", "## Not timed", "", *(f"- {r.spec.label} {r.library}: {r.error}" for r in skipped)]
-    libraries = list(dict.fromkeys(r.library for r in results))
-    parts += ["", "## How each library builds the model", ""]
-    parts += [f"- {name}: {LIBRARY_NOTES[name]}" for name in libraries]
+    for name, notes in _notes(specs).items():
+        libraries = [library for library in dict.fromkeys(r.library for r in results) if library in notes]
+        parts += ["", f"## How each library builds the {name}", ""]
+        parts += [f"- {library}: {notes[library]}" for library in libraries]
     return "\n".join(parts) + "\n"
 
 
-def report_paths(stem: Path) -> dict:
-    """The run's files: ``<stem>-training-step.md``, ``.json`` and ``-training-step-profile.md``."""
-    base = stem.with_name(stem.name + "-training-step")
+def _notes(specs: Sequence[ModelSpec]) -> dict[str, dict[str, str]]:
+    """Each model kind among `specs` (RealNVP, NSF) and how every library builds it."""
+    return {model_name(spec): library_notes(spec) for spec in specs}
+
+
+def report_paths(stem: Path, what: str = "training-step") -> dict:
+    """The run's files: ``<stem>-<what>.md``, ``.json`` and ``-<what>-profile.md``; `what` is
+    ``"training-step"`` for the RealNVP, ``"nsf-step"`` for the NSF."""
+    base = stem.with_name(f"{stem.name}-{what}")
     return {"markdown": base.with_suffix(".md"), "json": base.with_suffix(".json"),
             "profile": base.with_name(base.name + "-profile.md")}  # fmt: skip
 
 
 def write_json(path: Path, env: dict, settings: dict, results: Sequence[StepResult], command: str = "",
                profile: Optional[list] = None) -> None:  # fmt: skip
-    record = {"environment": env, "command": command, "settings": settings, "notes": LIBRARY_NOTES,
+    notes = _notes(list(dict.fromkeys(r.spec for r in results)))  # one kind: its notes; both: by kind
+    record = {"environment": env, "command": command, "settings": settings,
+              "notes": next(iter(notes.values())) if len(notes) == 1 else notes,
               "results": [r.to_dict() for r in results], "profile": profile}  # fmt: skip
     Path(path).write_text(json.dumps(record, indent=1) + "\n")
 
