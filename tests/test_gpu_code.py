@@ -359,8 +359,8 @@ TRITON_FORWARD, TRITON_BACKWARD = "_coupling_forward_kernel", "_coupling_backwar
 CUDA_FORWARD, CUDA_BACKWARD = "coupling_forward_kernel", "coupling_backward_kernel"
 
 # Why today's kernels break a rule, {case: reason} (what the report shows for sm_90; docs/gpu_code_before.md has the
-# numbers of the kernels before the fixes). Every affine kernel now passes every rule; the spline kernels' vector
-# flows do not.
+# numbers of the kernels before the fixes). Every affine and additive kernel, Triton and CUDA, passes every rule; the
+# Triton spline kernels' vector flows do not.
 TRITON_SPLINE_FORWARD, TRITON_SPLINE_BACKWARD = "_spline_forward_kernel", "_spline_backward_kernel"
 _SPLINE_VECTOR_LOADS = ("a vector flow's element has its 23 parameters at a 92-byte stride: 32-bit loads (each "
                         "thread reads its own elements' lanes)")  # fmt: skip
@@ -369,16 +369,6 @@ XFAILS: dict[tuple[str, str, str, str], str] = {
     ("triton", TRITON_SPLINE_BACKWARD, "vector-half", "a"): _SPLINE_VECTOR_LOADS,
     ("triton", TRITON_SPLINE_BACKWARD, "vector-half", "c"): (
         "2 elements a thread: with 4, the 46 scalar accesses an element spill (spline_forward.BACKWARD_LEAST)"
-    ),
-    # A regression of the peers' layouts and maps in the CUDA kernels (issue 13's C++ stage), seen in CI at
-    # 09abfd6: the element-path instantiations (<..., false>) gained 48-192 64-bit div/rem (the channel-pairs and
-    # compact-h positions), and the fp16/bf16/fp32 vector forwards 18-41 spill instructions (16-24 B local).
-    ("cuda", "coupling_forward_kernel", "all", "b"): (
-        "64-bit div/rem in the element path and spills in the 16-bit vector forwards since the peers' maps and "
-        "layouts (issue 13)"
-    ),
-    ("cuda", "coupling_backward_kernel", "all", "b"): (
-        "64-bit div/rem in the element path since the peers' layouts (issue 13)"
     ),
 }
 

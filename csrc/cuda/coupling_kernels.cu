@@ -60,17 +60,16 @@ constexpr int kWarps = kThreads / 32;
 constexpr unsigned kFullWarp = 0xffffffffu;  // every shuffle runs on the whole warp
 
 // Resident blocks a multiprocessor must hold (__launch_bounds__), which caps the registers ptxas may use at
-// 65536 / (256 * blocks): without a bound ptxas settles on 80 registers and spills a few. 4 blocks (64 registers, half
-// the threads an SM holds) for the forward of 16- and 32-bit x with h no wider than x, 3 for a wider h; for the
-// backward, which holds four inputs, 3 when h is narrower than x and 2 (128 registers) otherwise: at 80 registers
-// its tanh and atan maps spill a few loop-invariant values since the mask moves in blocks. 2 for double arithmetic.
-// With these no kernel spills (the SASS has no STL/LDL), and 2 blocks of 256 threads still keep some 64 KB of
-// loads in flight an SM, twice what an H200 needs to cover its memory latency at full bandwidth.
+// 65536 / (256 * blocks): without a bound ptxas settles on 80 registers and spills a few. 3 blocks (80 registers) for
+// the forward of 16- and 32-bit x: at 4 (64 registers) the 16-bit vector forwards of the peers' maps spill, since a
+// group of 8 elements holds 8 values of each input. 2 (128 registers) for every backward, which holds four inputs:
+// at 80 registers the backward of h narrower than x spills (33 STL/LDL). 2 for double arithmetic. With these no
+// kernel spills (the SASS has no STL/LDL), and 2 blocks of 256 threads still keep some 64 KB of loads in flight an
+// SM, twice what an H200 needs to cover its memory latency at full bandwidth.
 template <class XT, class HT, bool kBackward>
 constexpr int min_blocks() {
-  if (sizeof(XT) == 8) return 2;
-  if (kBackward) return sizeof(HT) < sizeof(XT) ? 3 : 2;
-  return sizeof(HT) > sizeof(XT) ? 3 : 4;
+  if (sizeof(XT) == 8 || kBackward) return 2;
+  return 3;
 }
 
 template <class T>
@@ -259,10 +258,14 @@ __device__ __forceinline__ uint32_t group_selection(const FlatLayout& layout, co
                                                     int64_t n0, uint32_t inside) {
   if (layout.pattern != kPatternMask && layout.pattern != kPatternGather)
     return index_selection<G>(layout, checkerboard, n0, inside);
+  // The two reads directly, not is_transformed(): the compiler cannot drop its checkerboard branch (64-bit % and /
+  // per element) from this loop, although that pattern never gets here.
+  const bool mask = layout.pattern == kPatternMask;
   uint32_t bits = 0;
 #pragma unroll
   for (int k = 0; k < G; ++k)
-    if ((inside >> k) & 1) bits |= static_cast<uint32_t>(is_transformed(layout, n0 + k)) << k;
+    if ((inside >> k) & 1)
+      bits |= static_cast<uint32_t>(mask ? layout.transformed[n0 + k] != 0 : layout.h_index[n0 + k] >= 0) << k;
   return inside & bits;
 }
 
