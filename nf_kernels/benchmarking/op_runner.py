@@ -23,11 +23,11 @@ from .cases import OpCase
 from .machine import cache_reach, copy_bandwidth, last_level_cache
 from .providers import COMPILE, EAGER, CouplingFn, available_providers, make_provider
 from ..progress import progress_bar
-from .timing import TimingBudget, measure
+from .timing import RateOfTimedCall, TimingBudget, measure
 
 
 @dataclass
-class OpResult:
+class OpResult(RateOfTimedCall):
     """One provider on one case. `seconds` is None when the provider failed; `error` then says why.
 
     With several rounds, `seconds` is the median round's time and `round_seconds` holds every round's.
@@ -44,21 +44,6 @@ class OpResult:
     speedup_vs_compile: Optional[float] = None
     in_cache: bool = False  # the call's bytes fit in the last-level cache (see machine.py): no share of the ceiling
     round_seconds: tuple[float, ...] = ()  # the time of every round, in the order measured
-
-    @property
-    def gbps(self) -> Optional[float]:
-        return self.bytes / self.seconds / 1e9 if self.seconds else None
-
-    @property
-    def copy_fraction(self) -> Optional[float]:
-        """Achieved bytes per second over the copy's (the case's floor time over its time): 1.0 reaches the
-        ceiling. Measured in every case; only out-of-cache cases make it a claim about memory."""
-        return self.bytes / self.seconds / self.copy_bytes_per_s if self.seconds else None
-
-    @property
-    def spread(self) -> Optional[float]:
-        """The slowest round's time over the fastest one's; None with fewer than two rounds."""
-        return max(self.round_seconds) / min(self.round_seconds) if len(self.round_seconds) > 1 else None
 
     def to_dict(self) -> dict:
         row = {field.name: getattr(self, field.name) for field in dataclasses.fields(self) if field.name != "case"}

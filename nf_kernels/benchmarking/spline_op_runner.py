@@ -30,7 +30,7 @@ from .byte_model import spline_bytes_moved
 from .machine import cache_reach, copy_bandwidth, last_level_cache
 from .spline_cases import BOUND, SplineOpCase
 from .spline_peers import PEER_SPLINES, SplineFn
-from .timing import TimingBudget, describe_error
+from .timing import RateOfTimedCall, TimingBudget, describe_error
 
 FUSED = "cpu"
 COMPILED = " compile"  # the suffix of a peer's torch.compile column
@@ -39,7 +39,7 @@ CPU = torch.device("cpu")
 
 
 @dataclass
-class SplineOpResult:
+class SplineOpResult(RateOfTimedCall):
     """One implementation on one case. `seconds` is None when it failed; `error` then says why."""
 
     case: SplineOpCase
@@ -51,20 +51,6 @@ class SplineOpResult:
     round_seconds: tuple[float, ...] = ()  # every round's time of one call, in the order measured
     in_cache: bool = False  # the call's bytes fit in the last-level cache (machine.py): no share of the ceiling
     fused_speedup: Optional[float] = None  # this implementation's time over the fused cpu op's, same case
-
-    @property
-    def gbps(self) -> Optional[float]:
-        return self.bytes / self.seconds / 1e9 if self.seconds else None
-
-    @property
-    def copy_fraction(self) -> Optional[float]:
-        """The share of the copy bandwidth reached: the call's floor time (bytes over copy bandwidth) over its time."""
-        return self.bytes / self.seconds / self.copy_bytes_per_s if self.seconds else None
-
-    @property
-    def spread(self) -> Optional[float]:
-        """The slowest round's time over the fastest one's; None with fewer than two rounds."""
-        return max(self.round_seconds) / min(self.round_seconds) if len(self.round_seconds) > 1 else None
 
     def to_dict(self) -> dict:
         row = {field.name: getattr(self, field.name) for field in dataclasses.fields(self) if field.name != "case"}

@@ -114,6 +114,32 @@ def peak_bytes(fn: Callable[[], object], device: torch.device) -> Optional[int]:
     return torch.cuda.max_memory_allocated(device) - before
 
 
+class RateOfTimedCall:
+    """What a benchmark row derives from its time and byte count (`seconds`, `bytes`, `copy_bytes_per_s`,
+    `round_seconds`, fields of the dataclass that mixes this in): GB/s, the share of the copy bandwidth and the
+    spread of the rounds."""
+
+    seconds: Optional[float]
+    bytes: int
+    copy_bytes_per_s: float
+    round_seconds: tuple[float, ...]
+
+    @property
+    def gbps(self) -> Optional[float]:
+        return self.bytes / self.seconds / 1e9 if self.seconds else None
+
+    @property
+    def copy_fraction(self) -> Optional[float]:
+        """Achieved bytes per second over the copy's (the call's floor time over its time): 1.0 reaches the
+        ceiling. Measured in every case; only out-of-cache cases make it a claim about memory."""
+        return self.bytes / self.seconds / self.copy_bytes_per_s if self.seconds else None
+
+    @property
+    def spread(self) -> Optional[float]:
+        """The slowest round's time over the fastest one's; None with fewer than two rounds."""
+        return max(self.round_seconds) / min(self.round_seconds) if len(self.round_seconds) > 1 else None
+
+
 @dataclass(frozen=True)
 class Measurement:
     seconds: Optional[float]  # median time of one call; None when it failed
