@@ -151,9 +151,9 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) {
     CT* logdet = static_cast<CT*>(args.logdet);
     if (lp.chunks == 1)
-      logdet[it.sample] = acc;
+      logdet[it.sample] = acc;  // gpu_code: own scalar (the sample's log-det)
     else
-      partials[blockIdx.x] = acc;
+      partials[blockIdx.x] = acc;  // gpu_code: own scalar (the chunk's partial)
   }
 }
 
@@ -184,7 +184,7 @@ __global__ void __launch_bounds__(kThreads)
   XT* grad_x = static_cast<XT*>(args.grad_x) + x_offset;
   const PT* params = static_cast<const PT*>(args.params) + p_offset;
   PT* grad_params = static_cast<PT*>(args.grad_params) + p_offset;
-  const CT g_logdet = static_cast<const CT*>(args.grad_logdet)[it.sample];
+  const CT g_logdet = static_cast<const CT*>(args.grad_logdet)[it.sample];  // gpu_code: own scalar
 #pragma unroll 1
   for (int i = 0; i < kPerThread; ++i) {
     const int64_t n = it.first + i * kThreads + threadIdx.x;
