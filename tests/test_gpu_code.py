@@ -267,10 +267,14 @@ def test_cuda_sources_and_their_launch_geometry():
     # The coupling launchers: one wave (here 2 blocks an SM on 132 SMs), 4 float elements a thread an iteration.
     coupling = gpu_code.coupling_geometry("float", 2, gpu_code.IMAGE, 132)
     assert (coupling.grid, coupling.threads, coupling.per_iteration) == (264, 256, 4)
-    # The spline launchers: a block for each 1024-element chunk of a sample, whatever the occupancy.
+    # The spline launchers: a block for each 1024-element chunk of a sample, whatever the occupancy; samples of up
+    # to 128 elements a team of lanes each (64 elements: 16 lanes, 16 samples a block).
     image = gpu_code.spline_geometry("float", 6, gpu_code.IMAGE, 132)
     assert (image.grid, image.threads, image.per_iteration) == (256 * 6, 256, 1)
-    assert gpu_code.spline_geometry("half", 6, gpu_code.VECTOR, 132).grid == 65536
+    assert gpu_code.spline_geometry("half", 6, gpu_code.VECTOR, 132).grid == 65536 // 16
+    assert gpu_code.spline_geometry("float", 6, (1000, 129), 132).grid == 1000  # a chunk a sample
+    assert gpu_code.spline_geometry("float", 6, (1000, 128), 132).grid == 125  # 32 lanes, 8 samples a block
+    assert gpu_code.spline_geometry("float", 6, (1000, 3), 132).grid == 4  # a lane a sample
 
 
 def test_cuda_objects_are_matched_to_their_sources_by_kernel_names(tmp_path):
@@ -421,16 +425,9 @@ _CUDA_SPLINE_ACCESSES = ("one element a thread an iteration, kThreads apart: x, 
                          "parameters move in accesses of one element (32-bit for float, 16 or 64 for the others), "
                          "the bool mask a byte; <float, float, false> forward: 21 of 21 loads, 2 of 4 stores (2 own "
                          "scalars) narrow")  # fmt: skip
-_CUDA_SPLINE_VECTOR = ("a block of 256 threads a sample's 1024-element chunk: a 64-element vector sample leaves "
-                       "192 threads idle, 0.25 elements a thread")  # fmt: skip
 XFAILS.update({
     ("cuda", CUDA_SPLINE_FORWARD, "all", "a"): _CUDA_SPLINE_ACCESSES,
     ("cuda", CUDA_SPLINE_BACKWARD, "all", "a"): _CUDA_SPLINE_ACCESSES,
-    ("cuda", CUDA_SPLINE_FORWARD, "all", "b"): (
-        "<double, double, *> forward: 2 spill instructions, 8 B stack, at 80 registers"
-    ),
-    ("cuda", CUDA_SPLINE_FORWARD, "vector", "c"): _CUDA_SPLINE_VECTOR,
-    ("cuda", CUDA_SPLINE_BACKWARD, "vector", "c"): _CUDA_SPLINE_VECTOR,
 })
 
 TRITON_GROUPS = ("image-half", "image-checkerboard", "image-bool", "vector-half")

@@ -94,12 +94,18 @@ def coupling_geometry(x_type: str, programs_per_sm: int, shape: tuple[int, ...],
 
 def spline_geometry(x_type: str, programs_per_sm: int, shape: tuple[int, ...], sms: int) -> Geometry:
     """spline_kernels.cu's launchers (`prepare`): a block of kThreads owns kThreads * kPerThread consecutive
-    elements of one sample (a sample's chunk), one element a thread per iteration; the grid is every chunk of every
-    sample, whatever the occupancy."""
+    elements of one sample (a sample's chunk), one element a thread per iteration, and the grid is every chunk of
+    every sample, whatever the occupancy; a sample of at most kMaxTeam * kPerThread elements goes to a team of
+    lanes instead (the fewest, a power of two, that give each at most kPerThread), kThreads / team samples a block."""
     threads = source_constant(SPLINE_CUDA_SOURCE, "kThreads")
-    chunk = threads * source_constant(SPLINE_CUDA_SOURCE, "kPerThread")
+    per_thread = source_constant(SPLINE_CUDA_SOURCE, "kPerThread")
     batch, numel = shape[0], math.prod(shape[1:])
-    return Geometry(grid=batch * -(-numel // chunk), threads=threads, per_iteration=1)
+    if numel <= source_constant(SPLINE_CUDA_SOURCE, "kMaxTeam") * per_thread:
+        team = 1
+        while team * per_thread < numel:
+            team *= 2
+        return Geometry(grid=-(-batch // (threads // team)), threads=threads, per_iteration=1)
+    return Geometry(grid=batch * -(-numel // (threads * per_thread)), threads=threads, per_iteration=1)
 
 
 @dataclass(frozen=True)
