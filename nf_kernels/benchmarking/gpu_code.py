@@ -16,15 +16,20 @@ replayed through Triton's own `JITFunction.run(..., warmup=True)` with a stand-i
 sm_80) GPU: Triton itself derives the signature and the specialization (i32 or i64 ints, ints equal to 1 as
 constants, `tt.divisibility=16` for pointers and ints divisible by 16) exactly as at a launch, and compiles.
 
-**CUDA**: `csrc/cuda/coupling_kernels.cu` is compiled with nvcc and the build's flags, every kernel function read
-from the SASS; the launchers size their grid to one wave (occupancy times multiprocessors, blocks striding over
-the work), which the report computes from each kernel's registers for the representative problems.
+**CUDA**: each file of CUDA_SOURCES, `csrc/cuda/coupling_kernels.cu` and `csrc/cuda/spline_kernels.cu`, is
+compiled with nvcc and the build's flags (the files in parallel, in the background), every kernel function read from
+the SASS, and each launch geometry computed as its launcher computes it for the representative problems: the
+coupling launchers size their grid to one wave (occupancy, here from each kernel's registers, times
+multiprocessors, blocks striding over the work); the spline launchers give a block to each chunk of kThreads *
+kPerThread elements of a sample, or a team of lanes to each sample of a vector flow (the constants read from the
+source). `--cuda-object` skips a file's build: an already-built object (any name: its kernels' names tell which
+file it holds) or a directory of them, repeatable.
 
 The rules a main kernel (not the tiny log-det sum) must meet are RULES, checked by `rule_checks`;
 tests/test_gpu_code.py asserts them. Run without TRITON_INTERPRET (it compiles for the GPU):
 
     python -m nf_kernels.benchmarking.gpu_code [--arch 90] [--markdown OUT.md] [--json OUT.json] [--no-cuda]
-        [--summary OUT.md] [--cuda-object BUILT.o] [--verify-on-gpu] [--check]
+        [--summary OUT.md] [--cuda-object BUILT.o|DIR ...] [--verify-on-gpu] [--check]
 """
 
 from __future__ import annotations
