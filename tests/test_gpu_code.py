@@ -248,7 +248,8 @@ def test_cuda_own_scalars_are_the_marked_log_det_lines():
 def test_cuda_spline_own_scalars_are_its_log_det_lines():
     """The spline kernels' exempt lines: the forward's log-det and chunk partial stores, the backward's
     grad_logdet[b] load; the report exempts the marked lines of every CUDA source it reads."""
-    lines = sorted(gpu_code.own_scalar_lines(gpu_code.SPLINE_CUDA_SOURCE), key=lambda line: int(line.rsplit(":", 1)[1]))
+    lines = sorted(gpu_code.own_scalar_lines(gpu_code.SPLINE_CUDA_SOURCE),
+                   key=lambda line: int(line.rsplit(":", 1)[1]))
     source = gpu_code.SPLINE_CUDA_SOURCE.read_text().splitlines()
     code = [source[int(line.rsplit(":", 1)[1]) - 1].split("//")[0].strip() for line in lines]
     assert all(line.startswith("csrc/cuda/spline_kernels.cu:") for line in lines)

@@ -1054,7 +1054,9 @@ def nvcc() -> Optional[str]:
     return cuda_tool("nvcc")
 
 
-def start_cuda_build(archs: Sequence[int], workdir: pathlib.Path, source: CudaSource = CUDA_SOURCES[0]) -> subprocess.Popen:
+def start_cuda_build(
+    archs: Sequence[int], workdir: pathlib.Path, source: CudaSource = CUDA_SOURCES[0]
+) -> subprocess.Popen:
     """nvcc -c of one source's kernels for the given archs into workdir/<stem>.o, in the background (it is the slow
     part of the report; the sources build in parallel)."""
     command = [nvcc(), "-c", str(source.path), "-o", str(workdir / f"{source.stem}.o"), *NVCC_FLAGS]
