@@ -2,7 +2,10 @@
 //
 // One thread per element: a block owns a chunk of kChunk consecutive elements of one sample, each thread kPerThread
 // of them kThreads apart (consecutive threads, consecutive elements: x and y move in coalesced accesses, and so
-// does each parameter j of a channel's elements, which lie R apart in params' flat layout, spline_layout.h). The
+// does each parameter j of a channel's elements, which lie R apart in params' flat layout, spline_layout.h). A
+// sample of at most kMaxTeam * kPerThread elements (a vector flow's) goes to a team instead: the fewest lanes of a
+// warp, a power of two, that give each at most kPerThread of its elements, so a block holds kThreads / team whole
+// samples and no thread idles (a block a 64-element sample would leave 3 of 4 threads without work). The
 // element's math is csrc/spline_math.h's, in registers: the parameters are read from global memory in each of its
 // passes (the pass over the widths and heights twice, the backward's gradient pass a third time; the later reads
 // hit the cache), and nothing per bin is stored.
@@ -13,7 +16,8 @@
 //
 // Log-det: each thread adds its elements in order, the block adds its threads in a fixed tree (shuffles, then the
 // warps' sums in order), and thread 0 writes the sample's log-det (one chunk a sample) or the chunk's partial sum,
-// which a second kernel adds per sample in a fixed order. No atomics: the order depends on the shapes alone.
+// which a second kernel adds per sample in a fixed order; a team adds its lanes in a shuffle tree and its first lane
+// writes the log-det. No atomics: the order depends on the shapes alone.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -32,6 +36,7 @@ constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int kPerThread = 4;
 constexpr int64_t kChunk = int64_t(kThreads) * kPerThread;
+constexpr int kMaxTeam = 32;  // lanes: a team stays in one warp, its sum a shuffle tree
 constexpr unsigned kFullWarp = 0xffffffffu;
 
 template <class T>
@@ -73,6 +78,7 @@ struct SplineLaunch {
   FastDiv<uint32_t> by_inner32;  // local -> channel, when narrow
   FastDiv<uint64_t> by_inner64;
   bool narrow;                   // every local index of the span below 2^32
+  int team_log2;                 // >= 0: a sample a team of 2^team_log2 lanes; -1: a block a chunk
   CheckerboardIndex checkerboard;  // pattern kPatternCheckerboard only
 };
 
@@ -111,32 +117,57 @@ __device__ __forceinline__ T block_sum(T v) {
   return v;
 }
 
+// The sum of v over each team of 2^team_log2 lanes (a fixed shuffle tree); valid in the team's first lane. Every
+// lane of the warp takes part.
+template <class T>
+__device__ __forceinline__ T team_sum(T v, int team_log2) {
+  const int team = 1 << team_log2;
+  for (int offset = team >> 1; offset > 0; offset >>= 1) v += __shfl_down_sync(kFullWarp, v, offset, team);
+  return v;
+}
+
 struct Item {
-  int64_t sample, first;  // the block's sample and its chunk's first element
+  int64_t sample, first;  // the thread's sample (0 when !valid) and its first element in it
+  int stride;             // between the thread's elements
+  bool valid;             // false: a team past the batch, with nothing to do
+  bool leader;            // the thread that writes the sample's (or the chunk's) log-det
 };
 
-__device__ __forceinline__ Item block_item(const SplineLaunch& lp) {
+__device__ __forceinline__ Item thread_item(const SplineLaunch& lp, int64_t batch) {
+  if (lp.team_log2 >= 0) {
+    const int64_t b = static_cast<int64_t>(blockIdx.x) * (kThreads >> lp.team_log2) + (threadIdx.x >> lp.team_log2);
+    const int lane = threadIdx.x & ((1 << lp.team_log2) - 1);
+    return {b < batch ? b : 0, lane, 1 << lp.team_log2, b < batch, lane == 0 && b < batch};
+  }
   const uint32_t item = blockIdx.x;
   const uint32_t b = fast_div(lp.by_chunks, item);
-  return {static_cast<int64_t>(b), static_cast<int64_t>(item - b * lp.chunks) * kChunk};
+  return {static_cast<int64_t>(b), static_cast<int64_t>(item - b * lp.chunks) * kChunk + threadIdx.x, kThreads, true,
+          threadIdx.x == 0};
+}
+
+// Blocks an SM each kernel is compiled for. Left to itself, ptxas gives the float64 forward 80 registers and spills
+// (2 to 10 STL/LDL an instantiation, 8 to 24 B of stack); bound to 2 blocks it takes up to 128 and spills none.
+template <class XT>
+constexpr int forward_min_blocks() {
+  return sizeof(XT) == 8 ? 2 : 1;
 }
 
 template <class XT, class PT, bool kReverse>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, (forward_min_blocks<XT>()))
     spline_forward_kernel(SplineForwardArgs args, SplineLaunch lp, spline::Constants<compute_t<XT>> c,
                           compute_t<XT>* partials) {
   using CT = compute_t<XT>;
   const SplineLayout& layout = args.layout;
   const FlatLayout& sel = layout.select;
-  const Item it = block_item(lp);
+  const Item it = thread_item(lp, sel.batch);
   const XT* x = static_cast<const XT*>(args.x) + it.sample * sel.numel;
   XT* y = static_cast<XT*>(args.y) + it.sample * sel.numel;
   const PT* params = static_cast<const PT*>(args.params) + it.sample * layout.params_stride;
   CT acc = CT(0);
 #pragma unroll 1
   for (int i = 0; i < kPerThread; ++i) {
-    const int64_t n = it.first + i * kThreads + threadIdx.x;
-    if (n >= sel.numel) break;
+    const int64_t n = it.first + i * it.stride;
+    if (!it.valid || n >= sel.numel) break;
     const CT v = decode<CT>(x[n]);
     if (n < sel.lo || n >= sel.hi) {
       y[n] = x[n];
@@ -147,13 +178,13 @@ __global__ void __launch_bounds__(kThreads)
     y[n] = encode<XT>(r.value);
     acc += r.logdet;
   }
-  acc = block_sum(acc);
-  if (threadIdx.x == 0) {
+  acc = lp.team_log2 >= 0 ? team_sum(acc, lp.team_log2) : block_sum(acc);
+  if (it.leader) {
     CT* logdet = static_cast<CT*>(args.logdet);
     if (lp.chunks == 1)
-      logdet[it.sample] = acc;
+      logdet[it.sample] = acc;  // gpu_code: own scalar (the sample's log-det)
     else
-      partials[blockIdx.x] = acc;
+      partials[blockIdx.x] = acc;  // gpu_code: own scalar (the chunk's partial)
   }
 }
 
@@ -177,18 +208,18 @@ __global__ void __launch_bounds__(kThreads)
   using CT = compute_t<XT>;
   const SplineLayout& layout = args.layout;
   const FlatLayout& sel = layout.select;
-  const Item it = block_item(lp);
+  const Item it = thread_item(lp, sel.batch);
   const int64_t x_offset = it.sample * sel.numel, p_offset = it.sample * layout.params_stride;
   const XT* grad_y = static_cast<const XT*>(args.grad_y) + x_offset;
   const XT* x = static_cast<const XT*>(args.x) + x_offset;
   XT* grad_x = static_cast<XT*>(args.grad_x) + x_offset;
   const PT* params = static_cast<const PT*>(args.params) + p_offset;
   PT* grad_params = static_cast<PT*>(args.grad_params) + p_offset;
-  const CT g_logdet = static_cast<const CT*>(args.grad_logdet)[it.sample];
+  const CT g_logdet = it.valid ? static_cast<const CT*>(args.grad_logdet)[it.sample] : CT(0);  // gpu_code: own scalar
 #pragma unroll 1
   for (int i = 0; i < kPerThread; ++i) {
-    const int64_t n = it.first + i * kThreads + threadIdx.x;
-    if (n >= sel.numel) break;
+    const int64_t n = it.first + i * it.stride;
+    if (!it.valid || n >= sel.numel) break;
     if (n < sel.lo || n >= sel.hi) {
       grad_x[n] = grad_y[n];
       continue;
@@ -244,7 +275,14 @@ cudaError_t prepare(const SplineLayout& layout, SplineLaunch& lp, unsigned& bloc
   if (lp.narrow) lp.by_inner32 = make_fast_div(static_cast<uint32_t>(layout.inner));
   lp.by_inner64 = make_fast_div(static_cast<uint64_t>(layout.inner));
   if (sel.pattern == kPatternCheckerboard) lp.checkerboard = make_checkerboard_index(sel);
+  lp.team_log2 = -1;
   blocks = static_cast<unsigned>(items);
+  if (sel.numel <= int64_t(kMaxTeam) * kPerThread) {  // one chunk a sample (chunks == 1): teams of whole samples
+    lp.team_log2 = 0;
+    while ((int64_t(kPerThread) << lp.team_log2) < sel.numel) ++lp.team_log2;
+    const int64_t per_block = kThreads >> lp.team_log2;
+    blocks = static_cast<unsigned>((sel.batch + per_block - 1) / per_block);
+  }
   return cudaSuccess;
 }
 

@@ -16,15 +16,20 @@ replayed through Triton's own `JITFunction.run(..., warmup=True)` with a stand-i
 sm_80) GPU: Triton itself derives the signature and the specialization (i32 or i64 ints, ints equal to 1 as
 constants, `tt.divisibility=16` for pointers and ints divisible by 16) exactly as at a launch, and compiles.
 
-**CUDA**: `csrc/cuda/coupling_kernels.cu` is compiled with nvcc and the build's flags, every kernel function read
-from the SASS; the launchers size their grid to one wave (occupancy times multiprocessors, blocks striding over
-the work), which the report computes from each kernel's registers for the representative problems.
+**CUDA**: each file of CUDA_SOURCES, `csrc/cuda/coupling_kernels.cu` and `csrc/cuda/spline_kernels.cu`, is
+compiled with nvcc and the build's flags (the files in parallel, in the background), every kernel function read from
+the SASS, and each launch geometry computed as its launcher computes it for the representative problems: the
+coupling launchers size their grid to one wave (occupancy, here from each kernel's registers, times
+multiprocessors, blocks striding over the work); the spline launchers give a block to each chunk of kThreads *
+kPerThread elements of a sample, or a team of lanes to each sample of a vector flow (the constants read from the
+source). `--cuda-object` skips a file's build: an already-built object (any name: its kernels' names tell which
+file it holds) or a directory of them, repeatable.
 
 The rules a main kernel (not the tiny log-det sum) must meet are RULES, checked by `rule_checks`;
 tests/test_gpu_code.py asserts them. Run without TRITON_INTERPRET (it compiles for the GPU):
 
     python -m nf_kernels.benchmarking.gpu_code [--arch 90] [--markdown OUT.md] [--json OUT.json] [--no-cuda]
-        [--summary OUT.md] [--cuda-object BUILT.o] [--verify-on-gpu] [--check]
+        [--summary OUT.md] [--cuda-object BUILT.o|DIR ...] [--verify-on-gpu] [--check]
 """
 
 from __future__ import annotations
@@ -49,10 +54,92 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 CUDA_SOURCE = REPO / "csrc" / "cuda" / "coupling_kernels.cu"
+SPLINE_CUDA_SOURCE = REPO / "csrc" / "cuda" / "spline_kernels.cu"
 
 # Launches of at least this many elements must give every thread at least MIN_ELEMENTS_PER_THREAD (rule c).
 LARGE_LAUNCH = 2**20
 MIN_ELEMENTS_PER_THREAD = 4
+
+# ---------------------------------------------------------------------------------------------------------------
+# The CUDA sources the report compiles, and how each one's launchers size a launch.
+# ---------------------------------------------------------------------------------------------------------------
+
+_CUDA_TYPE_BYTES = {"float": 4, "double": 8, "half": 2, "bf16": 2}
+
+
+@functools.lru_cache(maxsize=None)
+def source_constant(source: pathlib.Path, name: str) -> int:
+    """The value of `constexpr <int type> NAME = <digits>;` in a CUDA source (the launch constants the report's
+    geometry must follow)."""
+    match = re.search(rf"constexpr\s+\w+\s+{name}\s*=\s*(\d+)\s*;", source.read_text())
+    if match is None:
+        raise RuntimeError(f"{source.name} declares no constexpr {name}")
+    return int(match.group(1))
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """One launch of a kernel function: its blocks, threads a block, and elements a thread handles per iteration
+    of its loop (what the per-element columns divide by)."""
+
+    grid: int
+    threads: int
+    per_iteration: int
+
+
+def coupling_geometry(x_type: str, programs_per_sm: int, shape: tuple[int, ...], sms: int) -> Geometry:
+    """coupling_kernels.cu's launchers: a thread moves 16 bytes of x an iteration (kGroup elements), and the grid is
+    one wave, the kernel's occupancy (cudaOccupancyMaxActiveBlocksPerMultiprocessor, here from its registers) times
+    the multiprocessors, the blocks striding over the work; a smaller launch gets a block per group of threads."""
+    threads = source_constant(CUDA_SOURCE, "kThreads")
+    width = 16 // _CUDA_TYPE_BYTES.get(x_type, 4)
+    grid = min(programs_per_sm * sms, -(-math.prod(shape) // (width * threads)))
+    return Geometry(grid=grid, threads=threads, per_iteration=width)
+
+
+def spline_geometry(x_type: str, programs_per_sm: int, shape: tuple[int, ...], sms: int) -> Geometry:
+    """spline_kernels.cu's launchers (`prepare`): a block of kThreads owns kThreads * kPerThread consecutive
+    elements of one sample (a sample's chunk), one element a thread per iteration, and the grid is every chunk of
+    every sample, whatever the occupancy; a sample of at most kMaxTeam * kPerThread elements goes to a team of
+    lanes instead (the fewest, a power of two, that give each at most kPerThread), kThreads / team samples a block."""
+    threads = source_constant(SPLINE_CUDA_SOURCE, "kThreads")
+    per_thread = source_constant(SPLINE_CUDA_SOURCE, "kPerThread")
+    batch, numel = shape[0], math.prod(shape[1:])
+    if numel <= source_constant(SPLINE_CUDA_SOURCE, "kMaxTeam") * per_thread:
+        team = 1
+        while team * per_thread < numel:
+            team *= 2
+        return Geometry(grid=-(-batch // (threads // team)), threads=threads, per_iteration=1)
+    return Geometry(grid=batch * -(-numel // (threads * per_thread)), threads=threads, per_iteration=1)
+
+
+@dataclass(frozen=True)
+class CudaSource:
+    """A file of CUDA kernels the report compiles (with the extension build's flags) and reads."""
+
+    path: pathlib.Path
+    families: tuple[str, ...]  # its main kernel functions, by the name before `<`; the others are not checked
+    vector_flag: bool  # the kernels' last template argument is kVector: `..., false>` is the element fallback
+    geometry: Callable[[str, int, tuple[int, ...], int], Geometry]  # (x type, programs per SM, x shape, SMs)
+
+    @property
+    def stem(self) -> str:
+        return self.path.stem
+
+    @property
+    def threads(self) -> int:  # a block, every launch (kThreads)
+        return source_constant(self.path, "kThreads")
+
+    def holds_kernels_of(self, obj: pathlib.Path) -> bool:
+        """Whether an nvcc object was built from this source: its symbols name one of the families."""
+        data = obj.read_bytes()
+        return any(family.encode() in data for family in self.families)
+
+
+CUDA_SOURCES = (
+    CudaSource(CUDA_SOURCE, ("coupling_forward_kernel", "coupling_backward_kernel"), True, coupling_geometry),
+    CudaSource(SPLINE_CUDA_SOURCE, ("spline_forward_kernel", "spline_backward_kernel"), False, spline_geometry),
+)
 
 # ---------------------------------------------------------------------------------------------------------------
 # SASS: parsing nvdisasm's listing, and what one function's instructions add up to.
@@ -701,13 +788,14 @@ OWN_SCALARS = {
 # compiled from it is exempt however many sites ptxas makes of it (one per scale map of the kernel's switch, or
 # none where a map does not need it). The report compiles with -lineinfo and reads the lines with `nvdisasm -gi`;
 # a narrow access of any other line, or of no known line, breaks rule (a).
-CUDA_FAMILIES = ("coupling_forward_kernel", "coupling_backward_kernel")
+CUDA_FAMILIES = tuple(family for source in CUDA_SOURCES for family in source.families)
 OWN_SCALAR_MARK = "gpu_code: own scalar"
 # A CUDA kernel instantiated for the element-by-element fallback (unaligned tensors, sizes not a multiple of the
 # vector width: `coupling_forward_kernel<XT, HT, false>`, its last template argument kVector false) is exempt from
 # rule (a): its inputs are the ones no 128-bit access can read. It must still meet rules (b) and (c). Its vector
 # twin (`..., true>`) holds only the vector path (the element path is compiled out of it), so a narrow access
-# that creeps into the vector path still fails.
+# that creeps into the vector path still fails. Only a source whose kernels end in kVector (CudaSource.
+# vector_flag) has fallbacks: the spline kernels' last argument is kReverse, and both of theirs are checked.
 
 
 @functools.lru_cache(maxsize=None)
@@ -720,7 +808,21 @@ def own_scalar_lines(source: pathlib.Path = CUDA_SOURCE) -> frozenset[str]:
                      if text.split("//")[0].strip() and OWN_SCALAR_MARK in text.partition("//")[2])  # fmt: skip
 
 
+def cuda_own_scalar_lines() -> frozenset[str]:
+    """own_scalar_lines of every CUDA source the report reads."""
+    return frozenset().union(*(own_scalar_lines(source.path) for source in CUDA_SOURCES))
+
+
+def cuda_source_of(kernel: str) -> Optional[CudaSource]:
+    """The CUDA source whose main kernel families include `kernel`'s, or None."""
+    base = kernel.split("<")[0]
+    return next((source for source in CUDA_SOURCES if base in source.families), None)
+
+
 def is_cuda_fallback(kernel: str) -> bool:
+    source = cuda_source_of(kernel)
+    if source is None or not source.vector_flag:
+        return False
     inside = kernel[kernel.find("<") + 1 : kernel.rfind(">")]
     return inside.split(",")[-1].strip() == "false"
 
@@ -822,7 +924,7 @@ def _check_cuda_widths(row: Row) -> tuple[bool, str]:
     """Rule (a) for a CUDA kernel function: narrow accesses on the own-scalar lines only (see OWN_SCALAR_MARK)."""
     if is_cuda_fallback(row.kernel):
         return True, "exempt: the element-by-element fallback"
-    own_lines = own_scalar_lines()
+    own_lines = cuda_own_scalar_lines()
     why = []
     for kind in ("loads", "stores"):
         by_width = getattr(row.stats, kind)
@@ -948,17 +1050,16 @@ NVCC_FLAGS = [
     "-Xcompiler", "-fPIC",
 ]  # fmt: skip
 
-CUDA_THREADS = 256  # kThreads of coupling_kernels.cu
-_CUDA_TYPE_BYTES = {"float": 4, "double": 8, "half": 2, "bf16": 2}
-
-
 def nvcc() -> Optional[str]:
     return cuda_tool("nvcc")
 
 
-def start_cuda_build(archs: Sequence[int], workdir: pathlib.Path) -> subprocess.Popen:
-    """nvcc -c of the kernels for the given archs, in the background (it is the slow part of the report)."""
-    command = [nvcc(), "-c", str(CUDA_SOURCE), "-o", str(workdir / "coupling_kernels.o"), *NVCC_FLAGS]
+def start_cuda_build(
+    archs: Sequence[int], workdir: pathlib.Path, source: CudaSource = CUDA_SOURCES[0]
+) -> subprocess.Popen:
+    """nvcc -c of one source's kernels for the given archs into workdir/<stem>.o, in the background (it is the slow
+    part of the report; the sources build in parallel)."""
+    command = [nvcc(), "-c", str(source.path), "-o", str(workdir / f"{source.stem}.o"), *NVCC_FLAGS]
     for arch in archs:
         command += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
     command += ["--threads", str(len(archs))]
@@ -966,8 +1067,8 @@ def start_cuda_build(archs: Sequence[int], workdir: pathlib.Path) -> subprocess.
 
 
 def extract_cubins(obj: pathlib.Path, workdir: pathlib.Path) -> dict[int, pathlib.Path]:
-    """The per-arch cubins inside an nvcc object: {90: path, 80: path}."""
-    out_dir = workdir / "cubins"
+    """The per-arch cubins inside an nvcc object: {90: path, 80: path} (under workdir/cubins-<object's stem>)."""
+    out_dir = workdir / f"cubins-{obj.stem}"
     out_dir.mkdir(exist_ok=True)
     subprocess.run([cuda_tool("cuobjdump"), "-xelf", "all", str(obj)], cwd=out_dir, check=True, capture_output=True)
     cubins = {}
@@ -997,50 +1098,71 @@ def finish_cuda_build(build: subprocess.Popen) -> None:
         raise RuntimeError(f"nvcc failed ({build.returncode}):\n{log[-4000:]}")
 
 
+def assign_cuda_objects(paths: Sequence[pathlib.Path]) -> dict[str, pathlib.Path]:
+    """{source stem: object} for already-built nvcc objects: each path a .o file or a directory of them; an object
+    belongs to the source whose kernels its symbols name (so any file name works, as `--cuda-object BUILT.o` of the
+    coupling kernels always did). An object of no known source, or a second one of a source, is an error."""
+    objects: dict[str, pathlib.Path] = {}
+    for path in paths:
+        for obj in sorted(path.glob("*.o")) if path.is_dir() else [path]:
+            owners = [source for source in CUDA_SOURCES if source.holds_kernels_of(obj)]
+            if len(owners) != 1:
+                raise RuntimeError(f"{obj} holds the kernels of {len(owners)} of the CUDA sources, not one")
+            if owners[0].stem in objects:
+                raise RuntimeError(f"two objects of {owners[0].path.name}: {objects[owners[0].stem]} and {obj}")
+            objects[owners[0].stem] = obj
+    return objects
+
+
 def cuda_rows(archs: Sequence[int], workdir: pathlib.Path) -> list[Row]:
-    """Rows of every kernel function in workdir/coupling_kernels.o (nvcc's object, with SASS for each arch)."""
-    cubins = extract_cubins(workdir / "coupling_kernels.o", workdir)
-    missing = [arch for arch in archs if arch not in cubins]
-    if missing:
-        raise RuntimeError(f"the CUDA object has no SASS for sm_{missing} (it has {sorted(cubins)})")
+    """Rows of every kernel function in workdir/<stem>.o of each CUDA source (nvcc's object, SASS for each arch)."""
     problem_list = cuda_problems()
     rows = []
-    for arch in archs:
-        limits = ARCH_LIMITS[arch]
-        functions, usage = read_cubin(cubins[arch], line_info=True)
-        readable = demangle(sorted(functions))
-        for mangled in sorted(functions, key=lambda m: readable[m]):
-            name = readable[mangled]
-            resources = usage.get(mangled, {})
-            warps = CUDA_THREADS // 32
-            registers = resources.get("REG", 0)
-            per_sm = programs_per_sm(registers, warps, resources.get("SHARED", 0), arch)
-            x_type = _cuda_x_type(name)
-            width = 16 // _CUDA_TYPE_BYTES.get(x_type, 4)  # kGroup: 16 bytes of x per thread and iteration
-            main = "sum_partials" not in name
-            launches = []
-            if main:
-                x_dtype = {"float": "fp32", "bf16": "bf16", "half": "fp16", "double": "fp64"}.get(x_type)
-                for label, shape, dtype in problem_list:
-                    if dtype != x_dtype:
-                        continue
-                    # The launchers size the grid to one wave: the kernel's occupancy (cudaOccupancyMax-
-                    # ActiveBlocksPerMultiprocessor, here from its registers) times the multiprocessors, and the
-                    # blocks stride over the work. A launch this large fills the wave.
-                    elements = math.prod(shape)
-                    grid = min(per_sm * limits.sms, -(-elements // (width * CUDA_THREADS)))
-                    launches.append(dict(problem=label, elements=elements, grid=grid,
-                                         per_thread=elements / (grid * CUDA_THREADS),
-                                         waves=grid / max(per_sm * limits.sms, 1)))  # fmt: skip
-            rows.append(
-                Row(
-                    backend="cuda", kernel=name, family=kernel_family(name), group="", variant="", arch=arch, main=main,
-                    registers=registers, warps=warps, shared_bytes=resources.get("SHARED", 0),
-                    programs_per_sm=per_sm, stats=code_stats(functions[mangled]),
-                    local_bytes=resources.get("STACK", 0) + resources.get("LOCAL", 0), slots_per_thread=width,
-                    launches=launches,
-                )  # fmt: skip
-            )
+    for source in CUDA_SOURCES:
+        cubins = extract_cubins(workdir / f"{source.stem}.o", workdir)
+        missing = [arch for arch in archs if arch not in cubins]
+        if missing:
+            raise RuntimeError(f"the CUDA object of {source.path.name} has no SASS for sm_{missing} (it has "
+                               f"{sorted(cubins)})")  # fmt: skip
+        for arch in archs:
+            rows += _cuda_source_rows(source, arch, *read_cubin(cubins[arch], line_info=True), problem_list)
+    return rows
+
+
+def _cuda_source_rows(source: CudaSource, arch: int, functions: dict[str, SassFunction],
+                      usage: dict[str, dict[str, int]], problem_list: Sequence[tuple]) -> list[Row]:  # fmt: skip
+    limits = ARCH_LIMITS[arch]
+    readable = demangle(sorted(functions))
+    rows = []
+    for mangled in sorted(functions, key=lambda m: readable[m]):
+        name = readable[mangled]
+        resources = usage.get(mangled, {})
+        warps = source.threads // 32
+        registers = resources.get("REG", 0)
+        per_sm = programs_per_sm(registers, warps, resources.get("SHARED", 0), arch)
+        x_type = _cuda_x_type(name)
+        main = name.split("<")[0] in source.families
+        launches = []
+        per_iteration = source.geometry(x_type, per_sm, IMAGE, limits.sms).per_iteration
+        if main:
+            x_dtype = {"float": "fp32", "bf16": "bf16", "half": "fp16", "double": "fp64"}.get(x_type)
+            for label, shape, dtype in problem_list:
+                if dtype != x_dtype:
+                    continue
+                elements = math.prod(shape)
+                geometry = source.geometry(x_type, per_sm, shape, limits.sms)
+                launches.append(dict(problem=label, elements=elements, grid=geometry.grid,
+                                     per_thread=elements / (geometry.grid * geometry.threads),
+                                     waves=geometry.grid / max(per_sm * limits.sms, 1)))  # fmt: skip
+        rows.append(
+            Row(
+                backend="cuda", kernel=name, family=kernel_family(name), group="", variant="", arch=arch, main=main,
+                registers=registers, warps=warps, shared_bytes=resources.get("SHARED", 0),
+                programs_per_sm=per_sm, stats=code_stats(functions[mangled]),
+                local_bytes=resources.get("STACK", 0) + resources.get("LOCAL", 0), slots_per_thread=per_iteration,
+                launches=launches,
+            )  # fmt: skip
+        )
     return rows
 
 
@@ -1172,7 +1294,8 @@ def report_text(rows: Sequence[Row], markdown: bool) -> str:
                   fmt(TRITON_COLUMNS, [_triton_cells(r) for r in triton])]  # fmt: skip
     if cuda:
         parts += ["CUDA kernel functions (static counts over the whole function, every scale map of its switch; "
-                  "`..., true>` is the vector path, `..., false>` the element-by-element fallback):",
+                  "coupling kernels: `..., true>` is the vector path, `..., false>` the element-by-element fallback; "
+                  "spline kernels: the last argument is kReverse, `..., true>` the inverse):",
                   fmt(CUDA_COLUMNS, [_cuda_cells(r) for r in cuda])]  # fmt: skip
     parts.append("Rules: " + "; ".join(f"({k}) {v}" for k, v in RULES.items()))
     parts.append(RULE_NOTES)
@@ -1210,22 +1333,26 @@ def build_report(
     archs: Sequence[int],
     with_cuda: bool,
     workdir: pathlib.Path,
-    cuda_object: Optional[pathlib.Path] = None,
+    cuda_objects: Sequence[pathlib.Path] = (),
     verify: bool = False,
 ) -> tuple[list[Row], dict]:
-    """Every row; nvcc runs in the background while Triton compiles (unless `cuda_object` is already built)."""
+    """Every row; nvcc builds each CUDA source in the background (all in parallel) while Triton compiles, unless
+    `cuda_objects` (see assign_cuda_objects) has its object already built."""
     started = time.monotonic()
-    build = None
-    if with_cuda and cuda_object is not None:
-        shutil.copy(cuda_object, workdir / "coupling_kernels.o")
-    elif with_cuda:
-        build = start_cuda_build(archs, workdir)
+    builds = []
+    if with_cuda:
+        built = assign_cuda_objects(cuda_objects)
+        for source in CUDA_SOURCES:
+            if source.stem in built:
+                shutil.copy(built[source.stem], workdir / f"{source.stem}.o")
+            else:
+                builds.append(start_cuda_build(archs, workdir, source))
     launches = capture_triton_launches(problems())
     rows = []
     for arch in archs:
         rows += triton_rows(launches, arch, workdir)
     triton_seconds = time.monotonic() - started
-    if build is not None:
+    for build in builds:
         finish_cuda_build(build)
     if with_cuda:
         rows += cuda_rows(archs, workdir)
@@ -1245,9 +1372,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--summary", type=pathlib.Path, help="also write the summary table alone, as markdown")
     parser.add_argument("--json", type=pathlib.Path, help="also write every row (and its rule failures) as JSON")
     parser.add_argument("--no-cuda", action="store_true", help="skip the CUDA kernels (no nvcc needed)")
-    parser.add_argument("--cuda-object", type=pathlib.Path,
-                        help="read the CUDA kernels from this nvcc object of csrc/cuda/coupling_kernels.cu (the "
-                             "extension build's) instead of compiling them")  # fmt: skip
+    parser.add_argument("--cuda-object", type=pathlib.Path, action="append", default=[],
+                        help="read a CUDA source's kernels from this already-built nvcc object (of csrc/cuda/"
+                             "coupling_kernels.cu or spline_kernels.cu, told apart by their kernels' names; the "
+                             "extension build's will do) or from each .o in this directory instead of compiling "
+                             "them; repeat for several; the sources without one are compiled")  # fmt: skip
     parser.add_argument("--verify-on-gpu", action="store_true",
                         help="on a CUDA machine: also run the problems for real and check that Triton compiled the "
                              "very kernels the report read (needs --arch to include this GPU's arch)")  # fmt: skip
@@ -1257,7 +1386,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error("run without TRITON_INTERPRET: the report compiles the kernels for the GPU")
     archs = args.arch or [90, 80]
     with_cuda = not args.no_cuda
-    if with_cuda and nvcc() is None and args.cuda_object is None:
+    if with_cuda and nvcc() is None and len(assign_cuda_objects(args.cuda_object)) < len(CUDA_SOURCES):
         print("nvcc not found: the CUDA kernels are left out (--no-cuda to silence this)", file=sys.stderr)
         with_cuda = False
     with tempfile.TemporaryDirectory(prefix="nf-gpu-code-") as work:
