@@ -268,8 +268,8 @@ def test_a_sample_with_more_than_2_31_parameters_is_refused():
 
     layout, _, _ = vector_case(1, 2 * 2**27, 8, False)  # 2^27 transformed elements x 23 parameters > 2^31
     with pytest.raises(RuntimeError, match="32-bit"):
-        spline_launch(layout, torch.empty(0), 4)
-    spline_launch(layout._replace(params_stride=2**31 - 1), torch.empty(0), 4)
+        spline_launch(layout, torch.empty(0), 4, 4)
+    spline_launch(layout._replace(params_stride=2**31 - 1), torch.empty(0), 4, 4)
 
 
 def test_gradients_at_the_bound_with_large_parameters():

@@ -76,7 +76,7 @@ def h_position(p, pair_inner, PAIRS: tl.constexpr):
 @triton.jit
 def spline_param_offsets(rows, p, params_stride, inner, P: tl.constexpr, ALIGN: tl.constexpr):
     """Where the spline parameters of a tile's elements start in `params` (nf_kernels._layout's spline layout), as
-    [ROWS, BLOCK, 1] offsets: parameter j of the element at position p (its channel c = p // inner among the
+    [1, ROWS, BLOCK] offsets: parameter j of the element at position p (its channel c = p // inner among the
     channels params covers, offset r = p % inner) is at c * P * inner + j * inner + r of its sample (spline_lanes
     adds j * inner). One 32-bit division per element; `inner` is the elements per channel.
 
@@ -86,11 +86,11 @@ def spline_param_offsets(rows, p, params_stride, inner, P: tl.constexpr, ALIGN: 
     consecutive elements have consecutive parameters from a multiple of ALIGN: what makes 128-bit loads."""
     base = rows * params_stride + (p // inner) * (P * inner) + p % inner
     base = tl.max_contiguous(tl.multiple_of(base, [1, ALIGN]), [1, ALIGN])
-    return base[:, :, None]
+    return base[None, :, :]
 
 
 @triton.jit
 def spline_lanes(first: tl.constexpr, inner, KP: tl.constexpr, ALIGN: tl.constexpr):
-    """The offsets (j * inner, [1, 1, KP]) of parameters j = first .. first + KP - 1 of an element, multiples of
+    """The offsets (j * inner, [KP, 1, 1]) of parameters j = first .. first + KP - 1 of an element, multiples of
     ALIGN (see spline_param_offsets)."""
-    return tl.multiple_of((first + tl.arange(0, KP)[None, None, :]) * inner, [ALIGN, ALIGN, ALIGN])
+    return tl.multiple_of((first + tl.arange(0, KP)[:, None, None]) * inner, [ALIGN, ALIGN, ALIGN])

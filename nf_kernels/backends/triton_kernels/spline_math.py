@@ -2,8 +2,9 @@
 linear tails), shared by the Triton spline forward and backward kernels. Written once here; the kernels only
 load, mask, reduce and store.
 
-Each transformed element's 3K - 1 unconstrained parameters arrive as three [ROWS, BLOCK, KP] tiles (KP = K rounded
-up to a power of two, lanes j >= K, or j >= K - 1 for the derivatives, are padding): everything an element needs
+Each transformed element's 3K - 1 unconstrained parameters arrive as three [KP, ROWS, BLOCK] tiles (KP = K rounded
+up to a power of two, lanes j >= K, or j >= K - 1 for the derivatives, are padding; the lanes first, so that
+Triton's default layout of a tile, threads over its fastest dimension, keeps an element's lanes in one thread): everything an element needs
 (softmax, knots, its bin) is recomputed from them in registers, forward and backward alike, so no N x K tensor is
 ever written. The bin's six numbers (left knot, width, bottom knot, height, the two knot derivatives) are picked
 out of the tiles by a sum over the lanes, in one thread's registers.
@@ -26,8 +27,8 @@ def softplus(u):
 
 @triton.jit
 def lane_sum(values, lane, k):
-    """values[..., k] for a per-element lane index k ([ROWS, BLOCK]): one lane of each element's tile."""
-    return tl.sum(tl.where(lane == k[:, :, None], values, 0.0), axis=2)
+    """values[..., k] for a per-element lane index k ([ROWS, BLOCK]): one lane of each element's tile ([KP, ROWS, BLOCK])."""
+    return tl.sum(tl.where(lane == k[None, :, :], values, 0.0), axis=0)
 
 
 @triton.jit
@@ -35,9 +36,9 @@ def bin_softmax(u, lane, K: tl.constexpr):
     """softmax(u) over each element's K lanes (padding lanes get 0)."""
     valid = lane < K
     u = tl.where(valid, u, float("-inf"))
-    e = tl.exp(u - tl.max(u, axis=2)[:, :, None])
+    e = tl.exp(u - tl.max(u, axis=0)[None, :, :])
     e = tl.where(valid, e, 0.0)
-    return e / tl.sum(e, axis=2)[:, :, None]
+    return e / tl.sum(e, axis=0)[None, :, :]
 
 
 @triton.jit
@@ -45,7 +46,7 @@ def right_knots(softmax, lane, K: tl.constexpr, MIN_SIZE: tl.constexpr, BOUND: t
     """The right knot of each bin, knots[1..K] in nflows' arithmetic: sizes MIN_SIZE + (1 - MIN_SIZE K) softmax,
     their cumulative sums mapped onto [-BOUND, BOUND], the last one BOUND exactly."""
     sizes = MIN_SIZE + (1.0 - MIN_SIZE * K) * softmax
-    knots = (2.0 * BOUND) * tl.cumsum(tl.where(lane < K, sizes, 0.0), axis=2) - BOUND
+    knots = (2.0 * BOUND) * tl.cumsum(tl.where(lane < K, sizes, 0.0), axis=0) - BOUND
     return tl.where(lane == K - 1, BOUND, knots)
 
 
@@ -53,8 +54,8 @@ def right_knots(softmax, lane, K: tl.constexpr, MIN_SIZE: tl.constexpr, BOUND: t
 def bin_of(v, knots, lane, K: tl.constexpr):
     """The bin of v ([ROWS, BLOCK]): the number of interior knots at or below it, so in [0, K - 1] (nflows'
     searchsorted, with the last knot past every v inside the bound)."""
-    below = (lane < K - 1) & (knots <= v[:, :, None])
-    return tl.sum(below.to(tl.int32), axis=2)
+    below = (lane < K - 1) & (knots <= v[None, :, :])
+    return tl.sum(below.to(tl.int32), axis=0)
 
 
 @triton.jit
@@ -211,9 +212,9 @@ def size_grads(softmax, lane, k, g_left, g_size, K: tl.constexpr, MIN_SIZE: tl.c
     last = k == K - 1
     below = tl.where(last, g_left - g_size, g_left)
     at_k = tl.where(last, 0.0, g_size)
-    g = tl.where(lane < k[:, :, None], below[:, :, None], 0.0) + tl.where(lane == k[:, :, None], at_k[:, :, None], 0.0)
+    g = tl.where(lane < k[None, :, :], below[None, :, :], 0.0) + tl.where(lane == k[None, :, :], at_k[None, :, :], 0.0)
     g = g * ((2.0 * BOUND) * (1.0 - MIN_SIZE * K))
-    return softmax * (g - tl.sum(softmax * g, axis=2)[:, :, None])
+    return softmax * (g - tl.sum(softmax * g, axis=0)[None, :, :])
 
 
 @triton.jit
@@ -221,7 +222,7 @@ def derivative_grads(lane, k, g_d0, g_d1, u0, u1, K: tl.constexpr):
     """Gradients of the unconstrained interior derivatives: lane j is the derivative at knot j + 1, so d_k is lane
     k - 1 and d_{k+1} lane k (the end knots' derivatives are constants), u0 and u1 their unconstrained values;
     softplus' = sigmoid."""
-    g = tl.where(lane == k[:, :, None] - 1, (g_d0 * tl.sigmoid(u0))[:, :, None], 0.0) + tl.where(
-        lane == k[:, :, None], (g_d1 * tl.sigmoid(u1))[:, :, None], 0.0
+    g = tl.where(lane == k[None, :, :] - 1, (g_d0 * tl.sigmoid(u0))[None, :, :], 0.0) + tl.where(
+        lane == k[None, :, :], (g_d1 * tl.sigmoid(u1))[None, :, :], 0.0
     )
     return tl.where(lane < K - 1, g, 0.0)
