@@ -95,8 +95,28 @@ class Unsupported(ValueError):
     """The library cannot express the requested model."""
 
 
+class _VectorSpec:
+    """What the vector models' specs share: a `features`-vector split in halves, and the row label."""
+
+    features: int
+
+    @property
+    def label(self) -> str:
+        return f"D={self.features}"
+
+
+def _check_sizes(spec, counts: tuple[str, ...]) -> None:
+    """Each of `counts` >= 1 and `features` even and >= 2, else a ValueError naming the spec's field."""
+    kind = type(spec).__name__
+    for name in counts:
+        if getattr(spec, name) < 1:
+            raise ValueError(f"{kind}.{name} must be >= 1, got {getattr(spec, name)}")
+    if spec.features < 2 or spec.features % 2:
+        raise ValueError(f"{kind}.features must be even and >= 2 (halves), got {spec.features}")
+
+
 @dataclass(frozen=True)
-class RealNVPSpec:
+class RealNVPSpec(_VectorSpec):
     """The model every library builds: sizes of a vector RealNVP."""
 
     features: int
@@ -105,15 +125,7 @@ class RealNVPSpec:
     depth: int = 2
 
     def __post_init__(self):
-        for name in ("couplings", "hidden", "depth"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"RealNVPSpec.{name} must be >= 1, got {getattr(self, name)}")
-        if self.features < 2 or self.features % 2:
-            raise ValueError(f"RealNVPSpec.features must be even and >= 2 (halves), got {self.features}")
-
-    @property
-    def label(self) -> str:
-        return f"D={self.features}"
+        _check_sizes(self, ("couplings", "hidden", "depth"))
 
     @property
     def description(self) -> str:
@@ -121,7 +133,7 @@ class RealNVPSpec:
 
 
 @dataclass(frozen=True)
-class NSFSpec:
+class NSFSpec(_VectorSpec):
     """The NSF every library builds (issue 14): `couplings` spline couplings of `bins` bins on ``[-bound, bound]``.
 
     >>> NSFSpec(8).description
@@ -136,17 +148,9 @@ class NSFSpec:
     bound: float = 3.0
 
     def __post_init__(self):
-        for name in ("couplings", "hidden", "depth", "bins"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"NSFSpec.{name} must be >= 1, got {getattr(self, name)}")
+        _check_sizes(self, ("couplings", "hidden", "depth", "bins"))
         if not (math.isfinite(self.bound) and self.bound > 0):
             raise ValueError(f"NSFSpec.bound must be finite and > 0, got {self.bound}")
-        if self.features < 2 or self.features % 2:
-            raise ValueError(f"NSFSpec.features must be even and >= 2 (halves), got {self.features}")
-
-    @property
-    def label(self) -> str:
-        return f"D={self.features}"
 
     @property
     def description(self) -> str:
