@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
 
+from ..backends import reference_spline
 from .spline_cases import BOUND
 
 MINIMUM = 1e-3  # the minimal bin width, bin height and derivative of nf_kernels and nflows; zuko's slope
@@ -68,17 +68,12 @@ PEER_SPLINES = {"nflows": nflows_spline, "zuko": zuko_spline}
 
 def spline_knots(params: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """nf_kernels' knots of `params` (``[..., P]``): x positions, y positions (``[..., K + 1]``, from -BOUND to
-    BOUND) and derivatives (``[..., K + 1]``, 1 at both ends), the SPEC's section 1b map."""
+    BOUND) and derivatives (``[..., K + 1]``, 1 at both ends), the SPEC's section 1b map, as the reference computes
+    them."""
     widths, heights, derivatives = _split(params, bins)
-
-    def positions(unconstrained: torch.Tensor) -> torch.Tensor:
-        shares = MINIMUM + (1 - MINIMUM * bins) * torch.softmax(unconstrained, dim=-1)
-        knots = BOUND * (2 * F.pad(torch.cumsum(shares, dim=-1), (1, 0)) - 1)
-        knots[..., -1] = BOUND  # the cumulative sum ends a rounding error away from 1
-        return knots
-
-    interior = MINIMUM + F.softplus(derivatives)
-    return positions(widths), positions(heights), F.pad(interior, (1, 1), value=1.0)
+    horizontal = reference_spline.spline_knots(widths, MINIMUM, BOUND)[0]
+    vertical = reference_spline.spline_knots(heights, MINIMUM, BOUND)[0]
+    return horizontal, vertical, reference_spline.spline_derivatives(derivatives, MINIMUM)
 
 
 def zuko_with_knots(knots: tuple[torch.Tensor, torch.Tensor, torch.Tensor]):
