@@ -248,6 +248,12 @@ def _nflows(spec: RealNVPSpec) -> BenchModel:
 
 def _zuko(spec: RealNVPSpec) -> BenchModel:
     _require("zuko")
+    return _zuko_couplings(spec)
+
+
+def _zuko_couplings(spec, **coupling_options) -> BenchModel:
+    """zuko's Flow of `spec.couplings` GeneralCouplingTransforms on alternating halves (the hyper-network's last
+    layer zeroed) over a standard normal; `coupling_options` choose the univariate (default: zuko's affine)."""
     from zuko.distributions import DiagNormal
     from zuko.flows import Flow, GeneralCouplingTransform
     from zuko.lazy import UnconditionalDistribution
@@ -256,7 +262,7 @@ def _zuko(spec: RealNVPSpec) -> BenchModel:
     couplings = []
     for i in range(spec.couplings):
         coupling = GeneralCouplingTransform(spec.features, mask=kept if i % 2 == 0 else ~kept,
-                                            hidden_features=[spec.hidden] * spec.depth)  # fmt: skip
+                                            hidden_features=[spec.hidden] * spec.depth, **coupling_options)  # fmt: skip
         nn.init.zeros_(coupling.hyper[-1].weight)
         nn.init.zeros_(coupling.hyper[-1].bias)
         couplings.append(coupling)
@@ -336,24 +342,11 @@ def _nflows_nsf(spec: NSFSpec) -> BenchModel:
 
 def _zuko_nsf(spec: NSFSpec) -> BenchModel:
     _require("zuko")
-    from zuko.distributions import DiagNormal
-    from zuko.flows import Flow as ZukoFlow, GeneralCouplingTransform
-    from zuko.lazy import UnconditionalDistribution
     from zuko.transforms import MonotonicRQSTransform
 
     spline = functools.partial(MonotonicRQSTransform, bound=spec.bound)
     shapes = [(spec.bins,), (spec.bins,), (spec.bins - 1,)]  # as zuko.flows.NSF
-    kept = torch.arange(spec.features) < spec.features // 2  # True: the constant half
-    couplings = []
-    for i in range(spec.couplings):
-        coupling = GeneralCouplingTransform(spec.features, mask=kept if i % 2 == 0 else ~kept, univariate=spline,
-                                            shapes=shapes, hidden_features=[spec.hidden] * spec.depth)  # fmt: skip
-        nn.init.zeros_(coupling.hyper[-1].weight)
-        nn.init.zeros_(coupling.hyper[-1].bias)
-        couplings.append(coupling)
-    base = UnconditionalDistribution(DiagNormal, torch.zeros(spec.features), torch.ones(spec.features), buffer=True)
-    flow = ZukoFlow(couplings, base)
-    return BenchModel("zuko", flow, lambda x: flow().log_prob(x))
+    return _zuko_couplings(spec, univariate=spline, shapes=shapes)
 
 
 _NSF_BUILDERS: dict[str, Callable[[NSFSpec], BenchModel]] = {
