@@ -94,24 +94,26 @@ def main() -> int:
 
 def spline_variants():
     """The spline kernels: every dtype x direction, the patterns cycled through, 8 bins and an odd count (5, whose
-    lanes are padded to 8), each alignment the launcher picks (1 for vectors, up to 16 bytes for images)."""
+    lanes are padded to 8), each alignment the launcher picks (1 for vectors, up to 16 bytes for images), and both
+    ways of reading the parameters (spline_forward.spline_launch's SPAN: 0 by lanes, a power of two by rows, as a
+    vector flow's whole-sample tiles read them)."""
     patterns = itertools.cycle([PATTERN_RANGE, PATTERN_CHECKERBOARD, PATTERN_MASK])
     for dtype in TL_NAMES:
         for reverse in (False, True):
-            for bins, align in ((8, {"float64": 2, "float32": 4}.get(dtype, 4)), (5, 1)):
-                yield dtype, reverse, bins, align, next(patterns)
+            for bins, align, span in ((8, {"float64": 2, "float32": 4}.get(dtype, 4), 0), (5, 1, 0), (5, 1, 1024)):
+                yield dtype, reverse, bins, align, span, next(patterns)
 
 
 def compile_spline_kernels() -> int:
     failures = 0
-    for dtype, reverse, bins, align, pattern in spline_variants():
+    for dtype, reverse, bins, align, span, pattern in spline_variants():
         x_ty = TL_NAMES[dtype]
         p_ty = {"bfloat16": "fp32"}.get(dtype, x_ty)  # autocast: a float32 conditioner output under bf16 x
         ct_name = "fp64" if dtype == "float64" else "fp32"
         ct = tl.float64 if dtype == "float64" else tl.float32
         constexprs = dict(
             PATTERN=pattern, PARITY=1, K=bins, KP=triton.next_power_of_2(bins), BOUND=3.0, MIN_W=1e-3, MIN_H=1e-3,
-            MIN_D=1e-3, REVERSE=reverse, CT=ct, ALIGN=align, BLOCK=256, ROWS=1 if reverse else 2,
+            MIN_D=1e-3, REVERSE=reverse, CT=ct, ALIGN=align, SPAN=span, BLOCK=256, ROWS=1 if reverse else 2,
         )  # fmt: skip
         jobs = [
             ("spline_forward", _spline_forward_kernel,
@@ -123,7 +125,7 @@ def compile_spline_kernels() -> int:
         ]  # fmt: skip
         arch = 80 if reverse else 90
         for name, kernel, pointers, extra in jobs:
-            label = f"sm_{arch} {name:<15} x={dtype:<8} params={p_ty} reverse={reverse} bins={bins} pattern={pattern}"
+            label = f"sm_{arch} {name:<15} x={dtype:<8} params={p_ty} reverse={reverse} bins={bins} span={span} pattern={pattern}"
             try:
                 compiled = compile_kernel(kernel, pointers, dict(constexprs, **extra), arch)
                 assert compiled.asm["cubin"], "no cubin"
