@@ -19,7 +19,7 @@ from .._dispatch import resolve_backend
 from .._masks import MaskArg, check_mask, expected_h_shape, half_split_channels, kept_elements
 from .base import FlowLayer, Shape
 from .conditioners import MLP, ResNetConditioner
-from .memory_saving import GradientSink
+from .memory_saving import GradientSink, forward_recomputing_conditioner
 
 
 def _check_mask(input_shape: Shape, mask: MaskArg) -> str:
@@ -62,8 +62,10 @@ class _CouplingLayer(FlowLayer):
         depth: int = 2,
         context_features: Optional[int] = None,
         backend: str = "auto",
+        recompute_conditioner: bool = False,
     ):
         super().__init__()
+        self.recompute_conditioner = bool(recompute_conditioner)
         self.input_shape = tuple(int(s) for s in input_shape)
         if not self.input_shape:
             raise ValueError("a coupling needs samples with at least one dimension")
@@ -149,6 +151,8 @@ class _CouplingLayer(FlowLayer):
         return _ops.coupling_backward_op(grad_y, grad_logdet, x, h, mask, *config, backend)
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        if self.recompute_conditioner and torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            return forward_recomputing_conditioner(self, x, context)
         return self._couple(x, self._conditioner_output(x, context), reverse=False)
 
     def inverse(self, y: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
@@ -162,30 +166,49 @@ class _CouplingLayer(FlowLayer):
 
         The kept elements are the same in input and output, so one conditioner forward, on the output, gives the
         `h` that both rebuilds the input (the op's inverse) and feeds the op's fused backward, which runs directly:
-        the layer's forward is never recomputed. `grad_h` then goes back through that one conditioner graph.
+        the layer's forward is never recomputed.
         """
+        kept, h = self._conditioner_graph(y, sink.context)
+        with torch.no_grad():
+            x, _ = self._couple(y, h, reverse=True)
+        return x, self._backward_through_graph(x, kept, h, grad_y, grad_logdet, sink)
+
+    def backward_from_input(self, x: Tensor, grad_y: Tensor, grad_logdet: Tensor, sink: GradientSink) -> Tensor:
+        """The gradient of the layer's input `x` from (output gradient, log-det gradient), recomputing the
+        conditioner on `x` (the forward kept nothing else); parameters' and context's gradients go to `sink`."""
+        kept, h = self._conditioner_graph(x, sink.context)
+        return self._backward_through_graph(x, kept, h, grad_y, grad_logdet, sink)
+
+    def _conditioner_graph(self, x: Tensor, context: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        """(kept, h): the conditioner run with autograd on from a fresh leaf `kept` of `x`'s kept elements."""
+        kept = self._conditioner_input(x).detach().requires_grad_(True)
+        with torch.enable_grad():
+            return kept, self._run_conditioner(kept, context)
+
+    def _backward_through_graph(
+        self, x: Tensor, kept: Tensor, h: Tensor, grad_y: Tensor, grad_logdet: Tensor, sink: GradientSink
+    ) -> Tensor:
+        """grad_x of the layer at input `x`: the op's fused backward, then `grad_h` back through the conditioner
+        graph `h(kept)` (its parameters' and the context's gradients to `sink`), the kept elements' second path
+        added to the op's."""
         context = sink.context
         with_context = context is not None and context.requires_grad
         params = [p for p in self.parameters() if p.requires_grad]
-        kept = self._conditioner_input(y).detach().requires_grad_(True)
-        with torch.enable_grad():
-            h = self._run_conditioner(kept, context)
         with torch.no_grad():
-            x, _ = self._couple(y, h, reverse=True)
             grad_x, grad_h = self._fused_backward(grad_y, grad_logdet.to(logdet_dtype(x.dtype)), x, h)
         if not h.requires_grad:  # a conditioner with nothing to train that ignores its input
-            return x, grad_x
+            return grad_x
         wrt = [kept, *params] + ([context] if with_context else [])
         grads = torch.autograd.grad(h, wrt, grad_h, allow_unused=True)
         sink.add(params, grads[1 : 1 + len(params)], grads[-1] if with_context else None)
         grad_kept = grads[0]
-        # The kept elements' second path, through the conditioner, added in place (the op's outputs are fresh
-        # tensors): for "half" into the kept channels alone, instead of a zero-padded copy of the whole sample.
+        # Added in place (the op's outputs are fresh tensors): for "half" into the kept channels alone, instead of
+        # a zero-padded copy of the whole sample.
         if grad_kept is not None and self.mask_kind == "half":
             grad_x[:, self._kept_channels].add_(grad_kept)  # add_ on the view: `+=` would copy it back onto itself
         elif grad_kept is not None:
             grad_x.add_(torch.where(self._kept_mask, grad_kept, grad_kept.new_zeros(())))
-        return x, grad_x
+        return grad_x
 
     def extra_repr(self) -> str:
         mask = "tensor" if self.mask_kind == "tensor" else repr(self.mask_kind)
@@ -229,6 +252,9 @@ class AffineCoupling(_CouplingLayer):
             for none. When set, every call takes a ``context`` of shape ``[B, context_features]``.
         backend: the fused op's backend for this layer: ``"auto"`` (the default), ``"reference"``, ``"triton"``,
             ``"cuda"`` or ``"cpu"``.
+        recompute_conditioner: keep only the layer's input (and context) for backward and rerun the conditioner
+            there, instead of keeping its activations and its output ``h``: one conditioner forward more a
+            training step; default False. Under ``torch.compile`` the layer takes the standard path.
 
     Returns:
         Called as ``layer(x, context=None)`` with ``x`` of shape ``[B, *input_shape]``: ``(y, logdet)``, ``y`` of
@@ -299,6 +325,7 @@ class AdditiveCoupling(_CouplingLayer):
             for none. When set, every call takes a ``context`` of shape ``[B, context_features]``.
         backend: the fused op's backend for this layer: ``"auto"`` (the default), ``"reference"``, ``"triton"``,
             ``"cuda"`` or ``"cpu"``.
+        recompute_conditioner: as for :class:`AffineCoupling`; default False.
 
     Returns:
         Called as ``layer(x, context=None)`` with ``x`` of shape ``[B, *input_shape]``: ``(y, logdet)``, ``y`` of

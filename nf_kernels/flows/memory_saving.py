@@ -134,3 +134,41 @@ def forward_keeping_no_activations(
     if not needs_grad:
         return standard_forward(layers, x, context)
     return _InvertibleStack.apply(standard_forward, layers, x, context, *params)
+
+
+class _ConditionerRecomputed(torch.autograd.Function):
+    """Autograd node for one coupling that keeps only its input (and context): the conditioner's activations and
+    its output `h`, the largest tensor of a spline coupling ((3K - 1) values a transformed element), are not kept
+    but recomputed from the input in backward. Tensor inputs are (x, context, *parameters)."""
+
+    @staticmethod
+    def forward(ctx, layer, x, context, *params):
+        h = layer._conditioner_output(x, context)  # autograd is off inside Function.forward
+        y, logdet = layer._couple(x, h, reverse=False)
+        ctx.layer, ctx.params = layer, params
+        device_type = x.device.type
+        ctx.autocast = (device_type, torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))
+        ctx.save_for_backward(x, context)
+        return y, logdet
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_logdet):
+        x, context = ctx.saved_tensors
+        context_leaf = None if context is None else context.detach().requires_grad_(ctx.needs_input_grad[2])
+        sink = GradientSink(context_leaf)
+        device_type, enabled, dtype = ctx.autocast
+        with torch.autocast(device_type, dtype=dtype, enabled=enabled):
+            grad_x = ctx.layer.backward_from_input(x, grad_y, grad_logdet, sink)
+        param_grads = [sink.param_grads.get(id(p)) for p in ctx.params]
+        return (None, grad_x.to(x.dtype), sink.context_grad, *param_grads)
+
+
+def forward_recomputing_conditioner(layer: nn.Module, x: Tensor, context: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    """`layer(x, context)` of a coupling layer (coupling.py) as one autograd node that keeps only `x` and the
+    context; backward reruns the conditioner on `x` (one conditioner forward more than the standard path) and
+    calls `layer.backward_from_input`. The same computation as the standard path when nothing needs a gradient."""
+    params = [p for p in layer.parameters() if p.requires_grad]
+    needs_grad = x.requires_grad or bool(params) or (context is not None and context.requires_grad)
+    if not needs_grad:
+        return layer._couple(x, layer._conditioner_output(x, context), reverse=False)
+    return _ConditionerRecomputed.apply(layer, x, context, *params)

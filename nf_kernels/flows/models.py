@@ -80,6 +80,7 @@ class _Common:
     context_features: int = 16
     backend: str = "auto"
     memory_saving: bool = False
+    recompute_conditioner: bool = False
     compile: bool = False
 
     @classmethod
@@ -107,7 +108,8 @@ class _Common:
     def coupling_options(self) -> dict[str, Any]:
         """What every coupling layer of the model gets."""
         context = self.context_features if self.num_classes else None
-        return dict(hidden=self.hidden, depth=self.depth, context_features=context, backend=self.backend)
+        return dict(hidden=self.hidden, depth=self.depth, context_features=context, backend=self.backend,
+                    recompute_conditioner=self.recompute_conditioner)
 
     def flow(self, layers: list[nn.Module], sample_shape: Shape, base: Callable[[Shape], nn.Module]) -> Flow:
         encoder = LabelEmbedding(self.num_classes, self.context_features) if self.num_classes else None
@@ -190,6 +192,8 @@ def nice(sample_shape: Sequence[int], *, num_layers: int = 4, **options: Any) ->
         backend: the fused coupling ops' backend: ``"auto"`` (the default), ``"reference"``, ``"triton"``,
             ``"cuda"`` or ``"cpu"``.
         memory_saving: train with memory-saving backprop (see :class:`Flow`); default False.
+        recompute_conditioner: each coupling keeps only its input for backward and reruns its conditioner there
+            (one conditioner forward more a step, none of its activations kept); default False.
         compile: run the flow as ``torch.compile(fullgraph=True)`` graphs, the fused ops inside (see
             :class:`Flow`); default False. Excludes `memory_saving`.
 
@@ -253,6 +257,8 @@ def realnvp(
         backend: the fused coupling ops' backend: ``"auto"`` (the default), ``"reference"``, ``"triton"``,
             ``"cuda"`` or ``"cpu"``.
         memory_saving: train with memory-saving backprop (see :class:`Flow`); default False.
+        recompute_conditioner: each coupling keeps only its input for backward and reruns its conditioner there
+            (one conditioner forward more a step, none of its activations kept); default False.
         compile: run the flow as ``torch.compile(fullgraph=True)`` graphs, the fused ops inside (see
             :class:`Flow`); default False. Excludes `memory_saving`.
 
@@ -320,6 +326,8 @@ def glow(
         backend: the fused coupling ops' backend: ``"auto"`` (the default), ``"reference"``, ``"triton"``,
             ``"cuda"`` or ``"cpu"``.
         memory_saving: train with memory-saving backprop (see :class:`Flow`); default False.
+        recompute_conditioner: each coupling keeps only its input for backward and reruns its conditioner there
+            (one conditioner forward more a step, none of its activations kept); default False.
         compile: run the flow as ``torch.compile(fullgraph=True)`` graphs, the fused ops inside (see
             :class:`Flow`); default False. Excludes `memory_saving`.
 
@@ -400,6 +408,8 @@ def nsf(
         backend: the fused ops' backend: ``"auto"`` (the default: one with spline kernels), ``"reference"``,
             ``"triton"``, ``"cuda"`` or ``"cpu"``.
         memory_saving: train with memory-saving backprop (see :class:`Flow`); default False.
+        recompute_conditioner: each coupling keeps only its input for backward and reruns its conditioner there
+            (one conditioner forward more a step, none of its activations kept); default False.
         compile: run the flow as ``torch.compile(fullgraph=True)`` graphs (see :class:`Flow`); default False.
 
     Returns:
@@ -446,6 +456,8 @@ def build_model(
         backend: the fused coupling ops' backend: ``"auto"`` (the default), ``"reference"``, ``"triton"``,
             ``"cuda"`` or ``"cpu"``.
         memory_saving: train with memory-saving backprop (see :class:`Flow`); default False.
+        recompute_conditioner: each coupling keeps only its input for backward and reruns its conditioner there
+            (one conditioner forward more a step, none of its activations kept); default False.
         compile: run the flow as ``torch.compile(fullgraph=True)`` graphs, the fused ops inside (see
             :class:`Flow`); default False. Excludes `memory_saving`.
         num_classes: make the model class-conditional on this many classes (int >= 1); default None.

@@ -54,7 +54,7 @@ class SplineCoupling(_CouplingLayer):
             default 1e-3 (nflows').
         min_bin_height: the same for the heights; default 1e-3.
         min_derivative: the smallest derivative at an interior knot (> 0); default 1e-3.
-        mask, flip, hidden, depth, context_features, backend: as for :class:`AffineCoupling`.
+        mask, flip, hidden, depth, context_features, backend, recompute_conditioner: as for :class:`AffineCoupling`.
 
     Returns:
         Called as ``layer(x, context=None)``: ``(y, logdet)``; ``layer.inverse(y, context=None)`` returns
