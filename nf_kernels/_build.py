@@ -50,10 +50,13 @@ CUDA_SOURCES = [
     "csrc/cuda/spline_ops_cuda.cpp",
 ]
 
-# torch's BuildExtension adds the C++ standard torch needs (C++20 for torch 2.13). -fno-math-errno lets sqrt and friends vectorize, nothing we read depends on errno or FP exception flags; no
-# -ffast-math, which would break the NaN and Inf propagation the SPEC promises. -fopenmp: at::parallel_for is
-# an inline OpenMP loop, compiled into the extension.
-CXX_FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"]
+# torch's BuildExtension adds the C++ standard torch needs (C++20 for torch 2.13). -fno-math-errno lets sqrt and
+# friends vectorize, nothing we read depends on errno or FP exception flags; no -ffast-math, which would break the
+# NaN and Inf propagation the SPEC promises. -fopenmp: at::parallel_for is an inline OpenMP loop, compiled into the
+# extension. -fno-wrapv undoes the -fwrapv of Python's own CFLAGS, which setuptools puts first: with int indices
+# defined to wrap, GCC cannot prove `(bins + j) * kLanes + e` affine and left the spline backward's parameter
+# gradients and the vectors' parameter staging scalar (the kernels never rely on signed wrap-around).
+CXX_FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fno-wrapv", "-fopenmp"]
 LINK_FLAGS = ["-fopenmp"]
 # -lineinfo: source lines for the SASS (profilers, and rule (a) of nf_kernels.benchmarking.gpu_code reading a built
 # object); the machine code is the same without it.

@@ -142,14 +142,20 @@ void stage_chunk(const SplineLayout& layout, const XS* x, const PS* params, int6
   for (int e = len; e < st.lanes; ++e) st.v[e] = st.v[0], st.selected[e] = CT(0), st.offset[e] = st.offset[0];
   const int per = spline_params_per_element(layout.bins), lanes = st.lanes;
   const bool contiguous = st.offset[lanes - 1] - st.offset[0] == lanes - 1;  // one channel, R >= the chunk
-  for (int j = 0; j < per; ++j) {
-    CT* __restrict__ row = rows + j * kLanes;
-    if (contiguous) {
+  if (contiguous) {
+    for (int j = 0; j < per; ++j) {
+      CT* __restrict__ row = rows + j * kLanes;
       const PS* src = params + st.offset[0] + j * inner;
       for (int e = 0; e < lanes; ++e) row[e] = decode<CT>(src[e]);
-    } else {
-      for (int e = 0; e < lanes; ++e) row[e] = decode<CT>(params[st.offset[e] + j * inner]);
     }
+    return;
+  }
+  // Elements in different channels (vectors, R = 1: each element's P parameters side by side): read element by
+  // element, so that memory is read in order (the prefetcher streams it) and the scattered writes land in L1.
+  // Row by row, each row's strided reads missed the cache for every element.
+  for (int e = 0; e < lanes; ++e) {
+    const PS* src = params + st.offset[e];
+    for (int j = 0; j < per; ++j) rows[j * kLanes + e] = decode<CT>(src[j * inner]);
   }
 }
 
@@ -309,7 +315,7 @@ int backward_tile(const SplineLayout& layout, const spline::Constants<CT> c, con
     }
     // The parameters' gradients, a row at a time: widths and heights j, and the derivative at knot j (j > 0).
     // The terms array served as scratch in find_bins; the backward has no log-det terms.
-#pragma GCC ivdep
+#pragma omp simd
     for (int e = 0; e < lanes; ++e) {
       const spline::ParameterGrads<CT> g =
           spline::parameter_gradients_at(c, st.grad.grad(e), 0, shares[e], shares[bins * kLanes + e]);
@@ -317,7 +323,7 @@ int backward_tile(const SplineLayout& layout, const spline::Constants<CT> c, con
       grad_rows[bins * kLanes + e] = g.height;
     }
     for (int j = 1; j < bins; ++j) {
-#pragma GCC ivdep
+#pragma omp simd
       for (int e = 0; e < lanes; ++e) {
         const spline::ParameterGrads<CT> g = spline::parameter_gradients_at(
             c, st.grad.grad(e), j, shares[j * kLanes + e], shares[(bins + j) * kLanes + e]);
@@ -328,13 +334,16 @@ int backward_tile(const SplineLayout& layout, const spline::Constants<CT> c, con
     }
     for (int e = 0; e < len; ++e) grad_x[n0 + e] = encode<XS>(st.out[e]);
     const bool contiguous = st.offset[len - 1] - st.offset[0] == len - 1;
-    for (int j = 0; j < per; ++j) {
-      const CT* row = grad_rows + j * kLanes;
-      if (contiguous) {
+    if (contiguous) {
+      for (int j = 0; j < per; ++j) {
+        const CT* row = grad_rows + j * kLanes;
         PS* dst = grad_params + st.offset[0] + j * layout.inner;
         for (int e = 0; e < len; ++e) dst[e] = encode<PS>(row[e]);
-      } else {
-        for (int e = 0; e < len; ++e) grad_params[st.offset[e] + j * layout.inner] = encode<PS>(row[e]);
+      }
+    } else {  // element by element, memory written in order (as stage_chunk reads it)
+      for (int e = 0; e < len; ++e) {
+        PS* dst = grad_params + st.offset[e];
+        for (int j = 0; j < per; ++j) dst[j * layout.inner] = encode<PS>(grad_rows[j * kLanes + e]);
       }
     }
   }

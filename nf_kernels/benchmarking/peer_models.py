@@ -38,7 +38,7 @@ from ..flows.spline_coupling import identity_derivative_parameter
 
 # nf_kernels first, then the peers; the name a library is asked for by (--libraries) is also its import name.
 PEERS = ("normflows", "nflows", "zuko", "FrEIA")
-OURS = ("nf_kernels", "nf_kernels-reference", "nf_kernels-memory-saving")
+OURS = ("nf_kernels", "nf_kernels-reference", "nf_kernels-memory-saving", "nf_kernels-recompute")
 LIBRARIES = OURS + PEERS
 NSF_PEERS = ("nflows", "zuko")  # the peers issue 14 compares the NSF with
 NSF_LIBRARIES = OURS + NSF_PEERS
@@ -50,6 +50,8 @@ LIBRARY_NOTES = {
     "coupling op, backend 'auto'",
     "nf_kernels-reference": "as nf_kernels, with backend='reference' (the plain-PyTorch oracle): the control",
     "nf_kernels-memory-saving": "as nf_kernels, with memory_saving=True (activations rebuilt during backward)",
+    "nf_kernels-recompute": "as nf_kernels, with recompute_conditioner=True (each coupling keeps its input alone and "
+    "reruns its conditioner in backward)",
     "normflows": "a(s) = s (scale_map='exp', no clamp); shift and scale interleaved (param[:, 0::2], [:, 1::2]); "
     "AffineCouplingBlock (Split, coupling, Merge) on the channel halves then Permute(mode='swap') after each "
     "coupling, as its README's RealNVP: a cat per coupling more than ours; log_prob runs the flows' inverses",
@@ -72,6 +74,8 @@ NSF_LIBRARY_NOTES = {
     "derivatives 1 (linear tails); its MLP's last layer zero but for the derivative biases, which make it the identity",
     "nf_kernels-reference": "as nf_kernels, with backend='reference' (the plain-PyTorch oracle): the control",
     "nf_kernels-memory-saving": "as nf_kernels, with memory_saving=True (activations rebuilt during backward)",
+    "nf_kernels-recompute": "as nf_kernels, with recompute_conditioner=True (each coupling keeps its input alone and "
+    "reruns its conditioner in backward)",
     "nflows": "PiecewiseRationalQuadraticCouplingTransform, tails='linear', tail_bound = bound, nflows' default "
     "minimum widths, heights and derivative (1e-3, as ours); +-1 halves masks alternated; conditioner: nf_kernels' "
     "MLP with the same initialization as ours (zero-derivative parameters would start nflows' spline at slope "
@@ -215,9 +219,10 @@ def _conditioner(spec: RealNVPSpec) -> Callable[[int, int], nn.Module]:
     return lambda in_features, out_features: MLP(in_features, out_features, spec.hidden, spec.depth)
 
 
-def _nf_kernels(spec: RealNVPSpec, library: str, backend: str = "auto", memory_saving: bool = False) -> BenchModel:
-    flow = build_model("realnvp", (spec.features,), backend=backend, memory_saving=memory_saving,
-                       num_layers=spec.couplings, hidden=spec.hidden, depth=spec.depth)  # fmt: skip
+def _nf_kernels(spec: RealNVPSpec, library: str, backend: str = "auto", **options: bool) -> BenchModel:
+    """`options`: memory_saving, recompute_conditioner (build_model's)."""
+    flow = build_model("realnvp", (spec.features,), backend=backend, num_layers=spec.couplings, hidden=spec.hidden,
+                       depth=spec.depth, **options)  # fmt: skip
     return BenchModel(library, flow, flow.log_prob)
 
 
@@ -310,10 +315,12 @@ def _identity_spline_conditioner(spec: NSFSpec, min_derivative: float) -> Callab
     return create
 
 
-def _nf_kernels_nsf(spec: NSFSpec, library: str, backend: str = "auto", memory_saving: bool = False) -> BenchModel:
+def _nf_kernels_nsf(spec: NSFSpec, library: str, backend: str = "auto", memory_saving: bool = False,
+                    recompute_conditioner: bool = False) -> BenchModel:
     # The couplings alone, as the peers build them: build_model("nsf") adds ActNorm and a 1x1 convolution per step.
     couplings = [SplineCoupling((spec.features,), mask="half", flip=i % 2 == 1, bins=spec.bins, bound=spec.bound,
-                                hidden=spec.hidden, depth=spec.depth, backend=backend)
+                                hidden=spec.hidden, depth=spec.depth, backend=backend,
+                                recompute_conditioner=recompute_conditioner)
                  for i in range(spec.couplings)]  # fmt: skip
     flow = Flow(couplings, StandardNormal((spec.features,)), memory_saving=memory_saving)
     return BenchModel(library, flow, flow.log_prob)
@@ -353,6 +360,7 @@ _NSF_BUILDERS: dict[str, Callable[[NSFSpec], BenchModel]] = {
     "nf_kernels": lambda spec: _nf_kernels_nsf(spec, "nf_kernels"),
     "nf_kernels-reference": lambda spec: _nf_kernels_nsf(spec, "nf_kernels-reference", backend="reference"),
     "nf_kernels-memory-saving": lambda spec: _nf_kernels_nsf(spec, "nf_kernels-memory-saving", memory_saving=True),
+    "nf_kernels-recompute": lambda spec: _nf_kernels_nsf(spec, "nf_kernels-recompute", recompute_conditioner=True),
     "nflows": _nflows_nsf,
     "zuko": _zuko_nsf,
 }
@@ -361,6 +369,7 @@ _BUILDERS: dict[str, Callable[[RealNVPSpec], BenchModel]] = {
     "nf_kernels": lambda spec: _nf_kernels(spec, "nf_kernels"),
     "nf_kernels-reference": lambda spec: _nf_kernels(spec, "nf_kernels-reference", backend="reference"),
     "nf_kernels-memory-saving": lambda spec: _nf_kernels(spec, "nf_kernels-memory-saving", memory_saving=True),
+    "nf_kernels-recompute": lambda spec: _nf_kernels(spec, "nf_kernels-recompute", recompute_conditioner=True),
     "normflows": _normflows,
     "nflows": _nflows,
     "zuko": _zuko,

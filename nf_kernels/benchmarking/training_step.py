@@ -337,7 +337,7 @@ def nsf_goal_lines(results: Sequence[StepResult]) -> list[str]:
     by_size = {(r.spec, r.library): r for r in results if isinstance(r.spec, NSFSpec) and not r.error}
     for spec in dict.fromkeys(spec for spec, _ in by_size):
         nflows = by_size.get((spec, "nflows"))
-        for library in ("nf_kernels", "nf_kernels-memory-saving"):
+        for library in ("nf_kernels", "nf_kernels-memory-saving", "nf_kernels-recompute"):
             ours = by_size.get((spec, library))
             if ours and nflows and ours.saved_bytes and nflows.saved_bytes:
                 fraction = ours.saved_bytes / nflows.saved_bytes
@@ -345,7 +345,7 @@ def nsf_goal_lines(results: Sequence[StepResult]) -> list[str]:
                 lines.append(f"{spec.label} {library}: the step saves {_mib(ours.saved_bytes)} MiB of activations, "
                              f"{fraction:.3f} of nflows' {_mib(nflows.saved_bytes)} MiB; goal <= {NSF_MEMORY_GOAL:g}: "
                              f"{verdict}")  # fmt: skip
-        for library in ("nf_kernels", "nf_kernels-memory-saving"):
+        for library in ("nf_kernels", "nf_kernels-memory-saving", "nf_kernels-recompute"):
             ours = by_size.get((spec, library))
             if ours and ours.ratio is not None:
                 lines.append(f"{spec.label} {library}: the step is {ours.ratio:.2f}x the fastest peer "
