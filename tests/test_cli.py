@@ -40,7 +40,7 @@ def cli(capsys, *argv):
 
 
 @pytest.mark.parametrize("data, model", [(TINY_MOONS, "realnvp"), (TINY_DIGITS, "realnvp"), (TINY_DIGITS, "glow"),
-                                         (TINY_NSF_MOONS, "nsf")])
+                                         (TINY_NSF_MOONS, "nsf"), (TINY_NSF_MOONS + ["--recompute-conditioner"], "nsf")])
 def test_train_eval_sample(tmp_path, capsys, data, model):
     run = tmp_path / "run"
     status, out, err = cli(capsys, "train", *data, "--model", model, "--steps", 5, "--out", run, *QUIET)
@@ -125,6 +125,8 @@ def one_line_error(capsys, *argv, status=None):
         (["train", "--model", "maf"], "invalid choice: 'maf'"),
         (["train", "--steps", "3", "--epochs", "2"], "not allowed with argument"),
         (["train", "--memory-saving", "--compile"], "--compile: not allowed with argument --memory-saving"),
+        (["train", "--memory-saving", "--recompute-conditioner"],
+         "--recompute-conditioner: not allowed with argument --memory-saving"),
         (["train", "--lr", "zero"], "--lr: expected a positive number, got 'zero'"),
         (["train", "--data", "no/such/file.npy"], "no such data file or folder: no/such/file.npy"),
         (["train", "--data", "mnist"], "unknown data set 'mnist'"),

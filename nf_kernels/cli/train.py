@@ -136,7 +136,7 @@ def train(settings: dict[str, Any], out: Path, *, resume_step: Optional[int] = N
         spec = model_spec(settings, data)
         torch.manual_seed(settings["seed"])  # the same initial weights for the same seed, on every rank
         flow = spec.build(backend=settings["backend"], memory_saving=settings["memory_saving"],
-                          compile=settings["compile"])  # fmt: skip
+                          compile=settings["compile"], recompute_conditioner=settings["recompute_conditioner"])  # fmt: skip
         trainer = Trainer(flow, data, train_config(settings, progress=progress), out_dir=out, context=context,
                           checkpoint_extra={"model_spec": spec.to_dict(), "cli": settings})  # fmt: skip
         if resume_step is not None and resume_step >= trainer.total_steps:

@@ -60,12 +60,14 @@ class ModelSpec:
     sizes: dict[str, Any] = field(default_factory=dict)  # only the sizes the user chose; the rest are defaults
     num_classes: Optional[int] = None
 
-    def build(self, *, backend: str = "auto", memory_saving: bool = False, compile: bool = False) -> nn.Module:
+    def build(self, *, backend: str = "auto", memory_saving: bool = False, compile: bool = False,
+              recompute_conditioner: bool = False) -> nn.Module:
         from ..flows import build_model  # the flows import the op layer: only when a model is needed
 
         with _as_model_error():
             return build_model(self.name, self.sample_shape, backend=backend, memory_saving=memory_saving,
-                               compile=compile, num_classes=self.num_classes, **self.sizes)  # fmt: skip
+                               compile=compile, num_classes=self.num_classes,
+                               recompute_conditioner=recompute_conditioner, **self.sizes)  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "sample_shape": list(self.sample_shape), "sizes": dict(self.sizes),
