@@ -91,9 +91,7 @@ class _InvertibleStack(torch.autograd.Function):
     def forward(ctx, standard_forward, layers, x, context, *params):
         y, logdet = standard_forward(layers, x, context)  # autograd is off inside Function.forward
         ctx.layers, ctx.params = layers, params
-        # Backward runs outside autocast; the rebuilt graphs must see the precision the forward pass had.
-        device_type = x.device.type
-        ctx.autocast = (device_type, torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))
+        ctx.autocast = _autocast_state(x.device.type)
         ctx.save_for_backward(y, context)
         ctx.x_dtype = x.dtype
         return y, logdet
@@ -101,13 +99,30 @@ class _InvertibleStack(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y, grad_logdet):
         y, context = ctx.saved_tensors
-        context_leaf = None if context is None else context.detach().requires_grad_(ctx.needs_input_grad[3])
-        sink = GradientSink(context_leaf)
-        device_type, enabled, dtype = ctx.autocast
-        with torch.autocast(device_type, dtype=dtype, enabled=enabled):
-            _, grad_x = backward_through(ctx.layers, y, grad_y, grad_logdet, sink)
-        param_grads = [sink.param_grads.get(id(p)) for p in ctx.params]
-        return (None, None, grad_x.to(ctx.x_dtype), sink.context_grad, *param_grads)
+
+        def walk(sink: GradientSink) -> Tensor:
+            return backward_through(ctx.layers, y, grad_y, grad_logdet, sink)[1]
+
+        grad_x, context_grad, param_grads = _replay(ctx, context, ctx.needs_input_grad[3], walk)
+        return (None, None, grad_x.to(ctx.x_dtype), context_grad, *param_grads)
+
+
+def _autocast_state(device_type: str) -> tuple[str, bool, torch.dtype]:
+    """The forward's autocast settings: backward runs outside autocast, and the graphs it rebuilds must see the
+    precision the forward pass had."""
+    return device_type, torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
+
+
+def _replay(ctx, context: Optional[Tensor], context_needs_grad: bool,
+            walk: Callable[[GradientSink], Tensor]) -> tuple[Tensor, Optional[Tensor], list[Optional[Tensor]]]:  # fmt: skip
+    """What a recomputing node's backward returns: `walk(sink)` (the input's gradient) run under the forward's
+    autocast settings (`ctx.autocast`), the context's gradient and those of `ctx.params`, from the sink."""
+    context_leaf = None if context is None else context.detach().requires_grad_(context_needs_grad)
+    sink = GradientSink(context_leaf)
+    device_type, enabled, dtype = ctx.autocast
+    with torch.autocast(device_type, dtype=dtype, enabled=enabled):
+        grad_x = walk(sink)
+    return grad_x, sink.context_grad, [sink.param_grads.get(id(p)) for p in ctx.params]
 
 
 def _parameters(layers: Sequence[nn.Module]) -> list[nn.Parameter]:
@@ -146,21 +161,19 @@ class _ConditionerRecomputed(torch.autograd.Function):
         h = layer._conditioner_output(x, context)  # autograd is off inside Function.forward
         y, logdet = layer._couple(x, h, reverse=False)
         ctx.layer, ctx.params = layer, params
-        device_type = x.device.type
-        ctx.autocast = (device_type, torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))
+        ctx.autocast = _autocast_state(x.device.type)
         ctx.save_for_backward(x, context)
         return y, logdet
 
     @staticmethod
     def backward(ctx, grad_y, grad_logdet):
         x, context = ctx.saved_tensors
-        context_leaf = None if context is None else context.detach().requires_grad_(ctx.needs_input_grad[2])
-        sink = GradientSink(context_leaf)
-        device_type, enabled, dtype = ctx.autocast
-        with torch.autocast(device_type, dtype=dtype, enabled=enabled):
-            grad_x = ctx.layer.backward_from_input(x, grad_y, grad_logdet, sink)
-        param_grads = [sink.param_grads.get(id(p)) for p in ctx.params]
-        return (None, grad_x.to(x.dtype), sink.context_grad, *param_grads)
+
+        def walk(sink: GradientSink) -> Tensor:
+            return ctx.layer.backward_from_input(x, grad_y, grad_logdet, sink)
+
+        grad_x, context_grad, param_grads = _replay(ctx, context, ctx.needs_input_grad[2], walk)
+        return (None, grad_x.to(x.dtype), context_grad, *param_grads)
 
 
 def forward_recomputing_conditioner(layer: nn.Module, x: Tensor, context: Optional[Tensor]) -> tuple[Tensor, Tensor]:

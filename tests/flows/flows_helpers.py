@@ -52,3 +52,12 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     scale = ref.double().norm().item()
     diff = (out.double() - ref.double()).norm().item()
     return diff / scale if scale > 0 else diff
+
+
+def parameters_after_steps(flow: nn.Module, x: torch.Tensor, optimizer: torch.optim.Optimizer, steps: int = 3):
+    """`flow`'s parameters, flattened into one tensor, after `steps` steps of `optimizer` on the NLL of `x`."""
+    for _ in range(steps):
+        optimizer.zero_grad()
+        (-flow.log_prob(x).mean()).backward()
+        optimizer.step()
+    return torch.cat([p.detach().flatten() for p in flow.parameters()])
