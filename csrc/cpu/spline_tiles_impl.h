@@ -26,7 +26,7 @@ namespace cpu {
 namespace NF_ISA_NAME {
 namespace {
 
-constexpr int kLanes = 64;        // a chunk's elements at most (and the stride of the parameter rows)
+constexpr int kLanes = kSplineChunkLanes;  // a chunk's elements at most (and the stride of the parameter rows)
 constexpr int kLaneMultiple = 16;  // a chunk runs over its elements rounded up to this (a vector of floats)
 constexpr int64_t kChunksPerTile = (kTileElements + kLanes - 1) / kLanes;
 
@@ -106,40 +106,51 @@ struct alignas(64) Stage {
   CT terms[kLanes];   // log-det terms
   CT scratch[kLanes];
   CT selected[kLanes];  // 1 or 0, as GradLanes::on
+  CT g_logdet[kLanes];  // the backward's log-det gradient of each element's sample
   int lanes;               // the elements the passes run over: the chunk's, rounded up to kLaneMultiple
-  int64_t offset[kLanes];  // where each element's parameters start in its sample's params
+  int64_t offset[kLanes];  // where each element's parameters start in the params the chunk reads from
   SearchLanes<CT> search;
   GradLanes<CT> grad;
 };
 
-// The chunk's elements [n0, n0 + len) of a sample: inputs, selection and parameter offsets staged; the parameters
-// as rows (parameter j of element e at rows[j * kLanes + e]), converted to the compute type.
-template <class CT, class XS, class PS>
-void stage_chunk(const SplineLayout& layout, const XS* x, const PS* params, int64_t n0, int len, Stage<CT>& st,
-                 CT* __restrict__ rows) {
+// Elements [n0, n0 + len) of one sample into lanes [e0, e0 + len) of the stage: inputs (the sample's `x`), selection,
+// and where their parameters start, `params_offset` being where the sample's start.
+template <class CT, class XS>
+void stage_elements(const SplineLayout& layout, const XS* x, int64_t params_offset, int64_t n0, int len,
+                    Stage<CT>& st, int e0) {
   const FlatLayout& sel = layout.select;
   const int64_t inner = layout.inner, per_channel = spline_params_per_element(layout.bins) * inner;
   int64_t channel = (n0 - sel.lo) / inner, position = (n0 - sel.lo) % inner;
+  int64_t* __restrict__ offset = st.offset + e0;
+  CT* __restrict__ v = st.v + e0;
+  CT* __restrict__ selected = st.selected + e0;
   for (int e = 0; e < len; ++e) {  // the channel and position in it walk along: no division per element
-    st.offset[e] = channel * per_channel + position;
+    offset[e] = params_offset + channel * per_channel + position;
     if (++position == inner) position = 0, ++channel;
   }
-  for (int e = 0; e < len; ++e) st.v[e] = decode<CT>(x[n0 + e]);
+  for (int e = 0; e < len; ++e) v[e] = decode<CT>(x[n0 + e]);
   if (sel.pattern == kPatternRange) {
-    for (int e = 0; e < len; ++e) st.selected[e] = CT(1);
+    for (int e = 0; e < len; ++e) selected[e] = CT(1);
   } else if (sel.pattern == kPatternCheckerboard) {  // row i and column j walk along the plane
     const int64_t height = sel.plane / sel.width, r = n0 % sel.plane;
     int64_t i = r / sel.width, j = r % sel.width;
     for (int e = 0; e < len; ++e) {
-      st.selected[e] = ((i + j) & 1) == sel.parity ? CT(1) : CT(0);
+      selected[e] = ((i + j) & 1) == sel.parity ? CT(1) : CT(0);
       if (++j == sel.width) j = 0, i = i + 1 == height ? 0 : i + 1;
     }
   } else {
-    for (int e = 0; e < len; ++e) st.selected[e] = sel.transformed[n0 + e] != 0 ? CT(1) : CT(0);
+    for (int e = 0; e < len; ++e) selected[e] = sel.transformed[n0 + e] != 0 ? CT(1) : CT(0);
   }
+}
+
+// The chunk's `len` staged elements rounded up to a vector, and their parameters read from `params` into rows
+// (parameter j of element e at rows[j * kLanes + e]), converted to the compute type.
+template <class CT, class PS>
+void stage_params(const SplineLayout& layout, const PS* params, int len, Stage<CT>& st, CT* __restrict__ rows) {
   // Lanes past len compute on copies of lane 0 (so the vectorized passes need no tail), their results unused.
   st.lanes = std::min(kLanes, (len + kLaneMultiple - 1) / kLaneMultiple * kLaneMultiple);
   for (int e = len; e < st.lanes; ++e) st.v[e] = st.v[0], st.selected[e] = CT(0), st.offset[e] = st.offset[0];
+  const int64_t inner = layout.inner;
   const int per = spline_params_per_element(layout.bins), lanes = st.lanes;
   const bool contiguous = st.offset[lanes - 1] - st.offset[0] == lanes - 1;  // one channel, R >= the chunk
   if (contiguous) {
@@ -156,6 +167,26 @@ void stage_chunk(const SplineLayout& layout, const XS* x, const PS* params, int6
   for (int e = 0; e < lanes; ++e) {
     const PS* src = params + st.offset[e];
     for (int j = 0; j < per; ++j) rows[j * kLanes + e] = decode<CT>(src[j * inner]);
+  }
+}
+
+// Where a chunk's parameters' gradients go: `grad_params` at the staged offsets, the first `len` elements.
+template <class CT, class PS>
+void write_parameter_grads(const SplineLayout& layout, const Stage<CT>& st, int len, const CT* grad_rows,
+                           PS* grad_params) {
+  const int per = spline_params_per_element(layout.bins);
+  const bool contiguous = st.offset[len - 1] - st.offset[0] == len - 1;
+  if (contiguous) {
+    for (int j = 0; j < per; ++j) {
+      const CT* row = grad_rows + j * kLanes;
+      PS* dst = grad_params + st.offset[0] + j * layout.inner;
+      for (int e = 0; e < len; ++e) dst[e] = encode<PS>(row[e]);
+    }
+  } else {  // element by element, memory written in order (as stage_params reads it)
+    for (int e = 0; e < len; ++e) {
+      PS* dst = grad_params + st.offset[e];
+      for (int j = 0; j < per; ++j) dst[j * layout.inner] = encode<PS>(grad_rows[j * kLanes + e]);
+    }
   }
 }
 
@@ -250,6 +281,55 @@ struct Workspace {
   }
 };
 
+// A staged chunk's forward: every lane's output (st.out) and log-det term (st.terms).
+template <bool kReverse, class CT>
+void forward_chunk(const spline::Constants<CT>& c, Stage<CT>& st, CT* __restrict__ rows) {
+  find_bins<kReverse>(c, st, rows);  // uses st.terms as scratch: the terms are written after it
+  const int lanes = st.lanes;
+#pragma GCC ivdep
+  for (int e = 0; e < lanes; ++e) {
+    const spline::Result<CT> r = spline::evaluate<kReverse>(st.search.bin(e), c, st.v[e], st.selected[e] != CT(0));
+    st.out[e] = r.value;
+    st.terms[e] = r.logdet;
+  }
+}
+
+// A staged chunk's backward (st.g and st.g_logdet staged too): the input's gradient (st.out) and the parameters'
+// gradients as rows (grad_rows, laid out as the parameter rows).
+template <bool kReverse, class CT>
+void backward_chunk(const spline::Constants<CT>& c, Stage<CT>& st, CT* __restrict__ rows,
+                    CT* __restrict__ grad_rows) {
+  const int bins = c.bins, lanes = st.lanes;
+  const CT* shares = rows;  // the widths' and heights' rows, once find_bins has run
+  find_bins<kReverse>(c, st, rows);
+#pragma GCC ivdep
+  for (int e = 0; e < lanes; ++e) {
+    const spline::BinGrad<CT> g = spline::local_backward<kReverse>(st.search.bin(e), c, st.v[e], st.g[e],
+                                                                   st.g_logdet[e], st.selected[e] != CT(0));
+    st.grad.set(e, g);
+    st.out[e] = g.grad_v;
+  }
+  // The parameters' gradients, a row at a time: widths and heights j, and the derivative at knot j (j > 0).
+  // The terms array served as scratch in find_bins; the backward has no log-det terms.
+#pragma omp simd
+  for (int e = 0; e < lanes; ++e) {
+    const spline::ParameterGrads<CT> g =
+        spline::parameter_gradients_at(c, st.grad.grad(e), 0, shares[e], shares[bins * kLanes + e]);
+    grad_rows[e] = g.width;
+    grad_rows[bins * kLanes + e] = g.height;
+  }
+  for (int j = 1; j < bins; ++j) {
+#pragma omp simd
+    for (int e = 0; e < lanes; ++e) {
+      const spline::ParameterGrads<CT> g = spline::parameter_gradients_at(
+          c, st.grad.grad(e), j, shares[j * kLanes + e], shares[(bins + j) * kLanes + e]);
+      grad_rows[j * kLanes + e] = g.width;
+      grad_rows[(bins + j) * kLanes + e] = g.height;
+      grad_rows[(2 * bins + j - 1) * kLanes + e] = g.derivative;
+    }
+  }
+}
+
 template <class CT, class XS, class PS, bool kReverse>
 double forward_tile(const SplineLayout& layout, const spline::Constants<CT> c, const SplineForwardTensors& io,
                     int64_t b, int64_t start, int64_t end) {
@@ -266,15 +346,9 @@ double forward_tile(const SplineLayout& layout, const spline::Constants<CT> c, c
   int64_t chunks = 0;
   for (int64_t n0 = span.first; n0 < span.last; n0 += kLanes) {
     const int len = static_cast<int>(std::min<int64_t>(kLanes, span.last - n0));
-    stage_chunk(layout, x, params, n0, len, st, ws.rows);
-    find_bins<kReverse>(c, st, ws.rows);  // uses st.terms as scratch: the terms are written after it
-    const int lanes = st.lanes;
-#pragma GCC ivdep
-    for (int e = 0; e < lanes; ++e) {
-      const spline::Result<CT> r = spline::evaluate<kReverse>(st.search.bin(e), c, st.v[e], st.selected[e] != CT(0));
-      st.out[e] = r.value;
-      st.terms[e] = r.logdet;
-    }
+    stage_elements(layout, x, 0, n0, len, st, 0);
+    stage_params(layout, params, len, st, ws.rows);
+    forward_chunk<kReverse>(c, st, ws.rows);
     for (int e = 0; e < len; ++e) y[n0 + e] = encode<XS>(st.out[e]);
     chunk_sums[chunks++] = static_cast<double>(pairwise_sum(st.terms, len));
   }
@@ -294,58 +368,90 @@ int backward_tile(const SplineLayout& layout, const spline::Constants<CT> c, con
   const Span span(layout, start, end);
   copy_range(grad_y, grad_x, start, span.first);
   copy_range(grad_y, grad_x, span.last, end);
-  const int bins = layout.bins, per = spline_params_per_element(bins);
-  Workspace<CT> ws(bins, true);
+  Workspace<CT> ws(layout.bins, true);
   Stage<CT>& st = *ws.stage;
-  CT* __restrict__ grad_rows = ws.grad_rows;
-  const CT* shares = ws.rows;  // the widths' and heights' rows, once find_bins has run
+  for (int e = 0; e < kLanes; ++e) st.g_logdet[e] = g_logdet;
   for (int64_t n0 = span.first; n0 < span.last; n0 += kLanes) {
     const int len = static_cast<int>(std::min<int64_t>(kLanes, span.last - n0));
-    stage_chunk(layout, x, params, n0, len, st, ws.rows);
+    stage_elements(layout, x, 0, n0, len, st, 0);
+    stage_params(layout, params, len, st, ws.rows);
     for (int e = 0; e < len; ++e) st.g[e] = decode<CT>(grad_y[n0 + e]);
     for (int e = len; e < st.lanes; ++e) st.g[e] = CT(0);
-    const int lanes = st.lanes;
-    find_bins<kReverse>(c, st, ws.rows);
-#pragma GCC ivdep
-    for (int e = 0; e < lanes; ++e) {
-      const spline::BinGrad<CT> g =
-          spline::local_backward<kReverse>(st.search.bin(e), c, st.v[e], st.g[e], g_logdet, st.selected[e] != CT(0));
-      st.grad.set(e, g);
-      st.out[e] = g.grad_v;
-    }
-    // The parameters' gradients, a row at a time: widths and heights j, and the derivative at knot j (j > 0).
-    // The terms array served as scratch in find_bins; the backward has no log-det terms.
-#pragma omp simd
-    for (int e = 0; e < lanes; ++e) {
-      const spline::ParameterGrads<CT> g =
-          spline::parameter_gradients_at(c, st.grad.grad(e), 0, shares[e], shares[bins * kLanes + e]);
-      grad_rows[e] = g.width;
-      grad_rows[bins * kLanes + e] = g.height;
-    }
-    for (int j = 1; j < bins; ++j) {
-#pragma omp simd
-      for (int e = 0; e < lanes; ++e) {
-        const spline::ParameterGrads<CT> g = spline::parameter_gradients_at(
-            c, st.grad.grad(e), j, shares[j * kLanes + e], shares[(bins + j) * kLanes + e]);
-        grad_rows[j * kLanes + e] = g.width;
-        grad_rows[(bins + j) * kLanes + e] = g.height;
-        grad_rows[(2 * bins + j - 1) * kLanes + e] = g.derivative;
-      }
-    }
+    backward_chunk<kReverse>(c, st, ws.rows, ws.grad_rows);
     for (int e = 0; e < len; ++e) grad_x[n0 + e] = encode<XS>(st.out[e]);
-    const bool contiguous = st.offset[len - 1] - st.offset[0] == len - 1;
-    if (contiguous) {
-      for (int j = 0; j < per; ++j) {
-        const CT* row = grad_rows + j * kLanes;
-        PS* dst = grad_params + st.offset[0] + j * layout.inner;
-        for (int e = 0; e < len; ++e) dst[e] = encode<PS>(row[e]);
-      }
-    } else {  // element by element, memory written in order (as stage_chunk reads it)
-      for (int e = 0; e < len; ++e) {
-        PS* dst = grad_params + st.offset[e];
-        for (int j = 0; j < per; ++j) dst[j * layout.inner] = encode<PS>(grad_rows[j * kLanes + e]);
-      }
+    write_parameter_grads(layout, st, len, ws.grad_rows, grad_params);
+  }
+  return 0;
+}
+
+// Short samples, several to a chunk: samples [b0, b1), each whole (spline_tiles.h: packs_samples), each one's
+// transformable span [lo, hi) staged after the previous one's, so that a [B, 8] vector flow (4 transformed
+// elements a sample) fills a chunk's vectors instead of a quarter of one. Each sample's log-det is the pairwise
+// sum of its own terms, the same bits as forward_tile gives it (a sample of one chunk there too).
+template <class CT, class XS, class PS, bool kReverse>
+void forward_samples(const SplineLayout& layout, const spline::Constants<CT> c, const SplineForwardTensors& io,
+                     int64_t b0, int64_t b1, double* sums) {
+  const int64_t numel = layout.select.numel, lo = layout.select.lo, hi = layout.select.hi;
+  const int span = static_cast<int>(hi - lo);
+  const int64_t per_chunk = kLanes / span;
+  const XS* x = static_cast<const XS*>(io.x);
+  XS* y = static_cast<XS*>(io.y);
+  const PS* params = static_cast<const PS*>(io.params);
+  Workspace<CT> ws(layout.bins, false);
+  Stage<CT>& st = *ws.stage;
+  for (int64_t first = b0; first < b1; first += per_chunk) {
+    const int64_t last = std::min(b1, first + per_chunk);
+    for (int64_t b = first; b < last; ++b) {
+      copy_range(x + b * numel, y + b * numel, 0, lo);
+      copy_range(x + b * numel, y + b * numel, hi, numel);
+      stage_elements(layout, x + b * numel, b * layout.params_stride, lo, span, st, int((b - first) * span));
     }
+    const int len = static_cast<int>((last - first) * span);
+    stage_params(layout, params, len, st, ws.rows);
+    forward_chunk<kReverse>(c, st, ws.rows);
+    for (int64_t b = first; b < last; ++b) {
+      const int e0 = static_cast<int>((b - first) * span);
+      XS* y_b = y + b * numel + lo;
+      for (int e = 0; e < span; ++e) y_b[e] = encode<XS>(st.out[e0 + e]);
+      sums[b - b0] = static_cast<double>(pairwise_sum(st.terms + e0, span));
+    }
+  }
+}
+
+template <class CT, class XS, class PS, bool kReverse>
+int backward_samples(const SplineLayout& layout, const spline::Constants<CT> c, const SplineBackwardTensors& io,
+                     int64_t b0, int64_t b1) {
+  const int64_t numel = layout.select.numel, lo = layout.select.lo, hi = layout.select.hi;
+  const int span = static_cast<int>(hi - lo);
+  const int64_t per_chunk = kLanes / span;
+  const XS* grad_y = static_cast<const XS*>(io.grad_y);
+  const XS* x = static_cast<const XS*>(io.x);
+  XS* grad_x = static_cast<XS*>(io.grad_x);
+  const PS* params = static_cast<const PS*>(io.params);
+  PS* grad_params = static_cast<PS*>(io.grad_params);
+  const CT* grad_logdet = static_cast<const CT*>(io.grad_logdet);
+  Workspace<CT> ws(layout.bins, true);
+  Stage<CT>& st = *ws.stage;
+  for (int64_t first = b0; first < b1; first += per_chunk) {
+    const int64_t last = std::min(b1, first + per_chunk);
+    for (int64_t b = first; b < last; ++b) {
+      const int e0 = static_cast<int>((b - first) * span);
+      copy_range(grad_y + b * numel, grad_x + b * numel, 0, lo);
+      copy_range(grad_y + b * numel, grad_x + b * numel, hi, numel);
+      stage_elements(layout, x + b * numel, b * layout.params_stride, lo, span, st, e0);
+      const XS* g_b = grad_y + b * numel + lo;
+      for (int e = 0; e < span; ++e) st.g[e0 + e] = decode<CT>(g_b[e]), st.g_logdet[e0 + e] = grad_logdet[b];
+    }
+    const int len = static_cast<int>((last - first) * span);
+    stage_params(layout, params, len, st, ws.rows);
+    for (int e = len; e < st.lanes; ++e) st.g[e] = CT(0), st.g_logdet[e] = CT(0);
+    backward_chunk<kReverse>(c, st, ws.rows, ws.grad_rows);
+    for (int64_t b = first; b < last; ++b) {
+      const int e0 = static_cast<int>((b - first) * span);
+      XS* grad_x_b = grad_x + b * numel + lo;
+      for (int e = 0; e < span; ++e) grad_x_b[e] = encode<XS>(st.out[e0 + e]);
+    }
+    write_parameter_grads(layout, st, len, ws.grad_rows, grad_params);
   }
   return 0;
 }
@@ -366,18 +472,18 @@ auto with_storage(DType dtype, F&& f) {
   }
 }
 
-// Tile<CT, XS, PS, reverse>::run for the call's dtypes and direction; CT is double for float64 x, else float.
-template <template <class, class, class, bool> class Tile, class Tensors>
-auto dispatch(const SplineLayout& layout, const SplineConfig& config, const Tensors& io, int64_t b, int64_t start,
-              int64_t end) {
+// Kernel<CT, XS, PS, reverse>::run(layout, constants, io, args...) for the call's dtypes and direction; CT is
+// double for float64 x, else float.
+template <template <class, class, class, bool> class Kernel, class Tensors, class... Args>
+auto dispatch(const SplineLayout& layout, const SplineConfig& config, const Tensors& io, Args... args) {
   return with_storage(io.x_dtype, [&](auto xs) {
     return with_storage(io.params_dtype, [&](auto ps) {
       using XS = typename decltype(xs)::type;
       using PS = typename decltype(ps)::type;
       using CT = std::conditional_t<std::is_same_v<XS, double>, double, float>;
       const spline::Constants<CT> c = spline::make_constants<CT>(config, layout.bins);
-      return config.reverse ? Tile<CT, XS, PS, true>::run(layout, c, io, b, start, end)
-                            : Tile<CT, XS, PS, false>::run(layout, c, io, b, start, end);
+      return config.reverse ? Kernel<CT, XS, PS, true>::run(layout, c, io, args...)
+                            : Kernel<CT, XS, PS, false>::run(layout, c, io, args...);
     });
   });
 }
@@ -398,6 +504,23 @@ struct BackwardTile {
   }
 };
 
+template <class CT, class XS, class PS, bool kReverse>
+struct ForwardSamples {
+  static int run(const SplineLayout& l, const spline::Constants<CT>& c, const SplineForwardTensors& io, int64_t b0,
+                 int64_t b1, double* sums) {
+    forward_samples<CT, XS, PS, kReverse>(l, c, io, b0, b1, sums);
+    return 0;
+  }
+};
+
+template <class CT, class XS, class PS, bool kReverse>
+struct BackwardSamples {
+  static int run(const SplineLayout& l, const spline::Constants<CT>& c, const SplineBackwardTensors& io, int64_t b0,
+                 int64_t b1) {
+    return backward_samples<CT, XS, PS, kReverse>(l, c, io, b0, b1);
+  }
+};
+
 double spline_forward(const SplineLayout& layout, const SplineConfig& config, const SplineForwardTensors& io,
                       int64_t b, int64_t start, int64_t end) {
   return dispatch<ForwardTile>(layout, config, io, b, start, end);
@@ -408,9 +531,20 @@ void spline_backward(const SplineLayout& layout, const SplineConfig& config, con
   dispatch<BackwardTile>(layout, config, io, b, start, end);
 }
 
+void spline_forward_samples(const SplineLayout& layout, const SplineConfig& config, const SplineForwardTensors& io,
+                            int64_t b0, int64_t b1, double* sums) {
+  dispatch<ForwardSamples>(layout, config, io, b0, b1, sums);
+}
+
+void spline_backward_samples(const SplineLayout& layout, const SplineConfig& config, const SplineBackwardTensors& io,
+                             int64_t b0, int64_t b1) {
+  dispatch<BackwardSamples>(layout, config, io, b0, b1);
+}
+
 }  // namespace
 
-const SplineTileKernels kSplineTileKernels = {NF_ISA_STRING, &spline_forward, &spline_backward};
+const SplineTileKernels kSplineTileKernels = {NF_ISA_STRING, &spline_forward, &spline_backward,
+                                             &spline_forward_samples, &spline_backward_samples};
 
 }  // namespace NF_ISA_NAME
 }  // namespace cpu
