@@ -11,7 +11,8 @@
 // array a field; the loops over a row take it through a pointer of its own (indexing the rows directly, GCC
 // vectorized some across the rows instead, with scatters). Memory is read once (x and params) and written once
 // (y, or grad_x and grad_params). A chunk runs over its elements rounded up to a vector, so that short samples
-// ([B, 2] vectors) cost a vector a pass, not kLanes elements.
+// ([B, 2] vectors) cost a vector a pass, not kLanes elements; and samples of a short span go several to a chunk
+// (forward_samples, backward_samples: a [B, 8] vector flow fills its vectors instead of a quarter of each).
 //
 // The log-det: each chunk's terms are summed pairwise in the compute type, the chunk sums pairwise in double, the
 // chunks starting where the tile's transformable span does: the order depends on the shapes alone.
