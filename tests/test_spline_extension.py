@@ -110,10 +110,10 @@ def test_logdet_bits_do_not_depend_on_thread_count():
 
 
 # Short samples go to the CPU kernels several to a chunk (csrc/cpu/spline_tiles.h: packs_samples): batches that
-# fill several chunks and end in a partial one; vectors, a tiny image (R > 1) and a bool mask (a selection within
-# the span).
+# fill several chunks and end in a partial one; vectors, tiny images (R > 1, a checkerboard) and a bool mask (a
+# selection within the span).
 PACKED = [((37, 9), "half", False), ((37, 9), "half", True), ((70, 2), "half", False), ((23, 2, 2, 3), "half", True),
-          ((41, 13), "tensor", False)]  # fmt: skip
+          ((41, 13), "tensor", False), ((29, 1, 3, 5), "checkerboard", True)]  # fmt: skip
 
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "inverse"])
