@@ -394,6 +394,55 @@ void test_instruction_sets_agree() {
   }
 }
 
+// Short samples several to a chunk (packs_samples): every variant gives each sample the same bits as its own tile,
+// y, log-det sum, grad_x and the parameters' gradients, over a batch of several chunks ending in a partial one.
+void test_packed_samples_equal_their_own_tiles() {
+  namespace cpu = nf_kernels::cpu;
+  std::vector<const cpu::SplineTileKernels*> variants = {cpu::baseline_spline_tile_kernels()};
+#if defined(__x86_64__) || defined(__i386__)
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu::avx2_spline_tile_kernels() != nullptr)
+    variants.push_back(cpu::avx2_spline_tile_kernels());
+#endif
+  for (bool reverse : {false, true}) {
+    const Case c = make_case({37, 10}, Mask::kHalf, 6, reverse, at::kFloat, 1.0, 5);
+    nf_kernels::SplineLayout layout{};
+    const int64_t batch = c.x.size(0), numel = c.x.numel() / batch;
+    layout.select.batch = batch, layout.select.numel = numel, layout.select.lo = c.lo, layout.select.hi = c.hi;
+    layout.select.pattern = nf_kernels::kPatternRange;
+    layout.params_stride = c.layout[nf_kernels::kSplineFieldParamsStride], layout.inner = c.inner, layout.bins = 6;
+    check(cpu::packs_samples(layout), "a [37, 10] half coupling packs its samples");
+    const nf_kernels::SplineConfig config{3.0, 1e-3, 1e-3, 1e-3, reverse};
+    const at::Tensor grad_y = at::randn_like(c.x), grad_logdet = at::randn({batch});
+    for (const cpu::SplineTileKernels* variant : variants) {
+      const auto f32 = nf_kernels::DType::kFloat32;
+      at::Tensor y_packed = at::empty_like(c.x), y_tiles = at::empty_like(c.x);
+      std::vector<double> sums(batch);
+      variant->forward_samples(layout, config, {c.x.const_data_ptr(), f32, c.params.const_data_ptr(), f32,
+                                                y_packed.mutable_data_ptr()}, 0, batch, sums.data());
+      bool same_sums = true;
+      for (int64_t b = 0; b < batch; ++b) {
+        const double sum = variant->forward_tile(
+            layout, config, {c.x.const_data_ptr(), f32, c.params.const_data_ptr(), f32, y_tiles.mutable_data_ptr()},
+            b, 0, numel);
+        same_sums = same_sums && sum == sums[b];
+      }
+      const std::string what = std::string(variant->isa) + (reverse ? " inverse" : " forward");
+      check(at::equal(y_packed, y_tiles) && same_sums, what + ": packed samples give their own tiles' y and log-det");
+      at::Tensor gx_packed = at::empty_like(c.x), gx_tiles = at::empty_like(c.x);
+      at::Tensor gp_packed = at::empty_like(c.params), gp_tiles = at::empty_like(c.params);
+      auto tensors = [&](at::Tensor& gx, at::Tensor& gp) {
+        return cpu::SplineBackwardTensors{grad_y.const_data_ptr(), grad_logdet.const_data_ptr(), c.x.const_data_ptr(),
+                                          f32, c.params.const_data_ptr(), f32, gx.mutable_data_ptr(),
+                                          gp.mutable_data_ptr()};
+      };
+      variant->backward_samples(layout, config, tensors(gx_packed, gp_packed), 0, batch);
+      for (int64_t b = 0; b < batch; ++b) variant->backward_tile(layout, config, tensors(gx_tiles, gp_tiles), b, 0, numel);
+      check(at::equal(gx_packed, gx_tiles) && at::equal(gp_packed, gp_tiles),
+            what + ": packed samples give their own tiles' gradients");
+    }
+  }
+}
+
 template <class F>
 bool refuses(F&& f, const std::string& needle) {
   try {
@@ -427,6 +476,7 @@ int main() {
   test_finite_differences();
   test_logdet_does_not_depend_on_threads();
   test_instruction_sets_agree();
+  test_packed_samples_equal_their_own_tiles();
   test_refusals();
   std::printf(failures ? "%d check(s) failed\n" : "all spline checks passed\n", failures);
   return failures ? 1 : 0;
