@@ -131,16 +131,19 @@ def _large_inputs(case: Coupling, shape: tuple, needed_gib: int):
 
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 def test_offsets_beyond_2_to_the_31(backend):
-    """2^31 fp16 elements (4 GiB), 2^28 per sample: flat offsets overflow 32-bit integers. The far end of the
-    last sample is checked against the reference computed on that slice alone (the coupling is elementwise)."""
+    """9 * 2^28 fp16 elements (4.5 GiB), 2^28 per sample: the last sample's flat offsets are beyond 2^31, so an
+    offset computed in 32-bit integers wraps (with 8 samples, 2^31 elements, every offset would still fit). The far
+    end of the last sample is checked against the reference computed on that slice alone (the coupling is
+    elementwise)."""
     backend = _backend(backend)
-    shape = (8, 4, 2**26)
+    shape = (9, 4, 2**26)
+    assert shape[0] * shape[1] * shape[2] > 2**31
     case = Coupling(MaskCase("half", shape), "exp")
-    x, h, grad_y, grad_logdet = _large_inputs(case, shape, 40)
+    x, h, grad_y, grad_logdet = _large_inputs(case, shape, 45)
     y, logdet, grad_x, grad_h = _forward_backward(case, backend, x, h, grad_y, grad_logdet, "half")
-    tail = (slice(7, 8), slice(None), slice(-4096, None))
+    tail = (slice(8, 9), slice(None), slice(-4096, None))
     ref = _forward_backward(case, "reference", x[tail].double(), h[tail].double(), grad_y[tail].double(),
-                            grad_logdet[7:8], "half")  # fmt: skip
+                            grad_logdet[8:9], "half")  # fmt: skip
     assert rel_err(y[tail], ref[0]) <= TOLERANCE[torch.float16]
     assert rel_err(grad_x[tail], ref[2]) <= TOLERANCE[torch.float16]
     assert rel_err(grad_h[tail], ref[3]) <= TOLERANCE[torch.float16]
