@@ -178,3 +178,15 @@ def test_wrong_params_size_is_refused():
     x, params, _ = _case((2, 4), config, torch.float32)
     with pytest.raises(ValueError, match="params has shape"):
         CPU_BACKEND.spline_forward(x, params[:, :-1], None, config)
+
+
+def test_the_gather_pattern_is_refused():
+    """Pattern 3 is the affine op's compact h, with an index array the spline op does not take: refused by name,
+    not read through a null mask."""
+    config = _config(bins=4)
+    x, params, _ = _case((2, 6), config, torch.float32)
+    transformed, packed, *floats = _spline_op_arguments(x, None, config)
+    packed = list(packed)
+    packed[SPLINE_LAYOUT_FIELDS.index("pattern")] = 3
+    with pytest.raises(ValueError, match="pattern code 3"):
+        torch.ops.nf_kernels_ext.spline_forward(x, params, transformed, packed, *floats)

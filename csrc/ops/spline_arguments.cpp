@@ -35,8 +35,9 @@ SplineCall make_spline_call(const char* op, const at::Tensor& x, const at::Tenso
   dtype_code(params.scalar_type());
   TORCH_CHECK_VALUE(params.device() == x.device(), op, ": x is on ", x.device(), " but params is on ",
                     params.device());
-  TORCH_CHECK_VALUE(pattern >= 0 && pattern < kPatternCount, op, ": pattern code ", pattern, " is not one of 0..",
-                    kPatternCount - 1);
+  // The gather pattern is the affine op's compact h (an index array the spline op has no argument for).
+  TORCH_CHECK_VALUE(pattern >= 0 && pattern <= kPatternMask, op, ": pattern code ", pattern, " is not one of 0..",
+                    static_cast<int>(kPatternMask), " (range, checkerboard, mask)");
   const int64_t batch = x.size(0);
   int64_t numel = 1;
   for (int64_t d = 1; d < x.dim(); ++d) numel *= x.size(d);

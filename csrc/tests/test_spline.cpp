@@ -400,8 +400,11 @@ void test_packed_samples_equal_their_own_tiles() {
   namespace cpu = nf_kernels::cpu;
   std::vector<const cpu::SplineTileKernels*> variants = {cpu::baseline_spline_tile_kernels()};
 #if defined(__x86_64__) || defined(__i386__)
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu::avx2_spline_tile_kernels() != nullptr)
-    variants.push_back(cpu::avx2_spline_tile_kernels());
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  if (avx2 && cpu::avx2_spline_tile_kernels() != nullptr) variants.push_back(cpu::avx2_spline_tile_kernels());
+  if (avx512 && cpu::avx512_spline_tile_kernels() != nullptr) variants.push_back(cpu::avx512_spline_tile_kernels());
 #endif
   for (bool reverse : {false, true}) {
     const Case c = make_case({37, 10}, Mask::kHalf, 6, reverse, at::kFloat, 1.0, 5);

@@ -330,9 +330,9 @@ def goal_lines(results: Sequence[StepResult]) -> list[str]:
 
 
 def nsf_goal_lines(results: Sequence[StepResult]) -> list[str]:
-    """Issue 14's memory goal for each NSF size: the saved activations of nf_kernels' step, standard and
-    memory-saving, over nflows'; then the speed of both against the fastest peer, which the issue sets no figure
-    for."""
+    """Issue 14's memory goal for each NSF size: the saved activations of nf_kernels' step (standard,
+    memory-saving and recomputing the conditioners) over nflows'; then the speed of each against the fastest peer,
+    which the issue sets no figure for."""
     lines = []
     by_size = {(r.spec, r.library): r for r in results if isinstance(r.spec, NSFSpec) and not r.error}
     for spec in dict.fromkeys(spec for spec, _ in by_size):

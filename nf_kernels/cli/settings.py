@@ -84,8 +84,8 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
     _setting("compile", "compile the flow with torch.compile (one graph, the fused ops inside; the first steps "
              "wait for it)", bool, False, group=MODEL, exclusive="backprop"),  # fmt: skip
     _setting("recompute_conditioner", "each coupling keeps only its input and reruns its conditioner in backward "
-             "(less memory than standard, faster than --memory-saving)", bool, False, group=MODEL,
-             exclusive="backprop"),  # fmt: skip
+             "(a fraction of the standard step's activations, one conditioner forward more a coupling)", bool, False,
+             group=MODEL, exclusive="backprop"),  # fmt: skip
     *RUNTIME_OPTIONS,
     _config_setting("dtype", "fp32; bf16: autocast of the forward pass; fp64: float64 weights and data",
                     choices=tuple(PRECISIONS)),  # fmt: skip

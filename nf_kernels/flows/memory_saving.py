@@ -21,6 +21,9 @@ from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+from .. import _ops
 
 
 class GradientSink:
@@ -125,6 +128,15 @@ def _replay(ctx, context: Optional[Tensor], context_needs_grad: bool,
     return grad_x, sink.context_grad, [sink.param_grads.get(id(p)) for p in ctx.params]
 
 
+def _trainable(params) -> list[nn.Parameter]:
+    return [p for p in params if p.requires_grad]
+
+
+def _needs_grad(x: Tensor, context: Optional[Tensor], params: Sequence[Tensor]) -> bool:
+    """Whether a recomputing node has anything to differentiate: the input, a parameter or the context."""
+    return x.requires_grad or bool(params) or (context is not None and context.requires_grad)
+
+
 def _parameters(layers: Sequence[nn.Module]) -> list[nn.Parameter]:
     seen: dict[int, nn.Parameter] = {}
     for layer in layers:
@@ -145,8 +157,7 @@ def forward_keeping_no_activations(
     if not torch.is_grad_enabled() or len(layers) == 0:
         return standard_forward(layers, x, context)
     params = _parameters(layers)
-    needs_grad = x.requires_grad or bool(params) or (context is not None and context.requires_grad)
-    if not needs_grad:
+    if not _needs_grad(x, context, params):
         return standard_forward(layers, x, context)
     return _InvertibleStack.apply(standard_forward, layers, x, context, *params)
 
@@ -162,12 +173,15 @@ class _ConditionerRecomputed(torch.autograd.Function):
         y, logdet = layer._couple(x, h, reverse=False)
         ctx.layer, ctx.params = layer, params
         ctx.autocast = _autocast_state(x.device.type)
-        ctx.save_for_backward(x, context)
+        # The parameters too (they are alive anyway): autograd then refuses a backward after they changed in place,
+        # as the standard path's saved weights do, instead of rerunning the conditioner with the new values.
+        ctx.save_for_backward(x, context, *params)
         return y, logdet
 
     @staticmethod
+    @once_differentiable  # first-order gradients only, as the fused ops: a double backward is refused, not wrong
     def backward(ctx, grad_y, grad_logdet):
-        x, context = ctx.saved_tensors
+        x, context = ctx.saved_tensors[:2]
 
         def walk(sink: GradientSink) -> Tensor:
             return ctx.layer.backward_from_input(x, grad_y, grad_logdet, sink)
@@ -179,9 +193,9 @@ class _ConditionerRecomputed(torch.autograd.Function):
 def forward_recomputing_conditioner(layer: nn.Module, x: Tensor, context: Optional[Tensor]) -> tuple[Tensor, Tensor]:
     """`layer(x, context)` of a coupling layer (coupling.py) as one autograd node that keeps only `x` and the
     context; backward reruns the conditioner on `x` (one conditioner forward more than the standard path) and
-    calls `layer.backward_from_input`. The same computation as the standard path when nothing needs a gradient."""
-    params = [p for p in layer.parameters() if p.requires_grad]
-    needs_grad = x.requires_grad or bool(params) or (context is not None and context.requires_grad)
-    if not needs_grad:
+    calls `layer.backward_from_input`. The standard path itself when nothing needs a gradient, and under tracing,
+    dispatch modes and functorch transforms (a Python autograd.Function runs in none of them)."""
+    params = _trainable(layer.parameters())
+    if not _needs_grad(x, context, params) or not _ops.runs_eagerly(x, x):
         return layer._couple(x, layer._conditioner_output(x, context), reverse=False)
     return _ConditionerRecomputed.apply(layer, x, context, *params)
