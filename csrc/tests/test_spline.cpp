@@ -357,8 +357,8 @@ void test_logdet_does_not_depend_on_threads() {
   check(at::equal(y1, y2) && at::equal(l1, l2), "y and the log-det are the same bits with 1 and 2 threads");
 }
 
-// Every instruction set this CPU runs computes the same tiles (to rounding: FMA contraction differs).
-void test_instruction_sets_agree() {
+// The spline kernel variants this CPU runs: baseline, and AVX2 and AVX-512 where built and supported.
+std::vector<const nf_kernels::cpu::SplineTileKernels*> runnable_spline_variants() {
   namespace cpu = nf_kernels::cpu;
   std::vector<const cpu::SplineTileKernels*> variants = {cpu::baseline_spline_tile_kernels()};
 #if defined(__x86_64__) || defined(__i386__)
@@ -368,6 +368,13 @@ void test_instruction_sets_agree() {
   if (avx2 && cpu::avx2_spline_tile_kernels() != nullptr) variants.push_back(cpu::avx2_spline_tile_kernels());
   if (avx512 && cpu::avx512_spline_tile_kernels() != nullptr) variants.push_back(cpu::avx512_spline_tile_kernels());
 #endif
+  return variants;
+}
+
+// Every instruction set this CPU runs computes the same tiles (to rounding: FMA contraction differs).
+void test_instruction_sets_agree() {
+  namespace cpu = nf_kernels::cpu;
+  const std::vector<const cpu::SplineTileKernels*> variants = runnable_spline_variants();
   std::printf("CPU spline kernels: %s (of %zu variants run here)\n", cpu::selected_spline_tile_kernels().isa,
               variants.size());
   for (bool reverse : {false, true}) {
@@ -398,14 +405,7 @@ void test_instruction_sets_agree() {
 // y, log-det sum, grad_x and the parameters' gradients, over a batch of several chunks ending in a partial one.
 void test_packed_samples_equal_their_own_tiles() {
   namespace cpu = nf_kernels::cpu;
-  std::vector<const cpu::SplineTileKernels*> variants = {cpu::baseline_spline_tile_kernels()};
-#if defined(__x86_64__) || defined(__i386__)
-  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-  if (avx2 && cpu::avx2_spline_tile_kernels() != nullptr) variants.push_back(cpu::avx2_spline_tile_kernels());
-  if (avx512 && cpu::avx512_spline_tile_kernels() != nullptr) variants.push_back(cpu::avx512_spline_tile_kernels());
-#endif
+  const std::vector<const cpu::SplineTileKernels*> variants = runnable_spline_variants();
   for (bool reverse : {false, true}) {
     const Case c = make_case({37, 10}, Mask::kHalf, 6, reverse, at::kFloat, 1.0, 5);
     nf_kernels::SplineLayout layout{};
