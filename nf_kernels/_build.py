@@ -31,6 +31,7 @@ CPU_SOURCES = [
     "csrc/ops/schema.cpp",
     "csrc/ops/op_arguments.cpp",
     "csrc/ops/autograd.cpp",
+    "csrc/ops/mlp.cpp",
     "csrc/cpu/ops_cpu.cpp",
     "csrc/cpu/tile_kernels_select.cpp",
     "csrc/cpu/tile_kernels_avx512.cpp",

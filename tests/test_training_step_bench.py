@@ -132,6 +132,9 @@ def test_goals_are_judged_on_the_median_ratio():
     ("aten::addmm", "conditioner linear layers"),
     ("autograd::engine::evaluate_function: AddmmBackward0", "conditioner linear layers"),
     ("autograd::engine::evaluate_function: TBackward0", "conditioner linear layers"),
+    ("nf_kernels_ext::mlp", "conditioner linear layers"),  # the MLP's fused node
+    ("autograd::engine::evaluate_function: torch::autograd::CppNode<nf_kernels::(anonymous namespace)::Mlp>",
+     "conditioner linear layers"),
     ("aten::relu", "activations (ReLU)"),
     ("autograd::engine::evaluate_function: ReluBackward0", "activations (ReLU)"),
     ("nf_kernels::coupling", "coupling op, forward"),

@@ -2,7 +2,7 @@
 // files. coupling_forward and coupling_backward are the raw kernels: the Python custom op (nf_kernels/_ops.py)
 // calls them below its own autograd, and called directly with inputs that require grad they say so instead of
 // returning wrong gradients. `coupling` is the eager path's differentiable op, the raw ops behind a C++ autograd
-// node (csrc/ops/autograd.cpp).
+// node (csrc/ops/autograd.cpp); `mlp` the default MLP conditioner's (csrc/ops/mlp.cpp).
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
 
@@ -54,6 +54,9 @@ TORCH_LIBRARY(nf_kernels_ext, m) {
   m.def("spline_forward(Tensor x, Tensor params, " NF_SPLINE_ARGS ") -> (Tensor y, Tensor logdet)");
   m.def("spline_backward(Tensor grad_y, Tensor grad_logdet, Tensor x, Tensor params, " NF_SPLINE_ARGS
         ") -> (Tensor grad_x, Tensor grad_params)");
+  // The default vector conditioner (linear layers, ReLU between them) as one autograd node: layers = [W_1, b_1, ...,
+  // W_n, b_n] (csrc/ops/mlp.cpp).
+  m.def("mlp(Tensor x, Tensor[] layers) -> Tensor");
   // Which instruction set the CPU kernels use here ("avx512", "avx2" or "baseline").
   m.def("cpu_isa() -> str", &cpu_isa);
   m.def("kernel_codes(str kind) -> str[]", &kernel_codes);

@@ -5,8 +5,9 @@ The model (issue 12): `couplings` affine couplings on alternating halves of a ve
 conditioned by an MLP of `depth` hidden ReLU layers `hidden` wide whose last layer starts at zero, on a standard
 normal base. Each peer builds it the way its documentation does; where a library fixes its own scale map or
 adds layers of its own, :data:`LIBRARY_NOTES` says so (the results file prints it). Where a library takes any
-user network as the conditioner (nflows, FrEIA), it gets nf_kernels' own :class:`~nf_kernels.flows.MLP`, plain
-PyTorch, so the conditioners are the same module; normflows and zuko use their own MLP classes, as documented.
+user network as the conditioner (nflows, FrEIA), it gets nf_kernels' own :class:`~nf_kernels.flows.MLP` with
+``fused=False``: the same modules, run one by one as plain PyTorch runs them (the fused node is nf_kernels' own
+work, measured in nf_kernels' rows); normflows and zuko use their own MLP classes, as documented.
 
 Every library's model is the identity at init (the conditioners output zeros) except nflows', whose scale map
 gives ``sigmoid(2) + 1e-3`` at zero: :attr:`BenchModel.init_scale` records that, and
@@ -215,8 +216,9 @@ def _require(module: str):
 
 
 def _conditioner(spec: RealNVPSpec) -> Callable[[int, int], nn.Module]:
-    """The subnet constructor ``(in_features, out_features) -> MLP`` for libraries that take any network."""
-    return lambda in_features, out_features: MLP(in_features, out_features, spec.hidden, spec.depth)
+    """The subnet constructor ``(in_features, out_features) -> MLP`` for libraries that take any network: plain
+    PyTorch modules (``fused=False``)."""
+    return lambda in_features, out_features: MLP(in_features, out_features, spec.hidden, spec.depth, fused=False)
 
 
 def _nf_kernels(spec: RealNVPSpec, library: str, backend: str = "auto", **options: bool) -> BenchModel:
@@ -305,7 +307,7 @@ def _identity_spline_conditioner(spec: NSFSpec, min_derivative: float) -> Callab
     as ours), so the spline starts as the identity."""
 
     def create(in_features: int, out_features: int) -> nn.Module:
-        net = MLP(in_features, out_features, spec.hidden, spec.depth)
+        net = MLP(in_features, out_features, spec.hidden, spec.depth, fused=False)
         with torch.no_grad():
             net.net[-1].bias.view(-1, spec.params_per_element)[:, 2 * spec.bins :] = identity_derivative_parameter(
                 min_derivative

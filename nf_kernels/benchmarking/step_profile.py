@@ -39,7 +39,9 @@ OP_KINDS: tuple[tuple[str, str], ...] = (
      r"CppNode<nf_kernels::.*Coupling>"),
     ("coupling op, forward", r"nf_kernels(_ext)?::coupling"),
     ("optimizer (Adam step, zero_grad)", r"^Optimizer\."),
-    ("conditioner linear layers", r"^aten::(linear|addmm|mm|matmul)$|\b(Addmm|Mm|T)Backward"),
+    # The MLP conditioner's fused node (nf_kernels_ext::mlp) holds its ReLUs too: they are charged here.
+    ("conditioner linear layers", r"^aten::(linear|addmm|mm|matmul)$|\b(Addmm|Mm|T)Backward|^nf_kernels_ext::mlp$|"
+     r"CppNode<nf_kernels::.*Mlp>"),
     ("activations (ReLU)", r"^aten::(relu|clamp_min|threshold)|\bReluBackward"),
     ("slices, cat, index, copies", r"^aten::(slice|cat|index|index_select|index_put_?|narrow|select|chunk|split|"
      r"split_with_sizes|copy_|clone|contiguous|gather|to|_to_copy|stack|flip)$|\b(Slice|Cat|Index|IndexPut|Split|"

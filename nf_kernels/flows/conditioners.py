@@ -11,6 +11,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from .fused_mlp import fused_forward
+
 
 def _zero_init(layer: nn.Module) -> nn.Module:
     nn.init.zeros_(layer.weight)
@@ -45,12 +47,18 @@ class MLP(nn.Module):
     ``num_hidden_layers`` times (linear, ReLU), then a linear output layer that starts at zero, so the coupling it
     feeds starts as the identity. A context, when there is one, is concatenated to the input.
 
+    In a plain eager call with the C++ extension built, the layers run as one autograd node
+    (``nf_kernels_ext::mlp``): the same outputs and gradients, bit for bit, without a module call and autograd
+    nodes per layer. Under torch.compile, tracing, autocast or functorch transforms, or with a hook on a layer,
+    the modules run one by one (nf_kernels/flows/fused_mlp.py).
+
     Args:
         in_features: width of the input, the kept elements (int >= 1).
         out_features: width of the output, the coupling's ``h`` (int >= 1).
         hidden: width of the hidden layers (int >= 1); default 64.
         num_hidden_layers: how many hidden layers (int >= 1); default 2.
         context_features: width of the per-sample context (int >= 1), or None (the default) for no context.
+        fused: take the fused node where it applies (the default, True); False always runs the modules one by one.
 
     Returns:
         Called as ``net(x, context=None)`` with ``x`` of shape ``[B, in_features]`` (and ``context`` of shape
@@ -69,8 +77,10 @@ class MLP(nn.Module):
         hidden: int = 64,
         num_hidden_layers: int = 2,
         context_features: Optional[int] = None,
+        fused: bool = True,
     ):
         super().__init__()
+        self.fused = bool(fused)
         _check_sizes("MLP", at_least_zero={}, at_least_one=dict(
             in_features=in_features, out_features=out_features, hidden=hidden, num_hidden_layers=num_hidden_layers,
             context_features=context_features))  # fmt: skip
@@ -87,7 +97,8 @@ class MLP(nn.Module):
         _check_context(self, context, x.shape[0])
         if context is not None:
             x = torch.cat([x, context.to(x.dtype)], dim=1)
-        return self.net(x)
+        out = fused_forward(self.net, x) if self.fused else None
+        return self.net(x) if out is None else out
 
 
 class _ResidualBlock(nn.Module):
