@@ -219,6 +219,19 @@ def runs_eagerly(x: Tensor, h: Tensor) -> bool:
     )
 
 
+def eager_coupling_backward(
+    grad_y: Tensor, grad_logdet: Tensor, x: Tensor, h: Tensor, mask, prepared: PreparedCall, backend: str
+) -> tuple[Tensor, Tensor]:
+    """(grad_x, grad_h) of the forward coupling `prepared` describes, for a caller that differentiates by hand
+    (memory-saving backprop, a recomputed conditioner) outside any graph and in a plain eager call: the backend's
+    backward directly, what the custom op :func:`coupling_backward_op` runs, without its dispatch."""
+    config = prepared.config
+    if prepared.empty:
+        return torch.zeros(x.shape, dtype=x.dtype, device=x.device), torch.zeros(h.shape, dtype=h.dtype, device=h.device)
+    mask = mask if config.mask_kind in ("tensor", "compact") else None
+    return get_backend(backend).backward(grad_y, grad_logdet, x, h, mask, config)
+
+
 def eager_coupling(x: Tensor, h: Tensor, mask, prepared: PreparedCall, backend: str) -> tuple[Tensor, Tensor]:
     """A call for which :func:`runs_eagerly` holds, with its checked arguments: the backend's differentiable op
     where it has one (and there is work to do), else the custom op."""
