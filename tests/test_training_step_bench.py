@@ -317,3 +317,14 @@ def test_the_nsf_entry_point_writes_a_row_per_library(tmp_path):
     assert "## How each library builds the NSF" in text and "MonotonicRQSTransform" in text
     if "| nflows |" in text:
         assert "of nflows'" in text  # the memory goal was judged
+
+
+def test_the_fused_mlp_gain_is_the_unfused_rows_time_over_ours_round_by_round():
+    spec = RealNVPSpec(64)
+    ours = training_step.StepResult("nf_kernels", spec, 8, round_seconds=[1.0, 2.0, 1.0])
+    unfused = training_step.StepResult("nf_kernels-unfused-mlp", spec, 8, round_seconds=[1.1, 2.4, 1.05])
+    (line,) = training_step.fused_mlp_lines([ours, unfused])
+    assert line == ("D=64: the MLP's fused node makes the step 1.10x faster (1.05-1.20; nf_kernels-unfused-mlp over "
+                    "nf_kernels, round by round) (no goal set)"), line
+    assert line in training_step.goal_lines([ours, unfused])
+    assert training_step.fused_mlp_lines([ours]) == []

@@ -39,11 +39,15 @@ from ..flows.spline_coupling import identity_derivative_parameter
 
 # nf_kernels first, then the peers; the name a library is asked for by (--libraries) is also its import name.
 PEERS = ("normflows", "nflows", "zuko", "FrEIA")
-OURS = ("nf_kernels", "nf_kernels-reference", "nf_kernels-memory-saving", "nf_kernels-recompute")
+OURS = ("nf_kernels", "nf_kernels-reference", "nf_kernels-memory-saving", "nf_kernels-recompute",
+        "nf_kernels-unfused-mlp")
 LIBRARIES = OURS + PEERS
 NSF_PEERS = ("nflows", "zuko")  # the peers issue 14 compares the NSF with
 NSF_LIBRARIES = OURS + NSF_PEERS
 INSTALL_HINT = "pip install --no-deps -r requirements-bench.txt"
+
+_UNFUSED_NOTE = ("as nf_kernels, with MLP(fused=False): the conditioners' modules run one by one instead of as one "
+                 "autograd node (what the fused node gains)")
 
 # Each library's scale map (log-scale a(s) of the conditioner's raw output s) and how its model differs from ours.
 LIBRARY_NOTES = {
@@ -53,18 +57,19 @@ LIBRARY_NOTES = {
     "nf_kernels-memory-saving": "as nf_kernels, with memory_saving=True (activations rebuilt during backward)",
     "nf_kernels-recompute": "as nf_kernels, with recompute_conditioner=True (each coupling keeps its input alone and "
     "reruns its conditioner in backward)",
+    "nf_kernels-unfused-mlp": _UNFUSED_NOTE,
     "normflows": "a(s) = s (scale_map='exp', no clamp); shift and scale interleaved (param[:, 0::2], [:, 1::2]); "
     "AffineCouplingBlock (Split, coupling, Merge) on the channel halves then Permute(mode='swap') after each "
     "coupling, as its README's RealNVP: a cat per coupling more than ours; log_prob runs the flows' inverses",
     "nflows": "scale = sigmoid(s + 2) + 1e-3, so the flow is not the identity at init (scale 0.882); "
     "AffineCouplingTransform with a +-1 mask over halves, alternated; gather in, index-put out; "
-    "conditioner: nf_kernels' MLP (nflows takes any network)",
+    "conditioner: nf_kernels' MLP with fused=False (nflows takes any network)",
     "zuko": "a(s) = s / (1 + |s / log(1e-3)|) (MonotonicAffineTransform, slope 1e-3); GeneralCouplingTransform with "
     "a halves mask, alternated (zuko.flows.RealNVP fixes checkered masks); zuko's MLP with its last layer zeroed; "
     "gather in, index-put out",
     "FrEIA": "a(s) = 2 * 0.636 atan(s) (clamp 2, 'ATAN'); couplings in pairs: GLOWCouplingBlock is two couplings "
     "(each half conditioned on the other), so 8 couplings are 4 blocks; no base distribution object: the loss is "
-    "0.5 |z|^2 - log|det| as FrEIA documents; conditioner: nf_kernels' MLP",
+    "0.5 |z|^2 - log|det| as FrEIA documents; conditioner: nf_kernels' MLP (fused=False: its modules one by one)",
 }
 
 
@@ -77,10 +82,11 @@ NSF_LIBRARY_NOTES = {
     "nf_kernels-memory-saving": "as nf_kernels, with memory_saving=True (activations rebuilt during backward)",
     "nf_kernels-recompute": "as nf_kernels, with recompute_conditioner=True (each coupling keeps its input alone and "
     "reruns its conditioner in backward)",
+    "nf_kernels-unfused-mlp": _UNFUSED_NOTE,
     "nflows": "PiecewiseRationalQuadraticCouplingTransform, tails='linear', tail_bound = bound, nflows' default "
     "minimum widths, heights and derivative (1e-3, as ours); +-1 halves masks alternated; conditioner: nf_kernels' "
-    "MLP with the same initialization as ours (zero-derivative parameters would start nflows' spline at slope "
-    "0.694, not the identity); that MLP has no hidden_features, so nflows does not divide the width and height "
+    "MLP (fused=False) with the same initialization as ours (zero-derivative parameters would start nflows' spline "
+    "at slope 0.694, not the identity); that MLP has no hidden_features, so nflows does not divide the width and height "
     "parameters by sqrt(hidden) (its warning about that is silenced), as ours does not",
     "zuko": "GeneralCouplingTransform with MonotonicRQSTransform (bins, bins and bins - 1 parameters per element) "
     "and bound = bound (zuko.flows.NSF is autoregressive, its coupling form passes=2 a masked MLP over all "
@@ -219,6 +225,14 @@ def _conditioner(spec: RealNVPSpec) -> Callable[[int, int], nn.Module]:
     """The subnet constructor ``(in_features, out_features) -> MLP`` for libraries that take any network: plain
     PyTorch modules (``fused=False``)."""
     return lambda in_features, out_features: MLP(in_features, out_features, spec.hidden, spec.depth, fused=False)
+
+
+def _unfused(model: BenchModel) -> BenchModel:
+    """`model` with every MLP conditioner running its modules one by one (``fused=False``)."""
+    for module in model.network.modules():
+        if isinstance(module, MLP):
+            module.fused = False
+    return model
 
 
 def _nf_kernels(spec: RealNVPSpec, library: str, backend: str = "auto", **options: bool) -> BenchModel:
@@ -363,6 +377,7 @@ _NSF_BUILDERS: dict[str, Callable[[NSFSpec], BenchModel]] = {
     "nf_kernels-reference": lambda spec: _nf_kernels_nsf(spec, "nf_kernels-reference", backend="reference"),
     "nf_kernels-memory-saving": lambda spec: _nf_kernels_nsf(spec, "nf_kernels-memory-saving", memory_saving=True),
     "nf_kernels-recompute": lambda spec: _nf_kernels_nsf(spec, "nf_kernels-recompute", recompute_conditioner=True),
+    "nf_kernels-unfused-mlp": lambda spec: _unfused(_nf_kernels_nsf(spec, "nf_kernels-unfused-mlp")),
     "nflows": _nflows_nsf,
     "zuko": _zuko_nsf,
 }
@@ -372,6 +387,7 @@ _BUILDERS: dict[str, Callable[[RealNVPSpec], BenchModel]] = {
     "nf_kernels-reference": lambda spec: _nf_kernels(spec, "nf_kernels-reference", backend="reference"),
     "nf_kernels-memory-saving": lambda spec: _nf_kernels(spec, "nf_kernels-memory-saving", memory_saving=True),
     "nf_kernels-recompute": lambda spec: _nf_kernels(spec, "nf_kernels-recompute", recompute_conditioner=True),
+    "nf_kernels-unfused-mlp": lambda spec: _unfused(_nf_kernels(spec, "nf_kernels-unfused-mlp")),
     "normflows": _normflows,
     "nflows": _nflows,
     "zuko": _zuko,
