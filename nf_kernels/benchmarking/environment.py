@@ -84,6 +84,15 @@ def load_average() -> Optional[float]:
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
 
+def cpu_kernels() -> Optional[str]:
+    """The instruction set the extension's CPU kernels run with here ("avx512", "avx2", "baseline"), None without
+    the extension: two machines of one name can differ in it, and the CPU timings with it."""
+    try:
+        return str(torch.ops.nf_kernels_ext.cpu_isa())
+    except (AttributeError, RuntimeError):
+        return None
+
+
 def environment(device: torch.device) -> dict:
     """Everything a reader needs to reproduce or compare a result."""
     cache = last_level_cache(device)
@@ -106,4 +115,5 @@ def environment(device: torch.device) -> dict:
         "cache_reach_bytes": cache_reach(device.type, cache),  # rows up to this many bytes are marked "in cache"
         "machine": machine_slug(device),
         "backends": [str(status) for status in nf_kernels.list_backends()],
+        "cpu_kernels": cpu_kernels(),
     }

@@ -391,7 +391,8 @@ def format_report(env: dict, settings: dict, results: Sequence[StepResult], comm
         f"# {models} training step against the peer libraries: {env['device_name']}",
         "",
         f"- date: {env['date']}, commit `{env['commit']}` (on main `{env.get('base_commit') or 'unknown'}`)",
-        f"- torch {env['torch']}, Python {env['python']}; {versions}",
+        f"- torch {env['torch']}, Python {env['python']}; {versions}; nf_kernels' CPU kernels: "
+        f"{env.get('cpu_kernels') or 'not built'}",
         f"- {settings['rounds']} rounds; per round and model {settings['warmup']} warm steps, then "
         f"{settings['steps']} timed steps; batch {settings['batch']}; {env['threads']} thread(s); autocast "
         f"{settings['autocast'] or 'off'}; Adam (lr {LEARNING_RATE:g}); float32",
