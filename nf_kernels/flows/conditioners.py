@@ -49,8 +49,8 @@ class MLP(nn.Module):
 
     In a plain eager call with the C++ extension built, the layers run as one autograd node
     (``nf_kernels_ext::mlp``): the same outputs and gradients, bit for bit, without a module call and autograd
-    nodes per layer. Under torch.compile, tracing, autocast or functorch transforms, or with a hook on a layer,
-    the modules run one by one (nf_kernels/flows/fused_mlp.py).
+    nodes per layer. Under torch.compile, tracing, autocast, forward-mode AD or functorch transforms, or with a hook
+    on `net` or a layer in it, the modules run one by one (nf_kernels/flows/fused_mlp.py).
 
     Args:
         in_features: width of the input, the kept elements (int >= 1).
@@ -69,6 +69,8 @@ class MLP(nn.Module):
         >>> net(torch.randn(5, 3)).abs().max().item()    # zero-initialized output layer
         0.0
     """
+
+    fused = True  # the default for MLPs pickled before the attribute existed
 
     def __init__(
         self,

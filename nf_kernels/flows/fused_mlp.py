@@ -5,8 +5,13 @@ The node computes what the modules compute, op for op, so outputs and gradients 
 is the per-layer work around the products (a module call per layer, an autograd node per addmm, transpose and
 ReLU), which in a small flow costs about as much as the products themselves. Wherever that equality or the
 modules' behaviour could differ, the modules run instead: under torch.compile, tracing, dispatch modes and
-functorch transforms (the same test as the coupling ops' eager path), under autocast (which casts each layer's
-inputs), without the extension, and when a hook is set on the stack or any layer in it.
+functorch transforms (the same test as the coupling ops' eager path), under forward-mode AD, under autocast (which
+casts each layer's inputs), without the extension, when a hook is set on the stack or any layer in it, and for
+layouts whose gradients autograd computes in another order (a non-contiguous weight, a column-major input).
+
+One difference remains: the node keeps every layer's weight and bias for its backward (a second derivative reruns
+the layers), so autograd refuses a backward after one of them changed in place since the forward, where the
+modules refuse it only for the weights they keep.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Optional
 
 import torch
 from torch import Tensor, nn
+from torch.autograd import forward_ad
 
 from .. import _ops
 from .._build import load
@@ -54,8 +60,9 @@ def fused_layers(net: nn.Sequential) -> Optional[list[Tensor]]:
             continue
         parameters = module._parameters
         weight, bias = parameters.get("weight"), parameters.get("bias")
-        # Plain tensors only: a subclass (a DTensor, a quantized or parametrized weight) keeps its own dispatch.
-        if kind is not nn.Linear or type(weight) not in _PLAIN or type(bias) not in _PLAIN:
+        # Plain tensors only: a subclass (a DTensor, a quantized or parametrized weight) keeps its own dispatch. And
+        # contiguous weights: for another layout (a tied, transposed weight) autograd orders its products otherwise.
+        if kind is not nn.Linear or type(weight) not in _PLAIN or type(bias) not in _PLAIN or not weight.is_contiguous():
             return None
         layers += (weight, bias)
     return layers
@@ -63,7 +70,14 @@ def fused_layers(net: nn.Sequential) -> Optional[list[Tensor]]:
 
 def fused_forward(net: nn.Sequential, x: Tensor) -> Optional[Tensor]:
     """`net(x)` through the fused node when this call may take it (see the module docstring), else None."""
-    if _mlp_op is None or x.dim() != 2 or not _ops.runs_eagerly(x, x) or torch.is_autocast_enabled(x.device.type):
+    if (
+        _mlp_op is None
+        or x.dim() != 2
+        or not _ops.runs_eagerly(x, x)
+        or torch.is_autocast_enabled(x.device.type)
+        or forward_ad._current_level >= 0  # dual tensors: the node has no forward-mode derivative
+        or (x.stride(0) == 1 and x.shape[1] > 1)  # column-major x: autograd orders its products otherwise
+    ):
         return None
     layers = fused_layers(net)
     return None if layers is None else _mlp_op(x, layers)

@@ -10,6 +10,7 @@ from torch import nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from nf_kernels.flows import MLP, build_model
+from nf_kernels.flows import fused_mlp
 from nf_kernels.flows.fused_mlp import fused_layers
 
 pytestmark = pytest.mark.skipif("cpu" not in FUSED_CPU_BACKENDS, reason="the C++ extension is not built")
@@ -156,21 +157,54 @@ def test_hooks_autocast_and_changed_layers_take_the_modules():
     net.net[1] = nn.ReLU(inplace=True)
     assert fused_layers(net.net) is None
     net.net[1] = nn.ReLU()
+    bias = net.net[0].bias
     net.net[0].bias = None
     assert fused_layers(net.net) is None
+    net.net[0].bias = bias
+    assert fused_layers(net.net) is not None
     net.net.append(nn.ReLU())  # ends in a ReLU
     assert fused_layers(net.net) is None
+    del net.net[-1]
+    tied = nn.Parameter(torch.randn(5, 5).t())  # a transposed weight: autograd orders its products otherwise
+    net.net[2].weight = tied
+    assert fused_layers(net.net) is None and FUSED_NODE not in _forward_node(net, x)
+    net.net[2].weight = nn.Parameter(tied.detach().contiguous())
+    assert FUSED_NODE in _forward_node(net, x)
+    column_major = x.t().contiguous().t()
+    assert FUSED_NODE not in _forward_node(net, column_major)
+    assert torch.equal(net(column_major), net(x))
 
 
-def test_transforms_and_tracing_take_the_modules():
+def test_forward_mode_ad_takes_the_modules():
+    net = _mlp(3, 4, 5, 2, None, torch.float64)
+    x, tangent = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
+    with torch.autograd.forward_ad.dual_level():
+        out = net(torch.autograd.forward_ad.make_dual(x, tangent))
+        jvp = torch.autograd.forward_ad.unpack_dual(out).tangent
+    expected = torch.autograd.functional.jvp(lambda v: net(v), x, tangent)[1]
+    assert torch.allclose(jvp, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_an_mlp_pickled_before_the_option_existed_runs_fused():
+    net = _mlp(3, 4, 5, 2, None, torch.float32)
+    del net.fused  # as an object saved by an older version has no such attribute
+    assert FUSED_NODE in _forward_node(net, torch.randn(2, 3))
+
+
+def test_transforms_and_tracing_take_the_modules(monkeypatch):
     net = _mlp(3, 4, 5, 2, None, torch.float32)
     x = torch.randn(5, 3)
     expected = net(x)
+    calls = []
+    real = fused_mlp._mlp_op
+    monkeypatch.setattr(fused_mlp, "_mlp_op", lambda *args: calls.append(1) or real(*args))
+    net(x)
+    assert calls == [1]  # the spy sees an eager call
     batched = torch.func.vmap(lambda row: net(row[None])[0])(x)  # a functorch transform: the modules, per sample
     assert torch.allclose(batched, expected, rtol=1e-6, atol=1e-6)
-    traced = make_fx(net)(x)  # under a dispatch mode: the modules' own ops are what is recorded
-    assert "nf_kernels_ext" not in str(traced.graph) and "addmm" in str(traced.graph)
+    traced = make_fx(net)(x)  # under a dispatch mode
     assert torch.equal(traced(x), expected)
+    assert calls == [1]  # neither went through the node
 
 
 def test_bad_layer_lists_are_refused_by_name():
