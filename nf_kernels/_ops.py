@@ -78,9 +78,14 @@ def coupling_backward_op(
     clamp_low: float,
     backend: str,
 ) -> tuple[Tensor, Tensor]:
+    config = CouplingConfig(mask_kind, flip, scale, clamp, shift_first, reverse, h_layout, clamp_low)
+    return _backward(grad_y, grad_logdet, x, h, mask, config, backend)
+
+
+def _backward(grad_y, grad_logdet, x, h, mask, config: CouplingConfig, backend: str) -> tuple[Tensor, Tensor]:
+    """The backend's fused backward, or zeros where there is nothing for a kernel to do (both backward paths)."""
     if _is_empty(x):
         return torch.zeros(x.shape, dtype=x.dtype, device=x.device), torch.zeros(h.shape, dtype=h.dtype, device=h.device)
-    config = CouplingConfig(mask_kind, flip, scale, clamp, shift_first, reverse, h_layout, clamp_low)
     return get_backend(backend).backward(grad_y, grad_logdet, x, h, mask, config)
 
 
@@ -226,10 +231,8 @@ def eager_coupling_backward(
     (memory-saving backprop, a recomputed conditioner) outside any graph and in a plain eager call: the backend's
     backward directly, what the custom op :func:`coupling_backward_op` runs, without its dispatch."""
     config = prepared.config
-    if prepared.empty:
-        return torch.zeros(x.shape, dtype=x.dtype, device=x.device), torch.zeros(h.shape, dtype=h.dtype, device=h.device)
-    mask = mask if config.mask_kind in ("tensor", "compact") else None
-    return get_backend(backend).backward(grad_y, grad_logdet, x, h, mask, config)
+    return _backward(grad_y, grad_logdet, x, h, mask if config.mask_kind in ("tensor", "compact") else None, config,
+                     backend)  # fmt: skip
 
 
 def eager_coupling(x: Tensor, h: Tensor, mask, prepared: PreparedCall, backend: str) -> tuple[Tensor, Tensor]:

@@ -197,3 +197,21 @@ def _coupling(x, h, mask, flip, scale, clamp, shift_first, reverse, backend, add
         return _ops.coupling_op(x, h, mask_tensor, *config, resolve_backend(backend, x.device, config))
     prepared = prepare_call(x, h, mask, flip, scale, clamp, shift_first, reverse, backend, additive, h_layout)
     return _ops.eager_coupling(x, h, mask, prepared, resolve_backend(backend, x.device, prepared.config))
+
+
+def coupling_backward(grad_y, grad_logdet, x, h, mask, flip, backend, *, additive=False, scale=None, clamp=1.0,
+                      shift_first=False, h_layout="scale_shift"):  # fmt: skip
+    """(grad_x, grad_h) of the forward coupling at `x` with these options, for callers that differentiate by hand
+    outside any graph (memory-saving backprop, a recomputed conditioner). Checked as :func:`_coupling` checks the
+    forward: once per combination in a plain eager call, with no custom-op dispatch; in full through the custom op
+    otherwise. The options are :func:`~nf_kernels._arguments.check_coupling_args`' (and its defaults)."""
+    if not _ops.runs_eagerly(x, h):
+        mask_tensor, config = check_coupling_args(
+            x, h, mask=mask, flip=flip, reverse=False, backend=backend, additive=additive, scale=scale, clamp=clamp,
+            shift_first=shift_first, h_layout=h_layout,
+        )  # fmt: skip
+        return _ops.coupling_backward_op(grad_y, grad_logdet, x, h, mask_tensor, *config,
+                                         resolve_backend(backend, x.device, config))  # fmt: skip
+    prepared = prepare_call(x, h, mask, flip, scale, clamp, shift_first, False, backend, additive, h_layout)
+    return _ops.eager_coupling_backward(grad_y, grad_logdet, x, h, mask, prepared,
+                                        resolve_backend(backend, x.device, prepared.config))  # fmt: skip

@@ -14,10 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from .. import _ops, functional
-from .._arguments import check_backend_name, check_coupling_args, check_scale_and_clamp, logdet_dtype
-from .._dispatch import resolve_backend
+from .._arguments import check_backend_name, check_scale_and_clamp, logdet_dtype
 from .._masks import MaskArg, check_mask, expected_h_shape, half_split_channels, kept_elements
-from .._prepared import prepare_call
 from .base import FlowLayer, Shape
 from .conditioners import MLP, ResNetConditioner
 from .memory_saving import GradientSink, forward_recomputing_conditioner
@@ -145,20 +143,9 @@ class _CouplingLayer(FlowLayer):
         raise NotImplementedError
 
     def _fused_backward(self, grad_y: Tensor, grad_logdet: Tensor, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
-        """(grad_x, grad_h) of the layer's forward op at input `x`, from the op layer's backward: in a plain eager
-        call with the forward's cached checks and no custom-op dispatch (as the forward takes it), else checked in
-        full through the custom op."""
-        options = self._op_options()
-        if _ops.runs_eagerly(x, h):
-            additive = options.get("additive", False)
-            op_options = (None, 1.0, False) if additive else (options["scale"], options["clamp"], options["shift_first"])
-            prepared = prepare_call(x, h, self._mask_arg, self.flip, *op_options, False, self.backend, additive)
-            backend = resolve_backend(self.backend, x.device, prepared.config)
-            return _ops.eager_coupling_backward(grad_y, grad_logdet, x, h, self._mask_arg, prepared, backend)
-        mask, config = check_coupling_args(x, h, mask=self._mask_arg, flip=self.flip, reverse=False,
-                                           backend=self.backend, **options)  # fmt: skip
-        backend = resolve_backend(self.backend, x.device, config)
-        return _ops.coupling_backward_op(grad_y, grad_logdet, x, h, mask, *config, backend)
+        """(grad_x, grad_h) of the layer's forward op at input `x`, from the op layer's backward."""
+        return functional.coupling_backward(grad_y, grad_logdet, x, h, self._mask_arg, self.flip, self.backend,
+                                            **self._op_options())  # fmt: skip
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         if self.recompute_conditioner and torch.is_grad_enabled() and not torch.compiler.is_compiling():
