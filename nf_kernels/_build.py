@@ -32,6 +32,7 @@ CPU_SOURCES = [
     "csrc/ops/op_arguments.cpp",
     "csrc/ops/autograd.cpp",
     "csrc/ops/mlp.cpp",
+    "csrc/ops/mlp_coupling.cpp",
     "csrc/cpu/ops_cpu.cpp",
     "csrc/cpu/tile_kernels_select.cpp",
     "csrc/cpu/tile_kernels_avx512.cpp",

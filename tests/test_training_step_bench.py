@@ -156,6 +156,37 @@ def test_op_names_map_to_their_layer_kind(name, kind):
     assert step_profile.op_kind(name) == kind
 
 
+class _Event:
+    def __init__(self, name, parent=None):
+        self.name, self.cpu_parent = name, parent
+
+
+_LAYER_NODE_BACKWARD = "torch::autograd::CppNode<nf_kernels::(anonymous namespace)::MlpCoupling>"
+
+
+@pytest.mark.parametrize("chain, phase, kind", [
+    (["nf_kernels_ext::mlp_coupling", "aten::addmm"], "forward", "conditioner linear layers"),
+    (["nf_kernels_ext::mlp_coupling", "aten::relu"], "forward", "conditioner linear layers"),
+    (["nf_kernels_ext::mlp_coupling", "nf_kernels_ext::coupling_forward", "aten::empty"], "forward",
+     "coupling op, forward"),
+    (["nf_kernels_ext::mlp_coupling"], "forward", "coupling op, forward"),
+    ([f"autograd::engine::evaluate_function: {_LAYER_NODE_BACKWARD}", _LAYER_NODE_BACKWARD,
+      "nf_kernels_ext::coupling_backward"], "backward", "coupling op, backward"),
+    ([f"autograd::engine::evaluate_function: {_LAYER_NODE_BACKWARD}", _LAYER_NODE_BACKWARD, "aten::sum"], "backward",
+     "conditioner linear layers"),
+    ([f"autograd::engine::evaluate_function: {_LAYER_NODE_BACKWARD}", _LAYER_NODE_BACKWARD], "backward",
+     "coupling op, backward"),
+    (["aten::sum"], "backward", "elementwise glue: log-det sums, base density, loss"),
+])  # fmt: skip
+def test_a_layer_nodes_work_is_charged_to_the_coupling_and_the_conditioner(chain, phase, kind):
+    event = _Event(f"bench::{phase}")
+    for name in chain:
+        event = _Event(name, event)
+    found_phase, top, inside = step_profile._phase_and_top(event)
+    assert found_phase == phase
+    assert step_profile._kind(top, inside) == kind
+
+
 def test_the_profile_charges_the_whole_step_to_kinds():
     (profile,) = step_profile.profile_models([TINY], batch=8, steps=2)
     charged = sum(profile.kind_seconds(kind) for kind in step_profile.KINDS)

@@ -13,14 +13,14 @@
 #include <tuple>
 #include <vector>
 
+#include "coupling_autograd.h"
+
 namespace nf_kernels {
 namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-using TensorPair = std::tuple<at::Tensor, at::Tensor>;
-using OptionalTensor = std::optional<at::Tensor>;
 using ForwardSignature = TensorPair(const at::Tensor&, const at::Tensor&, const OptionalTensor&, at::IntArrayRef,
                                     double, double, const OptionalTensor&, bool);
 using BackwardSignature = TensorPair(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
@@ -43,6 +43,13 @@ const c10::TypedOperatorHandle<BackwardSignature>& raw_backward() {
   return op;
 }
 
+TensorPair raw_coupling_backward(const at::Tensor& grad_y, const at::Tensor& grad_logdet, const at::Tensor& x,
+                                 const at::Tensor& h, const CouplingLayoutArgs& a) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  return raw_backward().call(grad_y, grad_logdet, x, h, a.transformed, a.layout, a.clamp, a.clamp_low, a.h_index,
+                             a.poison);
+}
+
 // The gradient as a node of its own, only when the backward itself is recorded (create_graph=True): its
 // backward, a second derivative, is not implemented, and says so (the custom op path's message).
 struct CouplingGradient : public torch::autograd::Function<CouplingGradient> {
@@ -50,9 +57,8 @@ struct CouplingGradient : public torch::autograd::Function<CouplingGradient> {
                                const at::Tensor& x, const at::Tensor& h, const OptionalTensor& transformed,
                                at::IntArrayRef layout, double clamp, double clamp_low, const OptionalTensor& h_index,
                                bool poison) {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [grad_x, grad_h] =
-        raw_backward().call(grad_y, grad_logdet, x, h, transformed, layout, clamp, clamp_low, h_index, poison);
+    auto [grad_x, grad_h] = raw_coupling_backward(grad_y, grad_logdet, x, h,
+                                                  {transformed, layout.vec(), clamp, clamp_low, h_index, poison});
     return {grad_x, grad_h};
   }
 
@@ -67,8 +73,7 @@ struct Coupling : public torch::autograd::Function<Coupling> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& h,
                                const OptionalTensor& transformed, at::IntArrayRef layout, double clamp,
                                double clamp_low, const OptionalTensor& h_index, bool poison) {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [y, logdet] = raw_forward().call(x, h, transformed, layout, clamp, clamp_low, h_index, poison);
+    auto [y, logdet] = raw_coupling_forward(x, h, {transformed, layout.vec(), clamp, clamp_low, h_index, poison});
     // x and h as given (the custom op saves the same): the raw backward makes its own contiguous copies.
     ctx->save_for_backward({x, h, transformed.value_or(at::Tensor()), h_index.value_or(at::Tensor())});
     ctx->saved_data["layout"] = layout.vec();
@@ -82,23 +87,13 @@ struct Coupling : public torch::autograd::Function<Coupling> {
   // `grads` are materialized: an output that got no gradient arrives as zeros, as the custom op path makes them.
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list saved = ctx->get_saved_variables();
-    const OptionalTensor transformed = defined_or_none(saved[2]), h_index = defined_or_none(saved[3]);
-    const std::vector<int64_t> layout = ctx->saved_data["layout"].toIntVector();
-    const double clamp = ctx->saved_data["clamp"].toDouble(), clamp_low = ctx->saved_data["clamp_low"].toDouble();
-    const bool poison = ctx->saved_data["poison"].toBool();
-    variable_list grad_inputs;
-    if (torch::autograd::GradMode::is_enabled()) {  // create_graph=True: record the gradient's own node
-      grad_inputs = CouplingGradient::apply(grads[0], grads[1], saved[0], saved[1], transformed, layout, clamp,
-                                            clamp_low, h_index, poison);
-    } else {
-      at::AutoDispatchBelowADInplaceOrView below_autograd;
-      auto [grad_x, grad_h] = raw_backward().call(grads[0], grads[1], saved[0], saved[1], transformed, layout, clamp,
-                                                  clamp_low, h_index, poison);
-      grad_inputs = {grad_x, grad_h};
-    }
+    const CouplingLayoutArgs args{defined_or_none(saved[2]),           ctx->saved_data["layout"].toIntVector(),
+                                  ctx->saved_data["clamp"].toDouble(), ctx->saved_data["clamp_low"].toDouble(),
+                                  defined_or_none(saved[3]),           ctx->saved_data["poison"].toBool()};
+    auto [grad_x, grad_h] = coupling_gradients(grads[0], grads[1], saved[0], saved[1], args,
+                                               torch::autograd::GradMode::is_enabled());
     // One entry per forward argument: x, h, then nothing for transformed, layout, clamp, clamp_low, h_index, poison.
-    return {grad_inputs[0], grad_inputs[1], at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor(),   at::Tensor(),   at::Tensor()};
+    return {grad_x, grad_h, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -109,6 +104,20 @@ TensorPair coupling(const at::Tensor& x, const at::Tensor& h, const OptionalTens
 }
 
 }  // namespace
+
+TensorPair raw_coupling_forward(const at::Tensor& x, const at::Tensor& h, const CouplingLayoutArgs& a) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  return raw_forward().call(x, h, a.transformed, a.layout, a.clamp, a.clamp_low, a.h_index, a.poison);
+}
+
+TensorPair coupling_gradients(const at::Tensor& grad_y, const at::Tensor& grad_logdet, const at::Tensor& x,
+                              const at::Tensor& h, const CouplingLayoutArgs& args, bool record) {
+  if (!record) return raw_coupling_backward(grad_y, grad_logdet, x, h, args);
+  variable_list grads = CouplingGradient::apply(grad_y, grad_logdet, x, h, args.transformed, args.layout, args.clamp,
+                                                args.clamp_low, args.h_index, args.poison);
+  return {grads[0], grads[1]};
+}
+
 }  // namespace nf_kernels
 
 // CompositeImplicitAutograd: one kernel for every device and for calls with and without grad; the autograd node

@@ -14,6 +14,8 @@
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
+#include "mlp.h"
+
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
@@ -21,50 +23,68 @@
 #include <vector>
 
 namespace nf_kernels {
-namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// layers = [W_1, b_1, ..., W_n, b_n]: W_i of shape [out_i, in_i], b_i of shape [out_i], in_1 = x.size(1).
-void check_layers(const at::Tensor& x, at::TensorList layers) {
-  TORCH_CHECK_VALUE(!layers.empty() && layers.size() % 2 == 0,
-                    "nf_kernels_ext::mlp: layers must be [weight, bias] pairs, at least one, got ", layers.size(),
-                    " tensors");
-  TORCH_CHECK_VALUE(x.dim() == 2, "nf_kernels_ext::mlp: x must be [B, features], got shape ", x.sizes());
+void check_mlp_layers(const char* op, const at::Tensor& x, at::TensorList layers) {
+  TORCH_CHECK_VALUE(!layers.empty() && layers.size() % 2 == 0, op,
+                    ": layers must be [weight, bias] pairs, at least one, got ", layers.size(), " tensors");
+  TORCH_CHECK_VALUE(x.dim() == 2, op, ": x must be [B, features], got shape ", x.sizes());
   int64_t width = x.size(1);
   for (size_t i = 0; i < layers.size(); i += 2) {
     const at::Tensor& weight = layers[i];
     const at::Tensor& bias = layers[i + 1];
     TORCH_CHECK_VALUE(weight.dim() == 2 && weight.size(1) == width && bias.dim() == 1 && bias.size(0) == weight.size(0),
-                      "nf_kernels_ext::mlp: layer ", i / 2, " has weight ", weight.sizes(), " and bias ", bias.sizes(),
+                      op, ": layer ", i / 2, " has weight ", weight.sizes(), " and bias ", bias.sizes(),
                       "; it needs weight [out, ", width, "] and bias [out]");
     width = weight.size(0);
   }
 }
 
-at::Tensor run_layers(const at::Tensor& x, at::TensorList layers, variable_list* hidden) {
+at::Tensor run_mlp_layers(const at::Tensor& x, at::TensorList layers, std::vector<at::Tensor>* inputs) {
   const size_t count = layers.size() / 2;
   at::Tensor a = x;
   for (size_t i = 0; i < count; ++i) {
     a = at::addmm(layers[2 * i + 1], a, layers[2 * i].t());
     if (i + 1 < count) {
       a = at::relu(a);
-      if (hidden) hidden->push_back(a);
+      if (inputs) inputs->push_back(a);
     }
   }
   return a;
 }
 
+std::vector<at::Tensor> mlp_gradients(const std::vector<at::Tensor>& inputs, at::TensorList layers,
+                                      const at::Tensor& grad, const std::function<bool(size_t)>& needs) {
+  const size_t count = layers.size() / 2;
+  std::vector<at::Tensor> grads(1 + layers.size());
+  at::Tensor g = grad;
+  for (size_t i = count; i-- > 0;) {
+    const at::Tensor& input = inputs[i];
+    const at::Tensor& weight = layers[2 * i];
+    if (needs(1 + 2 * i)) grads[1 + 2 * i] = g.t().mm(input);
+    if (needs(2 + 2 * i)) grads[2 + 2 * i] = at::sum_to(g, at::IntArrayRef{weight.size(0)});
+    if (i > 0) {
+      g = at::threshold_backward(g.mm(weight), input, 0);
+    } else if (needs(0)) {
+      grads[0] = g.mm(weight);
+    }
+  }
+  return grads;
+}
+
+namespace {
+
 struct Mlp : public torch::autograd::Function<Mlp> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, at::TensorList layers) {
-    check_layers(x, layers);
+    check_mlp_layers("nf_kernels_ext::mlp", x, layers);
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     const int64_t count = static_cast<int64_t>(layers.size() / 2);
     // Saved: the input of every layer (x, then each ReLU's output, which is also what its backward reads), then
     // the layers themselves (a recorded backward reruns them).
     variable_list saved{x};
-    at::Tensor a = run_layers(x, layers, &saved);
+    at::Tensor a = run_mlp_layers(x, layers, &saved);
     saved.insert(saved.end(), layers.begin(), layers.end());
     ctx->save_for_backward(saved);
     ctx->saved_data["count"] = count;
@@ -77,20 +97,9 @@ struct Mlp : public torch::autograd::Function<Mlp> {
     const variable_list saved = ctx->get_saved_variables();
     const int64_t count = ctx->saved_data["count"].toInt();
     if (torch::autograd::GradMode::is_enabled()) return recorded_backward(ctx, saved, count, grads[0]);
-    variable_list grad_inputs(static_cast<size_t>(1 + 2 * count));
-    at::Tensor g = grads[0];
-    for (int64_t i = count - 1; i >= 0; --i) {
-      const at::Tensor& input = saved[i];
-      const at::Tensor& weight = saved[count + 2 * i];
-      if (ctx->needs_input_grad(1 + 2 * i)) grad_inputs[1 + 2 * i] = g.t().mm(input);
-      if (ctx->needs_input_grad(2 + 2 * i)) grad_inputs[2 + 2 * i] = at::sum_to(g, at::IntArrayRef{weight.size(0)});
-      if (i > 0) {
-        g = at::threshold_backward(g.mm(weight), input, 0);
-      } else if (ctx->needs_input_grad(0)) {
-        grad_inputs[0] = g.mm(weight);
-      }
-    }
-    return grad_inputs;
+    const variable_list inputs(saved.begin(), saved.begin() + count);
+    const at::TensorList layers(saved.data() + count, saved.size() - count);
+    return mlp_gradients(inputs, layers, grads[0], [&](size_t i) { return ctx->needs_input_grad(i); });
   }
 
   // create_graph=True: the layers rerun with autograd on (the saved input and layers are connected to their own
@@ -98,7 +107,7 @@ struct Mlp : public torch::autograd::Function<Mlp> {
   static variable_list recorded_backward(AutogradContext* ctx, const variable_list& saved, int64_t count,
                                          const at::Tensor& grad) {
     const variable_list layers(saved.begin() + count, saved.end());
-    const at::Tensor out = run_layers(saved[0], layers, nullptr);
+    const at::Tensor out = run_mlp_layers(saved[0], layers, nullptr);
     variable_list wrt;
     std::vector<size_t> positions;
     for (size_t i = 0; i < 1 + layers.size(); ++i) {

@@ -57,6 +57,10 @@ TORCH_LIBRARY(nf_kernels_ext, m) {
   // The default vector conditioner (linear layers, ReLU between them) as one autograd node: layers = [W_1, b_1, ...,
   // W_n, b_n] (csrc/ops/mlp.cpp).
   m.def("mlp(Tensor x, Tensor[] layers) -> Tensor");
+  // A coupling layer whose conditioner is that MLP on the features [kept_start, kept_start + kept_count) of a vector
+  // x, as one autograd node (csrc/ops/mlp_coupling.cpp): the layout arguments are coupling_forward's.
+  m.def("mlp_coupling(Tensor x, Tensor[] layers, int kept_start, int kept_count, Tensor? transformed, int[] layout, "
+        "float clamp, float clamp_low=0., bool poison=False) -> (Tensor y, Tensor logdet)");
   // Which instruction set the CPU kernels use here ("avx512", "avx2" or "baseline").
   m.def("cpu_isa() -> str", &cpu_isa);
   m.def("kernel_codes(str kind) -> str[]", &kernel_codes);

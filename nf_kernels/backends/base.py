@@ -20,6 +20,10 @@ class Backend(Protocol):
     # For plain eager calls (nf_kernels._ops.eager_coupling), a differentiable op with autograd of its own that
     # stands in for the custom op: (x, h, bool mask or None, PreparedCall) -> (y, logdet). None: the custom op.
     eager_coupling: Optional[Callable[..., tuple[torch.Tensor, torch.Tensor]]]
+    # For plain eager calls of a coupling layer with an MLP conditioner on a vector's kept half
+    # (nf_kernels/flows/fused_coupling_layer.py), the layer as one differentiable op: (x, [W_1, b_1, ...], kept_start,
+    # kept_count, PreparedCall) -> (y, logdet). None: the conditioner and the op run one after the other.
+    eager_mlp_coupling: Optional[Callable[..., tuple[torch.Tensor, torch.Tensor]]]
 
     def why_unavailable(self, device: torch.device) -> Optional[str]:
         """None if this backend can run on `device`, else a sentence saying why not (the dispatcher says what works)."""

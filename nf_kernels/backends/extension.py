@@ -55,6 +55,7 @@ _MASK_PATTERNS = {"compact": "gather"}
 
 if _module is not None:
     _differentiable_op = torch.ops.nf_kernels_ext.coupling.default
+    _mlp_coupling_op = torch.ops.nf_kernels_ext.mlp_coupling.default
 
     @torch.library.register_fake("nf_kernels_ext::coupling_forward")
     def _coupling_forward_fake(x, h, transformed, layout, clamp, clamp_low=0.0, h_index=None, poison=False):
@@ -178,6 +179,14 @@ class ExtensionBackend:
             return _differentiable_op(x, h, *_op_arguments(layout), poisoning())
         transformed = None if mask is None else transformed_elements(mask, config.flip)
         return _differentiable_op(x, h, transformed, prepared.layout, config.clamp, config.clamp_low, None, poisoning())
+
+    def eager_mlp_coupling(self, x, layers, kept_start: int, kept_count: int, prepared: PreparedCall):
+        """(y, logdet) of a coupling layer whose MLP conditioner (``layers = [W_1, b_1, ...]``) reads the features
+        ``[kept_start, kept_start + kept_count)`` of the vector batch `x`, as one C++ autograd node (the "half" mask:
+        no mask tensor). nf_kernels/flows/fused_coupling_layer.py decides when a layer takes it."""
+        config = prepared.config
+        return _mlp_coupling_op(x, layers, kept_start, kept_count, None, prepared.layout, config.clamp,
+                                config.clamp_low, poisoning())  # fmt: skip
 
 
 CPU_BACKEND = ExtensionBackend("cpu", "cpu")

@@ -215,6 +215,7 @@ def reference_backward(grad_y, grad_logdet, x, h, mask, config: CouplingConfig) 
 class ReferenceBackend:
     name = "reference"
     eager_coupling = None  # eager calls take the custom op too
+    eager_mlp_coupling = None
 
     def why_unavailable(self, device: torch.device) -> Optional[str]:
         return None  # plain PyTorch runs wherever PyTorch does

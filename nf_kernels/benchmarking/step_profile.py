@@ -37,7 +37,7 @@ OP_KINDS: tuple[tuple[str, str], ...] = (
     # The custom op's names, then the eager path's (nf_kernels_ext::coupling, its C++ autograd node).
     ("coupling op, backward", r"nf_kernels(_ext)?::coupling_backward|GeneratedBackwardFor_nf_kernels_coupling|"
      r"CppNode<nf_kernels::.*Coupling>"),
-    ("coupling op, forward", r"nf_kernels(_ext)?::coupling"),
+    ("coupling op, forward", r"nf_kernels(_ext)?::coupling|^nf_kernels_ext::mlp_coupling$"),
     ("optimizer (Adam step, zero_grad)", r"^Optimizer\."),
     # The MLP conditioner's fused node (nf_kernels_ext::mlp) holds its ReLUs too: they are charged here.
     ("conditioner linear layers", r"^aten::(linear|addmm|mm|matmul)$|\b(Addmm|Mm|T)Backward|^nf_kernels_ext::mlp$|"
@@ -85,8 +85,18 @@ class StepProfile:
                 "device": self.device, "top_ops": self.top_ops}  # fmt: skip
 
 
-def _phase_and_top(event) -> tuple[Optional[str], Optional[object]]:
-    """The phase range `event` is in and its outermost event inside that range (None for the range itself)."""
+# A coupling layer run as one node (nf_kernels_ext::mlp_coupling and its C++ autograd node, with the engine's event
+# around it) holds two kinds of work: inside it the coupling kernels are charged to the coupling op, and the rest (the
+# MLP's products, ReLUs and bias sums, the in-place sum of the kept features' gradient) to the conditioner, as the
+# MLP's own node is. The node's self time (its C++ glue) goes to the coupling op.
+_LAYER_NODE = re.compile(r"^nf_kernels_ext::mlp_coupling$|CppNode<nf_kernels::.*MlpCoupling>")
+_COUPLING_KINDS = ("coupling op, forward", "coupling op, backward")
+_CONDITIONER_KIND = "conditioner linear layers"
+
+
+def _phase_and_top(event) -> tuple[Optional[str], Optional[object], bool]:
+    """The phase range `event` is in, its outermost event inside that range (None for the range itself) but below
+    a coupling layer's one node, and whether it is inside such a node."""
     chain = []
     while event is not None and not event.name.startswith("bench::"):
         chain.append(event)
@@ -95,7 +105,17 @@ def _phase_and_top(event) -> tuple[Optional[str], Optional[object]]:
     top = chain[-1] if chain else None
     if phase not in PHASES and top is not None and top.name.startswith("autograd::engine"):
         phase = "backward"  # backward run by another thread (CUDA), outside the range
-    return phase, top
+    nodes = [i for i, e in enumerate(chain) if _LAYER_NODE.search(e.name)]
+    if nodes and nodes[0] > 0:  # below the node: the outermost event under its innermost event
+        return phase, chain[nodes[0] - 1], True
+    return phase, top, False
+
+
+def _kind(top, inside_layer_node: bool) -> str:
+    if top is None:
+        return PYTHON_KIND
+    kind = op_kind(top.name)
+    return kind if not inside_layer_node or kind in _COUPLING_KINDS else _CONDITIONER_KIND
 
 
 def _phased_step(model, optimizer: torch.optim.Optimizer, x: torch.Tensor,
@@ -139,8 +159,8 @@ def _charge(events, label: str, steps: int, device: torch.device, top: int) -> S
         seconds = event.self_cpu_time_total / 1e6 / steps
         if event.name == "bench::step":
             result.step_seconds += event.cpu_time_total / 1e6 / steps
-        phase, top_event = _phase_and_top(event)
-        kind = PYTHON_KIND if top_event is None else op_kind(top_event.name)
+        phase, top_event, inside_layer_node = _phase_and_top(event)
+        kind = _kind(top_event, inside_layer_node)
         by_phase = result.cpu.setdefault(kind, {})
         by_phase[phase or "other"] = by_phase.get(phase or "other", 0.0) + seconds
         if device.type == "cuda":

