@@ -177,6 +177,14 @@ _LAYER_NODE_BACKWARD = "torch::autograd::CppNode<nf_kernels::(anonymous namespac
     ([f"autograd::engine::evaluate_function: {_LAYER_NODE_BACKWARD}", _LAYER_NODE_BACKWARD], "backward",
      "coupling op, backward"),
     (["aten::sum"], "backward", "elementwise glue: log-det sums, base density, loss"),
+    # Memory-saving backprop's Python node: its own time is Python's, its ops are charged by their kind.
+    (["autograd::engine::evaluate_function: _InvertibleStackBackward", "_InvertibleStackBackward"], "backward",
+     "Python between ops (module calls, checks, the flow's loop)"),
+    (["autograd::engine::evaluate_function: _InvertibleStackBackward", "_InvertibleStackBackward", "aten::addmm"],
+     "backward", "conditioner linear layers"),
+    (["_InvertibleStackBackward", "nf_kernels_ext::mlp_coupling_backward_from_output",
+      "nf_kernels_ext::coupling_backward"], "backward", "coupling op, backward"),
+    (["_InvertibleStack", "nf_kernels_ext::mlp_coupling", "aten::addmm"], "forward", "conditioner linear layers"),
 ])  # fmt: skip
 def test_a_layer_nodes_work_is_charged_to_the_coupling_and_the_conditioner(chain, phase, kind):
     event = _Event(f"bench::{phase}")

@@ -36,7 +36,7 @@ OTHER_KIND = "other"
 OP_KINDS: tuple[tuple[str, str], ...] = (
     # The custom op's names, then the eager path's (nf_kernels_ext::coupling, its C++ autograd node).
     ("coupling op, backward", r"nf_kernels(_ext)?::coupling_backward|GeneratedBackwardFor_nf_kernels_coupling|"
-     r"CppNode<nf_kernels::.*Coupling>"),
+     r"CppNode<nf_kernels::.*Coupling>|^nf_kernels_ext::mlp_coupling_backward_from_output$"),
     ("coupling op, forward", r"nf_kernels(_ext)?::coupling|^nf_kernels_ext::mlp_coupling$"),
     ("optimizer (Adam step, zero_grad)", r"^Optimizer\."),
     # The MLP conditioner's fused node (nf_kernels_ext::mlp) holds its ReLUs too: they are charged here.
@@ -86,10 +86,13 @@ class StepProfile:
 
 
 # A coupling layer run as one node (nf_kernels_ext::mlp_coupling and its C++ autograd node, with the engine's event
-# around it) holds two kinds of work: inside it the coupling kernels are charged to the coupling op, and the rest (the
-# MLP's products, ReLUs and bias sums, the in-place sum of the kept features' gradient) to the conditioner, as the
-# MLP's own node is. The node's self time (its C++ glue) goes to the coupling op.
-_LAYER_NODE = re.compile(r"^nf_kernels_ext::mlp_coupling$|CppNode<nf_kernels::.*MlpCoupling>")
+# around it, or memory-saving backprop's step through it) holds two kinds of work: inside it the coupling kernels
+# are charged to the coupling op, and the rest (the MLP's products, ReLUs and bias sums, the in-place sum of the kept
+# features' gradient) to the conditioner, as the MLP's own node is. Its self time (C++ glue) goes to the coupling op.
+_LAYER_NODE = re.compile(r"^nf_kernels_ext::mlp_coupling(_backward_from_output)?$|CppNode<nf_kernels::.*MlpCoupling>")
+# The Python autograd nodes of memory-saving backprop and of a recomputed conditioner (flows/memory_saving.py): what
+# runs inside them is charged by its own outermost op, their self time is the Python of their walk.
+_PYTHON_NODE = re.compile(r"^_(InvertibleStack|ConditionerRecomputed)(Backward)?$")
 _COUPLING_KINDS = ("coupling op, forward", "coupling op, backward")
 _CONDITIONER_KIND = "conditioner linear layers"
 
@@ -105,6 +108,13 @@ def _phase_and_top(event) -> tuple[Optional[str], Optional[object], bool]:
     top = chain[-1] if chain else None
     if phase not in PHASES and top is not None and top.name.startswith("autograd::engine"):
         phase = "backward"  # backward run by another thread (CUDA), outside the range
+    # Below a Python node, the outermost event under the innermost such node decides; the node's own time is Python's.
+    python_nodes = [i for i, e in enumerate(chain) if _PYTHON_NODE.search(e.name)]
+    if python_nodes:
+        chain = chain[: python_nodes[0]]
+        if not chain:
+            return phase, None, False
+        top = chain[-1]
     nodes = [i for i, e in enumerate(chain) if _LAYER_NODE.search(e.name)]
     if nodes and nodes[0] > 0:  # below the node: the outermost event under its innermost event
         return phase, chain[nodes[0] - 1], True

@@ -18,7 +18,7 @@ from .._arguments import check_backend_name, check_scale_and_clamp, logdet_dtype
 from .._masks import MaskArg, check_mask, expected_h_shape, half_split_channels, kept_elements
 from .base import FlowLayer, Shape
 from .conditioners import MLP, ResNetConditioner
-from .fused_coupling_layer import forward_as_one_node
+from .fused_coupling_layer import backward_from_output_in_one_call, forward_as_one_node
 from .memory_saving import GradientSink, forward_recomputing_conditioner
 
 
@@ -88,9 +88,9 @@ class _CouplingLayer(FlowLayer):
         self.conditioner = conditioner
         self._check_conditioner(conditioner_in)
 
-    # Whether forward may run the layer and an MLP conditioner as one node (fused_coupling_layer.py): the couplings
-    # whose op is the extension's affine/additive kernel.
-    _one_node = False
+    # Whether the layer may run with an MLP conditioner as one node (fused_coupling_layer.py), in forward and in
+    # memory-saving backprop's step. Only exact AffineCoupling and AdditiveCoupling layers do (_ONE_NODE_LAYERS).
+    _one_node = True
 
     def _h_shape(self) -> Shape:
         """The shape of one sample of the conditioner's output, which the op takes."""
@@ -155,7 +155,7 @@ class _CouplingLayer(FlowLayer):
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         if self.recompute_conditioner and torch.is_grad_enabled() and not torch.compiler.is_compiling():
             return forward_recomputing_conditioner(self, x, context)
-        if self._one_node:
+        if self._one_node and type(self) in _ONE_NODE_LAYERS:
             out = forward_as_one_node(self, x, context)
             if out is not None:
                 return out
@@ -174,6 +174,10 @@ class _CouplingLayer(FlowLayer):
         `h` that both rebuilds the input (the op's inverse) and feeds the op's fused backward, which runs directly:
         the layer's forward is never recomputed.
         """
+        if self._one_node and type(self) in _ONE_NODE_LAYERS:
+            out = backward_from_output_in_one_call(self, y, grad_y, grad_logdet, sink)
+            if out is not None:
+                return out
         kept, h = self._conditioner_graph(y, sink.context)
         with torch.no_grad():
             x, _ = self._couple(y, h, reverse=True)
@@ -276,7 +280,6 @@ class AffineCoupling(_CouplingLayer):
     """
 
     _additive = False
-    _one_node = True
 
     def __init__(
         self,
@@ -348,7 +351,6 @@ class AdditiveCoupling(_CouplingLayer):
     """
 
     _additive = True
-    _one_node = True
 
     def _op_options(self) -> dict[str, Any]:
         return dict(additive=True)
@@ -357,3 +359,8 @@ class AdditiveCoupling(_CouplingLayer):
         return functional.additive_coupling(
             x, h, mask=self._mask_arg, flip=self.flip, reverse=reverse, backend=self.backend
         )
+
+
+# The layers that take the one node: exact types, since a subclass may override what the node skips (its _couple,
+# the conditioner's call).
+_ONE_NODE_LAYERS = (AffineCoupling, AdditiveCoupling)

@@ -1,25 +1,28 @@
-"""An affine or additive coupling layer and its MLP conditioner as one autograd node of the C++ extension
-(``nf_kernels_ext::mlp_coupling``, csrc/ops/mlp_coupling.cpp), for plain eager calls on vectors with the "half" mask.
+"""An affine or additive coupling layer and its MLP conditioner as one call of the C++ extension, for plain eager
+calls on vectors with the "half" mask: ``nf_kernels_ext::mlp_coupling`` (one autograd node) in forward and
+``nf_kernels_ext::mlp_coupling_backward_from_output`` in memory-saving backprop's step (csrc/ops/mlp_coupling.cpp).
 
 As two nodes, the conditioner's gradient reaches the kept features through a slice's backward: a zero tensor the
 size of ``x``, the gradient copied into it, and a sum with the coupling's gradient into a third tensor. The one node
 adds it in place into the kept half of the coupling kernel's ``grad_x``, and its forward runs the MLP and the
-kernel without Python between them. Outputs and gradients are the two nodes' bit for bit (the same products, the
-same kernels; test_fused_coupling_layer.py).
+kernel without Python between them. Memory-saving backprop's step through a coupling (coupling.py,
+``backward_from_output``) rebuilds the conditioner's graph, calls ``torch.autograd.grad`` on it and sums the
+gradients in Python; in one call it is the same products and kernels with none of that. Outputs and gradients are
+the Python steps' bit for bit (the same products, the same kernels; test_fused_coupling_layer.py).
 
-The layer takes the node exactly when both of its halves would take theirs: the conditioner would run as the MLP's
-fused node (fused_mlp.py: eager, no hooks, plain layers) and the coupling as the extension's own differentiable op
-(a "cpu" or "cuda" backend, a call with elements to transform). Otherwise, and with a context, the layer runs its
-conditioner and its op one after the other, as before.
+A layer takes the one call exactly when both of its halves would take their own: the conditioner would run as the
+MLP's fused node (fused_mlp.py: eager, no hooks, plain layers, no autocast) and the coupling as the extension's own
+op (a "cpu" or "cuda" backend, a call with elements to transform). Otherwise, and with a context, the layer runs
+its conditioner and its op one after the other, as before.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
-import torch
 from torch import Tensor
 
+from .._arguments import logdet_dtype
 from .._dispatch import get_backend, resolve_backend
 from .._prepared import MAX_ENTRIES, PreparedCall, prepare_call
 from .conditioners import MLP
@@ -27,18 +30,18 @@ from .fused_mlp import fused_layers, hooked, may_run_as_node
 
 
 class _Plan(NamedTuple):
-    run: object  # the backend's eager_mlp_coupling
+    backend: Any  # the extension backend (nf_kernels/backends/extension.py)
     prepared: PreparedCall
 
 
-# (layer options, x's shape, dtype and device, h's width) -> _Plan, or None where the node cannot run. What
-# prepare_call checks depends on nothing else, so a hit is known to pass its checks.
+# (layer options, direction, x's shape, dtype and device, h's width) -> _Plan, or None where the call cannot run.
+# What prepare_call checks depends on nothing else, so a hit is known to pass its checks.
 _plans: dict = {}
 
 
-def _plan(layer, x: Tensor, h_width: int) -> Optional[_Plan]:
+def _plan(layer, x: Tensor, h_width: int, reverse: bool = False) -> Optional[_Plan]:
     options = layer._op_options()
-    key = (layer.flip, layer.backend, tuple(options.items()), x.shape, x.dtype, x.device, h_width)
+    key = (layer.flip, layer.backend, tuple(options.items()), reverse, x.shape, x.dtype, x.device, h_width)
     try:
         return _plans[key]
     except KeyError:
@@ -46,23 +49,26 @@ def _plan(layer, x: Tensor, h_width: int) -> Optional[_Plan]:
     # The one call of this combination that is checked in full, on an h of the conditioner's output shape.
     h = x.new_empty((x.shape[0], h_width))
     prepared = prepare_call(x, h, "half", layer.flip, options.get("scale"), options.get("clamp", 1.0),
-                            options.get("shift_first", False), False, layer.backend, options.get("additive", False),
+                            options.get("shift_first", False), reverse, layer.backend, options.get("additive", False),
                             "scale_shift")  # fmt: skip
-    run = getattr(get_backend(resolve_backend(layer.backend, x.device, prepared.config)), "eager_mlp_coupling", None)
-    plan = None if run is None or prepared.empty else _Plan(run, prepared)
+    backend = get_backend(resolve_backend(layer.backend, x.device, prepared.config))
+    plan = None if getattr(backend, "eager_mlp_coupling", None) is None or prepared.empty else _Plan(backend, prepared)
     if len(_plans) >= MAX_ENTRIES:
         _plans.clear()
     _plans[key] = plan
     return plan
 
 
-def forward_as_one_node(layer, x: Tensor, context: Optional[Tensor]) -> Optional[tuple[Tensor, Tensor]]:
-    """``layer(x, context)`` (an AffineCoupling or AdditiveCoupling) through the one node when this call may take it
-    (see the module docstring), else None."""
+def _layers(layer, x: Tensor, context: Optional[Tensor]) -> Optional[list[Tensor]]:
+    """The conditioner's ``[W_1, b_1, ...]`` when a call of `layer` on `x` may be one call (the module docstring),
+    else None. `x` is checked as the layer checks its input."""
     if context is not None or layer.mask_kind != "half" or x.dim() != 2:
         return None
     conditioner = layer.conditioner
     if type(conditioner) is not MLP or not conditioner.fused or conditioner.context_features is not None:
+        return None
+    # The conditioner's parameters are the layer's (memory-saving backprop's step gives gradients to those alone).
+    if layer._parameters or layer._modules.keys() != {"conditioner"}:
         return None
     kept = layer._kept_channels
     if hooked(conditioner) or not may_run_as_node(x, kept.stop - kept.start):
@@ -72,10 +78,39 @@ def forward_as_one_node(layer, x: Tensor, context: Optional[Tensor]) -> Optional
     if layers is None or any(p.dtype != x.dtype or p.device != x.device for p in layers):
         return None
     layer.check_input(x)
-    plan = _plan(layer, x, layers[-2].shape[0])
+    return layers
+
+
+def forward_as_one_node(layer, x: Tensor, context: Optional[Tensor]) -> Optional[tuple[Tensor, Tensor]]:
+    """``layer(x, context)`` (an AffineCoupling or AdditiveCoupling) through the one node when this call may take it,
+    else None."""
+    layers = _layers(layer, x, context)
+    plan = None if layers is None else _plan(layer, x, layers[-2].shape[0])
     if plan is None:
         return None
-    return plan.run(x, layers, kept.start, kept.stop - kept.start, plan.prepared)
+    kept = layer._kept_channels
+    return plan.backend.eager_mlp_coupling(x, layers, kept.start, kept.stop - kept.start, plan.prepared)
+
+
+def backward_from_output_in_one_call(layer, y: Tensor, grad_y: Tensor, grad_logdet: Tensor,
+                                     sink) -> Optional[tuple[Tensor, Tensor]]:  # fmt: skip
+    """The layer's memory-saving step, ``layer.backward_from_output(y, grad_y, grad_logdet, sink)``, in one call
+    when it may take it, else None: ``(x, grad_x)``, the parameters' gradients added to `sink`."""
+    layers = _layers(layer, y, sink.context)
+    if layers is None or grad_y.shape != y.shape or grad_y.dtype != y.dtype or grad_y.device != y.device:
+        return None
+    h_width = layers[-2].shape[0]
+    forward, inverse = _plan(layer, y, h_width), _plan(layer, y, h_width, reverse=True)
+    if forward is None or inverse is None:
+        return None
+    kept = layer._kept_channels
+    needs = [p.requires_grad for p in layers]
+    x, grad_x, grads = forward.backend.eager_mlp_coupling_backward_from_output(
+        y, grad_y, grad_logdet.to(logdet_dtype(y.dtype)), layers, needs, kept.start, kept.stop - kept.start,
+        forward.prepared, inverse.prepared,
+    )  # fmt: skip
+    sink.add([p for p, need in zip(layers, needs) if need], grads, None)
+    return x, grad_x
 
 
 def clear() -> None:

@@ -214,3 +214,54 @@ def test_plans_are_remembered_per_combination():
     for batch in (3, 3, 4):
         layer(torch.randn(batch, 7, dtype=torch.float64))
     assert len(fused_coupling_layer._plans) == 2
+
+
+def _memory_saving_flow(name, dtype, one_call, seed=0, **sizes):
+    torch.manual_seed(seed)
+    flow = build_model(name, (7,), num_layers=4, hidden=9, memory_saving=True, **sizes).to(dtype)
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.normal_(0.0, 0.3)
+    for module in flow.modules():
+        if isinstance(module, (AffineCoupling, AdditiveCoupling)):
+            module._one_node = one_call
+    return flow
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", ["realnvp", "nice"])
+def test_memory_saving_steps_in_one_call_equal_the_python_steps_bitwise(name, dtype, monkeypatch):
+    """Memory-saving backprop's step through each coupling, one extension call, gives what the layer's Python step
+    gives: the same input gradient and parameter gradients, to the bit."""
+    taken = []
+    one_call = fused_coupling_layer.backward_from_output_in_one_call
+
+    def spy(*args):
+        out = one_call(*args)
+        taken.append(out is not None)
+        return out
+
+    monkeypatch.setattr("nf_kernels.flows.coupling.backward_from_output_in_one_call", spy)
+    x = (torch.randn(9, 7) * 2).to(dtype)
+    grads = []
+    for flag in (True, False):
+        flow = _memory_saving_flow(name, dtype, flag)
+        next(flow.parameters()).requires_grad_(False)  # a frozen parameter gets no gradient either way
+        leaf = x.clone().requires_grad_(True)
+        (flow.log_prob(leaf) * torch.linspace(-1, 1, 9, dtype=dtype)).sum().backward()
+        grads.append([leaf.grad] + [p.grad for p in flow.parameters()])
+    assert taken == [True] * 4  # each coupling of the first flow; the second's never ask
+    assert grads[0][1] is None and grads[1][1] is None
+    for got, want in zip(grads[0], grads[1], strict=True):
+        assert (got is None and want is None) or torch.equal(got, want)
+
+
+def test_the_memory_saving_step_checks_its_arguments():
+    layer = _layer("affine")
+    weights = list(layer.conditioner.parameters())
+    y = torch.randn(2, 7, dtype=torch.float64)
+    step = torch.ops.nf_kernels_ext.mlp_coupling_backward_from_output
+    with pytest.raises(ValueError, match="layer_needs_grad"):
+        step(y, y, y[:, 0], weights, [1], 0, 3, None, [0], [0], 2.0)
+    with pytest.raises(ValueError, match="kept features"):
+        step(y, y, y[:, 0], weights, [1] * len(weights), 6, 3, None, [0], [0], 2.0)
