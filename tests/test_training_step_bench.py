@@ -358,12 +358,28 @@ def test_the_nsf_entry_point_writes_a_row_per_library(tmp_path):
         assert "of nflows'" in text  # the memory goal was judged
 
 
-def test_the_fused_mlp_gain_is_the_unfused_rows_time_over_ours_round_by_round():
+def test_each_fused_nodes_gain_is_the_row_without_it_over_ours_round_by_round():
     spec = RealNVPSpec(64)
     ours = training_step.StepResult("nf_kernels", spec, 8, round_seconds=[1.0, 2.0, 1.0])
     unfused = training_step.StepResult("nf_kernels-unfused-mlp", spec, 8, round_seconds=[1.1, 2.4, 1.05])
-    (line,) = training_step.fused_mlp_lines([ours, unfused])
-    assert line == ("D=64: the MLP's fused node makes the step 1.10x faster (1.05-1.20; nf_kernels-unfused-mlp over "
-                    "nf_kernels, round by round) (no goal set)"), line
-    assert line in training_step.goal_lines([ours, unfused])
-    assert training_step.fused_mlp_lines([ours]) == []
+    two_nodes = training_step.StepResult("nf_kernels-two-nodes", spec, 8, round_seconds=[1.03, 2.1, 1.02])
+    lines = training_step.fused_node_lines([ours, unfused, two_nodes])
+    assert lines == [
+        "D=64: the MLP's fused node makes the step 1.10x faster (1.05-1.20; nf_kernels-unfused-mlp over "
+        "nf_kernels, round by round) (no goal set)",
+        "D=64: the coupling layer's one node makes the step 1.03x faster (1.02-1.05; nf_kernels-two-nodes over "
+        "nf_kernels, round by round) (no goal set)",
+    ], lines
+    assert set(lines) <= set(training_step.goal_lines([ours, unfused, two_nodes]))
+    assert training_step.fused_node_lines([ours]) == []
+
+
+def test_the_two_node_row_runs_each_coupling_as_two_nodes():
+    ours, two = (peer_models.build(name, RealNVPSpec(4, couplings=2, hidden=8)) for name in
+                 ("nf_kernels", "nf_kernels-two-nodes"))  # fmt: skip
+    x = torch.randn(3, 4)
+    names = [model.log_prob(x).grad_fn for model in (ours, two)]
+    assert all(name is not None for name in names)
+    layers = [[m for m in model.network.modules() if hasattr(m, "_one_node")] for model in (ours, two)]
+    assert all(m._one_node for m in layers[0]) and not any(m._one_node for m in layers[1])
+    assert "nf_kernels-two-nodes" not in peer_models.NSF_LIBRARIES

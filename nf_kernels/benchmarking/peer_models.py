@@ -40,10 +40,11 @@ from ..flows.spline_coupling import identity_derivative_parameter
 # nf_kernels first, then the peers; the name a library is asked for by (--libraries) is also its import name.
 PEERS = ("normflows", "nflows", "zuko", "FrEIA")
 OURS = ("nf_kernels", "nf_kernels-reference", "nf_kernels-memory-saving", "nf_kernels-recompute",
-        "nf_kernels-unfused-mlp")
+        "nf_kernels-unfused-mlp", "nf_kernels-two-nodes")
 LIBRARIES = OURS + PEERS
 NSF_PEERS = ("nflows", "zuko")  # the peers issue 14 compares the NSF with
-NSF_LIBRARIES = OURS + NSF_PEERS
+# A spline coupling never runs as one node with its conditioner: the two-node row would be nf_kernels' own.
+NSF_LIBRARIES = tuple(name for name in OURS if name != "nf_kernels-two-nodes") + NSF_PEERS
 INSTALL_HINT = "pip install --no-deps -r requirements-bench.txt"
 
 _UNFUSED_NOTE = ("as nf_kernels, with MLP(fused=False): the conditioners' modules run one by one instead of as one "
@@ -58,6 +59,8 @@ LIBRARY_NOTES = {
     "nf_kernels-recompute": "as nf_kernels, with recompute_conditioner=True (each coupling keeps its input alone and "
     "reruns its conditioner in backward)",
     "nf_kernels-unfused-mlp": _UNFUSED_NOTE,
+    "nf_kernels-two-nodes": "as nf_kernels, with each coupling and its MLP conditioner run as two autograd nodes (the "
+    "MLP's, then the coupling op's) instead of one (what the coupling layer's one node gains)",
     "normflows": "a(s) = s (scale_map='exp', no clamp); shift and scale interleaved (param[:, 0::2], [:, 1::2]); "
     "AffineCouplingBlock (Split, coupling, Merge) on the channel halves then Permute(mode='swap') after each "
     "coupling, as its README's RealNVP: a cat per coupling more than ours; log_prob runs the flows' inverses",
@@ -235,6 +238,14 @@ def _unfused(model: BenchModel) -> BenchModel:
     return model
 
 
+def _two_nodes(model: BenchModel) -> BenchModel:
+    """`model` with every coupling running its conditioner and its op as two nodes (flows/fused_coupling_layer.py)."""
+    for module in model.network.modules():
+        if hasattr(module, "_one_node"):
+            module._one_node = False
+    return model
+
+
 def _nf_kernels(spec: RealNVPSpec, library: str, backend: str = "auto", **options: bool) -> BenchModel:
     """`options`: memory_saving, recompute_conditioner (build_model's)."""
     flow = build_model("realnvp", (spec.features,), backend=backend, num_layers=spec.couplings, hidden=spec.hidden,
@@ -388,6 +399,7 @@ _BUILDERS: dict[str, Callable[[RealNVPSpec], BenchModel]] = {
     "nf_kernels-memory-saving": lambda spec: _nf_kernels(spec, "nf_kernels-memory-saving", memory_saving=True),
     "nf_kernels-recompute": lambda spec: _nf_kernels(spec, "nf_kernels-recompute", recompute_conditioner=True),
     "nf_kernels-unfused-mlp": lambda spec: _unfused(_nf_kernels(spec, "nf_kernels-unfused-mlp")),
+    "nf_kernels-two-nodes": lambda spec: _two_nodes(_nf_kernels(spec, "nf_kernels-two-nodes")),
     "normflows": _normflows,
     "nflows": _nflows,
     "zuko": _zuko,

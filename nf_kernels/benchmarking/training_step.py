@@ -326,22 +326,30 @@ def goal_lines(results: Sequence[StepResult]) -> list[str]:
             verdict = "met" if ratio <= MEMORY_SAVING_GOAL else "not met"
             lines.append(f"{spec.label}: the memory-saving step takes {ratio:.2f}x the standard one; goal "
                          f"<= {MEMORY_SAVING_GOAL:g}x: {verdict}")  # fmt: skip
-    return lines + fused_mlp_lines(results) + nsf_goal_lines(results)
+    return lines + fused_node_lines(results) + nsf_goal_lines(results)
 
 
-def fused_mlp_lines(results: Sequence[StepResult]) -> list[str]:
-    """What the MLP's fused node gains at each size: nf_kernels-unfused-mlp's time over nf_kernels', round by round
-    (both run in every round), median and range; the issue sets no figure for it."""
+# The rows that each undo one of nf_kernels' autograd nodes, and what their time over nf_kernels' measures.
+NODE_ROWS = (("nf_kernels-unfused-mlp", "the MLP's fused node"),
+             ("nf_kernels-two-nodes", "the coupling layer's one node"))  # fmt: skip
+
+
+def fused_node_lines(results: Sequence[StepResult]) -> list[str]:
+    """What each of nf_kernels' fused nodes gains at each size (:data:`NODE_ROWS`): the row without it over
+    nf_kernels, round by round (both run in every round), median and range; the issue sets no figure for it."""
     lines = []
     by_size = {(r.spec, r.library): r for r in results if not r.error}
     for spec in dict.fromkeys(spec for spec, _ in by_size):
-        fused, unfused = by_size.get((spec, "nf_kernels")), by_size.get((spec, "nf_kernels-unfused-mlp"))
-        if not (fused and unfused and fused.round_seconds and len(fused.round_seconds) == len(unfused.round_seconds)):
-            continue
-        ratios = [u / f for f, u in zip(fused.round_seconds, unfused.round_seconds)]
-        lines.append(f"{spec.label}: the MLP's fused node makes the step {statistics.median(ratios):.2f}x faster "
-                     f"({min(ratios):.2f}-{max(ratios):.2f}; nf_kernels-unfused-mlp over nf_kernels, round by round) "
-                     "(no goal set)")  # fmt: skip
+        fused = by_size.get((spec, "nf_kernels"))
+        for row, node in NODE_ROWS:
+            without = by_size.get((spec, row))
+            if not (fused and without and fused.round_seconds
+                    and len(fused.round_seconds) == len(without.round_seconds)):  # fmt: skip
+                continue
+            ratios = [u / f for f, u in zip(fused.round_seconds, without.round_seconds)]
+            lines.append(f"{spec.label}: {node} makes the step {statistics.median(ratios):.2f}x faster "
+                         f"({min(ratios):.2f}-{max(ratios):.2f}; {row} over nf_kernels, round by round) "
+                         "(no goal set)")  # fmt: skip
     return lines
 
 
