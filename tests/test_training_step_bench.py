@@ -150,6 +150,8 @@ def test_goals_are_judged_on_the_median_ratio():
     ("autograd::engine::evaluate_function: torch::autograd::AccumulateGrad", "gradient accumulation (.grad)"),
     ("aten::add", "elementwise glue: log-det sums, base density, loss"),
     ("autograd::engine::evaluate_function: PowBackward0", "elementwise glue: log-det sums, base density, loss"),
+    ("_SquaredNorm", "elementwise glue: log-det sums, base density, loss"),
+    ("autograd::engine::evaluate_function: _SquaredNormBackward", "elementwise glue: log-det sums, base density, loss"),
     ("aten::t", "views and reshapes"),
 ])  # fmt: skip
 def test_op_names_map_to_their_layer_kind(name, kind):

@@ -51,7 +51,8 @@ OP_KINDS: tuple[tuple[str, str], ...] = (
      r"UnsafeView|Alias)\w*Backward"),
     ("gradient accumulation (.grad)", r"AccumulateGrad"),
     # What is left of the flow's own arithmetic: the log-det sums, the base density, the loss, their backward.
-    ("elementwise glue: log-det sums, base density, loss", r"^aten::|Backward"),
+    # (_SquaredNorm: the base density's |z|^2, a Python autograd function, flows/distributions.py.)
+    ("elementwise glue: log-det sums, base density, loss", r"^aten::|Backward|^_SquaredNorm$"),
 )
 _COMPILED_KINDS = tuple((kind, re.compile(pattern)) for kind, pattern in OP_KINDS)
 KINDS = tuple(kind for kind, _ in OP_KINDS) + (PYTHON_KIND, OTHER_KIND)
