@@ -27,8 +27,6 @@ using BackwardSignature = TensorPair(const at::Tensor&, const at::Tensor&, const
                                      const OptionalTensor&, at::IntArrayRef, double, double, const OptionalTensor&,
                                      bool);
 
-OptionalTensor defined_or_none(const at::Tensor& t) { return t.defined() ? OptionalTensor(t) : std::nullopt; }
-
 // The raw ops, looked up once; called below autograd, they go straight to the device's kernel.
 const c10::TypedOperatorHandle<ForwardSignature>& raw_forward() {
   static const auto op =
@@ -73,23 +71,18 @@ struct Coupling : public torch::autograd::Function<Coupling> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& h,
                                const OptionalTensor& transformed, at::IntArrayRef layout, double clamp,
                                double clamp_low, const OptionalTensor& h_index, bool poison) {
-    auto [y, logdet] = raw_coupling_forward(x, h, {transformed, layout.vec(), clamp, clamp_low, h_index, poison});
+    const CouplingLayoutArgs args{transformed, layout.vec(), clamp, clamp_low, h_index, poison};
+    auto [y, logdet] = raw_coupling_forward(x, h, args);
     // x and h as given (the custom op saves the same): the raw backward makes its own contiguous copies.
     ctx->save_for_backward({x, h, transformed.value_or(at::Tensor()), h_index.value_or(at::Tensor())});
-    ctx->saved_data["layout"] = layout.vec();
-    ctx->saved_data["clamp"] = clamp;
-    ctx->saved_data["clamp_low"] = clamp_low;
-    // Poisoning is decided by the forward call (nf_kernels.poison_outputs() around it) for both kernels.
-    ctx->saved_data["poison"] = poison;
+    save_layout_args(ctx, args);
     return {y, logdet};
   }
 
   // `grads` are materialized: an output that got no gradient arrives as zeros, as the custom op path makes them.
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list saved = ctx->get_saved_variables();
-    const CouplingLayoutArgs args{defined_or_none(saved[2]),           ctx->saved_data["layout"].toIntVector(),
-                                  ctx->saved_data["clamp"].toDouble(), ctx->saved_data["clamp_low"].toDouble(),
-                                  defined_or_none(saved[3]),           ctx->saved_data["poison"].toBool()};
+    const CouplingLayoutArgs args = saved_layout_args(ctx, saved[2], saved[3]);
     auto [grad_x, grad_h] = coupling_gradients(grads[0], grads[1], saved[0], saved[1], args,
                                                torch::autograd::GradMode::is_enabled());
     // One entry per forward argument: x, h, then nothing for transformed, layout, clamp, clamp_low, h_index, poison.
@@ -104,6 +97,20 @@ TensorPair coupling(const at::Tensor& x, const at::Tensor& h, const OptionalTens
 }
 
 }  // namespace
+
+void save_layout_args(AutogradContext* ctx, const CouplingLayoutArgs& args) {
+  ctx->saved_data["layout"] = args.layout;
+  ctx->saved_data["clamp"] = args.clamp;
+  ctx->saved_data["clamp_low"] = args.clamp_low;
+  // Poisoning is decided by the forward call (nf_kernels.poison_outputs() around it) for both kernels.
+  ctx->saved_data["poison"] = args.poison;
+}
+
+CouplingLayoutArgs saved_layout_args(AutogradContext* ctx, const at::Tensor& transformed, const at::Tensor& h_index) {
+  return {defined_or_none(transformed),        ctx->saved_data["layout"].toIntVector(),
+          ctx->saved_data["clamp"].toDouble(), ctx->saved_data["clamp_low"].toDouble(),
+          defined_or_none(h_index),            ctx->saved_data["poison"].toBool()};
+}
 
 TensorPair raw_coupling_forward(const at::Tensor& x, const at::Tensor& h, const CouplingLayoutArgs& a) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;

@@ -4,6 +4,7 @@
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/ArrayRef.h>
+#include <torch/csrc/autograd/custom_function.h>
 
 #include <optional>
 #include <tuple>
@@ -23,6 +24,14 @@ struct CouplingLayoutArgs {
   OptionalTensor h_index;
   bool poison;
 };
+
+inline OptionalTensor defined_or_none(const at::Tensor& t) { return t.defined() ? OptionalTensor(t) : std::nullopt; }
+
+// A node keeps a call's layout arguments in ctx->saved_data and reads them back in its backward; the tensors among
+// them (transformed, h_index) it saves with its other tensors and passes back here.
+void save_layout_args(torch::autograd::AutogradContext* ctx, const CouplingLayoutArgs& args);
+CouplingLayoutArgs saved_layout_args(torch::autograd::AutogradContext* ctx, const at::Tensor& transformed,
+                                     const at::Tensor& h_index);
 
 // (y, logdet), below autograd: straight to the device's kernel.
 TensorPair raw_coupling_forward(const at::Tensor& x, const at::Tensor& h, const CouplingLayoutArgs& args);

@@ -36,8 +36,6 @@ using torch::autograd::variable_list;
 
 constexpr const char* kOp = "nf_kernels_ext::mlp_coupling";
 
-OptionalTensor defined_or_none(const at::Tensor& t) { return t.defined() ? OptionalTensor(t) : std::nullopt; }
-
 struct MlpCoupling : public torch::autograd::Function<MlpCoupling> {
   // Inputs: x [B, D], the MLP's layers, and the kept features x[:, kept_start : kept_start + kept_count], which
   // the conditioner reads; then the coupling's layout arguments (no compact h: a half mask has none).
@@ -62,10 +60,7 @@ struct MlpCoupling : public torch::autograd::Function<MlpCoupling> {
     ctx->saved_data["count"] = static_cast<int64_t>(layers.size() / 2);
     ctx->saved_data["kept_start"] = kept_start;
     ctx->saved_data["kept_count"] = kept_count;
-    ctx->saved_data["layout"] = layout.vec();
-    ctx->saved_data["clamp"] = clamp;
-    ctx->saved_data["clamp_low"] = clamp_low;
-    ctx->saved_data["poison"] = poison;
+    save_layout_args(ctx, args);
     return {y, logdet};
   }
 
@@ -78,9 +73,7 @@ struct MlpCoupling : public torch::autograd::Function<MlpCoupling> {
     const int64_t kept_count = ctx->saved_data["kept_count"].toInt();
     const at::Tensor& x = saved[0];
     const at::Tensor& h = saved[1];
-    const CouplingLayoutArgs args{defined_or_none(saved[2]),           ctx->saved_data["layout"].toIntVector(),
-                                  ctx->saved_data["clamp"].toDouble(), ctx->saved_data["clamp_low"].toDouble(),
-                                  std::nullopt,                        ctx->saved_data["poison"].toBool()};
+    const CouplingLayoutArgs args = saved_layout_args(ctx, saved[2], at::Tensor());
     const variable_list layers(saved.begin() + 2 + count, saved.end());
     const size_t entries = 1 + layers.size() + 7;
     if (torch::autograd::GradMode::is_enabled())

@@ -54,6 +54,16 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return diff / scale if scale > 0 else diff
 
 
+def realnvp_after_steps(configure, x: torch.Tensor, steps: int = 4) -> torch.Tensor:
+    """The parameters of a small seeded RealNVP (3 couplings, hidden 16) after `steps` Adam steps on `x`, once
+    `configure(module)` has seen each of its modules (tests that switch a fused path on or off)."""
+    torch.manual_seed(1)
+    flow = build_model("realnvp", tuple(x.shape[1:]), num_layers=3, hidden=16)
+    for module in flow.modules():
+        configure(module)
+    return parameters_after_steps(flow, x, torch.optim.Adam(flow.parameters(), lr=1e-2), steps=steps)
+
+
 def parameters_after_steps(flow: nn.Module, x: torch.Tensor, optimizer: torch.optim.Optimizer, steps: int = 3):
     """`flow`'s parameters, flattened into one tensor, after `steps` steps of `optimizer` on the NLL of `x`."""
     for _ in range(steps):
