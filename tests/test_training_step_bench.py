@@ -184,7 +184,7 @@ _LAYER_NODE_BACKWARD = "torch::autograd::CppNode<nf_kernels::(anonymous namespac
      "Python between ops (module calls, checks, the flow's loop)"),
     (["autograd::engine::evaluate_function: _InvertibleStackBackward", "_InvertibleStackBackward", "aten::addmm"],
      "backward", "conditioner linear layers"),
-    (["_InvertibleStackBackward", "nf_kernels_ext::mlp_coupling_backward_from_output",
+    (["_InvertibleStackBackward", "nf_kernels_ext::mlp_coupling_rebuilt_backward",
       "nf_kernels_ext::coupling_backward"], "backward", "coupling op, backward"),
     (["_InvertibleStack", "nf_kernels_ext::mlp_coupling", "aten::addmm"], "forward", "conditioner linear layers"),
 ])  # fmt: skip

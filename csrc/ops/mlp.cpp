@@ -48,7 +48,7 @@ at::Tensor run_mlp_layers(const at::Tensor& x, at::TensorList layers, std::vecto
   for (size_t i = 0; i < count; ++i) {
     a = at::addmm(layers[2 * i + 1], a, layers[2 * i].t());
     if (i + 1 < count) {
-      a = at::relu(a);
+      a.relu_();  // in place on the product, which nothing else reads (addmm's backward does not): the same bits
       if (inputs) inputs->push_back(a);
     }
   }
@@ -66,7 +66,9 @@ std::vector<at::Tensor> mlp_gradients(const std::vector<at::Tensor>& inputs, at:
     if (needs(1 + 2 * i)) grads[1 + 2 * i] = g.t().mm(input);
     if (needs(2 + 2 * i)) grads[2 + 2 * i] = at::sum_to(g, at::IntArrayRef{weight.size(0)});
     if (i > 0) {
-      g = at::threshold_backward(g.mm(weight), input, 0);
+      // In place on the fresh product: the mask of the ReLU whose output `input` is, without another tensor.
+      g = g.mm(weight);
+      at::threshold_backward_out(g, g, input, 0);
     } else if (needs(0)) {
       grads[0] = g.mm(weight);
     }

@@ -134,29 +134,34 @@ std::tuple<at::Tensor, at::Tensor> mlp_coupling(const at::Tensor& x, at::TensorL
   return {outputs[0], outputs[1]};
 }
 
-// Memory-saving backprop's step through the same layer (nf_kernels/flows/memory_saving.py), outside any graph: from
-// the layer's output y and its gradients, the input x (the coupling's inverse, on h of the kept features, which y
-// and x share), grad_x, and the gradients of the layers for which layer_needs_grad is true, in order. One
-// conditioner forward feeds both the inverse and the backward, as in the layer's Python step, which this replaces
-// in plain eager calls: there each layer cost a rebuilt graph, an autograd.grad call and its Python.
-std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> mlp_coupling_backward_from_output(
-    const at::Tensor& y, const at::Tensor& grad_y, const at::Tensor& grad_logdet, at::TensorList layers,
+// The step of a backward that rebuilt what the forward did not keep, through the same layer, outside any graph:
+// memory-saving backprop's (nf_kernels/flows/memory_saving.py), given the layer's output, and a recomputed
+// conditioner's, given its input. With `inverse_layout` (the reverse coupling's), `input` is the output y and x is
+// rebuilt by the coupling's inverse on h of the kept features, which y and x share; without it, `input` is x. Returns
+// x, grad_x and the gradients of the layers flagged in layer_needs_grad, in order. One conditioner forward feeds the
+// inverse and the backward, as in the layer's Python steps, which this replaces in plain eager calls: there each
+// layer cost a rebuilt graph, an autograd.grad call and its Python.
+std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> mlp_coupling_rebuilt_backward(
+    const at::Tensor& input, const at::Tensor& grad_y, const at::Tensor& grad_logdet, at::TensorList layers,
     at::IntArrayRef layer_needs_grad, int64_t kept_start, int64_t kept_count, const OptionalTensor& transformed,
-    at::IntArrayRef layout, at::IntArrayRef inverse_layout, double clamp, double clamp_low, bool poison) {
-  TORCH_CHECK_VALUE(y.dim() == 2 && kept_start >= 0 && kept_count >= 1 && kept_start + kept_count <= y.size(1),
-                    "nf_kernels_ext::mlp_coupling_backward_from_output: the kept features [", kept_start, ", ",
-                    kept_start + kept_count, ") must lie in y's features, y of shape ", y.sizes());
-  TORCH_CHECK_VALUE(layer_needs_grad.size() == layers.size(),
-                    "nf_kernels_ext::mlp_coupling_backward_from_output: layer_needs_grad needs one entry a layer "
-                    "tensor, got ", layer_needs_grad.size(), " for ", layers.size());
-  const at::Tensor kept = y.narrow(1, kept_start, kept_count);
-  check_mlp_layers("nf_kernels_ext::mlp_coupling_backward_from_output", kept, layers);
+    at::IntArrayRef layout, at::OptionalIntArrayRef inverse_layout, double clamp, double clamp_low, bool poison) {
+  constexpr const char* op = "nf_kernels_ext::mlp_coupling_rebuilt_backward";
+  TORCH_CHECK_VALUE(input.dim() == 2 && kept_start >= 0 && kept_count >= 1 && kept_start + kept_count <= input.size(1),
+                    op, ": the kept features [", kept_start, ", ", kept_start + kept_count,
+                    ") must lie in the input's features, input of shape ", input.sizes());
+  TORCH_CHECK_VALUE(layer_needs_grad.size() == layers.size(), op,
+                    ": layer_needs_grad needs one entry a layer tensor, got ", layer_needs_grad.size(), " for ",
+                    layers.size());
+  const at::Tensor kept = input.narrow(1, kept_start, kept_count);
+  check_mlp_layers(op, kept, layers);
   at::NoGradGuard no_grad;
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   std::vector<at::Tensor> inputs{kept};
   const at::Tensor h = run_mlp_layers(kept, layers, &inputs);
-  const at::Tensor x =
-      std::get<0>(raw_coupling_forward(y, h, {transformed, inverse_layout.vec(), clamp, clamp_low, std::nullopt, poison}));
+  const at::Tensor x = inverse_layout.has_value()
+                           ? std::get<0>(raw_coupling_forward(
+                                 input, h, {transformed, inverse_layout->vec(), clamp, clamp_low, std::nullopt, poison}))
+                           : input;
   auto [grad_x, grad_h] = coupling_gradients(
       grad_y, grad_logdet, x, h, {transformed, layout.vec(), clamp, clamp_low, std::nullopt, poison}, false);
   // Entry 0 of mlp_gradients is the kept features' (always needed: grad_x gets it), entry 1 + k layers[k]'s.
@@ -173,8 +178,8 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> mlp_coupling_backwar
 }  // namespace nf_kernels
 
 // CompositeImplicitAutograd: one kernel for every device (the products are ATen's, the raw coupling ops pick the
-// device's kernels); the autograd node is the Function's. The memory-saving step records nothing.
+// device's kernels); the autograd node is the Function's. The rebuilt backward's step records nothing.
 TORCH_LIBRARY_IMPL(nf_kernels_ext, CompositeImplicitAutograd, m) {
   m.impl("mlp_coupling", &nf_kernels::mlp_coupling);
-  m.impl("mlp_coupling_backward_from_output", &nf_kernels::mlp_coupling_backward_from_output);
+  m.impl("mlp_coupling_rebuilt_backward", &nf_kernels::mlp_coupling_rebuilt_backward);
 }

@@ -61,11 +61,12 @@ TORCH_LIBRARY(nf_kernels_ext, m) {
   // x, as one autograd node (csrc/ops/mlp_coupling.cpp): the layout arguments are coupling_forward's.
   m.def("mlp_coupling(Tensor x, Tensor[] layers, int kept_start, int kept_count, Tensor? transformed, int[] layout, "
         "float clamp, float clamp_low=0., bool poison=False) -> (Tensor y, Tensor logdet)");
-  // Memory-saving backprop's step through that layer: (x, grad_x, the gradients of the layers flagged in
-  // layer_needs_grad) from its output y and the output's gradients; `inverse_layout` is the reverse coupling's.
-  m.def("mlp_coupling_backward_from_output(Tensor y, Tensor grad_y, Tensor grad_logdet, Tensor[] layers, "
+  // A rebuilt backward's step through that layer (memory-saving backprop's from its output, with the reverse
+  // coupling's `inverse_layout`; a recomputed conditioner's from its input, without): (x, grad_x, the gradients of
+  // the layers flagged in layer_needs_grad).
+  m.def("mlp_coupling_rebuilt_backward(Tensor input, Tensor grad_y, Tensor grad_logdet, Tensor[] layers, "
         "int[] layer_needs_grad, int kept_start, int kept_count, Tensor? transformed, int[] layout, "
-        "int[] inverse_layout, float clamp, float clamp_low=0., bool poison=False) -> (Tensor x, Tensor grad_x, "
+        "int[]? inverse_layout, float clamp, float clamp_low=0., bool poison=False) -> (Tensor x, Tensor grad_x, "
         "Tensor[] layer_grads)");
   // Which instruction set the CPU kernels use here ("avx512", "avx2" or "baseline").
   m.def("cpu_isa() -> str", &cpu_isa);

@@ -56,7 +56,7 @@ _MASK_PATTERNS = {"compact": "gather"}
 if _module is not None:
     _differentiable_op = torch.ops.nf_kernels_ext.coupling.default
     _mlp_coupling_op = torch.ops.nf_kernels_ext.mlp_coupling.default
-    _mlp_coupling_step_op = torch.ops.nf_kernels_ext.mlp_coupling_backward_from_output.default
+    _mlp_coupling_step_op = torch.ops.nf_kernels_ext.mlp_coupling_rebuilt_backward.default
 
     @torch.library.register_fake("nf_kernels_ext::coupling_forward")
     def _coupling_forward_fake(x, h, transformed, layout, clamp, clamp_low=0.0, h_index=None, poison=False):
@@ -189,16 +189,18 @@ class ExtensionBackend:
         return _mlp_coupling_op(x, layers, kept_start, kept_count, None, prepared.layout, config.clamp,
                                 config.clamp_low, poisoning())  # fmt: skip
 
-    def eager_mlp_coupling_backward_from_output(self, y, grad_y, grad_logdet, layers, layer_needs_grad,
-                                                kept_start: int, kept_count: int, prepared: PreparedCall,
-                                                inverse: PreparedCall):  # fmt: skip
-        """Memory-saving backprop's step through that layer, outside any graph: ``(x, grad_x, the gradients of the
-        layers flagged in layer_needs_grad)`` from its output `y` and the output's gradients. `prepared` is the
-        forward call's, `inverse` the reverse one's."""
+    def eager_mlp_coupling_rebuilt_backward(self, input, grad_y, grad_logdet, layers, layer_needs_grad,
+                                            kept_start: int, kept_count: int, prepared: PreparedCall,
+                                            inverse: Optional[PreparedCall]):  # fmt: skip
+        """A rebuilt backward's step through that layer, outside any graph: ``(x, grad_x, the gradients of the
+        layers flagged in layer_needs_grad)``. With `inverse` (the reverse call's), `input` is the layer's output and
+        x is rebuilt (memory-saving backprop); without it, `input` is x (a recomputed conditioner). `prepared` is the
+        forward call's."""
         config = prepared.config
-        return _mlp_coupling_step_op(y, grad_y, grad_logdet, layers, [int(n) for n in layer_needs_grad], kept_start,
-                                     kept_count, None, prepared.layout, inverse.layout, config.clamp,
-                                     config.clamp_low, poisoning())  # fmt: skip
+        return _mlp_coupling_step_op(input, grad_y, grad_logdet, layers, [int(n) for n in layer_needs_grad],
+                                     kept_start, kept_count, None, prepared.layout,
+                                     None if inverse is None else inverse.layout, config.clamp, config.clamp_low,
+                                     poisoning())  # fmt: skip
 
 
 CPU_BACKEND = ExtensionBackend("cpu", "cpu")

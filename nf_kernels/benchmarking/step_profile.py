@@ -36,7 +36,7 @@ OTHER_KIND = "other"
 OP_KINDS: tuple[tuple[str, str], ...] = (
     # The custom op's names, then the eager path's (nf_kernels_ext::coupling, its C++ autograd node).
     ("coupling op, backward", r"nf_kernels(_ext)?::coupling_backward|GeneratedBackwardFor_nf_kernels_coupling|"
-     r"CppNode<nf_kernels::.*Coupling>|^nf_kernels_ext::mlp_coupling_backward_from_output$"),
+     r"CppNode<nf_kernels::.*Coupling>|^nf_kernels_ext::mlp_coupling_rebuilt_backward$"),
     ("coupling op, forward", r"nf_kernels(_ext)?::coupling|^nf_kernels_ext::mlp_coupling$"),
     ("optimizer (Adam step, zero_grad)", r"^Optimizer\."),
     # The MLP conditioner's fused node (nf_kernels_ext::mlp) holds its ReLUs too: they are charged here.
@@ -87,10 +87,10 @@ class StepProfile:
 
 
 # A coupling layer run as one node (nf_kernels_ext::mlp_coupling and its C++ autograd node, with the engine's event
-# around it, or memory-saving backprop's step through it) holds two kinds of work: inside it the coupling kernels
+# around it, or a rebuilt backward's step through it) holds two kinds of work: inside it the coupling kernels
 # are charged to the coupling op, and the rest (the MLP's products, ReLUs and bias sums, the in-place sum of the kept
 # features' gradient) to the conditioner, as the MLP's own node is. Its self time (C++ glue) goes to the coupling op.
-_LAYER_NODE = re.compile(r"^nf_kernels_ext::mlp_coupling(_backward_from_output)?$|CppNode<nf_kernels::.*MlpCoupling>")
+_LAYER_NODE = re.compile(r"^nf_kernels_ext::mlp_coupling(_rebuilt_backward)?$|CppNode<nf_kernels::.*MlpCoupling>")
 # The Python autograd nodes of memory-saving backprop and of a recomputed conditioner (flows/memory_saving.py): what
 # runs inside them is charged by its own outermost op, their self time is the Python of their walk.
 _PYTHON_NODE = re.compile(r"^_(InvertibleStack|ConditionerRecomputed)(Backward)?$")

@@ -18,7 +18,8 @@ from .._arguments import check_backend_name, check_scale_and_clamp, logdet_dtype
 from .._masks import MaskArg, check_mask, expected_h_shape, half_split_channels, kept_elements
 from .base import FlowLayer, Shape
 from .conditioners import MLP, ResNetConditioner
-from .fused_coupling_layer import backward_from_output_in_one_call, forward_as_one_node
+from .fused_coupling_layer import (backward_from_input_in_one_call, backward_from_output_in_one_call,
+                                   forward_as_one_node)
 from .memory_saving import GradientSink, forward_recomputing_conditioner
 
 
@@ -88,8 +89,9 @@ class _CouplingLayer(FlowLayer):
         self.conditioner = conditioner
         self._check_conditioner(conditioner_in)
 
-    # Whether the layer may run with an MLP conditioner as one node (fused_coupling_layer.py), in forward and in
-    # memory-saving backprop's step. Only exact AffineCoupling and AdditiveCoupling layers do (_ONE_NODE_LAYERS).
+    # Whether the layer may run with an MLP conditioner as one node (fused_coupling_layer.py), in forward and in the
+    # steps of memory-saving backprop and a recomputed conditioner. Only exact AffineCoupling and AdditiveCoupling
+    # layers do (_ONE_NODE_LAYERS).
     _one_node = True
 
     def _h_shape(self) -> Shape:
@@ -186,6 +188,10 @@ class _CouplingLayer(FlowLayer):
     def backward_from_input(self, x: Tensor, grad_y: Tensor, grad_logdet: Tensor, sink: GradientSink) -> Tensor:
         """The gradient of the layer's input `x` from (output gradient, log-det gradient), recomputing the
         conditioner on `x` (the forward kept nothing else); parameters' and context's gradients go to `sink`."""
+        if self._one_node and type(self) in _ONE_NODE_LAYERS:
+            grad_x = backward_from_input_in_one_call(self, x, grad_y, grad_logdet, sink)
+            if grad_x is not None:
+                return grad_x
         kept, h = self._conditioner_graph(x, sink.context)
         return self._backward_through_graph(x, kept, h, grad_y, grad_logdet, sink)
 

@@ -1,13 +1,15 @@
 """An affine or additive coupling layer and its MLP conditioner as one call of the C++ extension, for plain eager
 calls on vectors with the "half" mask: ``nf_kernels_ext::mlp_coupling`` (one autograd node) in forward and
-``nf_kernels_ext::mlp_coupling_backward_from_output`` in memory-saving backprop's step (csrc/ops/mlp_coupling.cpp).
+``nf_kernels_ext::mlp_coupling_rebuilt_backward`` in the steps of memory-saving backprop and of a recomputed
+conditioner (csrc/ops/mlp_coupling.cpp).
 
 As two nodes, the conditioner's gradient reaches the kept features through a slice's backward: a zero tensor the
 size of ``x``, the gradient copied into it, and a sum with the coupling's gradient into a third tensor. The one node
 adds it in place into the kept half of the coupling kernel's ``grad_x``, and its forward runs the MLP and the
-kernel without Python between them. Memory-saving backprop's step through a coupling (coupling.py,
-``backward_from_output``) rebuilds the conditioner's graph, calls ``torch.autograd.grad`` on it and sums the
-gradients in Python; in one call it is the same products and kernels with none of that. Outputs and gradients are
+kernel without Python between them. The rebuilt backward's step through a coupling (coupling.py,
+``backward_from_output`` and ``backward_from_input``) rebuilds the conditioner's graph, calls
+``torch.autograd.grad`` on it and sums the gradients in Python; in one call it is the same products and kernels with
+none of that. Outputs and gradients are
 the Python steps' bit for bit (the same products, the same kernels; test_fused_coupling_layer.py).
 
 A layer takes the one call exactly when both of its halves would take their own: the conditioner would run as the
@@ -96,18 +98,33 @@ def backward_from_output_in_one_call(layer, y: Tensor, grad_y: Tensor, grad_logd
                                      sink) -> Optional[tuple[Tensor, Tensor]]:  # fmt: skip
     """The layer's memory-saving step, ``layer.backward_from_output(y, grad_y, grad_logdet, sink)``, in one call
     when it may take it, else None: ``(x, grad_x)``, the parameters' gradients added to `sink`."""
-    layers = _layers(layer, y, sink.context)
-    if layers is None or grad_y.shape != y.shape or grad_y.dtype != y.dtype or grad_y.device != y.device:
+    return _rebuilt_backward(layer, y, grad_y, grad_logdet, sink, from_output=True)
+
+
+def backward_from_input_in_one_call(layer, x: Tensor, grad_y: Tensor, grad_logdet: Tensor, sink) -> Optional[Tensor]:
+    """A recomputed conditioner's step, ``layer.backward_from_input(x, grad_y, grad_logdet, sink)``, in one call
+    when it may take it, else None: ``grad_x``, the parameters' gradients added to `sink`."""
+    out = _rebuilt_backward(layer, x, grad_y, grad_logdet, sink, from_output=False)
+    return None if out is None else out[1]
+
+
+def _rebuilt_backward(layer, input: Tensor, grad_y: Tensor, grad_logdet: Tensor, sink,
+                      from_output: bool) -> Optional[tuple[Tensor, Tensor]]:  # fmt: skip
+    """(x, grad_x) of the layer from its output (`from_output`) or its input, through
+    ``nf_kernels_ext::mlp_coupling_rebuilt_backward``; None where the call cannot take it."""
+    layers = _layers(layer, input, sink.context)
+    if layers is None or grad_y.shape != input.shape or grad_y.dtype != input.dtype or grad_y.device != input.device:
         return None
     h_width = layers[-2].shape[0]
-    forward, inverse = _plan(layer, y, h_width), _plan(layer, y, h_width, reverse=True)
-    if forward is None or inverse is None:
+    forward = _plan(layer, input, h_width)
+    inverse = _plan(layer, input, h_width, reverse=True) if from_output else None
+    if forward is None or (from_output and inverse is None):
         return None
     kept = layer._kept_channels
     needs = [p.requires_grad for p in layers]
-    x, grad_x, grads = forward.backend.eager_mlp_coupling_backward_from_output(
-        y, grad_y, grad_logdet.to(logdet_dtype(y.dtype)), layers, needs, kept.start, kept.stop - kept.start,
-        forward.prepared, inverse.prepared,
+    x, grad_x, grads = forward.backend.eager_mlp_coupling_rebuilt_backward(
+        input, grad_y, grad_logdet.to(logdet_dtype(input.dtype)), layers, needs, kept.start, kept.stop - kept.start,
+        forward.prepared, None if inverse is None else inverse.prepared,
     )  # fmt: skip
     sink.add([p for p, need in zip(layers, needs) if need], grads, None)
     return x, grad_x

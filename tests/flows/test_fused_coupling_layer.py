@@ -251,12 +251,40 @@ def test_memory_saving_steps_in_one_call_equal_the_python_steps_bitwise(name, dt
         assert (got is None and want is None) or torch.equal(got, want)
 
 
-def test_the_memory_saving_step_checks_its_arguments():
+def test_the_rebuilt_step_checks_its_arguments():
     layer = _layer("affine")
     weights = list(layer.conditioner.parameters())
     y = torch.randn(2, 7, dtype=torch.float64)
-    step = torch.ops.nf_kernels_ext.mlp_coupling_backward_from_output
+    step = torch.ops.nf_kernels_ext.mlp_coupling_rebuilt_backward
     with pytest.raises(ValueError, match="layer_needs_grad"):
         step(y, y, y[:, 0], weights, [1], 0, 3, None, [0], [0], 2.0)
     with pytest.raises(ValueError, match="kept features"):
-        step(y, y, y[:, 0], weights, [1] * len(weights), 6, 3, None, [0], [0], 2.0)
+        step(y, y, y[:, 0], weights, [1] * len(weights), 6, 3, None, [0], None, 2.0)
+
+
+@pytest.mark.parametrize("kind", ["affine", "additive"])
+def test_a_recomputed_conditioners_step_in_one_call_equals_the_python_step_bitwise(kind, monkeypatch):
+    """recompute_conditioner=True: the layer's step from its input, one extension call, gives the Python step's
+    gradients to the bit (and is taken)."""
+    taken = []
+    one_call = fused_coupling_layer.backward_from_input_in_one_call
+
+    def spy(*args):
+        out = one_call(*args)
+        taken.append(out is not None)
+        return out
+
+    monkeypatch.setattr("nf_kernels.flows.coupling.backward_from_input_in_one_call", spy)
+    x = torch.randn(9, 7, dtype=torch.float64) * 2
+    grads = []
+    for flag in (True, False):
+        layer = _layer(kind, recompute_conditioner=True)
+        layer._one_node = flag
+        layer.conditioner.net[2].weight.requires_grad_(False)
+        leaf = x.clone().requires_grad_(True)
+        y, logdet = layer(leaf)
+        (y.square().sum() + (logdet * torch.linspace(-1, 1, 9, dtype=x.dtype)).sum()).backward()
+        grads.append([leaf.grad] + [p.grad for p in layer.parameters()])
+    assert taken == [True]
+    for got, want in zip(grads[0], grads[1], strict=True):
+        assert (got is None and want is None) or torch.equal(got, want)
