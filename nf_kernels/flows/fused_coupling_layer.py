@@ -20,7 +20,7 @@ its conditioner and its op one after the other, as before.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional
+from typing import Any, Optional
 
 from torch import Tensor
 
@@ -31,34 +31,43 @@ from .conditioners import MLP
 from .fused_mlp import fused_layers, hooked, may_run_as_node
 
 
-class _Plan(NamedTuple):
-    backend: Any  # the extension backend (nf_kernels/backends/extension.py)
-    prepared: PreparedCall
-
-
-# (layer options, direction, x's shape, dtype and device, h's width) -> _Plan, or None where the call cannot run.
-# What prepare_call checks depends on nothing else, so a hit is known to pass its checks.
+# (layer options with their types, direction, x's shape, dtype and device, h's width) -> the checked PreparedCall of
+# that combination. What prepare_call checks depends on nothing else, so a hit is known to pass its checks. The
+# backend is resolved on every call (a cached lookup), since NF_KERNELS_BACKEND may change between calls.
 _plans: dict = {}
 
 
-def _plan(layer, x: Tensor, h_width: int, reverse: bool = False) -> Optional[_Plan]:
+def _plan(layer, x: Tensor, h_width: int, reverse: bool = False) -> Optional[tuple[Any, PreparedCall]]:
+    """(the backend object, the PreparedCall) of the layer's coupling on `x`, or None where the call cannot take the
+    one node: a backend without it, nothing to transform, or options the checks reject (the layer's own path then
+    raises its error)."""
     options = layer._op_options()
-    key = (layer.flip, layer.backend, tuple(options.items()), reverse, x.shape, x.dtype, x.device, h_width)
     try:
-        return _plans[key]
-    except KeyError:
-        pass
-    # The one call of this combination that is checked in full, on an h of the conditioner's output shape.
-    h = x.new_empty((x.shape[0], h_width))
-    prepared = prepare_call(x, h, "half", layer.flip, options.get("scale"), options.get("clamp", 1.0),
-                            options.get("shift_first", False), reverse, layer.backend, options.get("additive", False),
-                            "scale_shift")  # fmt: skip
-    backend = get_backend(resolve_backend(layer.backend, x.device, prepared.config))
-    plan = None if getattr(backend, "eager_mlp_coupling", None) is None or prepared.empty else _Plan(backend, prepared)
-    if len(_plans) >= MAX_ENTRIES:
-        _plans.clear()
-    _plans[key] = plan
-    return plan
+        key = (layer.flip, layer.backend, tuple((k, type(v), v) for k, v in options.items()), reverse, x.shape,
+               x.dtype, x.device, h_width)  # fmt: skip
+        prepared = _plans.get(key)
+    except TypeError:  # an unhashable option: never remembered, and the checks reject it below
+        key, prepared = None, None
+    if prepared is None:
+        # Checked in full, on an h of the conditioner's output shape, once per combination.
+        h = x.new_empty((x.shape[0], h_width))
+        try:
+            prepared = prepare_call(x, h, "half", layer.flip, options.get("scale"), options.get("clamp", 1.0),
+                                    options.get("shift_first", False), reverse, layer.backend,
+                                    options.get("additive", False), "scale_shift")  # fmt: skip
+        except (TypeError, ValueError, RuntimeError):
+            return None
+        if key is not None:
+            if len(_plans) >= MAX_ENTRIES:
+                _plans.clear()
+            _plans[key] = prepared
+    try:
+        backend = get_backend(resolve_backend(layer.backend, x.device, prepared.config))
+    except (TypeError, ValueError, RuntimeError):
+        return None
+    if getattr(backend, "eager_mlp_coupling", None) is None or prepared.empty:
+        return None
+    return backend, prepared
 
 
 def _layers(layer, x: Tensor, context: Optional[Tensor]) -> Optional[list[Tensor]]:
@@ -68,6 +77,8 @@ def _layers(layer, x: Tensor, context: Optional[Tensor]) -> Optional[list[Tensor
         return None
     conditioner = layer.conditioner
     if type(conditioner) is not MLP or not conditioner.fused or conditioner.context_features is not None:
+        return None
+    if "forward" in conditioner.__dict__:  # a forward set on the instance: the layer calls it
         return None
     # The conditioner's parameters are the layer's (memory-saving backprop's step gives gradients to those alone).
     if layer._parameters or layer._modules.keys() != {"conditioner"}:
@@ -79,6 +90,12 @@ def _layers(layer, x: Tensor, context: Optional[Tensor]) -> Optional[list[Tensor
     # Parameters of another dtype or device fail in the conditioner's first product: the modules raise that error.
     if layers is None or any(p.dtype != x.dtype or p.device != x.device for p in layers):
         return None
+    # A conditioner whose layers do not chain (a replaced layer): its own node raises the error.
+    width = kept.stop - kept.start
+    for weight in layers[::2]:
+        if weight.dim() != 2 or weight.shape[1] != width:
+            return None
+        width = weight.shape[0]
     layer.check_input(x)
     return layers
 
@@ -90,8 +107,9 @@ def forward_as_one_node(layer, x: Tensor, context: Optional[Tensor]) -> Optional
     plan = None if layers is None else _plan(layer, x, layers[-2].shape[0])
     if plan is None:
         return None
+    backend, prepared = plan
     kept = layer._kept_channels
-    return plan.backend.eager_mlp_coupling(x, layers, kept.start, kept.stop - kept.start, plan.prepared)
+    return backend.eager_mlp_coupling(x, layers, kept.start, kept.stop - kept.start, prepared)
 
 
 def backward_from_output_in_one_call(layer, y: Tensor, grad_y: Tensor, grad_logdet: Tensor,
@@ -120,11 +138,12 @@ def _rebuilt_backward(layer, input: Tensor, grad_y: Tensor, grad_logdet: Tensor,
     inverse = _plan(layer, input, h_width, reverse=True) if from_output else None
     if forward is None or (from_output and inverse is None):
         return None
+    backend, prepared = forward
     kept = layer._kept_channels
     needs = [p.requires_grad for p in layers]
-    x, grad_x, grads = forward.backend.eager_mlp_coupling_rebuilt_backward(
+    x, grad_x, grads = backend.eager_mlp_coupling_rebuilt_backward(
         input, grad_y, grad_logdet.to(logdet_dtype(input.dtype)), layers, needs, kept.start, kept.stop - kept.start,
-        forward.prepared, None if inverse is None else inverse.prepared,
+        prepared, None if inverse is None else inverse[1],
     )  # fmt: skip
     sink.add([p for p, need in zip(layers, needs) if need], grads, None)
     return x, grad_x

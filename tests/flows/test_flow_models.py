@@ -209,6 +209,12 @@ def test_the_squared_norm_function_is_vecdots_bits(dtype):
     assert torch.equal(got, want)
     assert torch.equal(*(torch.autograd.grad(v, z, weights)[0] for v in (got, want)))
     assert "_SquaredNorm" not in squared_norm(z[:, :5]).grad_fn.name()
+    # Where 2 g overflows or g z is subnormal too (float32): vecdot adds g z to itself, the function doubles it.
+    if dtype == torch.float32:
+        for g, value in ((3e38, 0.1), (1.7e-20, 3.3e-21)):
+            edge = torch.full_like(z, value).requires_grad_(True)
+            assert torch.equal(*(torch.autograd.grad(f(edge), edge, torch.full((7,), g))[0]
+                                 for f in (squared_norm, lambda v: torch.linalg.vecdot(v, v))))  # fmt: skip
     small = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradgradcheck(_SquaredNorm.apply, (small,))
     torch.testing.assert_close(torch.func.vmap(_SquaredNorm.apply)(small.detach()[:, None]), (small * small).sum(1, keepdim=True))

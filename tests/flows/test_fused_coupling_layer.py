@@ -193,6 +193,59 @@ def test_bad_calls_raise_what_two_nodes_raise():
         assert errors[0] == errors[1]
 
 
+def _outcome(net, *args):
+    """What `net(*args)` does: its output's grad_fn name, or the error it raises (type and message)."""
+    try:
+        return net(*args)[0].grad_fn.name()
+    except (ValueError, TypeError, RuntimeError) as error:
+        return type(error), str(error)
+
+
+def test_a_broken_conditioner_or_option_raises_what_two_nodes_raise():
+    x = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
+    cases = {
+        "first layer too narrow": lambda layer: layer.conditioner.net.__setitem__(0, torch.nn.Linear(2, 9).double()),
+        "last layer too wide": lambda layer: layer.conditioner.net.__setitem__(4, torch.nn.Linear(9, 10).double()),
+        "both": lambda layer: (layer.conditioner.net.__setitem__(0, torch.nn.Linear(2, 9).double()),
+                               layer.conditioner.net.__setitem__(4, torch.nn.Linear(9, 10).double())),
+        "a bool clamp": lambda layer: setattr(layer, "clamp", True),
+        "a list clamp": lambda layer: setattr(layer, "clamp", [2.0]),
+    }  # fmt: skip
+    for name, breaks in cases.items():
+        layer = _layer("affine")
+        assert ONE_NODE in _outcome(layer, x)  # a plan is remembered before the layer breaks
+        twin = _two_nodes(layer)
+        breaks(layer)
+        breaks(twin)
+        got, want = _outcome(layer, x), _outcome(twin, x)
+        assert not isinstance(want, str), name
+        assert got == want, name
+
+
+def test_the_backend_is_chosen_on_every_call(monkeypatch):
+    """NF_KERNELS_BACKEND may change between calls: a layer of backend "auto" follows it, as its op does."""
+    layer = _layer("affine")
+    x = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
+    assert ONE_NODE in _node(layer, x)
+    monkeypatch.setenv("NF_KERNELS_BACKEND", "reference")
+    assert ONE_NODE not in _node(layer, x)
+    assert _outcome(layer, x) == _outcome(_two_nodes(layer), x)
+    monkeypatch.setenv("NF_KERNELS_BACKEND", "no-such-backend")
+    assert _outcome(layer, x) == _outcome(_two_nodes(layer), x)
+    monkeypatch.delenv("NF_KERNELS_BACKEND")
+    assert ONE_NODE in _node(layer, x)
+
+
+def test_a_forward_set_on_the_conditioner_instance_is_called():
+    layer = _layer("affine")
+    x = torch.randn(5, 7, dtype=torch.float64)
+    calls = []
+    forward = layer.conditioner.forward
+    layer.conditioner.forward = lambda *args: calls.append(True) or forward(*args)
+    layer(x)
+    assert calls
+
+
 def test_the_raw_op_checks_its_kept_features():
     layer = _layer("affine")
     weights = [p for p in layer.conditioner.parameters()]
@@ -209,6 +262,25 @@ def test_plans_are_remembered_per_combination():
     for batch in (3, 3, 4):
         layer(torch.randn(batch, 7, dtype=torch.float64))
     assert len(fused_coupling_layer._plans) == 2
+
+
+def _spy_on(monkeypatch, name):
+    """Record, call by call, whether the coupling layers' `name` (a one-call step of fused_coupling_layer) ran."""
+    taken = []
+    one_call = getattr(fused_coupling_layer, name)
+
+    def spy(*args):
+        out = one_call(*args)
+        taken.append(out is not None)
+        return out
+
+    monkeypatch.setattr(f"nf_kernels.flows.coupling.{name}", spy)
+    return taken
+
+
+def _same_gradients(first, second):
+    for got, want in zip(first, second, strict=True):
+        assert (got is None and want is None) or torch.equal(got, want)
 
 
 def _memory_saving_flow(name, dtype, one_call, seed=0, **sizes):
@@ -228,15 +300,7 @@ def _memory_saving_flow(name, dtype, one_call, seed=0, **sizes):
 def test_memory_saving_steps_in_one_call_equal_the_python_steps_bitwise(name, dtype, monkeypatch):
     """Memory-saving backprop's step through each coupling, one extension call, gives what the layer's Python step
     gives: the same input gradient and parameter gradients, to the bit."""
-    taken = []
-    one_call = fused_coupling_layer.backward_from_output_in_one_call
-
-    def spy(*args):
-        out = one_call(*args)
-        taken.append(out is not None)
-        return out
-
-    monkeypatch.setattr("nf_kernels.flows.coupling.backward_from_output_in_one_call", spy)
+    taken = _spy_on(monkeypatch, "backward_from_output_in_one_call")
     x = (torch.randn(9, 7) * 2).to(dtype)
     grads = []
     for flag in (True, False):
@@ -247,8 +311,7 @@ def test_memory_saving_steps_in_one_call_equal_the_python_steps_bitwise(name, dt
         grads.append([leaf.grad] + [p.grad for p in flow.parameters()])
     assert taken == [True] * 4  # each coupling of the first flow; the second's never ask
     assert grads[0][1] is None and grads[1][1] is None
-    for got, want in zip(grads[0], grads[1], strict=True):
-        assert (got is None and want is None) or torch.equal(got, want)
+    _same_gradients(*grads)
 
 
 def test_the_rebuilt_step_checks_its_arguments():
@@ -266,15 +329,7 @@ def test_the_rebuilt_step_checks_its_arguments():
 def test_a_recomputed_conditioners_step_in_one_call_equals_the_python_step_bitwise(kind, monkeypatch):
     """recompute_conditioner=True: the layer's step from its input, one extension call, gives the Python step's
     gradients to the bit (and is taken)."""
-    taken = []
-    one_call = fused_coupling_layer.backward_from_input_in_one_call
-
-    def spy(*args):
-        out = one_call(*args)
-        taken.append(out is not None)
-        return out
-
-    monkeypatch.setattr("nf_kernels.flows.coupling.backward_from_input_in_one_call", spy)
+    taken = _spy_on(monkeypatch, "backward_from_input_in_one_call")
     x = torch.randn(9, 7, dtype=torch.float64) * 2
     grads = []
     for flag in (True, False):
@@ -286,5 +341,4 @@ def test_a_recomputed_conditioners_step_in_one_call_equals_the_python_step_bitwi
         (y.square().sum() + (logdet * torch.linspace(-1, 1, 9, dtype=x.dtype)).sum()).backward()
         grads.append([leaf.grad] + [p.grad for p in layer.parameters()])
     assert taken == [True]
-    for got, want in zip(grads[0], grads[1], strict=True):
-        assert (got is None and want is None) or torch.equal(got, want)
+    _same_gradients(*grads)
