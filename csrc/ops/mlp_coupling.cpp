@@ -21,8 +21,10 @@
 #include <c10/util/Exception.h>
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "coupling_autograd.h"
@@ -35,6 +37,25 @@ using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 constexpr const char* kOp = "nf_kernels_ext::mlp_coupling";
+
+// The layer's gradients at (x, h), below autograd: grad_x from the coupling's backward kernel with the
+// conditioner's share added in place into the kept features (when needs(0)), and the MLP's gradients, entry 1 + k
+// for layers[k] where needs(1 + k). `inputs` are the MLP's layer inputs: the kept features, then each hidden one.
+std::pair<at::Tensor, std::vector<at::Tensor>> layer_gradients(const at::Tensor& grad_y, const at::Tensor& grad_logdet,
+                                                               const at::Tensor& x, const at::Tensor& h,
+                                                               const CouplingLayoutArgs& args,
+                                                               const std::vector<at::Tensor>& inputs,
+                                                               at::TensorList layers, int64_t kept_start,
+                                                               int64_t kept_count,
+                                                               const std::function<bool(size_t)>& needs) {
+  auto [grad_x, grad_h] = coupling_gradients(grad_y, grad_logdet, x, h, args, /*record=*/false);
+  std::vector<at::Tensor> grads = mlp_gradients(inputs, layers, grad_h, needs);
+  if (grads[0].defined()) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    grad_x.narrow(1, kept_start, kept_count).add_(grads[0]);  // grad_x is the kernel's fresh tensor
+  }
+  return {grad_x, std::move(grads)};
+}
 
 struct MlpCoupling : public torch::autograd::Function<MlpCoupling> {
   // Inputs: x [B, D], the MLP's layers, and the kept features x[:, kept_start : kept_start + kept_count], which
@@ -79,17 +100,12 @@ struct MlpCoupling : public torch::autograd::Function<MlpCoupling> {
     if (torch::autograd::GradMode::is_enabled())
       return recorded_backward(ctx, x, layers, kept_start, kept_count, args, grads, entries);
 
-    auto [grad_x, grad_h] = coupling_gradients(grads[0], grads[1], x, h, args, /*record=*/false);
     std::vector<at::Tensor> inputs{x.narrow(1, kept_start, kept_count)};
     inputs.insert(inputs.end(), saved.begin() + 3, saved.begin() + 2 + count);
-    const std::vector<at::Tensor> mlp_grads =
-        mlp_gradients(inputs, layers, grad_h, [&](size_t i) { return ctx->needs_input_grad(i); });
+    auto [grad_x, mlp_grads] = layer_gradients(grads[0], grads[1], x, h, args, inputs, layers, kept_start, kept_count,
+                                               [&](size_t i) { return ctx->needs_input_grad(i); });
     variable_list grad_inputs(entries);
-    if (ctx->needs_input_grad(0)) {
-      at::AutoDispatchBelowADInplaceOrView below_autograd;
-      grad_x.narrow(1, kept_start, kept_count).add_(mlp_grads[0]);  // grad_x is the kernel's fresh tensor
-      grad_inputs[0] = grad_x;
-    }
+    if (ctx->needs_input_grad(0)) grad_inputs[0] = grad_x;
     for (size_t i = 1; i < mlp_grads.size(); ++i) grad_inputs[i] = mlp_grads[i];
     return grad_inputs;
   }
@@ -162,12 +178,11 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> mlp_coupling_rebuilt
                            ? std::get<0>(raw_coupling_forward(
                                  input, h, {transformed, inverse_layout->vec(), clamp, clamp_low, std::nullopt, poison}))
                            : input;
-  auto [grad_x, grad_h] = coupling_gradients(
-      grad_y, grad_logdet, x, h, {transformed, layout.vec(), clamp, clamp_low, std::nullopt, poison}, false);
-  // Entry 0 of mlp_gradients is the kept features' (always needed: grad_x gets it), entry 1 + k layers[k]'s.
-  const std::vector<at::Tensor> grads =
-      mlp_gradients(inputs, layers, grad_h, [&](size_t i) { return i == 0 || layer_needs_grad[i - 1] != 0; });
-  grad_x.narrow(1, kept_start, kept_count).add_(grads[0]);
+  // The kept features' share of grad_x is always needed (entry 0), layers[k]'s gradient where flagged.
+  auto [grad_x, grads] =
+      layer_gradients(grad_y, grad_logdet, x, h, {transformed, layout.vec(), clamp, clamp_low, std::nullopt, poison},
+                      inputs, layers, kept_start, kept_count,
+                      [&](size_t i) { return i == 0 || layer_needs_grad[i - 1] != 0; });
   std::vector<at::Tensor> layer_grads;
   for (size_t k = 0; k < layers.size(); ++k)
     if (layer_needs_grad[k]) layer_grads.push_back(grads[1 + k]);

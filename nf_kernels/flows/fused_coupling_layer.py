@@ -26,42 +26,22 @@ from torch import Tensor
 
 from .._arguments import logdet_dtype
 from .._dispatch import get_backend, resolve_backend
-from .._prepared import MAX_ENTRIES, PreparedCall, prepare_call
+from .._prepared import PreparedCall, prepare_call
 from .conditioners import MLP
 from .fused_mlp import fused_layers, hooked, may_run_as_node
-
-
-# (layer options with their types, direction, x's shape, dtype and device, h's width) -> the checked PreparedCall of
-# that combination. What prepare_call checks depends on nothing else, so a hit is known to pass its checks. The
-# backend is resolved on every call (a cached lookup), since NF_KERNELS_BACKEND may change between calls.
-_plans: dict = {}
 
 
 def _plan(layer, x: Tensor, h_width: int, reverse: bool = False) -> Optional[tuple[Any, PreparedCall]]:
     """(the backend object, the PreparedCall) of the layer's coupling on `x`, or None where the call cannot take the
     one node: a backend without it, nothing to transform, or options the checks reject (the layer's own path then
-    raises its error)."""
+    raises its error). prepare_call remembers the checked call per combination, keyed on h's shape, dtype and
+    device, which an empty h of the conditioner's output shape gives; the backend is resolved on every call (a
+    cached lookup), since NF_KERNELS_BACKEND may change between calls."""
     options = layer._op_options()
     try:
-        key = (layer.flip, layer.backend, tuple((k, type(v), v) for k, v in options.items()), reverse, x.shape,
-               x.dtype, x.device, h_width)  # fmt: skip
-        prepared = _plans.get(key)
-    except TypeError:  # an unhashable option: never remembered, and the checks reject it below
-        key, prepared = None, None
-    if prepared is None:
-        # Checked in full, on an h of the conditioner's output shape, once per combination.
-        h = x.new_empty((x.shape[0], h_width))
-        try:
-            prepared = prepare_call(x, h, "half", layer.flip, options.get("scale"), options.get("clamp", 1.0),
-                                    options.get("shift_first", False), reverse, layer.backend,
-                                    options.get("additive", False), "scale_shift")  # fmt: skip
-        except (TypeError, ValueError, RuntimeError):
-            return None
-        if key is not None:
-            if len(_plans) >= MAX_ENTRIES:
-                _plans.clear()
-            _plans[key] = prepared
-    try:
+        prepared = prepare_call(x, x.new_empty((x.shape[0], h_width)), "half", layer.flip, options.get("scale"),
+                                options.get("clamp", 1.0), options.get("shift_first", False), reverse, layer.backend,
+                                options.get("additive", False), "scale_shift")  # fmt: skip
         backend = get_backend(resolve_backend(layer.backend, x.device, prepared.config))
     except (TypeError, ValueError, RuntimeError):
         return None
@@ -87,10 +67,10 @@ def _layers(layer, x: Tensor, context: Optional[Tensor]) -> Optional[list[Tensor
     if hooked(conditioner) or not may_run_as_node(x, kept.stop - kept.start):
         return None
     layers = fused_layers(conditioner.net)
-    # Parameters of another dtype or device fail in the conditioner's first product: the modules raise that error.
-    if layers is None or any(p.dtype != x.dtype or p.device != x.device for p in layers):
+    if layers is None:
         return None
-    # A conditioner whose layers do not chain (a replaced layer): its own node raises the error.
+    # A conditioner whose layers do not chain (a replaced layer): its own node raises the error. (Parameters of
+    # another dtype or device need no test: the conditioner's first product raises the same error either way.)
     width = kept.stop - kept.start
     for weight in layers[::2]:
         if weight.dim() != 2 or weight.shape[1] != width:
@@ -147,8 +127,3 @@ def _rebuilt_backward(layer, input: Tensor, grad_y: Tensor, grad_logdet: Tensor,
     )  # fmt: skip
     sink.add([p for p, need in zip(layers, needs) if need], grads, None)
     return x, grad_x
-
-
-def clear() -> None:
-    """Forget every plan (tests)."""
-    _plans.clear()

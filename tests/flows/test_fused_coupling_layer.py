@@ -11,6 +11,7 @@ from conftest import FUSED_CPU_BACKENDS
 from flows_helpers import log_abs_det_jacobian, realnvp_after_steps
 from torch.autograd import forward_ad
 
+from nf_kernels import _prepared
 from nf_kernels._arguments import SCALES
 from nf_kernels.flows import AdditiveCoupling, AffineCoupling, build_model
 from nf_kernels.flows import fused_coupling_layer
@@ -257,11 +258,11 @@ def test_the_raw_op_checks_its_kept_features():
 
 
 def test_plans_are_remembered_per_combination():
-    fused_coupling_layer.clear()
+    _prepared.clear()
     layer = _layer("affine")
     for batch in (3, 3, 4):
         layer(torch.randn(batch, 7, dtype=torch.float64))
-    assert len(fused_coupling_layer._plans) == 2
+    assert _prepared.cached_calls() == 2
 
 
 def _spy_on(monkeypatch, name):
