@@ -94,6 +94,10 @@ class _CouplingLayer(FlowLayer):
     # layers do (_ONE_NODE_LAYERS).
     _one_node = True
 
+    @property
+    def _takes_one_node(self) -> bool:
+        return self._one_node and type(self) in _ONE_NODE_LAYERS
+
     def _h_shape(self) -> Shape:
         """The shape of one sample of the conditioner's output, which the op takes."""
         return expected_h_shape(torch.Size((1, *self.input_shape)), self.mask_kind, self._additive)[1:]
@@ -157,7 +161,7 @@ class _CouplingLayer(FlowLayer):
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         if self.recompute_conditioner and torch.is_grad_enabled() and not torch.compiler.is_compiling():
             return forward_recomputing_conditioner(self, x, context)
-        if self._one_node and type(self) in _ONE_NODE_LAYERS:
+        if self._takes_one_node:
             out = forward_as_one_node(self, x, context)
             if out is not None:
                 return out
@@ -176,7 +180,7 @@ class _CouplingLayer(FlowLayer):
         `h` that both rebuilds the input (the op's inverse) and feeds the op's fused backward, which runs directly:
         the layer's forward is never recomputed.
         """
-        if self._one_node and type(self) in _ONE_NODE_LAYERS:
+        if self._takes_one_node:
             out = backward_from_output_in_one_call(self, y, grad_y, grad_logdet, sink)
             if out is not None:
                 return out
@@ -188,7 +192,7 @@ class _CouplingLayer(FlowLayer):
     def backward_from_input(self, x: Tensor, grad_y: Tensor, grad_logdet: Tensor, sink: GradientSink) -> Tensor:
         """The gradient of the layer's input `x` from (output gradient, log-det gradient), recomputing the
         conditioner on `x` (the forward kept nothing else); parameters' and context's gradients go to `sink`."""
-        if self._one_node and type(self) in _ONE_NODE_LAYERS:
+        if self._takes_one_node:
             grad_x = backward_from_input_in_one_call(self, x, grad_y, grad_logdet, sink)
             if grad_x is not None:
                 return grad_x
