@@ -214,7 +214,7 @@ PROFILE_KINDS = {
 }
 
 
-def profile_ways(steps: dict[str, Callable[[], None]], repeats: int = 3) -> dict[str, dict[str, float]]:
+def profile_ways(steps: dict[str, Callable[[], None]], repeats: int = 5) -> dict[str, dict[str, float]]:
     """Seconds of self time a step, by PROFILE_KINDS and "other", for each way (torch.profiler over `repeats`
     steps)."""
     from torch.profiler import ProfilerActivity, profile
