@@ -224,6 +224,26 @@ def runs_eagerly(x: Tensor, h: Tensor) -> bool:
     )
 
 
+def under_function_transform() -> bool:
+    """A torch.func transform (grad, vjp, jvp, jacrev, hessian, vmap, ...) runs this call, outside torch.compile.
+    The custom ops' autograd, torch.library's, has no functorch rule: grad, jacrev and jvp refuse it and vmap runs
+    it sample by sample. Such a call takes :func:`reference_coupling` instead."""
+    return not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active()
+
+
+def reference_coupling(x: Tensor, h: Tensor, mask: Optional[Tensor], config: CouplingConfig) -> tuple[Tensor, Tensor]:
+    """(y, logdet) of a checked call by the reference formulas (the "reference" backend, the oracle every other
+    backend is tested against): plain PyTorch ops, which every torch.func transform differentiates and batches.
+    Correct to the SPEC's tolerances on any backend, but not fused."""
+    return get_backend("reference").forward(x, h, mask, config)
+
+
+def reference_spline_coupling(x: Tensor, params: Tensor, mask: Optional[Tensor],
+                              config: SplineConfig) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """The spline coupling's :func:`reference_coupling`."""
+    return get_backend("reference").spline_forward(x, params, mask, config)
+
+
 def eager_coupling_backward(
     grad_y: Tensor, grad_logdet: Tensor, x: Tensor, h: Tensor, mask, prepared: PreparedCall, backend: str
 ) -> tuple[Tensor, Tensor]:

@@ -178,6 +178,8 @@ def spline_coupling(
         x, params, mask=mask, flip=flip, bins=bins, bound=bound, min_bin_width=min_bin_width,
         min_bin_height=min_bin_height, min_derivative=min_derivative, reverse=reverse, backend=backend,
     )  # fmt: skip
+    if _ops.under_function_transform():
+        return _ops.reference_spline_coupling(x, params, mask_tensor, config)
     backend = resolve_spline_backend(backend, x.device, config.bins)
     return _ops.spline_coupling_op(x, params, mask_tensor, *config, backend)
 
@@ -187,13 +189,16 @@ def _coupling(x, h, mask, flip, scale, clamp, shift_first, reverse, backend, add
 
     A plain eager call is checked once per combination of shapes and options (nf_kernels/_prepared.py) and may
     take the backend's own differentiable op; anything traced or unusual is checked in full and goes through the
-    custom op (nf_kernels/_ops.py says why).
+    custom op (nf_kernels/_ops.py says why), but for a call under a torch.func transform, which computes the
+    reference formulas (:func:`~nf_kernels._ops.under_function_transform`).
     """
     if not _ops.runs_eagerly(x, h):
         mask_tensor, config = check_coupling_args(
             x, h, mask=mask, flip=flip, reverse=reverse, backend=backend, additive=additive, scale=scale,
             clamp=clamp, shift_first=shift_first, h_layout=h_layout,
         )  # fmt: skip
+        if _ops.under_function_transform():
+            return _ops.reference_coupling(x, h, mask_tensor, config)
         return _ops.coupling_op(x, h, mask_tensor, *config, resolve_backend(backend, x.device, config))
     prepared = prepare_call(x, h, mask, flip, scale, clamp, shift_first, reverse, backend, additive, h_layout)
     return _ops.eager_coupling(x, h, mask, prepared, resolve_backend(backend, x.device, prepared.config))

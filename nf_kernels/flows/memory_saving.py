@@ -152,9 +152,10 @@ def forward_keeping_no_activations(
     """`standard_forward(layers, x, context)` as one autograd node that stores only the stack's output.
 
     Runs `standard_forward` itself when there is nothing to differentiate (no_grad, or no input or parameter
-    that requires a gradient): the two are then the same computation.
+    that requires a gradient): the two are then the same computation. Under a torch.func transform too, which
+    differentiates the standard path itself (a Python autograd.Function without setup_context runs in none).
     """
-    if not torch.is_grad_enabled() or len(layers) == 0:
+    if not torch.is_grad_enabled() or len(layers) == 0 or _ops.under_function_transform():
         return standard_forward(layers, x, context)
     params = _parameters(layers)
     if not _needs_grad(x, context, params):
