@@ -150,7 +150,7 @@ def test_traced_and_unusual_calls_take_the_custom_op():
         y, logdet = nf_kernels.affine_coupling(fx, fh, backend="cpu")
         assert y.shape == x.shape and logdet.shape == (2,)
     assert not _ops.runs_eagerly(torch.randn(2, 4), torch.randn(2, 4).as_subclass(_Subclass))
-    # Under torch.func transforms a C++ autograd Function raises; they are left to the custom op.
+    # Under torch.func transforms a C++ autograd Function raises; such calls take the reference formulas.
     seen = []
 
     def record(x):
