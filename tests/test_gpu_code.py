@@ -17,12 +17,16 @@ import dataclasses
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
 import pytest
 
 from nf_kernels.benchmarking import gpu_code  # imports no Triton at module level: safe under the interpreter
+
+# One process runs this module (README's test command: --dist loadgroup), so its report fixture is built once.
+pytestmark = pytest.mark.xdist_group("gpu_code")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -278,6 +282,14 @@ def test_cuda_sources_and_their_launch_geometry():
     assert gpu_code.spline_geometry("float", 6, (1000, 3), 132).grid == 4  # a lane a sample
 
 
+def test_check_cuda_compiles_with_the_build_flags():
+    """.ci/check_cuda.sh's objects stand in for this module's own nvcc build in CI: same flags, or the SASS read here
+    would not be the build's."""
+    script = (ROOT / ".ci" / "check_cuda.sh").read_text()
+    listed = re.search(r"BUILD_FLAGS=\(([^)]*)\)", script).group(1).split()
+    assert listed == gpu_code.NVCC_FLAGS
+
+
 def test_cuda_objects_are_matched_to_their_sources_by_kernel_names(tmp_path):
     coupling = tmp_path / "built.o"  # any name: the old `--cuda-object BUILT.o` of the coupling kernels
     coupling.write_bytes(b"\x7fELF _ZN10nf_kernels4cuda23coupling_forward_kernelIffLb1EEEvv")
@@ -340,7 +352,11 @@ def report(tmp_path_factory) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     command = [sys.executable, "-m", "nf_kernels.benchmarking.gpu_code", "--arch", "90", "--json", str(out)]
-    if gpu_code.nvcc() is None:
+    prebuilt = os.environ.get("NF_KERNELS_CUDA_OBJECTS")
+    if prebuilt:
+        # .ci/check_cuda.sh built these already, with the same flags (test_check_cuda_compiles_with_the_build_flags).
+        command += ["--cuda-object", prebuilt]
+    elif gpu_code.nvcc() is None:
         command.append("--no-cuda")
     # nvcc's ptxas is the slow part: with the peers' scale maps every CUDA kernel has 12 scale instantiations, and
     # on a busy 2-core machine one sm_90 pass took over 10 minutes; a timeout here would fail CI for no defect.
