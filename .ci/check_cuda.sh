@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # Compile the torch-free CUDA kernels (csrc/cuda/coupling_kernels.cu, spline_kernels.cu) without a GPU, so a CUDA
 # syntax or template error fails CI: `nvcc -c` for sm_80 and sm_90 with the extension build's flags
-# (nf_kernels.benchmarking.gpu_code.NVCC_FLAGS, which tests/test_ci_scripts.py holds this list to), warnings as
-# errors. Needs no torch, so CI runs it before the install. The objects go to $NF_KERNELS_CUDA_OBJECTS when it is
-# set: tests/test_gpu_code.py then reads their sm_90 SASS instead of compiling the same kernels again.
+# (nf_kernels.benchmarking.gpu_code.NVCC_FLAGS: tests/test_gpu_code.py holds the list below to it), warnings as
+# errors. Needs no torch, so CI runs it before the install. The objects go to $NF_KERNELS_TEST_CUDA_OBJECTS when it
+# is set: tests/test_gpu_code.py then reads their sm_90 SASS instead of compiling the same kernels again.
 # The torch glue's syntax check is .ci/check_cuda_glue.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NVCC="${NVCC:-$(command -v nvcc || echo /usr/local/bin/nvcc)}"
 WORK="$(mktemp -d)"
-trap 'rm -rf "$WORK"' EXIT
-OUT="${NF_KERNELS_CUDA_OBJECTS:-$WORK}"
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null; rm -rf "$WORK"' EXIT
+OUT="${NF_KERNELS_TEST_CUDA_OBJECTS:-$WORK}"
 mkdir -p "$OUT"
+rm -f "$OUT"/*.o  # never leave an older build's objects for the SASS test
 
 BUILD_FLAGS=(-std=c++17 -O3 --expt-relaxed-constexpr -lineinfo -D__CUDA_NO_HALF_OPERATORS__
              -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__ -D__CUDA_NO_HALF2_OPERATORS__
@@ -21,7 +23,6 @@ BUILD_FLAGS=(-std=c++17 -O3 --expt-relaxed-constexpr -lineinfo -D__CUDA_NO_HALF_
 # The two files compile at once, and each compiles its two archs at once (--threads 2): CI has two cores, and the
 # coupling kernels alone took 6.5 of 7 minutes compiled one arch after the other.
 kernel_files=(coupling_kernels spline_kernels)
-pids=()
 for kernels in "${kernel_files[@]}"; do
   "$NVCC" -c "csrc/cuda/$kernels.cu" -o "$OUT/$kernels.o" "${BUILD_FLAGS[@]}" \
     -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \

@@ -178,9 +178,9 @@ def spline_coupling(
         x, params, mask=mask, flip=flip, bins=bins, bound=bound, min_bin_width=min_bin_width,
         min_bin_height=min_bin_height, min_derivative=min_derivative, reverse=reverse, backend=backend,
     )  # fmt: skip
+    backend = resolve_spline_backend(backend, x.device, config.bins)  # its errors, under a transform too
     if _ops.under_function_transform():
         return _ops.reference_spline_coupling(x, params, mask_tensor, config)
-    backend = resolve_spline_backend(backend, x.device, config.bins)
     return _ops.spline_coupling_op(x, params, mask_tensor, *config, backend)
 
 
@@ -197,9 +197,10 @@ def _coupling(x, h, mask, flip, scale, clamp, shift_first, reverse, backend, add
             x, h, mask=mask, flip=flip, reverse=reverse, backend=backend, additive=additive, scale=scale,
             clamp=clamp, shift_first=shift_first, h_layout=h_layout,
         )  # fmt: skip
+        backend = resolve_backend(backend, x.device, config)  # its errors, under a transform too
         if _ops.under_function_transform():
             return _ops.reference_coupling(x, h, mask_tensor, config)
-        return _ops.coupling_op(x, h, mask_tensor, *config, resolve_backend(backend, x.device, config))
+        return _ops.coupling_op(x, h, mask_tensor, *config, backend)
     prepared = prepare_call(x, h, mask, flip, scale, clamp, shift_first, reverse, backend, additive, h_layout)
     return _ops.eager_coupling(x, h, mask, prepared, resolve_backend(backend, x.device, prepared.config))
 

@@ -139,7 +139,7 @@ def test_poisoning_reaches_the_eager_op(monkeypatch):
     assert seen == [False, True]
 
 
-def test_traced_and_unusual_calls_take_the_custom_op():
+def test_traced_and_unusual_calls_leave_the_eager_path():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     x, h = torch.randn(2, 4, requires_grad=True), torch.randn(2, 4, requires_grad=True)

@@ -25,8 +25,9 @@ import pytest
 
 from nf_kernels.benchmarking import gpu_code  # imports no Triton at module level: safe under the interpreter
 
-# One process runs this module (README's test command: --dist loadgroup), so its report fixture is built once.
-pytestmark = pytest.mark.xdist_group("gpu_code")
+# One process runs this module (README's test command: --dist loadgroup), so its report fixture is built once, and
+# tests/test_triton_gpu_compile.py after or before it, not beside it.
+pytestmark = pytest.mark.xdist_group("gpu_compile")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -283,11 +284,17 @@ def test_cuda_sources_and_their_launch_geometry():
 
 
 def test_check_cuda_compiles_with_the_build_flags():
-    """.ci/check_cuda.sh's objects stand in for this module's own nvcc build in CI: same flags, or the SASS read here
-    would not be the build's."""
+    """.ci/check_cuda.sh's objects stand in for this module's own nvcc build in CI: the same flags, which are the
+    extension build's, or the SASS read here would not be the build's."""
+    from torch.utils.cpp_extension import COMMON_NVCC_FLAGS
+
+    from nf_kernels import _build
+
     script = (ROOT / ".ci" / "check_cuda.sh").read_text()
     listed = re.search(r"BUILD_FLAGS=\(([^)]*)\)", script).group(1).split()
     assert listed == gpu_code.NVCC_FLAGS
+    assert '"${BUILD_FLAGS[@]}"' in script
+    assert set(_build.NVCC_FLAGS + COMMON_NVCC_FLAGS) <= set(gpu_code.NVCC_FLAGS)
 
 
 def test_cuda_objects_are_matched_to_their_sources_by_kernel_names(tmp_path):
@@ -352,9 +359,11 @@ def report(tmp_path_factory) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     command = [sys.executable, "-m", "nf_kernels.benchmarking.gpu_code", "--arch", "90", "--json", str(out)]
-    prebuilt = os.environ.get("NF_KERNELS_CUDA_OBJECTS")
+    prebuilt = os.environ.get("NF_KERNELS_TEST_CUDA_OBJECTS")
     if prebuilt:
         # .ci/check_cuda.sh built these already, with the same flags (test_check_cuda_compiles_with_the_build_flags).
+        objects = sorted(pathlib.Path(prebuilt).glob("*.o"))
+        assert len(objects) == len(gpu_code.CUDA_SOURCES), f"NF_KERNELS_TEST_CUDA_OBJECTS={prebuilt} holds {objects}"
         command += ["--cuda-object", prebuilt]
     elif gpu_code.nvcc() is None:
         command.append("--no-cuda")

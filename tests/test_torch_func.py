@@ -11,6 +11,7 @@ from torch.nn.utils.stateless import _reparametrize_module
 import nf_kernels
 from nf_kernels import _ops
 from nf_kernels._arguments import check_coupling_args
+from nf_kernels._masks import kept_elements
 from nf_kernels.backends.reference import reference_forward
 from nf_kernels.flows import realnvp
 
@@ -22,6 +23,8 @@ def _ops_of(backend):
     return {
         "affine tanh": lambda x, h: nf_kernels.affine_coupling(x, h, scale="tanh", backend=backend),
         "affine exp flip": lambda x, h: nf_kernels.affine_coupling(x, h, flip=True, backend=backend),
+        # s_raw beyond the bounds: pyro's gradient of 1 there, not autograd's 0 through a clamp.
+        "affine clip": lambda x, h: nf_kernels.affine_coupling(x, 4 * h, scale="clip", clamp=0.3, backend=backend),
         "additive": lambda x, h: nf_kernels.additive_coupling(x, h[:, :4], backend=backend),
         "spline": lambda x, h: nf_kernels.spline_coupling(x, _spline_params(h), bins=BINS, backend=backend),
     }
@@ -95,14 +98,47 @@ def test_hessian_and_vmap(backend):
 
 def test_a_call_under_a_transform_takes_the_reference_formulas(monkeypatch):
     calls = []
-    original = _ops.reference_coupling
-    monkeypatch.setattr(_ops, "reference_coupling", lambda *a: calls.append(1) or original(*a))
+    reference, eager = _ops.reference_coupling, _ops.eager_coupling
+    monkeypatch.setattr(_ops, "reference_coupling", lambda *a: calls.append("reference") or reference(*a))
+    monkeypatch.setattr(_ops, "eager_coupling", lambda *a: calls.append("eager") or eager(*a))
     x, h = _inputs()
     grad(lambda x: nf_kernels.affine_coupling(x, h, backend=CPU_BACKENDS[-1])[1].sum())(x)
-    assert calls, "the call under grad did not take the reference formulas"
-    calls.clear()
     nf_kernels.affine_coupling(x, h, backend=CPU_BACKENDS[-1])
-    assert not calls, "a plain call took the reference formulas"
+    assert calls == ["reference", "eager"]
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_values_of_h_at_kept_positions_stay_out_of_the_gradients(backend):
+    """The SPEC: h at kept positions is ignored, its gradient zero, even where it is inf or NaN."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 2, 4, 5, generator=g, dtype=torch.float64)
+    h = torch.randn(3, 4, 4, 5, generator=g, dtype=torch.float64)
+    kept = kept_elements((2, 4, 5), "checkerboard", False)
+    h[:, :2][:, kept] = float("inf")  # s_raw
+    h[:, 2:][:, kept] = float("nan")  # t
+
+    def loss(h):
+        y, logdet = nf_kernels.affine_coupling(x, h, mask="checkerboard", backend=backend)
+        return y.sum() + logdet.sum()
+
+    found = grad(loss)(h)
+    hr = h.clone().requires_grad_()
+    loss(hr).backward()
+    assert not found.isnan().any()
+    torch.testing.assert_close(found, hr.grad, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_empty_batches_and_bad_backends_under_a_transform(backend):
+    x, h = torch.zeros(0, 7, dtype=torch.float64), torch.zeros(0, 8, dtype=torch.float64)
+    for name, op in _ops_of(backend).items():
+        assert grad(lambda x: op(x, h)[1].sum())(x).shape == (0, 7), name
+    # The backend's own errors (SPEC section 1), as without a transform.
+    x, h = _inputs()
+    with pytest.raises(RuntimeError, match="cannot run on cpu"):
+        grad(lambda x: nf_kernels.affine_coupling(x, h, backend="cuda")[1].sum())(x)
+    with pytest.raises(RuntimeError, match="cannot run on cpu"):
+        grad(lambda x: nf_kernels.spline_coupling(x, _spline_params(h), bins=BINS, backend="cuda")[1].sum())(x)
 
 
 @pytest.mark.parametrize("option", ["standard", "memory_saving", "recompute_conditioner"])

@@ -9,6 +9,10 @@ import pytest
 
 pytest.importorskip("triton")
 
+# One process runs this and tests/test_gpu_code.py, one after the other (README's test command: --dist loadgroup):
+# the two heaviest compiles of the suite, whose timeouts assume they do not share the machine with each other.
+pytestmark = pytest.mark.xdist_group("gpu_compile")
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 

@@ -20,6 +20,30 @@ from . import reference_spline
 from .reference_masks import half_join, half_split, transformed_elements
 
 
+class _ClipPassingGradients(torch.autograd.Function):
+    """s clamped to [low, high], with pyro's gradient: 1 everywhere (the SPEC's "clip" row), where autograd through
+    ``clamp`` would give 0 outside the bounds. The hand-written backward below never differentiates this forward;
+    autograd and torch.func do, when a call under a transform takes these formulas (nf_kernels/_ops.py)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(s: Tensor, low: float, high: float) -> Tensor:
+        return s.clamp(low, high)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None, None
+
+    @staticmethod
+    def jvp(ctx, tangent, _low, _high):
+        return tangent
+
+
 def scale_map(s: Tensor, scale: str, clamp: float, clamp_low: float = 0.0) -> Tensor:
     """log_scale = a(s_raw), the SPEC's table of scale parameterizations."""
     if scale == "exp":
@@ -37,7 +61,7 @@ def scale_map(s: Tensor, scale: str, clamp: float, clamp_low: float = 0.0) -> Te
     if scale == "softclamp":  # zuko's MonotonicAffineTransform, clamp = -log(slope)
         return s / (1.0 + s.abs() / clamp)
     if scale == "clip":  # pyro's clamp of the log-scale to [low, high]
-        return s.clamp(clamp_low, clamp)
+        return _ClipPassingGradients.apply(s, clamp_low, clamp)
     if scale == "freia_atan":
         return clamp * FREIA_ATAN_FACTOR * torch.atan(s)
     if scale == "freia_tanh":
@@ -147,6 +171,10 @@ def reference_forward(x: Tensor, h: Tensor, mask: Optional[Tensor], config: Coup
         y = half_join(x_kept, out_t, config)
     else:
         transformed = transformed_elements(x, mask, config)
+        # Zero parameters at kept positions before the step: their outputs are dropped below, and with autograd
+        # (torch.func takes these formulas) an inf or NaN there would still send 0 * inf = NaN into the gradients.
+        s = None if s is None else torch.where(transformed, s, torch.zeros_like(s))
+        t = torch.where(transformed, t, torch.zeros_like(t))
         out, a = _step(xc, s, t, config)
         # torch.where, not multiplication by the mask: values at kept positions are ignored, even NaN or Inf.
         y = torch.where(transformed, out, xc)

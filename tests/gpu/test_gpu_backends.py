@@ -17,6 +17,8 @@ INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
     pytest.mark.skipif(INTERPRETING, reason="checks compiled kernels: run with TRITON_INTERPRET=0"),
+    # One process at a time on the GPU (under --dist loadgroup): the large cases check free memory, then take it.
+    pytest.mark.xdist_group("gpu"),
 ]
 
 DEVICE = "cuda"
