@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 NVCC="${NVCC:-$(command -v nvcc || echo /usr/local/bin/nvcc)}"
 WORK="$(mktemp -d)"
 pids=()
-trap 'kill "${pids[@]}" 2>/dev/null; rm -rf "$WORK"' EXIT
+trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 OUT="${NF_KERNELS_TEST_CUDA_OBJECTS:-$WORK}"
 mkdir -p "$OUT"
 rm -f "$OUT"/*.o  # never leave an older build's objects for the SASS test
