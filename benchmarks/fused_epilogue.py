@@ -50,6 +50,11 @@ def rows_way(rows: int) -> str:
     return f"rows {rows}"
 
 
+def block_rows(way: str) -> Optional[int]:
+    """The block size of a tiled way (``rows_way``), None for the others."""
+    return int(way.split()[1]) if way.startswith("rows ") else None
+
+
 class Epilogue(torch.autograd.Function):
     """One coupling layer: its conditioner (two hidden ReLU layers, then the last layer) and the coupling kernel,
     the last layer and the coupling run as `way` says (module docstring)."""
@@ -61,8 +66,8 @@ class Epilogue(torch.autograd.Function):
         kept = x[:, kept_start : kept_start + half]
         a1 = torch.addmm(b1, kept, w1.t()).relu_()
         a2 = torch.addmm(b2, a1, w2.t()).relu_()
-        if way.startswith("rows "):
-            rows = int(way.split()[1])
+        rows = block_rows(way)
+        if rows is not None:
             h = x.new_empty(x.shape[0], w3.shape[0])
             y, logdet = torch.empty_like(x), x.new_empty(x.shape[0])
             for r in range(0, x.shape[0], rows):
@@ -79,17 +84,16 @@ class Epilogue(torch.autograd.Function):
                 h = torch.addmm(b3, a2, w3.t())
             y, logdet = ops.coupling_forward(x, h, None, layout, CLAMP, 0.0, None, False)
         ctx.save_for_backward(x, h, kept, a1, a2, w1, w2, w3)
-        ctx.kept_start, ctx.layout, ctx.way = kept_start, layout, way
+        ctx.kept_start, ctx.layout, ctx.way, ctx.rows = kept_start, layout, way, rows
         return y, logdet
 
     @staticmethod
     def backward(ctx, grad_y, grad_logdet):
         ops = torch.ops.nf_kernels_ext
         x, h, kept, a1, a2, w1, w2, w3 = ctx.saved_tensors
-        kept_start, layout, way = ctx.kept_start, ctx.layout, ctx.way
+        kept_start, layout, way, rows = ctx.kept_start, ctx.layout, ctx.way, ctx.rows
         grad_b3 = None
-        if way.startswith("rows "):
-            rows = int(way.split()[1])
+        if rows is not None:
             grad_x = torch.empty_like(x)
             grad_w3_t = a2.new_zeros(a2.shape[1], w3.shape[0])  # a^T grad_h: the faster product's layout
             grad_b3 = h.new_zeros(w3.shape[0])

@@ -1,5 +1,5 @@
-"""benchmarks/fused_epilogue.py at tiny sizes: every way of running the last layer and the coupling agrees with the
-separate way before anything is timed, and the check catches a way that does not."""
+"""benchmarks/fused_epilogue.py at tiny sizes: every way of running the last layer and the coupling agrees with plain
+autograd before anything is timed, and the check catches a way that does not."""
 
 import importlib.util
 from pathlib import Path
@@ -9,8 +9,8 @@ import torch
 from conftest import FUSED_CPU_BACKENDS
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--profile", "--features", "10", "--hidden", "3", "--couplings", "2", "--batch", "7", "--rows", "2", "3", "--rounds", "1",
-        "--steps", "1"]  # fmt: skip
+TINY = ["--profile", "--features", "10", "--hidden", "3", "--couplings", "2", "--batch", "7", "--rows", "2", "3",
+        "--rounds", "1", "--steps", "1"]  # fmt: skip
 
 pytestmark = pytest.mark.skipif("cpu" not in FUSED_CPU_BACKENDS, reason="needs the C++ extension")
 

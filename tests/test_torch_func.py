@@ -42,10 +42,6 @@ def _inputs(seed=0):
     return x, h
 
 
-def _autograd_jacobian(fn, x):
-    return torch.autograd.functional.jacobian(fn, x)
-
-
 CASES = [(backend, name) for backend in CPU_BACKENDS for name in _ops_of(backend)]
 
 
@@ -60,7 +56,7 @@ def test_grad_jacrev_and_jvp_are_autograds_derivatives(backend, name):
     torch.testing.assert_close(gx, xr.grad, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(gh, hr.grad, rtol=1e-12, atol=1e-12)
     # The Jacobian of y in x, and a Jacobian-vector product with it.
-    expected = _autograd_jacobian(lambda x: op(x, h)[0], x)
+    expected = torch.autograd.functional.jacobian(lambda x: op(x, h)[0], x)
     torch.testing.assert_close(jacrev(lambda x: op(x, h)[0])(x), expected, rtol=1e-12, atol=1e-12)
     v = torch.randn_like(x)
     _, tangent = jvp(lambda x: op(x, h)[0], (x,), (v,))
