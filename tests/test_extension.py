@@ -159,7 +159,8 @@ def test_large_multi_tile_shape_matches_reference(mask, dtype, h_dtype):
 _VARIANT_CHECK = """
 import itertools, torch
 from nf_kernels.backends import reference
-from nf_kernels.backends.extension import CPU_BACKEND
+from nf_kernels.backends.extension import CPU_BACKEND, _op_arguments
+from nf_kernels._layout import flat_layout
 from nf_kernels._arguments import CouplingConfig
 from nf_kernels._masks import expected_h_shape
 print(torch.ops.nf_kernels_ext.cpu_isa())
@@ -177,6 +178,15 @@ for mask, scale, shift_first, reverse in itertools.product(
         gy.double(), gl.double(), x.double(), h.double(), None, config)
     for out, ref in zip(outs, refs):
         worst = max(worst, ((out.double() - ref).norm() / ref.norm().clamp_min(1e-300)).item())
+    # The raw ops' h_bias (a sample's parameters are runs here): the same bits as h + h_bias, or a failure.
+    raw = _op_arguments(flat_layout(x, None, config))
+    bias = torch.randn(h[0].numel(), generator=g)
+    biased = torch.ops.nf_kernels_ext.coupling_forward(x, h, *raw, h_bias=bias) + \
+        torch.ops.nf_kernels_ext.coupling_backward(gy, gl, x, h, *raw, h_bias=bias)
+    added = torch.ops.nf_kernels_ext.coupling_forward(x, h + bias.view(h.shape[1:]), *raw) + \
+        torch.ops.nf_kernels_ext.coupling_backward(gy, gl, x, h + bias.view(h.shape[1:]), *raw)
+    if not all(torch.equal(a, b) for a, b in zip(biased, added)):
+        worst = float("inf")
 print(worst)
 """
 
@@ -233,6 +243,90 @@ def test_ops_reject_a_layout_that_does_not_fit_the_tensors():
     x_, h_, transformed, packed, clamp, _, h_index = _op_inputs(*clip)
     with pytest.raises(RuntimeError, match="clamp_low < clamp"):
         torch.ops.nf_kernels_ext.coupling_forward(x_, h_, transformed, packed, clamp, clamp + 1.0, h_index)
+
+
+# The raw ops' h_bias, on layouts whose parameters are runs of h: odd vectors, a multi-tile sample (16384 elements a
+# tile, 256 a chunk), images with the half and checkerboard masks, a mask tensor; both h layouts and every direction.
+H_BIAS_CASES = [
+    ((3, 37), "half", "tanh", "scale_shift", False, False),
+    ((2, 2 * 16384 + 1030), "half", "tanh", "scale_shift", True, False),
+    ((3, 37), "half", "none", "scale_shift", False, True),
+    ((2, 5, 3, 7), "half", "exp", "shift_scale", True, True),
+    ((2, 3, 5, 7), "checkerboard", "sigmoid", "scale_shift", False, True),
+    ((3, 2, 5, 3), "tensor", "clip", "shift_scale", True, False),
+]
+
+
+def _bias_inputs(case, dtype, backward):
+    shape, mask, scale, h_layout, flip, reverse = case
+    x, h, mask_tensor, config = _case(shape, mask, scale, dtype, flip=flip, reverse=reverse, h_layout=h_layout)
+    bias = torch.randn(h[0].numel(), generator=torch.Generator().manual_seed(5)).to(dtype) * 2
+    return _op_inputs(x, h, mask_tensor, config, backward), bias
+
+
+@needs_extension
+@pytest.mark.parametrize("backward", [False, True], ids=["forward", "backward"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("case", H_BIAS_CASES, ids=str)
+def test_h_bias_is_h_plus_bias_bit_for_bit(case, dtype, backward):
+    """The kernels add h_bias to h as they read it, one rounding in the compute type: for float32 and float64 that
+    is h + h_bias computed beforehand, to the bit, in every output (grad_h is the gradient of h + h_bias)."""
+    inputs, bias = _bias_inputs(case, dtype, backward)
+    op = torch.ops.nf_kernels_ext.coupling_backward if backward else torch.ops.nf_kernels_ext.coupling_forward
+    h_at = 3 if backward else 1
+    added = list(inputs)
+    added[h_at] = inputs[h_at] + bias.view(inputs[h_at].shape[1:])
+    with nf_kernels.poison_outputs():
+        expected = op(*added, poison=True)
+        got = op(*inputs, poison=True, h_bias=bias)
+    for out, ref in zip(got, expected):
+        assert torch.equal(out, ref)
+    if not (backward and case[2] == "none"):  # an additive coupling's gradients do not depend on h
+        assert not all(map(torch.equal, op(*inputs), got))  # the bias does change the result
+
+
+@needs_extension
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_h_bias_in_half_precision_is_added_in_float32(dtype):
+    """In float16 and bfloat16, h + h_bias is formed in float32 (no rounding to h's dtype between them): against
+    the reference on the float64 sum, within the dtype's tolerance."""
+    x, h, mask, config = _case((3, 2, 5, 6), "half", "tanh", dtype, flip=True)
+    bias = torch.randn(h[0].numel(), generator=torch.Generator().manual_seed(5)).to(dtype)
+    grad_y, grad_logdet = torch.randn_like(x), torch.randn(x.shape[0])
+    raw = _op_arguments(flat_layout(x, mask, config))
+    outs = (torch.ops.nf_kernels_ext.coupling_forward(x, h, *raw, h_bias=bias)
+            + torch.ops.nf_kernels_ext.coupling_backward(grad_y, grad_logdet, x, h, *raw, h_bias=bias))  # fmt: skip
+    h_sum = h.double() + bias.double().view(h.shape[1:])
+    refs = (reference.reference_forward(x.double(), h_sum, mask, config)
+            + reference.reference_backward(grad_y.double(), grad_logdet.double(), x.double(), h_sum, mask, config))
+    for out, ref in zip(outs, refs):
+        assert _rel_err(out, ref) <= TOLERANCE[dtype]
+
+
+@needs_extension
+def test_opcheck_extension_ops_with_h_bias():
+    for backward in (False, True):
+        inputs, bias = _bias_inputs(H_BIAS_CASES[3], torch.float32, backward)
+        op = torch.ops.nf_kernels_ext.coupling_backward if backward else torch.ops.nf_kernels_ext.coupling_forward
+        torch.library.opcheck(op.default, inputs, {"h_bias": bias})
+
+
+@needs_extension
+def test_ops_reject_an_h_bias_that_does_not_fit():
+    x, h, mask, config = _case((2, 6), "half", "exp")
+    inputs = _op_inputs(x, h, mask, config)
+    forward = torch.ops.nf_kernels_ext.coupling_forward
+    bias = torch.zeros(6)
+    for wrong in (bias[:-1], bias.view(2, 3), bias.double(), torch.zeros(7)):
+        with pytest.raises(ValueError, match="`h_bias` must be 1-D with one value per parameter of a sample \\(6\\)"):
+            forward(*inputs, h_bias=wrong)
+    pairs = _case((2, 6), "half", "exp", h_layout="shift_scale_pairs")
+    with pytest.raises(ValueError, match="parameters are runs of h"):
+        forward(*_op_inputs(*pairs), h_bias=bias)
+    compact = _case((2, 7), "compact", "exp")
+    with pytest.raises(ValueError, match="parameters are runs of h"):
+        forward(*_op_inputs(*compact), h_bias=torch.zeros(compact[1][0].numel()))
+    assert torch.equal(forward(*inputs, h_bias=bias)[0], forward(*inputs)[0])  # a zero bias changes nothing
 
 
 @needs_extension

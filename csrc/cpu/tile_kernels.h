@@ -22,6 +22,7 @@ struct ForwardTensors {
   const void* h;
   DType h_dtype;
   void* y;  // x_dtype, shape of x
+  const void* h_bias = nullptr;  // h_dtype, [h_stride], added to each sample's h as it is read; runs of h only
 };
 
 struct BackwardTensors {
@@ -34,6 +35,7 @@ struct BackwardTensors {
   DType h_dtype;
   void* grad_x;  // x_dtype
   void* grad_h;  // h_dtype, shape of h
+  const void* h_bias = nullptr;  // as ForwardTensors' (grad_h is the gradient of h + h_bias, the same)
 };
 
 struct TileKernels {

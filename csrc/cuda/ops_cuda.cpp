@@ -24,13 +24,23 @@ int sm_count(const char* op) {
   return count;
 }
 
+// h_bias is the CPU kernels' (csrc/ops/schema.cpp): on CUDA, addmm can add a product's bias in cuBLASLt's epilogue, with
+// no pass of its own to save.
+void check_no_bias(const char* op, const std::optional<at::Tensor>& h_bias) {
+  TORCH_CHECK_VALUE(!(h_bias.has_value() && h_bias->defined()), op, ": `h_bias` is implemented by the CPU kernels ",
+                    "only");
+}
+
 std::tuple<at::Tensor, at::Tensor> coupling_forward(const at::Tensor& x, const at::Tensor& h,
                                                     const std::optional<at::Tensor>& transformed,
                                                     at::IntArrayRef packed_layout, double clamp, double clamp_low,
-                                                    const std::optional<at::Tensor>& h_index, bool poison) {
+                                                    const std::optional<at::Tensor>& h_index, bool poison,
+                                                    const std::optional<at::Tensor>& h_bias) {
   const char* op = "nf_kernels_ext::coupling_forward";
+  check_no_bias(op, h_bias);
   const c10::cuda::CUDAGuard guard(x.device());
-  const ForwardOp out = prepare_forward(op, x, h, LayoutArgs{transformed, packed_layout, clamp, clamp_low, h_index}, poison);
+  const ForwardOp out =
+      prepare_forward(op, x, h, LayoutArgs{transformed, packed_layout, clamp, clamp_low, h_index, h_bias}, poison);
   if (out.empty) return {out.y, out.logdet};
   const CouplingCall& call = out.call;
   const FlatLayout& layout = call.layout;
@@ -55,11 +65,13 @@ std::tuple<at::Tensor, at::Tensor> coupling_backward(const at::Tensor& grad_y, c
                                                      const at::Tensor& x, const at::Tensor& h,
                                                      const std::optional<at::Tensor>& transformed,
                                                      at::IntArrayRef packed_layout, double clamp, double clamp_low,
-                                                     const std::optional<at::Tensor>& h_index, bool poison) {
+                                                     const std::optional<at::Tensor>& h_index, bool poison,
+                                                     const std::optional<at::Tensor>& h_bias) {
   const char* op = "nf_kernels_ext::coupling_backward";
+  check_no_bias(op, h_bias);
   const c10::cuda::CUDAGuard guard(x.device());
   // The kernels read grad_y in x's dtype (autograd always passes that) and grad_logdet in the compute type.
-  const BackwardOp out = prepare_backward(op, grad_y, grad_logdet, x, h, LayoutArgs{transformed, packed_layout, clamp, clamp_low, h_index},
+  const BackwardOp out = prepare_backward(op, grad_y, grad_logdet, x, h, LayoutArgs{transformed, packed_layout, clamp, clamp_low, h_index, h_bias},
                        poison, GradYDType::kLikeX);
   if (out.empty) return {out.grad_x, out.grad_h};
   const CouplingCall& call = out.call;

@@ -22,10 +22,10 @@ using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 using ForwardSignature = TensorPair(const at::Tensor&, const at::Tensor&, const OptionalTensor&, at::IntArrayRef,
-                                    double, double, const OptionalTensor&, bool);
+                                    double, double, const OptionalTensor&, bool, const OptionalTensor&);
 using BackwardSignature = TensorPair(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                      const OptionalTensor&, at::IntArrayRef, double, double, const OptionalTensor&,
-                                     bool);
+                                     bool, const OptionalTensor&);
 
 // The raw ops, looked up once; called below autograd, they go straight to the device's kernel.
 const c10::TypedOperatorHandle<ForwardSignature>& raw_forward() {
@@ -45,7 +45,7 @@ TensorPair raw_coupling_backward(const at::Tensor& grad_y, const at::Tensor& gra
                                  const at::Tensor& h, const CouplingLayoutArgs& a) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   return raw_backward().call(grad_y, grad_logdet, x, h, a.transformed, a.layout, a.clamp, a.clamp_low, a.h_index,
-                             a.poison);
+                             a.poison, a.h_bias);
 }
 
 // The gradient as a node of its own, only when the backward itself is recorded (create_graph=True): its
@@ -114,12 +114,13 @@ CouplingLayoutArgs saved_layout_args(AutogradContext* ctx, const at::Tensor& tra
 
 TensorPair raw_coupling_forward(const at::Tensor& x, const at::Tensor& h, const CouplingLayoutArgs& a) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;
-  return raw_forward().call(x, h, a.transformed, a.layout, a.clamp, a.clamp_low, a.h_index, a.poison);
+  return raw_forward().call(x, h, a.transformed, a.layout, a.clamp, a.clamp_low, a.h_index, a.poison, a.h_bias);
 }
 
 TensorPair coupling_gradients(const at::Tensor& grad_y, const at::Tensor& grad_logdet, const at::Tensor& x,
                               const at::Tensor& h, const CouplingLayoutArgs& args, bool record) {
   if (!record) return raw_coupling_backward(grad_y, grad_logdet, x, h, args);
+  TORCH_CHECK(!args.h_bias.has_value(), "coupling_gradients: a recorded gradient takes h with its bias added");
   variable_list grads = CouplingGradient::apply(grad_y, grad_logdet, x, h, args.transformed, args.layout, args.clamp,
                                                 args.clamp_low, args.h_index, args.poison);
   return {grads[0], grads[1]};

@@ -23,6 +23,9 @@ struct CouplingLayoutArgs {
   double clamp_low;
   OptionalTensor h_index;
   bool poison;
+  // The raw ops' bias on h (schema.cpp's NF_RAW_ARGS): the CPU kernels add it to h as they read it. Not saved by
+  // save_layout_args; a node that passes one keeps it with its tensors.
+  OptionalTensor h_bias = std::nullopt;
 };
 
 inline OptionalTensor defined_or_none(const at::Tensor& t) { return t.defined() ? OptionalTensor(t) : std::nullopt; }

@@ -42,11 +42,12 @@ void check_mlp_layers(const char* op, const at::Tensor& x, at::TensorList layers
   }
 }
 
-at::Tensor run_mlp_layers(const at::Tensor& x, at::TensorList layers, std::vector<at::Tensor>* inputs) {
+at::Tensor run_mlp_layers(const at::Tensor& x, at::TensorList layers, std::vector<at::Tensor>* inputs,
+                          bool last_bias) {
   const size_t count = layers.size() / 2;
   at::Tensor a = x;
   for (size_t i = 0; i < count; ++i) {
-    a = at::addmm(layers[2 * i + 1], a, layers[2 * i].t());
+    a = i + 1 < count || last_bias ? at::addmm(layers[2 * i + 1], a, layers[2 * i].t()) : at::mm(a, layers[2 * i].t());
     if (i + 1 < count) {
       a.relu_();  // in place on the product, which nothing else reads (addmm's backward does not): the same bits
       if (inputs) inputs->push_back(a);

@@ -17,7 +17,9 @@ void check_mlp_layers(const char* op, const at::Tensor& x, at::TensorList layers
 
 // The stack's output from x; `inputs`, when given, gets the input of each layer after the first (each ReLU's
 // output, which its backward reads too). Called below autograd it records nothing; with autograd on, everything.
-at::Tensor run_mlp_layers(const at::Tensor& x, at::TensorList layers, std::vector<at::Tensor>* inputs);
+// Without `last_bias`, the last layer is the product alone, mm(a, W_n^T), and b_n is the caller's to add.
+at::Tensor run_mlp_layers(const at::Tensor& x, at::TensorList layers, std::vector<at::Tensor>* inputs,
+                          bool last_bias = true);
 
 // Gradients from the output's gradient `grad`, below autograd: entry 0 for x, entry 1 + k for layers[k], undefined
 // where `needs(entry)` is false. `inputs` holds every layer's input: x, then each hidden activation.

@@ -8,11 +8,19 @@
 // grad_x (the kept features' entries are grad_y's), and the conditioner's gradient is added in place into its kept
 // half. The forward runs the MLP's layers and the coupling's kernel with no Python and no node in between.
 //
+// On the CPU, in float32 and float64, the conditioner's last bias is folded into the coupling: its last layer is the
+// product alone and the kernels add the bias to h as they read it (the raw ops' h_bias). addmm(b, a, W^T) there
+// writes b broadcast into its output before the product accumulates onto it, one more pass over [B, 2 D/2] a layer;
+// in the profile of a D=4096 RealNVP step that pass (copy_) took about 0.5 ms a coupling. The bias's gradient is grad_h summed over
+// the batch, as before.
+//
 // The values are the two nodes' bit for bit: the same products (mlp.h), the same kernels with the same arguments
 // (coupling_autograd.h), and each kept entry of grad_x the same single sum grad_y + conditioner gradient (a sum with
-// the slice's zero changes nothing but a zero's sign). With create_graph=True the backward is recorded: the
-// conditioner is rerun with autograd on, and the coupling's gradient is the node that refuses a second derivative,
-// as through the two nodes.
+// the slice's zero changes nothing but a zero's sign). The folded bias keeps that where the BLAS rounds
+// addmm(b, a, W^T) as mm(a, W^T) + b, once (MKL here: float32 up to 256 hidden features, float64 up to 128;
+// tests/flows/test_fused_coupling_layer.py); elsewhere h differs by that one rounding. With create_graph=True the
+// backward is recorded: the conditioner is rerun with autograd on, and the coupling's gradient is the node that
+// refuses a second derivative, as through the two nodes.
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
@@ -37,6 +45,13 @@ using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 constexpr const char* kOp = "nf_kernels_ext::mlp_coupling";
+
+// Whether the coupling's kernels add the MLP's last bias (see the file's comment): the CPU's, in float32 or float64.
+// In float16 and bfloat16 the product would round before the bias is added, where addmm rounds after.
+bool folds_last_bias(const at::Tensor& x, at::TensorList layers) {
+  const at::ScalarType type = layers.back().scalar_type();
+  return x.device().is_cpu() && (type == at::kFloat || type == at::kDouble);
+}
 
 // The layer's gradients at (x, h), below autograd: grad_x from the coupling's backward kernel with the
 // conditioner's share added in place into the kept features (when needs(0)), and the MLP's gradients, entry 1 + k
@@ -70,9 +85,12 @@ struct MlpCoupling : public torch::autograd::Function<MlpCoupling> {
     check_mlp_layers(kOp, kept, layers);
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     // Saved: x, h, the MLP's hidden activations (its layers' inputs after the first), its layers, the mask.
+    // h is the last layer's product without its bias where the kernels add it (`fold`).
     std::vector<at::Tensor> hidden;
-    const at::Tensor h = run_mlp_layers(kept, layers, &hidden);
-    const CouplingLayoutArgs args{transformed, layout.vec(), clamp, clamp_low, std::nullopt, poison};
+    const bool fold = folds_last_bias(x, layers);
+    const at::Tensor h = run_mlp_layers(kept, layers, &hidden, /*last_bias=*/!fold);
+    CouplingLayoutArgs args{transformed, layout.vec(), clamp, clamp_low, std::nullopt, poison};
+    if (fold) args.h_bias = layers.back();
     auto [y, logdet] = raw_coupling_forward(x, h, args);
     variable_list saved{x, h, transformed.value_or(at::Tensor())};
     saved.insert(saved.end(), hidden.begin(), hidden.end());
@@ -81,6 +99,7 @@ struct MlpCoupling : public torch::autograd::Function<MlpCoupling> {
     ctx->saved_data["count"] = static_cast<int64_t>(layers.size() / 2);
     ctx->saved_data["kept_start"] = kept_start;
     ctx->saved_data["kept_count"] = kept_count;
+    ctx->saved_data["fold"] = fold;
     save_layout_args(ctx, args);
     return {y, logdet};
   }
@@ -94,11 +113,12 @@ struct MlpCoupling : public torch::autograd::Function<MlpCoupling> {
     const int64_t kept_count = ctx->saved_data["kept_count"].toInt();
     const at::Tensor& x = saved[0];
     const at::Tensor& h = saved[1];
-    const CouplingLayoutArgs args = saved_layout_args(ctx, saved[2], at::Tensor());
+    CouplingLayoutArgs args = saved_layout_args(ctx, saved[2], at::Tensor());
     const variable_list layers(saved.begin() + 2 + count, saved.end());
     const size_t entries = 1 + layers.size() + 7;
     if (torch::autograd::GradMode::is_enabled())
       return recorded_backward(ctx, x, layers, kept_start, kept_count, args, grads, entries);
+    if (ctx->saved_data["fold"].toBool()) args.h_bias = layers.back();  // saved h is the product without it
 
     std::vector<at::Tensor> inputs{x.narrow(1, kept_start, kept_count)};
     inputs.insert(inputs.end(), saved.begin() + 3, saved.begin() + 2 + count);
@@ -111,8 +131,9 @@ struct MlpCoupling : public torch::autograd::Function<MlpCoupling> {
   }
 
   // create_graph=True: the conditioner reruns with autograd on from the saved x and layers (connected to their own
-  // graphs), the coupling's gradient is recorded as its own node, and the conditioner's share of grad_x is added
-  // out of place, so every step is differentiable as far as the two nodes' would be.
+  // graphs), its whole last layer included (no bias folded), the coupling's gradient is recorded as its own node, and
+  // the conditioner's share of grad_x is added out of place, so every step is differentiable as far as the two
+  // nodes' would be.
   static variable_list recorded_backward(AutogradContext* ctx, const at::Tensor& x, const variable_list& layers,
                                          int64_t kept_start, int64_t kept_count, const CouplingLayoutArgs& args,
                                          const variable_list& grads, size_t entries) {
@@ -173,16 +194,18 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> mlp_coupling_rebuilt
   at::NoGradGuard no_grad;
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   std::vector<at::Tensor> inputs{kept};
-  const at::Tensor h = run_mlp_layers(kept, layers, &inputs);
-  const at::Tensor x = inverse_layout.has_value()
-                           ? std::get<0>(raw_coupling_forward(
-                                 input, h, {transformed, inverse_layout->vec(), clamp, clamp_low, std::nullopt, poison}))
-                           : input;
+  const bool fold = folds_last_bias(input, layers);  // as the forward node folds it
+  const at::Tensor h = run_mlp_layers(kept, layers, &inputs, /*last_bias=*/!fold);
+  const OptionalTensor h_bias = fold ? OptionalTensor(layers.back()) : std::nullopt;
+  const at::Tensor x =
+      inverse_layout.has_value()
+          ? std::get<0>(raw_coupling_forward(
+                input, h, {transformed, inverse_layout->vec(), clamp, clamp_low, std::nullopt, poison, h_bias}))
+          : input;
   // The kept features' share of grad_x is always needed (entry 0), layers[k]'s gradient where flagged.
-  auto [grad_x, grads] =
-      layer_gradients(grad_y, grad_logdet, x, h, {transformed, layout.vec(), clamp, clamp_low, std::nullopt, poison},
-                      inputs, layers, kept_start, kept_count,
-                      [&](size_t i) { return i == 0 || layer_needs_grad[i - 1] != 0; });
+  auto [grad_x, grads] = layer_gradients(
+      grad_y, grad_logdet, x, h, {transformed, layout.vec(), clamp, clamp_low, std::nullopt, poison, h_bias}, inputs,
+      layers, kept_start, kept_count, [&](size_t i) { return i == 0 || layer_needs_grad[i - 1] != 0; });
   std::vector<at::Tensor> layer_grads;
   for (size_t k = 0; k < layers.size(); ++k)
     if (layer_needs_grad[k]) layer_grads.push_back(grads[1 + k]);

@@ -127,6 +127,17 @@ CouplingCall make_coupling_call(const char* op, const at::Tensor& x, const at::T
   flat.h_index = call.h_index.defined() ? call.h_index.const_data_ptr<int32_t>() : nullptr;
   call.layout = flat;
   call.config = CouplingConfig{static_cast<int>(scale), clamp, shift_first, reverse, args.clamp_low};
+  if (args.h_bias.has_value() && args.h_bias->defined()) {
+    const at::Tensor& bias = *args.h_bias;
+    TORCH_CHECK_VALUE(bias.dim() == 1 && bias.numel() == h_stride && bias.scalar_type() == h.scalar_type() &&
+                          bias.device() == h.device(),
+                      op, ": `h_bias` must be 1-D with one value per parameter of a sample (", h_stride, "), in h's ",
+                      "dtype ", h.scalar_type(), " on ", h.device(), ", got shape ", bias.sizes(), " ",
+                      bias.scalar_type(), " on ", bias.device());
+    TORCH_CHECK_VALUE(params_in_runs(flat), op, ": `h_bias` needs a layout whose parameters are runs of h (not (t, ",
+                      "s_raw) channel pairs or a compact h)");
+    call.h_bias = bias.contiguous();
+  }
   return call;
 }
 

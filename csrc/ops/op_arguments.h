@@ -17,19 +17,21 @@ struct CouplingCall {
   at::Tensor h;
   at::Tensor transformed;  // undefined unless layout.pattern == kPatternMask
   at::Tensor h_index;      // undefined unless layout.pattern == kPatternGather
+  at::Tensor h_bias;       // undefined unless given: [h_stride], h's dtype, added to every sample's h as it is read
   FlatLayout layout;
   CouplingConfig config;
 };
 
 // The ops' arguments after x and h (csrc/ops/schema.cpp), as one value. `layout` is the packed layout (the ints of
 // kLayoutFieldNames, as nf_kernels._layout computed them); `clamp_low` the lower bound of "clip"; `h_index` a compact
-// h's table of positions (pattern "gather").
+// h's table of positions (pattern "gather"); `h_bias` the raw ops' bias on h (csrc/ops/schema.cpp's NF_RAW_ARGS).
 struct LayoutArgs {
   const std::optional<at::Tensor>& transformed;
   at::IntArrayRef layout;
   double clamp;
   double clamp_low;
   const std::optional<at::Tensor>& h_index;
+  const std::optional<at::Tensor>& h_bias;
 };
 
 // Unpacked here, once for every op and device, and checked against the tensors' shapes, so a wrong call fails with

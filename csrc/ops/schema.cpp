@@ -41,15 +41,20 @@ std::vector<std::string> kernel_codes(const std::string& kind) {
 // entry per element of a sample. `poison` fills the outputs with NaN before the kernels write them (tests).
 #define NF_LAYOUT_ARGS \
   "Tensor? transformed, int[] layout, float clamp, float clamp_low=0., Tensor? h_index=None, bool poison=False"
+// The raw ops also take `h_bias`, one value per parameter of a sample's h ([h_stride], h's dtype and device), which
+// the kernels add to h as they read it: the conditioner's last bias, folded into the coupling instead of broadcast
+// into h by its product (nf_kernels_ext::mlp_coupling on the CPU). CPU kernels only, and only where a sample's
+// parameters are runs of h (the half mask and the other contiguous spans, [s_raw, t] or [t, s_raw]).
+#define NF_RAW_ARGS NF_LAYOUT_ARGS ", Tensor? h_bias=None"
 // The spline ops' `layout` is nf_kernels._layout's spline layout packed (kSplineLayoutFieldNames, spline_layout.h).
 #define NF_SPLINE_ARGS                                                                                        \
   "Tensor? transformed, int[] layout, float bound, float min_bin_width, float min_bin_height, float min_derivative, " \
   "bool poison=False"
 
 TORCH_LIBRARY(nf_kernels_ext, m) {
-  m.def("coupling_forward(Tensor x, Tensor h, " NF_LAYOUT_ARGS ") -> (Tensor y, Tensor logdet)");
+  m.def("coupling_forward(Tensor x, Tensor h, " NF_RAW_ARGS ") -> (Tensor y, Tensor logdet)");
   m.def("coupling(Tensor x, Tensor h, " NF_LAYOUT_ARGS ") -> (Tensor y, Tensor logdet)");
-  m.def("coupling_backward(Tensor grad_y, Tensor grad_logdet, Tensor x, Tensor h, " NF_LAYOUT_ARGS
+  m.def("coupling_backward(Tensor grad_y, Tensor grad_logdet, Tensor x, Tensor h, " NF_RAW_ARGS
         ") -> (Tensor grad_x, Tensor grad_h)");
   m.def("spline_forward(Tensor x, Tensor params, " NF_SPLINE_ARGS ") -> (Tensor y, Tensor logdet)");
   m.def("spline_backward(Tensor grad_y, Tensor grad_logdet, Tensor x, Tensor params, " NF_SPLINE_ARGS

@@ -59,13 +59,14 @@ if _module is not None:
     _mlp_coupling_step_op = torch.ops.nf_kernels_ext.mlp_coupling_rebuilt_backward.default
 
     @torch.library.register_fake("nf_kernels_ext::coupling_forward")
-    def _coupling_forward_fake(x, h, transformed, layout, clamp, clamp_low=0.0, h_index=None, poison=False):
+    def _coupling_forward_fake(x, h, transformed, layout, clamp, clamp_low=0.0, h_index=None, poison=False,
+                               h_bias=None):
         y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
         return y, x.new_empty(x.shape[0], dtype=logdet_dtype(x.dtype))
 
     @torch.library.register_fake("nf_kernels_ext::coupling_backward")
     def _coupling_backward_fake(grad_y, grad_logdet, x, h, transformed, layout, clamp, clamp_low=0.0, h_index=None,
-                                poison=False):
+                                poison=False, h_bias=None):
         grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device)
         return grad_x, torch.empty(h.shape, dtype=h.dtype, device=h.device)
 

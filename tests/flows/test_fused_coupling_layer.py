@@ -70,6 +70,51 @@ def test_one_node_equals_two_nodes_bitwise(kind, scale, flip, dtype):
     _assert_same_bits(layer, _two_nodes(layer), x)
 
 
+def _products(layer, x):
+    """The names of the matrix products the layer's forward and backward run (torch.profiler's events)."""
+    x = x.clone().requires_grad_(True)
+    with torch.profiler.profile() as prof:
+        y, logdet = layer(x)
+        (y.sum() + logdet.sum()).backward()
+    return [e.name for e in prof.events() if e.name in ("aten::addmm", "aten::mm")]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_last_bias_is_folded_into_the_coupling(dtype):
+    """On the CPU in float32 and float64 the one node's last layer is a product alone (the kernels add its bias),
+    where the two nodes run addmm; in bfloat16 the one node runs addmm too (the product would round first)."""
+    layer = _layer("affine", dtype, depth=2)
+    x = torch.randn(6, 7, dtype=dtype)
+    one = _products(layer, x)
+    two = _products(_two_nodes(layer), x)
+    assert one.count("aten::addmm") == 2 and two.count("aten::addmm") == 3
+    assert len(one) == len(two)
+    bf16 = _layer("affine", torch.bfloat16, depth=2)
+    assert _products(bf16, x.bfloat16()).count("aten::addmm") == 3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_wide_last_layer_equals_two_nodes_to_rounding(dtype):
+    """Where the BLAS rounds addmm(b, a, W^T) otherwise than mm(a, W^T) + b (MKL here: float32 from 512 hidden features, float64 from 256),
+    the folded bias differs from the two nodes by that rounding of h alone."""
+    torch.manual_seed(0)
+    layer = AffineCoupling((64,), hidden=1024, depth=1).to(dtype)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.normal_(0.0, 0.02)
+    x = torch.randn(33, 64, dtype=dtype)
+    g = torch.Generator().manual_seed(1)
+    grad_y, grad_logdet = torch.randn(x.shape, generator=g).to(dtype), torch.randn(33, generator=g).to(dtype)
+    y1, l1, node1, grads1 = _run(layer, x, grad_y, grad_logdet)
+    y2, l2, node2, grads2 = _run(_two_nodes(layer), x, grad_y, grad_logdet)
+    assert ONE_NODE in node1 and ONE_NODE not in node2
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(y1, y2, **tol)
+    torch.testing.assert_close(l1, l2, **tol)
+    for got, want in zip(grads1, grads2, strict=True):
+        torch.testing.assert_close(got, want, **tol)
+
+
 @pytest.mark.parametrize("scale_map", SCALES)
 def test_every_scale_map_and_option(scale_map):
     options = dict(clamp=1.5, shift_first=True) if scale_map in ("tanh", "clip", "exp") else {}
