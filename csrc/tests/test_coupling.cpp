@@ -107,7 +107,7 @@ void test_half_conversions() {
 
 using ForwardOp = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
                                                      const std::optional<at::Tensor>&, c10::ArrayRef<int64_t>,
-                                                     double, double, const std::optional<at::Tensor>&, bool);
+                                                     double, double, const std::optional<at::Tensor>&, bool, const std::optional<at::Tensor>&);
 
 double max_abs(const at::Tensor& a) { return a.abs().max().item<double>(); }
 
@@ -125,7 +125,7 @@ void test_ops() {
   // scale, shift_first, reverse, s_offset, pair_inner.
   const std::vector<int64_t> half_layout{lo, hi, 2 * span, span, nf_kernels::kPatternRange, 0, 0, 0, nf_kernels::kExp,
                                          0, 0, 0, 0};
-  auto [y, logdet] = forward.call(x, h, std::nullopt, half_layout, 2.0, 0.0, std::nullopt, false);
+  auto [y, logdet] = forward.call(x, h, std::nullopt, half_layout, 2.0, 0.0, std::nullopt, false, std::nullopt);
   const at::Tensor want_y = at::cat({x.slice(1, 0, 2), x.slice(1, 2, 5) * s.exp() + t}, 1);
   check(max_abs(y - want_y) < 1e-12, "forward, half mask, exp: y = x * exp(s) + t");
   check(max_abs(logdet - s.flatten(1).sum(1)) < 1e-10, "forward, half mask, exp: logdet = sum s");
@@ -136,7 +136,7 @@ void test_ops() {
   const std::vector<int64_t> checkerboard_layout{0, nc, 2 * nc, nc, nf_kernels::kPatternCheckerboard, 0, 96, 64 * 96,
                                                  nf_kernels::kTanh, 1, 0, 0, 0};
   auto call_checkerboard = [&] {
-    return forward.call(xc, hc, std::nullopt, checkerboard_layout, 1.5, 0.0, std::nullopt, false);
+    return forward.call(xc, hc, std::nullopt, checkerboard_layout, 1.5, 0.0, std::nullopt, false, std::nullopt);
   };
   const int threads = at::get_num_threads();
   at::set_num_threads(1);
@@ -159,7 +159,7 @@ void test_ops() {
   const at::Tensor h_index = at::tensor({-1, 0, -1, -1, 1, 2, -1}, at::kInt);
   const std::vector<int64_t> gather_layout{0, 7, 6, 0, nf_kernels::kPatternGather, 0, 0, 0, nf_kernels::kClip,
                                            0, 0, 1, 1};
-  auto [yg, logdet_g] = forward.call(xg, hg, std::nullopt, gather_layout, 0.5, -0.25, h_index, false);
+  auto [yg, logdet_g] = forward.call(xg, hg, std::nullopt, gather_layout, 0.5, -0.25, h_index, false, std::nullopt);
   const at::Tensor sg = hg.slice(1, 1, 6, 2).clamp(-0.25, 0.5), tg = hg.slice(1, 0, 6, 2);
   at::Tensor want_g = xg.clone();
   const at::Tensor where = at::tensor({1, 4, 5}, at::kLong);
