@@ -107,7 +107,8 @@ void test_half_conversions() {
 
 using ForwardOp = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
                                                      const std::optional<at::Tensor>&, c10::ArrayRef<int64_t>,
-                                                     double, double, const std::optional<at::Tensor>&, bool, const std::optional<at::Tensor>&);
+                                                     double, double, const std::optional<at::Tensor>&, bool,
+                                                     const std::optional<at::Tensor>&);
 
 double max_abs(const at::Tensor& a) { return a.abs().max().item<double>(); }
 
