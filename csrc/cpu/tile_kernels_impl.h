@@ -310,12 +310,12 @@ void stage_params(const FlatLayout& layout, ParamAccess access, const void* h, D
   if constexpr (kScale != kAdditive) gather(h, h_dtype, sample_h + layout.s_offset, at, len, s);
 }
 
-// h + h_bias over a run of parameters: `params` (h's run as compute-type values) plus the bias's run starting at
-// `bias_at`, into `staged` (which `params` may be). Without a bias, `params` as they are. One rounding in the
-// compute type, as a product's output plus its bias rounds once.
+// A run of h's parameters from `at` on as compute-type values (input()), plus h_bias's run from `bias_at` on when
+// there is a bias, summed into `staged`: one rounding in the compute type, as a product's output plus its bias.
 template <class CT>
-const CT* with_bias(const CT* params, const void* h_bias, DType h_dtype, int64_t bias_at, int64_t len, CT* staged,
-                    CT* bias_buffer) {
+const CT* param_run(const void* h, const void* h_bias, DType h_dtype, int64_t at, int64_t bias_at, int64_t len,
+                    CT* staged, CT* bias_buffer) {
+  const CT* params = input(h, h_dtype, at, len, staged);
   if (h_bias == nullptr) return params;
   const CT* __restrict__ bias = input(h_bias, h_dtype, bias_at, len, bias_buffer);
   for (int64_t k = 0; k < len; ++k) staged[k] = params[k] + bias[k];
@@ -398,12 +398,11 @@ struct ForwardTile {
       const CT* s = st.t;  // unused by additive couplings
       if (access == ParamAccess::kRuns) {
         const int64_t p0 = n0 - layout.lo;  // the run's first position: its parameters' place in h_bias
-        t = input(io.h, io.h_dtype, h_base + n0 + layout.t_offset, len, st.t);
-        t = with_bias(t, io.h_bias, io.h_dtype, p0 + layout.t_offset, len, st.t, st.bias);
-        if constexpr (kScale != kAdditive) {
-          s = input(io.h, io.h_dtype, h_base + n0 + layout.s_offset, len, st.s);
-          s = with_bias(s, io.h_bias, io.h_dtype, p0 + layout.s_offset, len, st.s, st.bias);
-        }
+        t = param_run(io.h, io.h_bias, io.h_dtype, h_base + n0 + layout.t_offset, p0 + layout.t_offset, len, st.t,
+                      st.bias);
+        if constexpr (kScale != kAdditive)
+          s = param_run(io.h, io.h_bias, io.h_dtype, h_base + n0 + layout.s_offset, p0 + layout.s_offset, len, st.s,
+                        st.bias);
       } else {
         stage_params<kScale>(layout, access, io.h, io.h_dtype, sample_h, n0, len, st.at, st.t, st.s);
         s = st.s;
@@ -452,12 +451,10 @@ struct BackwardTile {
       CT* grad_t = st.grad_t;
       if (access == ParamAccess::kRuns) {
         const int64_t p0 = n0 - layout.lo;
-        t = with_bias(input(io.h, io.h_dtype, t_at, len, st.t), io.h_bias, io.h_dtype, p0 + layout.t_offset, len,
-                      st.t, st.bias);
+        t = param_run(io.h, io.h_bias, io.h_dtype, t_at, p0 + layout.t_offset, len, st.t, st.bias);
         grad_t = output(io.grad_h, io.h_dtype, t_at, st.grad_t);
         if constexpr (kScale != kAdditive) {
-          s = with_bias(input(io.h, io.h_dtype, s_at, len, st.s), io.h_bias, io.h_dtype, p0 + layout.s_offset, len,
-                        st.s, st.bias);
+          s = param_run(io.h, io.h_bias, io.h_dtype, s_at, p0 + layout.s_offset, len, st.s, st.bias);
           grad_s = output(io.grad_h, io.h_dtype, s_at, st.grad_s);
         }
       } else {

@@ -11,8 +11,8 @@
 // On the CPU, in float32 and float64, the conditioner's last bias is folded into the coupling: its last layer is the
 // product alone and the kernels add the bias to h as they read it (the raw ops' h_bias). addmm(b, a, W^T) there
 // writes b broadcast into its output before the product accumulates onto it, one more pass over [B, 2 D/2] a layer;
-// in the profile of a D=4096 RealNVP step that pass (copy_) took about 0.5 ms a coupling. The bias's gradient is grad_h summed over
-// the batch, as before.
+// in the profile of a D=4096 RealNVP step that pass (copy_) took about 0.5 ms a coupling. The bias's gradient is
+// grad_h summed over the batch, as before.
 //
 // The values are the two nodes' bit for bit: the same products (mlp.h), the same kernels with the same arguments
 // (coupling_autograd.h), and each kept entry of grad_x the same single sum grad_y + conditioner gradient (a sum with
@@ -99,7 +99,6 @@ struct MlpCoupling : public torch::autograd::Function<MlpCoupling> {
     ctx->saved_data["count"] = static_cast<int64_t>(layers.size() / 2);
     ctx->saved_data["kept_start"] = kept_start;
     ctx->saved_data["kept_count"] = kept_count;
-    ctx->saved_data["fold"] = fold;
     save_layout_args(ctx, args);
     return {y, logdet};
   }
@@ -118,7 +117,7 @@ struct MlpCoupling : public torch::autograd::Function<MlpCoupling> {
     const size_t entries = 1 + layers.size() + 7;
     if (torch::autograd::GradMode::is_enabled())
       return recorded_backward(ctx, x, layers, kept_start, kept_count, args, grads, entries);
-    if (ctx->saved_data["fold"].toBool()) args.h_bias = layers.back();  // saved h is the product without it
+    if (folds_last_bias(x, layers)) args.h_bias = layers.back();  // as the forward folded it: h is the product alone
 
     std::vector<at::Tensor> inputs{x.narrow(1, kept_start, kept_count)};
     inputs.insert(inputs.end(), saved.begin() + 3, saved.begin() + 2 + count);
