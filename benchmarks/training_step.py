@@ -5,6 +5,7 @@ with --model nsf, of the same neural spline flow in nf_kernels, nflows and zuko 
     python benchmarks/training_step.py --sizes 64 --libraries nf_kernels zuko --rounds 3
     python benchmarks/training_step.py --profile                  # also where nf_kernels' step spends its time
     python benchmarks/training_step.py --model nsf                # the 4-coupling NSF at D=8 and 64
+    python benchmarks/training_step.py --optimizer fused-adam     # every model steps with torch's fused Adam
     python benchmarks/training_step.py --out benchmarks/results   # a run to publish (commit it)
 
 The peers are installed with `pip install --no-deps -r requirements-bench.txt`; a library that is not installed is
@@ -65,6 +66,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per model per round, before them")
     parser.add_argument("--rounds", type=int, default=5, help="turns every model takes")
     parser.add_argument("--autocast", choices=tuple(AUTOCAST), help="run the forward passes under torch.autocast")
+    parser.add_argument("--optimizer", choices=tuple(training_step.OPTIMIZERS), default="adam",
+                        help="what every model steps with: adam is torch's Adam with its defaults (on the CPU one "
+                        "parameter at a time), fused-adam its fused kernel, as nf-kernels train steps; results of "
+                        "fused-adam go to files named -fused-adam")
     parser.add_argument("--profile", action="store_true",
                         help="also profile nf_kernels' step at each size (torch.profiler, per layer kind)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
@@ -110,18 +115,20 @@ def main(argv=None) -> int:
     spec_of, _, _, what = MODELS[args.model]
     specs = [spec_of(d) for d in args.sizes]
     settings = dict(model=args.model, batch=args.batch, steps=args.steps, warmup=args.warmup, rounds=args.rounds,
-                    autocast=args.autocast, sizes=args.sizes, libraries=args.libraries,
+                    autocast=args.autocast, optimizer=args.optimizer, sizes=args.sizes, libraries=args.libraries,
                     freed_memory_kept=kept_memory)  # fmt: skip
     results = training_step.run_training_steps(
         specs, args.libraries, device, batch=args.batch, steps=args.steps, warmup=args.warmup, rounds=args.rounds,
-        autocast=AUTOCAST.get(args.autocast), progress=not args.no_progress,
+        autocast=AUTOCAST.get(args.autocast), optimizer=args.optimizer, progress=not args.no_progress,
     )  # fmt: skip
     profiles = []
     if args.profile:
         profiles = step_profile.profile_models(specs, device, batch=args.batch, autocast=AUTOCAST.get(args.autocast),
-                                               learning_rate=training_step.LEARNING_RATE)  # fmt: skip
+                                               make_optimizer=training_step.OPTIMIZERS[args.optimizer])  # fmt: skip
     env["load_average_1m_end"] = load_average()
     out.mkdir(parents=True, exist_ok=True)
+    if args.optimizer != "adam":
+        what += f"-{args.optimizer}"
     paths = training_step.report_paths(results_stem(out, env), what)
     report = training_step.format_report(env, settings, results, command)
     paths["markdown"].write_text(report)

@@ -1,5 +1,6 @@
 """The trainer and its parts, on a tiny stand-in density model (fast, and independent of nf_kernels.flows)."""
 
+import copy
 import errno
 import hashlib
 import math
@@ -18,7 +19,9 @@ from nf_kernels.training import (
     BatchStream, CheckpointError, DistributedContext, MetricsError, MetricsLog, TrainConfig, Trainer,
     TrainingDiverged, load_checkpoint, save_atomically, warmup_cosine,
 )  # fmt: skip
+from nf_kernels.flows import build_model
 from nf_kernels.training.checkpoint import FORMAT
+from nf_kernels.training.optimizer import make_adam, takes_fused_adam
 from nf_kernels.training.baselines import independent_pixels_bits_per_dim, kde_nll
 
 
@@ -94,6 +97,34 @@ def test_resume_continues_the_same_trajectory_bitwise(tmp_path, monkeypatch):
     for a, b in zip(whole.flow.parameters(), resumed.flow.parameters()):
         assert torch.equal(a, b)
     assert trajectory(tmp_path / "whole") == trajectory(tmp_path / "split")
+
+
+def test_the_trainer_steps_fused_adam_which_matches_default_adam(tmp_path):
+    """The trainer's Adam is torch's fused kernel where torch has one (nf_kernels/training/optimizer.py), and fused
+    steps update a flow's parameters as torch's default (one tensor at a time) does, weight decay included, to
+    rounding: the fused kernel orders the update's arithmetic its own way."""
+    trainer, _ = train(small_digits(), tmp_path, steps=2, weight_decay=0.01)
+    assert trainer.optimizer.defaults["fused"] is True
+    torch.manual_seed(1)
+    for dtype in (torch.float32, torch.float64):
+        model = build_model("realnvp", (6,), num_layers=2, hidden=8).to(dtype)
+        twin = copy.deepcopy(model)
+        fused, default = make_adam(model.parameters(), lr=0.01, weight_decay=0.1), torch.optim.Adam(
+            twin.parameters(), lr=0.01, weight_decay=0.1)
+        x = torch.randn(9, 6, dtype=dtype)
+        for _ in range(4):
+            for flow, optimizer in ((model, fused), (twin, default)):
+                optimizer.zero_grad()
+                (-flow.log_prob(x).mean()).backward()
+                optimizer.step()
+        assert fused.defaults["fused"] and not default.defaults["fused"]
+        eps = torch.finfo(dtype).eps
+        for a, b in zip(model.parameters(), twin.parameters()):
+            torch.testing.assert_close(a, b, rtol=16 * eps, atol=16 * eps * 0.01)  # lr 0.01: a step's size
+        assert not torch.equal(next(model.parameters()), next(build_model("realnvp", (6,), num_layers=2,
+                                                                          hidden=8).parameters()))  # fmt: skip
+    # Without a fused kernel for the tensors (integers here), torch's default runs.
+    assert not takes_fused_adam([torch.zeros(2, dtype=torch.int64)]) and not takes_fused_adam([])
 
 
 def test_bf16_autocast_trains(tmp_path):

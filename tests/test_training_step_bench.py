@@ -251,6 +251,40 @@ def test_autocast_runs_the_forward_in_bf16(monkeypatch):
     assert torch.bfloat16 in seen  # the init check runs in float32, the steps in bf16
 
 
+@pytest.mark.parametrize("name, fused", [("adam", False), ("fused-adam", True)])
+def test_every_model_steps_with_the_chosen_optimizer(monkeypatch, name, fused):
+    made = []
+
+    def watched(parameters):
+        optimizer = original(parameters)
+        made.append(optimizer)
+        return optimizer
+
+    original = training_step.OPTIMIZERS[name]
+    monkeypatch.setitem(training_step.OPTIMIZERS, name, watched)
+    libraries = ["nf_kernels", "nf_kernels-reference"]
+    results = training_step.run_training_steps([TINY], libraries, batch=8, steps=1, warmup=0, rounds=1,
+                                               optimizer=name, progress=False)  # fmt: skip
+    assert all(r.error is None for r in results) and len(made) == len(libraries)
+    assert all(bool(o.defaults["fused"]) == fused and o.defaults["lr"] == training_step.LEARNING_RATE for o in made)
+    with pytest.raises(ValueError, match="unknown optimizer 'sgd'"):
+        training_step.run_training_steps([TINY], libraries, optimizer="sgd", progress=False)
+    (profile,) = step_profile.profile_models([TINY], batch=8, steps=1, repeats=1, make_optimizer=watched)
+    assert len(made) == len(libraries) + 1 and profile.step_seconds > 0
+
+
+def test_a_fused_adam_run_writes_files_of_its_own(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    command = [sys.executable, str(REPO / "benchmarks" / "training_step.py"), "--sizes", "4", "--steps", "1",
+               "--rounds", "1", "--warmup", "0", "--batch", "8", "--libraries", "nf_kernels", "--optimizer",
+               "fused-adam", "--no-progress", "--out", str(tmp_path)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (markdown,) = tmp_path.glob("*-training-step-fused-adam.md")
+    assert "Adam on torch's fused kernel" in markdown.read_text()
+    assert json.loads(next(tmp_path.glob("*-fused-adam.json")).read_text())["settings"]["optimizer"] == "fused-adam"
+
+
 # ---- the NSF (issue 14) ------------------------------------------------------------------------------------------
 
 

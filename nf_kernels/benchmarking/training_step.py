@@ -28,12 +28,13 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import torch
 
 from ..flows.memory_report import activation_memory
 from ..progress import progress_bar
+from ..training.optimizer import make_adam
 from .model_runner import training_step
 from .peer_models import (
     LIBRARIES,
@@ -59,6 +60,14 @@ MEMORY_SAVING_GOAL = 1.35  # the memory-saving step at most this many times as s
 LARGE_FEATURES = 1024  # from this D on, the issue's large model: 4 couplings, hidden 64
 INIT_LOG_PROB_RTOL = 1e-5  # float32 sums of D terms; the check compares models, not rounding
 LEARNING_RATE = 1e-3
+# The optimizers a run may step with (--optimizer), each for every library: torch's Adam as it runs without options
+# (the issue's configuration; on the CPU one parameter at a time), or Adam on torch's fused kernel, as nf-kernels
+# train steps (nf_kernels/training/optimizer.py).
+OPTIMIZERS: dict[str, Callable[[Iterable[torch.Tensor]], torch.optim.Optimizer]] = {
+    "adam": lambda parameters: torch.optim.Adam(parameters, lr=LEARNING_RATE),
+    "fused-adam": lambda parameters: make_adam(parameters, lr=LEARNING_RATE),
+}
+OPTIMIZER_DESCRIPTIONS = {"adam": "torch's Adam with its defaults", "fused-adam": "Adam on torch's fused kernel"}
 MIB = 1 << 20
 NSF_DEFAULT_SIZES = (8, 64)
 NSF_WIDE_FEATURES = 64  # from this D on, the NSF's conditioners are 128 wide, below it 64
@@ -155,7 +164,8 @@ class _Autocast:
             return self.model.log_prob(x)
 
 
-def _prepare(result: StepResult, device: torch.device, autocast: Optional[torch.dtype]) -> Optional[Callable]:
+def _prepare(result: StepResult, device: torch.device, autocast: Optional[torch.dtype],
+             optimizer_name: str = "adam") -> Optional[Callable]:  # fmt: skip
     """Build and check `result`'s model; return its training step, or None with `result.error` saying why not."""
     spec = result.spec
     try:
@@ -173,7 +183,7 @@ def _prepare(result: StepResult, device: torch.device, autocast: Optional[torch.
                         "(relative): the models do not compare")  # fmt: skip
         return None
     result.saved_bytes = activation_memory(model, x).peak
-    optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
+    optimizer = OPTIMIZERS[optimizer_name](model.parameters())
     step = training_step(_Autocast(model, device, autocast) if autocast else model, optimizer, x)
     result.first_loss = float(step())
     if not math.isfinite(result.first_loss):
@@ -223,6 +233,7 @@ def run_training_steps(
     warmup: int = 2,
     rounds: int = 5,
     autocast: Optional[torch.dtype] = None,
+    optimizer: str = "adam",
     progress: bool = True,
     on_skip: Callable[[str], None] = print,
 ) -> list[StepResult]:
@@ -237,6 +248,7 @@ def run_training_steps(
         steps: timed steps per model per round; `warmup` untimed steps come before them.
         rounds: how many times every model takes its turn.
         autocast: a dtype to run the forward passes under ``torch.autocast`` with (``torch.bfloat16``), or None.
+        optimizer: a key of :data:`OPTIMIZERS`, the optimizer every model steps with.
         progress: show a progress bar.
         on_skip: called with one line for each model that is not timed.
 
@@ -247,6 +259,8 @@ def run_training_steps(
     unknown = [name for name in libraries if name not in LIBRARIES]
     if unknown:
         raise ValueError(f"unknown libraries {unknown}: valid choices are {', '.join(LIBRARIES)}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}: valid choices are {', '.join(OPTIMIZERS)}")
     for name, value, least in (("batch", batch, 1), ("steps", steps, 1), ("rounds", rounds, 1), ("warmup", warmup, 0)):
         if value < least:
             raise ValueError(f"{name} must be at least {least}, got {value}")
@@ -257,7 +271,7 @@ def run_training_steps(
         prepared = []
         for result in results:
             bar.set_postfix_str(f"{spec.label} {result.library}: build and check")
-            step = _prepare(result, device, autocast)
+            step = _prepare(result, device, autocast, optimizer)
             if step is None:
                 on_skip(f"{spec.label} {result.library}: {result.error}")
             else:
@@ -403,7 +417,8 @@ def format_report(env: dict, settings: dict, results: Sequence[StepResult], comm
         f"{env.get('cpu_kernels') or 'not built'}",
         f"- {settings['rounds']} rounds; per round and model {settings['warmup']} warm steps, then "
         f"{settings['steps']} timed steps; batch {settings['batch']}; {env['threads']} thread(s); autocast "
-        f"{settings['autocast'] or 'off'}; Adam (lr {LEARNING_RATE:g}); float32",
+        f"{settings['autocast'] or 'off'}; "
+        f"{OPTIMIZER_DESCRIPTIONS[settings.get('optimizer', 'adam')]} (lr {LEARNING_RATE:g}); float32",
         "- ms/step and steps/s: the median over rounds of each round's time per step (CPU: the median of its steps "
         "timed one by one; CUDA: their mean, timed as a block); spread: slowest round over fastest; x fastest peer: the "
         "fastest peer's (the peer of the smallest median) time over this model's, round by round, median (and range) "

@@ -25,6 +25,7 @@ from .distributed import DistributedContext
 from .files import remove_partial_files
 from .metrics import MetricsLog
 from .objective import LogProb, evaluate, loss_from_log_prob, metric_name
+from .optimizer import make_adam
 from .precision import PRECISIONS
 from .schedule import make_scheduler
 
@@ -125,7 +126,7 @@ class Trainer:
         self.stream = BatchStream(data, batch_size=config.batch_size, seed=config.seed, context=context,
                                   conditional=config.conditional, dtype=self.precision.parameters)  # fmt: skip
         self.total_steps = config.total_steps(self.stream.steps_per_epoch)
-        self.optimizer = torch.optim.Adam(self.flow.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.optimizer = make_adam(self.flow.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = make_scheduler(self.optimizer, warmup_steps=config.warmup_steps,
                                         total_steps=self.total_steps, final_ratio=config.final_lr_ratio)  # fmt: skip
         self.out_dir = Path(out_dir)
