@@ -181,21 +181,23 @@ def _charge(events, label: str, steps: int, device: torch.device, top: int) -> S
     return result
 
 
+def _default_adam(parameters: Iterable[torch.Tensor]) -> torch.optim.Optimizer:
+    return torch.optim.Adam(parameters, lr=1e-3)
+
+
 def profile_models(specs: Sequence[RealNVPSpec], device="cpu", *, library: str = "nf_kernels", batch: int = 256,
-                   steps: int = 5, repeats: int = 3, learning_rate: float = 1e-3,
-                   autocast: Optional[torch.dtype] = None,
-                   make_optimizer: Optional[Callable[[Iterable[torch.Tensor]], torch.optim.Optimizer]] = None,
+                   steps: int = 5, repeats: int = 3, autocast: Optional[torch.dtype] = None,
+                   make_optimizer: Callable[[Iterable[torch.Tensor]], torch.optim.Optimizer] = _default_adam,
                    ) -> list[StepProfile]:  # fmt: skip
     """:func:`profile_step` of `library`'s model (:mod:`.peer_models`) of each spec, on the benchmark's batch:
     `repeats` profiled runs of `steps` steps each, the one with the fastest step kept. The model steps with
-    ``make_optimizer(parameters)``, by default torch's Adam at `learning_rate`."""
+    ``make_optimizer(parameters)`` (the training-step benchmark passes its ``OPTIMIZERS`` entry)."""
     device = torch.device(device)
     profiles = []
     for spec in specs:
         torch.manual_seed(0)
         model = build(library, spec).to(device)
-        parameters = model.parameters()
-        optimizer = make_optimizer(parameters) if make_optimizer else torch.optim.Adam(parameters, lr=learning_rate)
+        optimizer = make_optimizer(model.parameters())
         x = sample_batch(spec, batch, device)
         # Another process can only add time: of several profiled runs, the fastest is the least disturbed.
         runs = [profile_step(model, optimizer, x, spec.label, steps=steps, autocast=autocast) for _ in range(repeats)]
