@@ -57,6 +57,20 @@ def test_fused_node_equals_the_modules_bitwise(shape, dtype, scale):
         assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_widening_layer_s_weight_gradient_equals_the_modules_bitwise(dtype):
+    """The issue's D=4096 conditioner at its batch of 256: its last layer widens (64 -> 4096), where the node takes
+    the weight gradient as (a^T g)^T (csrc/ops/mlp.cpp, weight_gradient); the modules take g^T a."""
+    fused, modules = _mlp(2048, 4096, 64, 2, None, dtype), _mlp(2048, 4096, 64, 2, None, dtype, fused=False)
+    x = torch.randn(256, 2048).to(dtype)
+    grad = torch.randn(256, 4096).to(dtype)
+    (_, node_f, grads_f), (_, _, grads_m) = _run(fused, x, None, grad), _run(modules, x, None, grad)
+    assert FUSED_NODE in node_f
+    for got, want in zip(grads_f, grads_m):
+        assert got.is_contiguous() == want.is_contiguous()
+        assert torch.equal(got, want)
+
+
 def test_only_the_gradients_asked_for_are_computed():
     """Frozen layers and an input without grad get no gradient, as through the modules; the rest are the same."""
     fused, modules = _mlp(3, 4, 6, 2, None, torch.float64), _mlp(3, 4, 6, 2, None, torch.float64, fused=False)
